@@ -1,0 +1,116 @@
+"""duraflows-pg-async: asyncio-native PostgreSQL persistence for duraflows-style workflows.
+
+Build a pool with :func:`create_pool`, the stores and transaction runner with
+:func:`pg_workflow_providers`, and apply the schema with :mod:`duraflows_pg_async.migrations`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._codecs import create_pool, register_codecs
+from ._contract import (
+    Clock,
+    SystemClock,
+    WorkflowDefinitionStore,
+    WorkflowHistoryStore,
+    WorkflowInstanceStore,
+    WorkflowPersistenceProvider,
+    WorkflowTransactionRunner,
+)
+from ._definition_store import PgWorkflowDefinitionStore
+from ._history_store import PgWorkflowHistoryStore
+from ._instance_store import PgWorkflowInstanceStore
+from ._model import (
+    CommandResult,
+    HistoryOutcome,
+    HistoryRecord,
+    StoredWorkflowDefinition,
+    TimeoutRetry,
+    WorkflowInstance,
+)
+from ._providers import pg_workflow_providers
+from ._runner import PgTransactionRunner
+from .errors import (
+    CommandFailureError,
+    CommitRolledBackError,
+    ConfigurationError,
+    ConnectionLostError,
+    DatabaseError,
+    IncompatibleDefinitionError,
+    InstanceAlreadyExistsError,
+    InvalidArgumentError,
+    InvalidEventError,
+    LockTimeoutError,
+    NoActiveTransactionError,
+    OnEnterDepthExceededError,
+    OptimisticLockError,
+    StatementTimeoutError,
+    TransactionConflictError,
+    TransactionTaskError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowInstanceNotFoundError,
+)
+from .migrations import MigrationSql, generate_migration_sql
+
+try:
+    __version__ = version("duraflows-pg-async")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    # pool and codecs
+    "create_pool",
+    "register_codecs",
+    # PostgreSQL adapter
+    "pg_workflow_providers",
+    "PgTransactionRunner",
+    "PgWorkflowInstanceStore",
+    "PgWorkflowHistoryStore",
+    "PgWorkflowDefinitionStore",
+    "generate_migration_sql",
+    "MigrationSql",
+    # model
+    "WorkflowInstance",
+    "TimeoutRetry",
+    "HistoryRecord",
+    "HistoryOutcome",
+    "CommandResult",
+    "StoredWorkflowDefinition",
+    # contract
+    "WorkflowInstanceStore",
+    "WorkflowHistoryStore",
+    "WorkflowTransactionRunner",
+    "WorkflowDefinitionStore",
+    "WorkflowPersistenceProvider",
+    "Clock",
+    "SystemClock",
+    # errors
+    "WorkflowError",
+    "InvalidArgumentError",
+    "ConfigurationError",
+    "NoActiveTransactionError",
+    "TransactionTaskError",
+    "CommitRolledBackError",
+    "OptimisticLockError",
+    "WorkflowInstanceNotFoundError",
+    "InstanceAlreadyExistsError",
+    "DatabaseError",
+    "LockTimeoutError",
+    "StatementTimeoutError",
+    "TransactionConflictError",
+    "ConnectionLostError",
+    "WorkflowDefinitionError",
+    "IncompatibleDefinitionError",
+    "InvalidEventError",
+    "CommandFailureError",
+    "OnEnterDepthExceededError",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("duraflows_pg_async._"):
+        _obj.__module__ = "duraflows_pg_async"
+del _name, _obj

@@ -1,0 +1,105 @@
+"""JSON codecs for asyncpg pools: registered once per connection through the pool's ``init``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from .errors import ConfigurationError, InvalidArgumentError, map_db_errors
+
+__all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
+
+JsonDumps = Callable[[Any], str | bytes]
+JsonLoads = Callable[[str | bytes], Any]
+ConnectionInit = Callable[[asyncpg.Connection], Awaitable[None]]
+
+_stdlib_dumps: Callable[[Any], str] = functools.partial(
+    json.dumps, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+CODEC_HINT = (
+    "create the pool with duraflows_pg_async.create_pool(), or call "
+    "duraflows_pg_async.register_codecs(conn) in your own pool's init="
+)
+
+
+def _text_encoder(dumps: JsonDumps) -> Callable[[Any], str]:
+    def encode(value: Any) -> str:
+        out = dumps(value)
+        # orjson and msgspec return bytes; asyncpg's text format wants str.
+        return out.decode() if isinstance(out, bytes) else out
+
+    return encode
+
+
+def _check_functions(json_dumps: object, json_loads: object) -> tuple[JsonDumps, JsonLoads]:
+    if json_dumps is not None and not callable(json_dumps):
+        raise InvalidArgumentError(f"json_dumps must be callable, got {json_dumps!r}")
+    if json_loads is not None and not callable(json_loads):
+        raise InvalidArgumentError(f"json_loads must be callable, got {json_loads!r}")
+    return (json_dumps or _stdlib_dumps), (json_loads or json.loads)  # type: ignore[return-value]
+
+
+async def register_codecs(
+    conn: asyncpg.Connection,
+    *,
+    json_dumps: JsonDumps | None = None,
+    json_loads: JsonLoads | None = None,
+) -> None:
+    """Register the json and jsonb codecs on one connection (for a pool you build yourself).
+
+    Call it from your pool's ``init=``. The default codec is the standard library's ``json``; pass
+    ``json_dumps=orjson.dumps, json_loads=orjson.loads`` to use orjson.
+    """
+    dumps, loads = _check_functions(json_dumps, json_loads)
+    encoder = _text_encoder(dumps)
+    with map_db_errors("register_codecs"):
+        for type_name in ("jsonb", "json"):
+            await conn.set_type_codec(
+                type_name, encoder=encoder, decoder=loads, schema="pg_catalog", format="text"
+            )
+
+
+async def create_pool(
+    dsn: str | None = None,
+    *,
+    json_dumps: JsonDumps | None = None,
+    json_loads: JsonLoads | None = None,
+    init: ConnectionInit | None = None,
+    **asyncpg_kwargs: Any,
+) -> asyncpg.Pool:
+    """An ``asyncpg.Pool`` whose connections carry the JSON codecs this package needs.
+
+    Your own ``init`` still runs, after the codecs are registered. Other keyword arguments go to
+    ``asyncpg.create_pool``. The caller owns the pool and closes it.
+    """
+    dumps, loads = _check_functions(json_dumps, json_loads)
+    if init is not None and not callable(init):
+        raise InvalidArgumentError(f"init must be an async callable, got {init!r}")
+
+    async def _init(conn: asyncpg.Connection) -> None:
+        await register_codecs(conn, json_dumps=dumps, json_loads=loads)
+        if init is not None:
+            await init(conn)
+
+    with map_db_errors("create_pool"):
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, init=_init, **asyncpg_kwargs)
+    return pool
+
+
+def decoded(value: object, column: str) -> Any:
+    """A jsonb value as the codec decoded it; text means the connection has no codec."""
+    if isinstance(value, str):
+        raise ConfigurationError(
+            f"{column} came back as JSON text, so the pool has no JSON codecs: {CODEC_HINT}"
+        )
+    return value
+
+
+def is_client_encode_error(exc: BaseException) -> bool:
+    """asyncpg's client-side bind error (it subclasses both InterfaceError and ValueError)."""
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)

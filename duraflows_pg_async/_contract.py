@@ -1,0 +1,121 @@
+"""The persistence contract the runtime relies on: store, runner and clock Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar, runtime_checkable
+from uuid import UUID
+
+from ._model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
+
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "WorkflowDefinitionStore",
+    "WorkflowHistoryStore",
+    "WorkflowInstanceStore",
+    "WorkflowPersistenceProvider",
+    "WorkflowTransactionRunner",
+]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class WorkflowInstanceStore(Protocol):
+    """Stores workflow instances. ``lock_by_uuid`` and ``find_expired`` need a transaction."""
+
+    async def create(self, instance: WorkflowInstance) -> None: ...
+
+    async def find_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None: ...
+
+    async def lock_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None: ...
+
+    async def update(self, instance: WorkflowInstance) -> None: ...
+
+    async def find_expired(self, limit: int, now: datetime) -> list[WorkflowInstance]: ...
+
+    async def find_parked_timeouts(
+        self, *, limit: int = 100, workflow_name: str | None = None
+    ) -> list[WorkflowInstance]: ...
+
+    async def count_instances(
+        self,
+        *,
+        workflow_name: str,
+        definition_version: int,
+        exclude_states: Sequence[str] = (),
+    ) -> int: ...
+
+
+@runtime_checkable
+class WorkflowHistoryStore(Protocol):
+    """Append-only transition history, read newest first."""
+
+    async def append(self, record: HistoryRecord) -> UUID: ...
+
+    async def find_by_instance_uuid(
+        self, instance_uuid: UUID | str, limit: int = 50, offset: int = 0
+    ) -> list[HistoryRecord]: ...
+
+
+@runtime_checkable
+class WorkflowTransactionRunner(Protocol):
+    """Runs work in one database transaction; nested calls are savepoints."""
+
+    async def run_in_transaction(self, fn: Callable[[], Awaitable[T]]) -> T: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[None]: ...
+
+    def after_commit(self, callback: Callable[[], Any]) -> None: ...
+
+    def is_transaction_active(self) -> bool: ...
+
+
+@runtime_checkable
+class WorkflowDefinitionStore(Protocol):
+    """Definition snapshots by (name, version); ``ensure`` never overwrites a stored one."""
+
+    async def ensure(
+        self,
+        *,
+        workflow_name: str,
+        version: int,
+        content_hash: str,
+        definition_json: dict[str, Any],
+    ) -> StoredWorkflowDefinition: ...
+
+    async def find_by_name_and_version(
+        self, workflow_name: str, version: int
+    ) -> StoredWorkflowDefinition | None: ...
+
+    async def list_versions(self, workflow_name: str) -> list[StoredWorkflowDefinition]: ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """A source of the current time; ``now()`` returns a timezone-aware datetime."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The wall clock, in UTC."""
+
+    __slots__ = ()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPersistenceProvider:
+    """The four persistence parts a runtime needs, built together over one database."""
+
+    instance_store: WorkflowInstanceStore
+    history_store: WorkflowHistoryStore
+    transaction_runner: WorkflowTransactionRunner
+    definition_store: WorkflowDefinitionStore

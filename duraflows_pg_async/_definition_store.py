@@ -1,0 +1,80 @@
+"""PgWorkflowDefinitionStore: definition snapshots in ``workflow_definitions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from ._codecs import decoded
+from ._model import StoredWorkflowDefinition
+from ._store_base import PgStore
+from ._validate import check_json, require_int, require_str
+from .errors import InvalidArgumentError, WorkflowError, map_db_errors
+
+__all__ = ["PgWorkflowDefinitionStore"]
+
+
+def _definition_from_row(row: asyncpg.Record) -> StoredWorkflowDefinition:
+    return StoredWorkflowDefinition(
+        workflow_name=row[0],
+        version=row[1],
+        content_hash=row[2],
+        definition_json=decoded(row[3], "workflow_definitions.definition_json"),
+        registered_at=row[4],
+    )
+
+
+class PgWorkflowDefinitionStore(PgStore):
+    """Definition snapshots keyed by (workflow name, version). Joins the current transaction if
+    there is one, so a snapshot commits or rolls back with the instance that needed it."""
+
+    __slots__ = ()
+
+    async def ensure(
+        self,
+        *,
+        workflow_name: str,
+        version: int,
+        content_hash: str,
+        definition_json: dict[str, Any],
+    ) -> StoredWorkflowDefinition:
+        """Store the snapshot unless one exists, and return the stored row (the first one wins;
+        compare its ``content_hash`` to detect drift)."""
+        require_str(workflow_name, "workflow_name")
+        require_int(version, "version", minimum=1)
+        require_str(content_hash, "content_hash")
+        if not isinstance(definition_json, dict):
+            raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
+        check_json(definition_json, "definition_json")
+        what = f'ensure workflow definition "{workflow_name}" version {version}'
+        executor = self._executor()
+        with map_db_errors(what):
+            row = await executor.fetchrow(
+                self._q.ensure_definition, workflow_name, version, content_hash, definition_json
+            )
+            if row is None:
+                # A concurrent transaction committed the row after this statement's snapshot was
+                # taken; a fresh statement sees it.
+                row = await executor.fetchrow(self._q.select_definition, workflow_name, version)
+        if row is None:
+            raise WorkflowError(
+                f'Failed to ensure workflow definition "{workflow_name}" version {version}'
+            )
+        return _definition_from_row(row)
+
+    async def find_by_name_and_version(
+        self, workflow_name: str, version: int
+    ) -> StoredWorkflowDefinition | None:
+        require_str(workflow_name, "workflow_name")
+        require_int(version, "version", minimum=1)
+        with map_db_errors(f'find workflow definition "{workflow_name}" version {version}'):
+            row = await self._executor().fetchrow(self._q.select_definition, workflow_name, version)
+        return None if row is None else _definition_from_row(row)
+
+    async def list_versions(self, workflow_name: str) -> list[StoredWorkflowDefinition]:
+        """Every stored version of the workflow, oldest first."""
+        require_str(workflow_name, "workflow_name")
+        with map_db_errors(f'list versions of workflow definition "{workflow_name}"'):
+            rows = await self._executor().fetch(self._q.list_definitions, workflow_name)
+        return [_definition_from_row(row) for row in rows]

@@ -1,0 +1,133 @@
+"""PgWorkflowHistoryStore: the append-only transition history in ``workflow_history``."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from ._codecs import decoded
+from ._model import HISTORY_OUTCOMES, CommandResult, HistoryRecord
+from ._store_base import PgStore
+from ._validate import (
+    check_json,
+    coerce_uuid,
+    optional_int,
+    optional_str,
+    require_int,
+    require_str,
+)
+from .errors import (
+    InvalidArgumentError,
+    WorkflowError,
+    WorkflowInstanceNotFoundError,
+    map_db_errors,
+)
+
+__all__ = ["PgWorkflowHistoryStore"]
+
+
+def _record_from_row(row: asyncpg.Record) -> HistoryRecord:
+    results = decoded(row[7], "workflow_history.command_results_json")
+    return HistoryRecord(
+        uuid=row[0],
+        workflow_instance_uuid=row[1],
+        from_state=row[2],
+        event_name=row[3],
+        to_state=row[4],
+        outcome=row[5],
+        error_message=row[6],
+        command_results=[CommandResult.from_json(item) for item in results],
+        trigger_metadata=decoded(row[8], "workflow_history.trigger_metadata_json"),
+        rejected_by=row[9],
+        definition_version=row[10],
+        created_at=row[11],
+    )
+
+
+def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, Any]]:
+    results = record.command_results
+    if not isinstance(results, list | tuple):
+        raise InvalidArgumentError(f"{label}: command_results must be a list of CommandResult")
+    out = []
+    for index, result in enumerate(results):
+        if not isinstance(result, CommandResult):
+            raise InvalidArgumentError(
+                f"{label}: command_results[{index}] must be a CommandResult, "
+                f"got {type(result).__name__}"
+            )
+        out.append(result.to_json())
+    check_json(out, f"{label}: command_results")
+    return out
+
+
+class PgWorkflowHistoryStore(PgStore):
+    """The transition history. Joins the current transaction if there is one.
+
+    Rows appended in one transaction read back in the order they were written.
+    """
+
+    __slots__ = ()
+
+    async def append(self, record: HistoryRecord) -> UUID:
+        """Insert one history row and return its database-assigned uuid.
+
+        An unknown instance raises WorkflowInstanceNotFoundError.
+        """
+        if not isinstance(record, HistoryRecord):
+            raise InvalidArgumentError(
+                f"append: record must be a HistoryRecord, got {type(record).__name__}"
+            )
+        instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
+        label = f"append: history of instance {instance_uuid}"
+        optional_str(record.from_state, f"{label}: from_state")
+        require_str(record.event_name, f"{label}: event_name")
+        require_str(record.to_state, f"{label}: to_state")
+        if record.outcome not in HISTORY_OUTCOMES:
+            raise InvalidArgumentError(
+                f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {record.outcome!r}"
+            )
+        optional_str(record.error_message, f"{label}: error_message")
+        optional_str(record.rejected_by, f"{label}: rejected_by")
+        results = _command_results_json(record, label)
+        trigger_metadata = record.trigger_metadata
+        if trigger_metadata is None:
+            trigger_metadata = {}
+        if not isinstance(trigger_metadata, dict):
+            raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
+        check_json(trigger_metadata, f"{label}: trigger_metadata")
+        optional_int(record.definition_version, f"{label}: definition_version", minimum=1)
+        with map_db_errors(f"append history of instance {instance_uuid}"):
+            try:
+                row_uuid = await self._executor().fetchval(
+                    self._q.insert_history,
+                    instance_uuid,
+                    record.from_state,
+                    record.event_name,
+                    record.to_state,
+                    record.outcome,
+                    record.error_message,
+                    record.rejected_by,
+                    results,
+                    trigger_metadata,
+                    record.definition_version,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise WorkflowInstanceNotFoundError(instance_uuid) from exc
+        if row_uuid is None:
+            raise WorkflowError(
+                "Failed to append workflow history: INSERT ... RETURNING uuid returned no row"
+            )
+        return row_uuid  # type: ignore[no-any-return]
+
+    async def find_by_instance_uuid(
+        self, instance_uuid: UUID | str, limit: int = 50, offset: int = 0
+    ) -> list[HistoryRecord]:
+        """The instance's history, newest first (``[]`` for an unknown instance)."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        require_int(limit, "limit", minimum=1)
+        require_int(offset, "offset", minimum=0)
+        with map_db_errors(f"find history of instance {key}"):
+            rows = await self._executor().fetch(self._q.select_history, key, limit, offset)
+        return [_record_from_row(row) for row in rows]

@@ -1,0 +1,225 @@
+"""PgWorkflowInstanceStore: workflow instances in ``workflow_instances``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from ._codecs import decoded
+from ._model import TimeoutRetry, WorkflowInstance
+from ._store_base import PgStore
+from ._validate import (
+    check_json,
+    coerce_uuid,
+    optional_aware,
+    optional_int,
+    require_aware,
+    require_int,
+    require_str,
+)
+from .errors import (
+    InstanceAlreadyExistsError,
+    InvalidArgumentError,
+    OptimisticLockError,
+    map_db_errors,
+)
+
+__all__ = ["PgWorkflowInstanceStore"]
+
+
+def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
+    attempts = row[11]
+    return WorkflowInstance(
+        uuid=row[0],
+        workflow_name=row[1],
+        current_state=row[2],
+        version=row[3],
+        expires_at=row[4],
+        last_transition_at=row[5],
+        context=decoded(row[6], "workflow_instances.context_json"),
+        metadata=decoded(row[7], "workflow_instances.metadata_json"),
+        created_at=row[8],
+        updated_at=row[9],
+        definition_version=row[10],
+        timeout_retry=(
+            TimeoutRetry(
+                attempts=attempts,
+                last_error=row[13] or "",
+                retry_at=row[12],
+                parked_at=row[14],
+            )
+            if attempts
+            else None
+        ),
+    )
+
+
+def _checked(instance: object, method: str) -> WorkflowInstance:
+    """Validate every field a write sends, so a bad one fails before any SQL."""
+    if not isinstance(instance, WorkflowInstance):
+        raise InvalidArgumentError(
+            f"{method}: instance must be a WorkflowInstance, got {type(instance).__name__}"
+        )
+    label = f"{method}: instance {instance.uuid}"
+    coerce_uuid(instance.uuid, f"{method}: instance.uuid")
+    require_str(instance.workflow_name, f"{label}: workflow_name")
+    require_str(instance.current_state, f"{label}: current_state")
+    require_int(instance.version, f"{label}: version", minimum=0)
+    if not isinstance(instance.context, dict):
+        raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
+    check_json(instance.context, f"{label}: context")
+    if not isinstance(instance.metadata, dict):
+        raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
+    check_json(instance.metadata, f"{label}: metadata")
+    optional_aware(instance.expires_at, f"{label}: expires_at")
+    require_aware(instance.last_transition_at, f"{label}: last_transition_at")
+    require_aware(instance.created_at, f"{label}: created_at")
+    require_aware(instance.updated_at, f"{label}: updated_at")
+    optional_int(instance.definition_version, f"{label}: definition_version", minimum=1)
+    retry = instance.timeout_retry
+    if retry is not None:
+        if not isinstance(retry, TimeoutRetry):
+            raise InvalidArgumentError(f"{label}: timeout_retry must be a TimeoutRetry or None")
+        require_int(retry.attempts, f"{label}: timeout_retry.attempts", minimum=1)
+        require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
+        optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
+        optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
+    return instance
+
+
+def _retry_columns(
+    retry: TimeoutRetry | None,
+) -> tuple[int, datetime | None, str | None, datetime | None]:
+    if retry is None:
+        return 0, None, None, None
+    return retry.attempts, retry.retry_at, retry.last_error, retry.parked_at
+
+
+class PgWorkflowInstanceStore(PgStore):
+    """Workflow instances in PostgreSQL.
+
+    ``lock_by_uuid`` and ``find_expired`` need an active transaction of the same pool (see
+    ``PgTransactionRunner``); the other methods join one if present, else run on the pool.
+    """
+
+    __slots__ = ()
+
+    async def create(self, instance: WorkflowInstance) -> None:
+        """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError."""
+        inst = _checked(instance, "create")
+        instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
+        args: tuple[Any, ...] = (
+            instance_uuid,
+            inst.workflow_name,
+            inst.current_state,
+            inst.version,
+            inst.expires_at,
+            inst.last_transition_at,
+            inst.context,
+            inst.metadata,
+            inst.created_at,
+            inst.updated_at,
+            inst.definition_version,
+            *_retry_columns(inst.timeout_retry),
+        )
+        with map_db_errors(f"create instance {instance_uuid}"):
+            try:
+                await self._executor().execute(self._q.insert_instance, *args)
+            except asyncpg.UniqueViolationError as exc:
+                raise InstanceAlreadyExistsError(instance_uuid) from exc
+
+    async def find_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
+        """The instance, or None. Does not lock."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        with map_db_errors(f"find_by_uuid {key}"):
+            row = await self._executor().fetchrow(self._q.select_instance, key)
+        return None if row is None else _instance_from_row(row)
+
+    async def lock_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
+        """The instance locked FOR UPDATE until the transaction ends, or None.
+
+        Requires an active transaction. Waits for a holder of the lock, bounded by lock_timeout
+        (LockTimeoutError) when the runner sets one.
+        """
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        conn = self._transaction_connection("lock_by_uuid")
+        with map_db_errors(f"lock_by_uuid {key}"):
+            row = await conn.fetchrow(self._q.lock_instance, key)
+        return None if row is None else _instance_from_row(row)
+
+    async def update(self, instance: WorkflowInstance) -> None:
+        """Write the instance's mutable fields if the stored version is ``instance.version - 1``.
+
+        The caller increments ``version`` first. Another version in the database (or no row)
+        raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
+        written.
+        """
+        inst = _checked(instance, "update")
+        require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
+        instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
+        expected = inst.version - 1
+        with map_db_errors(f"update instance {instance_uuid}"):
+            status = await self._executor().execute(
+                self._q.update_instance,
+                instance_uuid,
+                inst.current_state,
+                inst.version,
+                inst.expires_at,
+                inst.last_transition_at,
+                inst.context,
+                inst.updated_at,
+                inst.definition_version,
+                *_retry_columns(inst.timeout_retry),
+                expected,
+            )
+        if status != "UPDATE 1":
+            raise OptimisticLockError(instance_uuid, expected)
+
+    async def find_expired(self, limit: int, now: datetime) -> list[WorkflowInstance]:
+        """Due instances (deadline or retry time before ``now``, not parked), oldest due first,
+        locked FOR UPDATE SKIP LOCKED until the transaction ends. Requires a transaction."""
+        require_int(limit, "limit", minimum=1)
+        require_aware(now, "now")
+        conn = self._transaction_connection("find_expired")
+        with map_db_errors("find_expired"):
+            rows = await conn.fetch(self._q.find_expired, limit, now)
+        return [_instance_from_row(row) for row in rows]
+
+    async def find_parked_timeouts(
+        self, *, limit: int = 100, workflow_name: str | None = None
+    ) -> list[WorkflowInstance]:
+        """Instances whose timeout retries were exhausted, oldest parked first."""
+        require_int(limit, "limit", minimum=1)
+        if workflow_name is not None:
+            require_str(workflow_name, "workflow_name")
+        with map_db_errors("find_parked_timeouts"):
+            rows = await self._executor().fetch(self._q.find_parked, limit, workflow_name)
+        return [_instance_from_row(row) for row in rows]
+
+    async def count_instances(
+        self,
+        *,
+        workflow_name: str,
+        definition_version: int,
+        exclude_states: Sequence[str] = (),
+    ) -> int:
+        """How many instances of this workflow are stamped with ``definition_version`` and are
+        not in one of ``exclude_states``."""
+        require_str(workflow_name, "workflow_name")
+        require_int(definition_version, "definition_version", minimum=1)
+        if isinstance(exclude_states, str) or not isinstance(
+            exclude_states, Sequence | set | frozenset
+        ):
+            raise InvalidArgumentError(
+                f"exclude_states must be a sequence of state names, got {exclude_states!r}"
+            )
+        states = [require_str(s, "exclude_states[]") for s in exclude_states]
+        with map_db_errors("count_instances"):
+            count = await self._executor().fetchval(
+                self._q.count_instances, workflow_name, definition_version, states
+            )
+        return int(count)

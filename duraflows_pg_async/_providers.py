@@ -1,0 +1,39 @@
+"""pg_workflow_providers: the four PostgreSQL persistence parts, built together."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ._contract import WorkflowPersistenceProvider
+from ._definition_store import PgWorkflowDefinitionStore
+from ._history_store import PgWorkflowHistoryStore
+from ._instance_store import PgWorkflowInstanceStore
+from ._runner import PgTransactionRunner
+
+__all__ = ["pg_workflow_providers"]
+
+
+def pg_workflow_providers(
+    pool: asyncpg.Pool,
+    *,
+    schema: str | None = None,
+    lock_timeout: object = None,
+    statement_timeout: object = None,
+) -> WorkflowPersistenceProvider:
+    """Stores and a transaction runner over ``pool``; fresh objects on every call.
+
+    ``schema`` qualifies the table names (an identifier; otherwise search_path decides).
+    ``lock_timeout`` and ``statement_timeout`` are a ``timedelta`` or seconds, applied with
+    SET LOCAL to every transaction the runner opens. Bad values raise InvalidArgumentError here.
+    The pool should come from ``create_pool()`` (or carry ``register_codecs``); it is never closed
+    by this package.
+    """
+    runner = PgTransactionRunner(
+        pool, lock_timeout=lock_timeout, statement_timeout=statement_timeout
+    )
+    return WorkflowPersistenceProvider(
+        instance_store=PgWorkflowInstanceStore(pool, schema=schema),
+        history_store=PgWorkflowHistoryStore(pool, schema=schema),
+        transaction_runner=runner,
+        definition_store=PgWorkflowDefinitionStore(pool, schema=schema),
+    )

@@ -1,0 +1,148 @@
+"""Every SQL statement of the adapter, rendered once per schema.
+
+Table names are fixed (they are shared with the TypeScript ``@duraflows/pg``); a validated schema
+name may qualify them. Each statement lists its parameters as ``$n=...`` in the comment above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ._validate import require_identifier
+
+# Column order of every instance SELECT; the store maps rows by these positions.
+INSTANCE_COLUMNS = (
+    "uuid, workflow_name, current_state, version, expires_at, last_transition_at, context_json, "
+    "metadata_json, created_at, updated_at, definition_version, timeout_attempts, "
+    "timeout_retry_at, timeout_last_error, timeout_parked_at"
+)
+
+HISTORY_COLUMNS = (
+    "uuid, workflow_instance_uuid, from_state, event_name, to_state, outcome, error_message, "
+    "command_results_json, trigger_metadata_json, rejected_by, definition_version, created_at"
+)
+
+DEFINITION_COLUMNS = "workflow_name, version, content_hash, definition_json, registered_at"
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    insert_instance: str
+    select_instance: str
+    lock_instance: str
+    update_instance: str
+    find_expired: str
+    find_parked: str
+    count_instances: str
+    insert_history: str
+    select_history: str
+    ensure_definition: str
+    select_definition: str
+    list_definitions: str
+
+
+def qualify(schema: str | None, table: str) -> str:
+    return table if schema is None else f'"{schema}".{table}'
+
+
+@lru_cache(maxsize=32)
+def render_queries(schema: str | None) -> Queries:
+    """The statements for one schema (``None``: unqualified names, resolved by search_path)."""
+    if schema is not None:
+        require_identifier(schema, "schema")
+    instances = qualify(schema, "workflow_instances")
+    history = qualify(schema, "workflow_history")
+    definitions = qualify(schema, "workflow_definitions")
+    return Queries(
+        # $1=uuid $2=workflow_name $3=current_state $4=version $5=expires_at
+        # $6=last_transition_at $7=context $8=metadata $9=created_at $10=updated_at
+        # $11=definition_version $12=timeout_attempts $13=timeout_retry_at
+        # $14=timeout_last_error $15=timeout_parked_at
+        insert_instance=(
+            f"INSERT INTO {instances} ({INSTANCE_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ),
+        # $1=uuid
+        select_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1",
+        # $1=uuid. Blocks while another transaction holds the row; lock_timeout bounds the wait.
+        lock_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE",
+        # $1=uuid $2=current_state $3=version $4=expires_at $5=last_transition_at $6=context
+        # $7=updated_at $8=definition_version $9=timeout_attempts $10=timeout_retry_at
+        # $11=timeout_last_error $12=timeout_parked_at $13=expected (previous) version.
+        # metadata_json, workflow_name and created_at are written once, at create.
+        update_instance=(
+            f"UPDATE {instances} SET current_state = $2, version = $3, expires_at = $4, "
+            "last_transition_at = $5, context_json = $6, updated_at = $7, "
+            "definition_version = $8, timeout_attempts = $9, timeout_retry_at = $10, "
+            "timeout_last_error = $11, timeout_parked_at = $12 "
+            "WHERE uuid = $1 AND version = $13"
+        ),
+        # $1=limit $2=now (the application's clock, never the database's).
+        # The coalesce() predicate repeats the others so that the partial index on
+        # coalesce(timeout_retry_at, expires_at) can be range-scanned in due order.
+        # SKIP LOCKED lets many sweepers share the work; it does not make them exclusive (the
+        # locks end with the scan), which is why the runtime re-checks each row under lock_by_uuid.
+        find_expired=(
+            f"SELECT {INSTANCE_COLUMNS} FROM {instances} "
+            "WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL "
+            "AND coalesce(timeout_retry_at, expires_at) < $2 "
+            "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) "
+            "ORDER BY coalesce(timeout_retry_at, expires_at) "
+            "LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ),
+        # $1=limit $2=workflow_name or NULL for all
+        find_parked=(
+            f"SELECT {INSTANCE_COLUMNS} FROM {instances} "
+            "WHERE timeout_parked_at IS NOT NULL AND ($2::text IS NULL OR workflow_name = $2) "
+            "ORDER BY timeout_parked_at, uuid LIMIT $1"
+        ),
+        # $1=workflow_name $2=definition_version $3=states to exclude (an empty array excludes
+        # nothing; NOT IN () is not valid SQL, hence ANY).
+        count_instances=(
+            f"SELECT count(*)::int FROM {instances} "
+            "WHERE workflow_name = $1 AND definition_version = $2 "
+            "AND NOT (current_state = ANY($3::text[]))"
+        ),
+        # $1=workflow_instance_uuid $2=from_state $3=event_name $4=to_state $5=outcome
+        # $6=error_message $7=rejected_by $8=command_results $9=trigger_metadata
+        # $10=definition_version.
+        # now() is the same for every row of a transaction, so an event and its onEnter hops would
+        # tie and read back in random uuid order. clock_timestamp(), kept strictly after the
+        # instance's newest row, makes rows read back in the order they were written.
+        insert_history=(
+            f"INSERT INTO {history} (workflow_instance_uuid, from_state, event_name, to_state, "
+            "outcome, error_message, rejected_by, command_results_json, trigger_metadata_json, "
+            "definition_version, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+            f"greatest(clock_timestamp(), (SELECT max(created_at) FROM {history} "
+            "WHERE workflow_instance_uuid = $1) + interval '1 microsecond')) "
+            "RETURNING uuid"
+        ),
+        # $1=workflow_instance_uuid $2=limit $3=offset. Newest first; uuid breaks ties as the
+        # TypeScript reader does.
+        select_history=(
+            f"SELECT {HISTORY_COLUMNS} FROM {history} WHERE workflow_instance_uuid = $1 "
+            "ORDER BY created_at DESC, uuid DESC LIMIT $2 OFFSET $3"
+        ),
+        # $1=workflow_name $2=version $3=content_hash $4=definition_json.
+        # An existing row wins: a stored snapshot is never overwritten.
+        ensure_definition=(
+            f"WITH inserted AS (INSERT INTO {definitions} "
+            "(workflow_name, version, content_hash, definition_json) VALUES ($1, $2, $3, $4) "
+            f"ON CONFLICT (workflow_name, version) DO NOTHING RETURNING {DEFINITION_COLUMNS}) "
+            f"SELECT {DEFINITION_COLUMNS} FROM inserted UNION ALL "
+            f"SELECT {DEFINITION_COLUMNS} FROM {definitions} "
+            "WHERE workflow_name = $1 AND version = $2 LIMIT 1"
+        ),
+        # $1=workflow_name $2=version
+        select_definition=(
+            f"SELECT {DEFINITION_COLUMNS} FROM {definitions} "
+            "WHERE workflow_name = $1 AND version = $2"
+        ),
+        # $1=workflow_name
+        list_definitions=(
+            f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
+            "ORDER BY version"
+        ),
+    )

@@ -1,0 +1,384 @@
+"""The transaction runner: one asyncpg connection per transaction, found through a ContextVar.
+
+The ContextVar maps each pool to the innermost transaction scope of the current task, so that
+stores called inside ``async with runner.transaction():`` share its connection, and two pools never
+see each other's transaction. It is set only inside a runner scope and reset by token on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ._validate import timeout_ms
+from .errors import (
+    CommitRolledBackError,
+    InvalidArgumentError,
+    NoActiveTransactionError,
+    TransactionTaskError,
+    map_db_errors,
+)
+
+__all__ = ["PgTransactionRunner", "ambient_connection"]
+
+T = TypeVar("T")
+logger = logging.getLogger("duraflows_pg_async")
+
+# How long cleanup (ROLLBACK, release) may take once a transaction failed or was cancelled; past
+# it the connection is terminated rather than trusted.
+CLEANUP_TIMEOUT = 10.0
+
+
+class _Root:
+    """One database transaction: owned (BEGIN/COMMIT here) or bound (the caller's)."""
+
+    __slots__ = ("connection", "savepoints", "task", "closed")
+
+    def __init__(self, connection: asyncpg.Connection, task: asyncio.Task[Any] | None) -> None:
+        self.connection = connection
+        self.task = task
+        self.savepoints = 0
+        self.closed = False
+
+
+class _Scope:
+    """The transaction or savepoint a task is in; after-commit callbacks wait here."""
+
+    __slots__ = ("root", "callbacks")
+
+    def __init__(self, root: _Root) -> None:
+        self.root = root
+        self.callbacks: list[Callable[[], Any]] = []
+
+
+_SCOPES: ContextVar[dict[asyncpg.Pool, _Scope] | None] = ContextVar(
+    "duraflows_pg_async_scopes", default=None
+)
+
+
+def _scope_for(pool: asyncpg.Pool) -> _Scope | None:
+    """This task's scope on ``pool``; a scope inherited from another task is an error."""
+    scopes = _SCOPES.get()
+    if scopes is None:
+        return None
+    scope = scopes.get(pool)
+    if scope is None:
+        return None
+    root = scope.root
+    if root.task is not asyncio.current_task() or root.closed:
+        raise TransactionTaskError(
+            "this task inherited a duraflows transaction from the task that opened it "
+            f"({_task_name(root.task)}); its connection cannot be shared. Open a transaction of "
+            "its own in this task, or await the call in the task that owns the transaction"
+        )
+    return scope
+
+
+def _own_scope(pool: asyncpg.Pool) -> _Scope | None:
+    """Like ``_scope_for`` but treats another task's inherited scope as absent."""
+    scopes = _SCOPES.get()
+    if scopes is None:
+        return None
+    scope = scopes.get(pool)
+    if scope is None or scope.root.task is not asyncio.current_task() or scope.root.closed:
+        return None
+    return scope
+
+
+def ambient_connection(pool: asyncpg.Pool) -> asyncpg.Connection | None:
+    """The connection of this task's transaction on ``pool``, or None outside one."""
+    scope = _scope_for(pool)
+    return None if scope is None else scope.root.connection
+
+
+def _task_name(task: asyncio.Task[Any] | None) -> str:
+    return "no task" if task is None else f"task {task.get_name()!r}"
+
+
+def _push(pool: asyncpg.Pool, scope: _Scope) -> Token[dict[asyncpg.Pool, _Scope] | None]:
+    current = _SCOPES.get()
+    return _SCOPES.set({pool: scope} if current is None else {**current, pool: scope})
+
+
+async def _settle(awaitable: Awaitable[None]) -> None:
+    """Run cleanup to the end even if the caller is cancelled again meanwhile.
+
+    The cleanup runs in a task of its own; a second cancellation stops the wait, not the cleanup.
+    """
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.shield(task)
+
+
+async def _close_owned(pool: asyncpg.Pool, conn: asyncpg.Connection, reason: BaseException) -> None:
+    """ROLLBACK and release; a connection whose ROLLBACK failed is terminated, never pooled."""
+    try:
+        if not conn.is_closed():
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await conn.execute("ROLLBACK")
+    except (Exception, asyncio.CancelledError) as rollback_error:
+        logger.warning(
+            "duraflows: ROLLBACK failed (%r) after %r; terminating the connection",
+            rollback_error,
+            reason,
+        )
+        conn.terminate()
+    await pool.release(conn)
+
+
+async def _run_callbacks(callbacks: list[Callable[[], Any]]) -> None:
+    # Index loop: callbacks registered while draining (by a callback) run too.
+    index = 0
+    while index < len(callbacks):
+        callback = callbacks[index]
+        index += 1
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.warning("duraflows: after_commit callback %r failed", callback, exc_info=True)
+
+
+class _Transaction:
+    """``async with runner.transaction():`` — an owned transaction or a savepoint in one."""
+
+    __slots__ = ("_runner", "_scope", "_parent", "_token", "_savepoint")
+
+    def __init__(self, runner: PgTransactionRunner) -> None:
+        self._runner = runner
+        self._scope: _Scope | None = None
+        self._parent: _Scope | None = None
+        self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
+        self._savepoint: str | None = None
+
+    async def __aenter__(self) -> None:
+        if self._scope is not None:
+            raise InvalidArgumentError("a transaction() context cannot be entered twice")
+        runner = self._runner
+        pool = runner._pool
+        parent = _own_scope(pool)
+        if parent is not None:
+            root = parent.root
+            root.savepoints += 1
+            name = f"duraflows_sp_{root.savepoints}"
+            with map_db_errors("SAVEPOINT"):
+                await root.connection.execute(f"SAVEPOINT {name}")
+            self._parent = parent
+            self._savepoint = name
+        else:
+            with map_db_errors("acquire a connection"):
+                conn = await pool.acquire()
+            try:
+                with map_db_errors("BEGIN"):
+                    await conn.execute(runner._begin_sql)
+            except BaseException as exc:
+                await _settle(_close_owned(pool, conn, exc))
+                raise
+            root = _Root(conn, asyncio.current_task())
+        scope = _Scope(root)
+        self._scope = scope
+        self._token = _push(pool, scope)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope = self._scope
+        token = self._token
+        assert scope is not None and token is not None
+        _SCOPES.reset(token)
+        if self._savepoint is not None:
+            await self._exit_savepoint(scope, exc)
+        else:
+            await self._exit_owned(scope, exc)
+
+    async def _exit_savepoint(self, scope: _Scope, exc: BaseException | None) -> None:
+        conn = scope.root.connection
+        name = self._savepoint
+        parent = self._parent
+        assert parent is not None
+        if exc is None:
+            # If the body swallowed a SQL error, the transaction is aborted and RELEASE fails:
+            # that failure must surface rather than let the caller believe its writes happened.
+            with map_db_errors(f"RELEASE SAVEPOINT {name}"):
+                await conn.execute(f"RELEASE SAVEPOINT {name}")
+            parent.callbacks.extend(scope.callbacks)
+            return
+        await _settle(self._rollback_savepoint(conn, exc))
+
+    async def _rollback_savepoint(self, conn: asyncpg.Connection, reason: BaseException) -> None:
+        name = self._savepoint
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+        except (Exception, asyncio.CancelledError) as rollback_error:
+            # The original error propagates; the outer transaction's own cleanup deals with a
+            # connection that cannot even roll back to a savepoint.
+            logger.warning(
+                "duraflows: ROLLBACK TO SAVEPOINT %s failed (%r) after %r",
+                name,
+                rollback_error,
+                reason,
+            )
+
+    async def _exit_owned(self, scope: _Scope, exc: BaseException | None) -> None:
+        root = scope.root
+        root.closed = True
+        pool = self._runner._pool
+        conn = root.connection
+        if exc is not None:
+            await _settle(_close_owned(pool, conn, exc))
+            return
+        try:
+            with map_db_errors("COMMIT"):
+                status = await conn.execute("COMMIT")
+        except BaseException as commit_error:
+            await _settle(_close_owned(pool, conn, commit_error))
+            raise
+        await pool.release(conn)
+        if status == "ROLLBACK":
+            raise CommitRolledBackError()
+        if scope.callbacks:
+            await _run_callbacks(scope.callbacks)
+
+
+class _Bound:
+    """``async with runner.bind(conn):`` — workflow calls join a transaction the caller owns."""
+
+    __slots__ = ("_runner", "_conn", "_token", "_scope")
+
+    def __init__(self, runner: PgTransactionRunner, conn: asyncpg.Connection) -> None:
+        self._runner = runner
+        self._conn = conn
+        self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
+        self._scope: _Scope | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        conn = self._conn
+        pool = self._runner._pool
+        if _own_scope(pool) is not None:
+            raise InvalidArgumentError(
+                "bind() was called inside a transaction of this runner's pool; workflow calls "
+                "already join that transaction"
+            )
+        is_in_transaction = getattr(conn, "is_in_transaction", None)
+        if is_in_transaction is None or not is_in_transaction():
+            raise InvalidArgumentError(
+                "bind(conn) needs an asyncpg connection inside a transaction (start one with "
+                "conn.transaction() first); the caller owns BEGIN and COMMIT"
+            )
+        self._scope = _Scope(_Root(conn, asyncio.current_task()))
+        self._token = _push(pool, self._scope)
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope = self._scope
+        token = self._token
+        assert scope is not None and token is not None
+        try:
+            # The caller's COMMIT is out of sight: callbacks run when the block succeeds, still
+            # inside the bound scope, so workflow calls they make join the caller's transaction.
+            if exc is None and scope.callbacks:
+                await _run_callbacks(scope.callbacks)
+        finally:
+            scope.root.closed = True
+            _SCOPES.reset(token)
+
+
+class PgTransactionRunner:
+    """Runs work in a PostgreSQL transaction on connections from ``pool``.
+
+    Nested ``transaction()`` / ``run_in_transaction()`` calls in the same task become savepoints;
+    a failure rolls back only the nested part. ``lock_timeout`` and ``statement_timeout`` (a
+    ``timedelta`` or seconds) are applied with ``SET LOCAL`` to transactions this runner opens.
+    The pool is never closed by the runner.
+    """
+
+    __slots__ = ("_pool", "_begin_sql", "lock_timeout_ms", "statement_timeout_ms")
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        lock_timeout: object = None,
+        statement_timeout: object = None,
+    ) -> None:
+        if not isinstance(pool, asyncpg.Pool):
+            raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
+        self._pool = pool
+        self.lock_timeout_ms = timeout_ms(lock_timeout, "lock_timeout")
+        self.statement_timeout_ms = timeout_ms(statement_timeout, "statement_timeout")
+        begin = ["BEGIN"]
+        # SET does not take bind parameters; the values are validated integers.
+        if self.lock_timeout_ms is not None:
+            begin.append(f"SET LOCAL lock_timeout = {self.lock_timeout_ms}")
+        if self.statement_timeout_ms is not None:
+            begin.append(f"SET LOCAL statement_timeout = {self.statement_timeout_ms}")
+        # One round trip: simple-query protocol runs the statements in order.
+        self._begin_sql = "; ".join(begin)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    def transaction(self) -> _Transaction:
+        """An async context manager: the outermost one BEGINs and COMMITs, nested ones are
+        savepoints. After-commit callbacks run after the outermost COMMIT."""
+        return _Transaction(self)
+
+    async def run_in_transaction(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """``await fn()`` inside ``transaction()`` and return its result."""
+        if not callable(fn):
+            raise InvalidArgumentError(f"fn must be an async callable, got {fn!r}")
+        async with _Transaction(self):
+            return await fn()
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback()`` (awaited if it returns an awaitable) after the outermost COMMIT.
+
+        Dropped if the transaction or the enclosing savepoint rolls back. A callback that raises
+        is logged and does not stop the others. Outside a transaction: NoActiveTransactionError.
+        """
+        if not callable(callback):
+            raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
+        scope = _scope_for(self._pool)
+        if scope is None:
+            raise NoActiveTransactionError("after_commit requires an active transaction")
+        scope.callbacks.append(callback)
+
+    def is_transaction_active(self) -> bool:
+        """Whether the current task is inside a transaction of this runner's pool."""
+        return _own_scope(self._pool) is not None
+
+    def connection(self) -> asyncpg.Connection:
+        """The current transaction's connection, so your own SQL joins the workflow transaction.
+
+        Use it only from this task and only until the transaction ends.
+        """
+        scope = _scope_for(self._pool)
+        if scope is None:
+            raise NoActiveTransactionError("connection() requires an active transaction")
+        return scope.root.connection
+
+    def bind(self, conn: asyncpg.Connection) -> _Bound:
+        """Make workflow calls inside the block join ``conn``'s open transaction.
+
+        The caller owns BEGIN and COMMIT; nested workflow calls become savepoints on ``conn``.
+        After-commit callbacks registered inside run when the block exits without error (the
+        runner cannot see your COMMIT).
+        """
+        return _Bound(self, conn)

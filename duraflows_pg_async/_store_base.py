@@ -1,0 +1,32 @@
+"""What the three PostgreSQL stores share: the pool, the rendered SQL and the ambient connection."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ._queries import Queries, render_queries
+from ._runner import ambient_connection
+from .errors import InvalidArgumentError, NoActiveTransactionError
+
+
+class PgStore:
+    """Base of the stores: runs a statement on the current transaction's connection, else on the
+    pool as one autocommit statement. The pool is never closed by a store."""
+
+    __slots__ = ("_pool", "_q")
+
+    def __init__(self, pool: asyncpg.Pool, *, schema: str | None = None) -> None:
+        if not isinstance(pool, asyncpg.Pool):
+            raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
+        self._pool = pool
+        self._q: Queries = render_queries(schema)
+
+    def _executor(self) -> asyncpg.Connection | asyncpg.Pool:
+        conn = ambient_connection(self._pool)
+        return self._pool if conn is None else conn
+
+    def _transaction_connection(self, method: str) -> asyncpg.Connection:
+        conn = ambient_connection(self._pool)
+        if conn is None:
+            raise NoActiveTransactionError(f"{method} requires an active transaction")
+        return conn

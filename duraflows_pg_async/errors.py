@@ -1,0 +1,258 @@
+"""Every error duraflows-pg-async raises.
+
+::
+
+    WorkflowError
+    ├── InvalidArgumentError               (also a ValueError)
+    ├── ConfigurationError
+    ├── NoActiveTransactionError
+    ├── TransactionTaskError
+    ├── CommitRolledBackError
+    ├── OptimisticLockError
+    ├── WorkflowInstanceNotFoundError
+    ├── InstanceAlreadyExistsError
+    ├── DatabaseError                      (asyncpg's error is in __cause__)
+    │   ├── LockTimeoutError
+    │   ├── StatementTimeoutError
+    │   ├── TransactionConflictError
+    │   └── ConnectionLostError
+    ├── WorkflowDefinitionError
+    │   └── IncompatibleDefinitionError
+    ├── InvalidEventError
+    ├── CommandFailureError
+    └── OnEnterDepthExceededError
+
+Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
+caller's own code or SQL inside a transaction propagate unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+__all__ = [
+    "WorkflowError",
+    "InvalidArgumentError",
+    "ConfigurationError",
+    "NoActiveTransactionError",
+    "TransactionTaskError",
+    "CommitRolledBackError",
+    "OptimisticLockError",
+    "WorkflowInstanceNotFoundError",
+    "InstanceAlreadyExistsError",
+    "DatabaseError",
+    "LockTimeoutError",
+    "StatementTimeoutError",
+    "TransactionConflictError",
+    "ConnectionLostError",
+    "WorkflowDefinitionError",
+    "IncompatibleDefinitionError",
+    "InvalidEventError",
+    "CommandFailureError",
+    "OnEnterDepthExceededError",
+    "map_db_errors",
+]
+
+
+class WorkflowError(Exception):
+    """Base class of every error this package raises."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message if message is not None else (type(self).__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(WorkflowError, ValueError):
+    """An argument given to a public entry point is not acceptable; nothing was written."""
+
+
+class ConfigurationError(WorkflowError):
+    """The pool or provider is set up in a way this package cannot work with."""
+
+
+class NoActiveTransactionError(WorkflowError):
+    """The call requires an active transaction on this pool and there is none."""
+
+
+class TransactionTaskError(WorkflowError):
+    """A transaction's connection was used from a task other than the one that opened it."""
+
+
+class CommitRolledBackError(WorkflowError):
+    """PostgreSQL answered COMMIT with ROLLBACK because an earlier statement failed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "COMMIT was rolled back by PostgreSQL because an earlier statement in the transaction "
+            "failed"
+        )
+
+
+class OptimisticLockError(WorkflowError):
+    """An instance update found a different version than expected (modified concurrently)."""
+
+    def __init__(self, instance_uuid: UUID, expected_version: int) -> None:
+        self.instance_uuid = instance_uuid
+        self.expected_version = expected_version
+        super().__init__(
+            f'Optimistic locking failure: workflow instance "{instance_uuid}" was modified '
+            f"concurrently (expected version {expected_version})"
+        )
+
+
+class WorkflowInstanceNotFoundError(WorkflowError):
+    """No workflow instance has the given uuid."""
+
+    def __init__(self, instance_uuid: UUID | str) -> None:
+        self.instance_uuid = instance_uuid
+        super().__init__(f'Workflow instance "{instance_uuid}" not found')
+
+
+class InstanceAlreadyExistsError(WorkflowError):
+    """A workflow instance with this uuid already exists."""
+
+    def __init__(self, instance_uuid: UUID) -> None:
+        self.instance_uuid = instance_uuid
+        super().__init__(f'Workflow instance "{instance_uuid}" already exists')
+
+
+class DatabaseError(WorkflowError):
+    """A statement issued by this package failed in the database or the driver."""
+
+
+class LockTimeoutError(DatabaseError):
+    """A row lock was not granted within lock_timeout (SQLSTATE 55P03)."""
+
+
+class StatementTimeoutError(DatabaseError):
+    """A statement was cancelled by statement_timeout or a cancel request (SQLSTATE 57014)."""
+
+
+class TransactionConflictError(DatabaseError):
+    """PostgreSQL aborted the transaction for a deadlock or serialization failure; retry it."""
+
+
+class ConnectionLostError(DatabaseError):
+    """The connection to PostgreSQL was lost or closed during the call."""
+
+
+class WorkflowDefinitionError(WorkflowError):
+    """A workflow definition is invalid, unknown, duplicated or drifted from its stored version."""
+
+    def __init__(self, workflow_name: str, message: str) -> None:
+        self.workflow_name = workflow_name
+        super().__init__(f'Workflow "{workflow_name}": {message}')
+
+
+class IncompatibleDefinitionError(WorkflowDefinitionError):
+    """The instance's state no longer exists in the definition that governs it."""
+
+
+class InvalidEventError(WorkflowError):
+    """The event is not defined on the instance's current state."""
+
+    def __init__(self, instance_uuid: UUID, state: str, event_name: str) -> None:
+        self.instance_uuid = instance_uuid
+        self.state = state
+        self.event_name = event_name
+        super().__init__(
+            f'Event "{event_name}" is not available in state "{state}" '
+            f'of workflow instance "{instance_uuid}"'
+        )
+
+
+class CommandFailureError(WorkflowError):
+    """A mandatory command failed and the event or onEnter has no error state to route to."""
+
+    def __init__(
+        self, instance_uuid: UUID, event_name: str, command_name: str, result: Any
+    ) -> None:
+        self.instance_uuid = instance_uuid
+        self.event_name = event_name
+        self.command_name = command_name
+        self.result = result
+        detail = getattr(result, "message", None) or getattr(result, "code", None) or "unknown"
+        super().__init__(
+            f'Command "{command_name}" failed during event "{event_name}" '
+            f'of workflow instance "{instance_uuid}": {detail}'
+        )
+
+
+class OnEnterDepthExceededError(WorkflowError):
+    """An onEnter chain went deeper than max_on_enter_depth."""
+
+    def __init__(self, instance_uuid: UUID, state: str, max_depth: int) -> None:
+        self.instance_uuid = instance_uuid
+        self.state = state
+        self.max_depth = max_depth
+        super().__init__(
+            f'onEnter chain of workflow instance "{instance_uuid}" exceeded the maximum depth '
+            f'of {max_depth} at state "{state}"'
+        )
+
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+)
+
+
+def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
+    """The package error for a driver error raised by our own statement, or None to re-raise."""
+    if isinstance(exc, WorkflowError):
+        return None
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return LockTimeoutError(f"{what}: lock not available (lock_timeout)")
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return StatementTimeoutError(f"{what}: statement cancelled (statement_timeout)")
+    if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
+        return TransactionConflictError(f"{what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate})")
+    if isinstance(exc, TimeoutError):
+        # Checked before the connection errors: TimeoutError is an OSError (asyncpg's command_timeout).
+        return StatementTimeoutError(f"{what}: timed out in the driver")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ConnectionLostError(f"{what}: connection to PostgreSQL lost ({type(exc).__name__})")
+    if isinstance(exc, asyncpg.PostgresError):
+        return DatabaseError(f"{what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate}): {exc}")
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        # asyncpg's client-side bind error: the value never left the process. Our stores check
+        # JSON before binding, so this is a pool without JSON codecs or a json_dumps that refused
+        # a value the standard library accepts (orjson and integers beyond 64 bits).
+        return ConfigurationError(
+            f"{what}: could not encode a query argument ({exc}). If the pool has no JSON codecs, "
+            "create it with duraflows_pg_async.create_pool() or call "
+            "duraflows_pg_async.register_codecs(conn) in your pool's init="
+        )
+    if isinstance(exc, asyncpg.InterfaceError):
+        return DatabaseError(f"{what}: {type(exc).__name__}: {exc}")
+    return None
+
+
+@contextmanager
+def map_db_errors(what: str) -> Iterator[None]:
+    """Wrap driver errors raised inside the block in the package's tree; ``what`` names the call."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = translate_db_error(exc, what)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+for _name in __all__:
+    globals()[_name].__module__ = "duraflows_pg_async.errors"
+del _name

