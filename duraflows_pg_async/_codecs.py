@@ -41,7 +41,7 @@ def _check_functions(json_dumps: object, json_loads: object) -> tuple[JsonDumps,
         raise InvalidArgumentError(f"json_dumps must be callable, got {json_dumps!r}")
     if json_loads is not None and not callable(json_loads):
         raise InvalidArgumentError(f"json_loads must be callable, got {json_loads!r}")
-    return (json_dumps or _stdlib_dumps), (json_loads or json.loads)  # type: ignore[return-value]
+    return (json_dumps or _stdlib_dumps), (json_loads or json.loads)
 
 
 async def register_codecs(

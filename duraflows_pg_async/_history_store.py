@@ -86,7 +86,8 @@ class PgWorkflowHistoryStore(PgStore):
         require_str(record.to_state, f"{label}: to_state")
         if record.outcome not in HISTORY_OUTCOMES:
             raise InvalidArgumentError(
-                f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {record.outcome!r}"
+                f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, "
+                f"got {record.outcome!r}"
             )
         optional_str(record.error_message, f"{label}: error_message")
         optional_str(record.rejected_by, f"{label}: rejected_by")

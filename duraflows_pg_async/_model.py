@@ -23,7 +23,7 @@ HISTORY_OUTCOMES: frozenset[str] = frozenset(("success", "failure", "guard-rejec
 
 @dataclass(frozen=True, slots=True)
 class TimeoutRetry:
-    """Retry state of a failing timeout: retrying (``retry_at`` set) or parked (``parked_at`` set)."""
+    """Retry state of a failing timeout: retrying (``retry_at`` set) or parked (``parked_at``)."""
 
     attempts: int
     last_error: str

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ._validate import timeout_ms
 from .errors import (
@@ -29,6 +30,8 @@ from .errors import (
 __all__ = ["PgTransactionRunner", "ambient_connection"]
 
 T = TypeVar("T")
+# A pooled connection, or the caller's own connection given to bind().
+AnyConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 logger = logging.getLogger("duraflows_pg_async")
 
 # How long cleanup (ROLLBACK, release) may take once a transaction failed or was cancelled; past
@@ -39,9 +42,9 @@ CLEANUP_TIMEOUT = 10.0
 class _Root:
     """One database transaction: owned (BEGIN/COMMIT here) or bound (the caller's)."""
 
-    __slots__ = ("connection", "savepoints", "task", "closed")
+    __slots__ = ("closed", "connection", "savepoints", "task")
 
-    def __init__(self, connection: asyncpg.Connection, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, connection: AnyConnection, task: asyncio.Task[Any] | None) -> None:
         self.connection = connection
         self.task = task
         self.savepoints = 0
@@ -51,7 +54,7 @@ class _Root:
 class _Scope:
     """The transaction or savepoint a task is in; after-commit callbacks wait here."""
 
-    __slots__ = ("root", "callbacks")
+    __slots__ = ("callbacks", "root")
 
     def __init__(self, root: _Root) -> None:
         self.root = root
@@ -92,7 +95,7 @@ def _own_scope(pool: asyncpg.Pool) -> _Scope | None:
     return scope
 
 
-def ambient_connection(pool: asyncpg.Pool) -> asyncpg.Connection | None:
+def ambient_connection(pool: asyncpg.Pool) -> AnyConnection | None:
     """The connection of this task's transaction on ``pool``, or None outside one."""
     scope = _scope_for(pool)
     return None if scope is None else scope.root.connection
@@ -116,7 +119,9 @@ async def _settle(awaitable: Awaitable[None]) -> None:
     await asyncio.shield(task)
 
 
-async def _close_owned(pool: asyncpg.Pool, conn: asyncpg.Connection, reason: BaseException) -> None:
+async def _close_owned(
+    pool: asyncpg.Pool, conn: PoolConnectionProxy[Any], reason: BaseException
+) -> None:
     """ROLLBACK and release; a connection whose ROLLBACK failed is terminated, never pooled."""
     try:
         if not conn.is_closed():
@@ -149,7 +154,7 @@ async def _run_callbacks(callbacks: list[Callable[[], Any]]) -> None:
 class _Transaction:
     """``async with runner.transaction():`` — an owned transaction or a savepoint in one."""
 
-    __slots__ = ("_runner", "_scope", "_parent", "_token", "_savepoint")
+    __slots__ = ("_parent", "_runner", "_savepoint", "_scope", "_token")
 
     def __init__(self, runner: PgTransactionRunner) -> None:
         self._runner = runner
@@ -194,7 +199,8 @@ class _Transaction:
     ) -> None:
         scope = self._scope
         token = self._token
-        assert scope is not None and token is not None
+        assert scope is not None
+        assert token is not None
         _SCOPES.reset(token)
         if self._savepoint is not None:
             await self._exit_savepoint(scope, exc)
@@ -215,7 +221,7 @@ class _Transaction:
             return
         await _settle(self._rollback_savepoint(conn, exc))
 
-    async def _rollback_savepoint(self, conn: asyncpg.Connection, reason: BaseException) -> None:
+    async def _rollback_savepoint(self, conn: AnyConnection, reason: BaseException) -> None:
         name = self._savepoint
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
@@ -235,6 +241,7 @@ class _Transaction:
         root.closed = True
         pool = self._runner._pool
         conn = root.connection
+        assert isinstance(conn, PoolConnectionProxy)
         if exc is not None:
             await _settle(_close_owned(pool, conn, exc))
             return
@@ -254,15 +261,15 @@ class _Transaction:
 class _Bound:
     """``async with runner.bind(conn):`` — workflow calls join a transaction the caller owns."""
 
-    __slots__ = ("_runner", "_conn", "_token", "_scope")
+    __slots__ = ("_conn", "_runner", "_scope", "_token")
 
-    def __init__(self, runner: PgTransactionRunner, conn: asyncpg.Connection) -> None:
+    def __init__(self, runner: PgTransactionRunner, conn: AnyConnection) -> None:
         self._runner = runner
         self._conn = conn
         self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
         self._scope: _Scope | None = None
 
-    async def __aenter__(self) -> asyncpg.Connection:
+    async def __aenter__(self) -> AnyConnection:
         conn = self._conn
         pool = self._runner._pool
         if _own_scope(pool) is not None:
@@ -288,7 +295,8 @@ class _Bound:
     ) -> None:
         scope = self._scope
         token = self._token
-        assert scope is not None and token is not None
+        assert scope is not None
+        assert token is not None
         try:
             # The caller's COMMIT is out of sight: callbacks run when the block succeeds, still
             # inside the bound scope, so workflow calls they make join the caller's transaction.
@@ -308,7 +316,7 @@ class PgTransactionRunner:
     The pool is never closed by the runner.
     """
 
-    __slots__ = ("_pool", "_begin_sql", "lock_timeout_ms", "statement_timeout_ms")
+    __slots__ = ("_begin_sql", "_pool", "lock_timeout_ms", "statement_timeout_ms")
 
     def __init__(
         self,
@@ -364,7 +372,7 @@ class PgTransactionRunner:
         """Whether the current task is inside a transaction of this runner's pool."""
         return _own_scope(self._pool) is not None
 
-    def connection(self) -> asyncpg.Connection:
+    def connection(self) -> AnyConnection:
         """The current transaction's connection, so your own SQL joins the workflow transaction.
 
         Use it only from this task and only until the transaction ends.
@@ -374,7 +382,7 @@ class PgTransactionRunner:
             raise NoActiveTransactionError("connection() requires an active transaction")
         return scope.root.connection
 
-    def bind(self, conn: asyncpg.Connection) -> _Bound:
+    def bind(self, conn: AnyConnection) -> _Bound:
         """Make workflow calls inside the block join ``conn``'s open transaction.
 
         The caller owns BEGIN and COMMIT; nested workflow calls become savepoints on ``conn``.

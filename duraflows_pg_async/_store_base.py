@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from ._queries import Queries, render_queries
-from ._runner import ambient_connection
+from ._runner import AnyConnection, ambient_connection
 from .errors import InvalidArgumentError, NoActiveTransactionError
 
 
@@ -21,11 +21,11 @@ class PgStore:
         self._pool = pool
         self._q: Queries = render_queries(schema)
 
-    def _executor(self) -> asyncpg.Connection | asyncpg.Pool:
+    def _executor(self) -> AnyConnection | asyncpg.Pool:
         conn = ambient_connection(self._pool)
         return self._pool if conn is None else conn
 
-    def _transaction_connection(self, method: str) -> asyncpg.Connection:
+    def _transaction_connection(self, method: str) -> AnyConnection:
         conn = ambient_connection(self._pool)
         if conn is None:
             raise NoActiveTransactionError(f"{method} requires an active transaction")

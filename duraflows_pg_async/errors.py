@@ -221,7 +221,7 @@ def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
     if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
         return TransactionConflictError(f"{what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate})")
     if isinstance(exc, TimeoutError):
-        # Checked before the connection errors: TimeoutError is an OSError (asyncpg's command_timeout).
+        # Before the connection errors: TimeoutError is an OSError (asyncpg command_timeout).
         return StatementTimeoutError(f"{what}: timed out in the driver")
     if isinstance(exc, _CONNECTION_ERRORS):
         return ConnectionLostError(f"{what}: connection to PostgreSQL lost ({type(exc).__name__})")

@@ -209,9 +209,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if "pg_server" in getattr(item, "fixturenames", ()):
-        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
+    counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+    if counted and "pg_server" in getattr(item, "fixturenames", ()):
+        _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
     return report
 
 
