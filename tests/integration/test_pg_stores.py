@@ -11,6 +11,7 @@ from uuid import uuid4
 import asyncpg
 import orjson
 import pytest
+from duraflows_pg_async.testing import make_instance
 
 from duraflows_pg_async import (
     CommandResult,
@@ -25,7 +26,6 @@ from duraflows_pg_async import (
     register_codecs,
 )
 from duraflows_pg_async._queries import render_queries
-from duraflows_pg_async.testing import make_instance
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -302,7 +302,8 @@ async def test_pool_without_codecs_gets_an_error_naming_register_codecs(database
         with pytest.raises(ConfigurationError, match="register_codecs"):
             await p.instance_store.create(instance)
         await plain.execute(
-            "INSERT INTO workflow_instances (uuid, workflow_name, current_state) VALUES ($1, 'w', 's')",
+            "INSERT INTO workflow_instances (uuid, workflow_name, current_state) "
+            "VALUES ($1, 'w', 's')",
             instance.uuid,
         )
         with pytest.raises(ConfigurationError, match="register_codecs"):

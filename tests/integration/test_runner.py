@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from duraflows_pg_async.testing import make_instance
 
 from duraflows_pg_async import (
     CommitRolledBackError,
@@ -22,7 +24,6 @@ from duraflows_pg_async import (
     create_pool,
     pg_workflow_providers,
 )
-from duraflows_pg_async.testing import make_instance
 
 
 class Recorder:
@@ -199,10 +200,8 @@ async def test_nested_call_that_swallowed_a_sql_error_fails_loudly(pool: asyncpg
         async with runner.transaction():
             await p.instance_store.create(make_instance())
             async with runner.transaction():
-                try:
+                with contextlib.suppress(asyncpg.DivisionByZeroError):
                     await runner.connection().execute("SELECT 1/0")
-                except asyncpg.DivisionByZeroError:
-                    pass
     assert await count_rows(pool) == 0
 
 
@@ -317,7 +316,7 @@ async def test_cancellation_at_many_points_of_a_transaction(pool: asyncpg.Pool) 
                 await p.instance_store.update(locked)
             runner.after_commit(lambda: None)
 
-    for steps in range(0, 60):
+    for steps in range(60):
         task = asyncio.create_task(work())
         for _ in range(steps):
             await asyncio.sleep(0)
