@@ -8,6 +8,7 @@ see each other's transaction. It is set only inside a runner scope and reset by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -111,12 +112,15 @@ def _push(pool: asyncpg.Pool, scope: _Scope) -> Token[dict[asyncpg.Pool, _Scope]
 
 
 async def _settle(awaitable: Awaitable[None]) -> None:
-    """Run cleanup to the end even if the caller is cancelled again meanwhile.
+    """Run cleanup (ROLLBACK, release) to the end, even if the caller is cancelled meanwhile.
 
-    The cleanup runs in a task of its own; a second cancellation stops the wait, not the cleanup.
+    The cleanup runs in a task of its own; a cancellation that arrives during it is re-raised once
+    the cleanup is done, so the connection is back in the pool before the caller unwinds.
     """
     task = asyncio.ensure_future(awaitable)
-    await asyncio.shield(task)
+    if await _wait_for_task(task):
+        raise asyncio.CancelledError
+    task.result()
 
 
 async def _close_owned(
@@ -124,16 +128,18 @@ async def _close_owned(
 ) -> None:
     """ROLLBACK and release; a connection whose ROLLBACK failed is terminated, never pooled."""
     try:
-        if not conn.is_closed():
-            async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await conn.execute("ROLLBACK")
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await conn.execute("ROLLBACK")
     except (Exception, asyncio.CancelledError) as rollback_error:
         logger.warning(
             "duraflows: ROLLBACK failed (%r) after %r; terminating the connection",
             rollback_error,
             reason,
         )
-        conn.terminate()
+        # When the server ended the connection, asyncpg has already detached the proxy and
+        # returned its slot to the pool; there is nothing left to terminate then.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
     await pool.release(conn)
 
 
@@ -245,17 +251,45 @@ class _Transaction:
         if exc is not None:
             await _settle(_close_owned(pool, conn, exc))
             return
+        # COMMIT is the point of no return: once sent it cannot be recalled, so it runs in a task
+        # of its own that a cancellation of the caller does not interrupt.
+        commit = asyncio.ensure_future(_commit_and_release(pool, conn))
         try:
-            with map_db_errors("COMMIT"):
-                status = await conn.execute("COMMIT")
-        except BaseException as commit_error:
-            await _settle(_close_owned(pool, conn, commit_error))
+            status = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await _wait_for_task(commit)
+            if not commit.cancelled() and commit.exception() is None:
+                logger.warning(
+                    "duraflows: the task was cancelled while COMMIT was in flight; the transaction "
+                    "committed and its after_commit callbacks were skipped"
+                )
             raise
-        await pool.release(conn)
         if status == "ROLLBACK":
             raise CommitRolledBackError()
         if scope.callbacks:
             await _run_callbacks(scope.callbacks)
+
+
+async def _commit_and_release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> str:
+    try:
+        with map_db_errors("COMMIT"):
+            status: str = await conn.execute("COMMIT")
+    except BaseException as commit_error:
+        await _close_owned(pool, conn, commit_error)
+        raise
+    await pool.release(conn)
+    return status
+
+
+async def _wait_for_task(task: asyncio.Future[Any]) -> bool:
+    """Wait until ``task`` is done; True if the waiting task was cancelled meanwhile."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 class _Bound:

@@ -210,6 +210,15 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _is_client_encode_error(exc: BaseException) -> bool:
+    """asyncpg's bind-time error: the value never left the process.
+
+    asyncpg raises it as a DataError (SQLSTATE 22000) chained to the encoder's exception, which
+    no error sent by the server carries.
+    """
+    return type(exc) is asyncpg.DataError and exc.__cause__ is not None
+
+
 def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
     """The package error for a driver error raised by our own statement, or None to re-raise."""
     if isinstance(exc, WorkflowError):
@@ -225,18 +234,17 @@ def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
         return StatementTimeoutError(f"{what}: timed out in the driver")
     if isinstance(exc, _CONNECTION_ERRORS):
         return ConnectionLostError(f"{what}: connection to PostgreSQL lost ({type(exc).__name__})")
-    if isinstance(exc, asyncpg.PostgresError):
-        return DatabaseError(f"{what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate}): {exc}")
-    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
-        # asyncpg's client-side bind error: the value never left the process. Our stores check
-        # JSON before binding, so this is a pool without JSON codecs or a json_dumps that refused
-        # a value the standard library accepts (orjson and integers beyond 64 bits).
+    if _is_client_encode_error(exc):
+        # Our stores check JSON before binding, so this is a pool without JSON codecs or a
+        # json_dumps that refused a value the standard library accepts (orjson, ints > 64 bits).
         return ConfigurationError(
             f"{what}: could not encode a query argument ({exc}). If the pool has no JSON codecs, "
             "create it with duraflows_pg_async.create_pool() or call "
             "duraflows_pg_async.register_codecs(conn) in your pool's init="
         )
-    if isinstance(exc, asyncpg.InterfaceError):
+    if isinstance(exc, asyncpg.PostgresError):
+        return DatabaseError(f"{what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate}): {exc}")
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
         return DatabaseError(f"{what}: {type(exc).__name__}: {exc}")
     return None
 

@@ -38,7 +38,7 @@ class Recorder:
     def control(self) -> list[str]:
         """Transaction-control statements only (BEGIN, SAVEPOINT, COMMIT, ...)."""
         words = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
-        return [s for s in self.statements if s.split(" ", 1)[0].upper() in words]
+        return [s for s in self.statements if s.split(" ", 1)[0].rstrip(";").upper() in words]
 
 
 @pytest.fixture

@@ -53,6 +53,17 @@ def test_tree_in_the_docstring_lists_every_class() -> None:
         assert cls.__name__ in doc, cls
 
 
+def bind_error() -> BaseException:
+    """The shape of asyncpg's client-side bind error: a DataError chained to the encoder's."""
+    try:
+        try:
+            raise TypeError("expected str, got dict")
+        except TypeError as cause:
+            raise asyncpg.DataError("invalid input for query argument $7") from cause
+    except asyncpg.DataError as exc:
+        return exc
+
+
 @pytest.mark.parametrize(
     ("driver_error", "expected"),
     [
@@ -65,7 +76,10 @@ def test_tree_in_the_docstring_lists_every_class() -> None:
         (ConnectionResetError("reset"), ConnectionLostError),
         (TimeoutError(), StatementTimeoutError),
         (asyncpg.DivisionByZeroError("x"), DatabaseError),
-        (asyncpg.exceptions._base.DataError("bad bind"), ConfigurationError),
+        (bind_error(), ConfigurationError),
+        (asyncpg.DataError("sent by the server"), DatabaseError),
+        (asyncpg.ClientConfigurationError("bad dsn"), DatabaseError),
+        (asyncpg.InternalClientError("protocol state"), DatabaseError),
         (asyncpg.InterfaceError("misuse"), DatabaseError),
     ],
 )
