@@ -11,7 +11,6 @@ from uuid import uuid4
 import asyncpg
 import orjson
 import pytest
-from duraflows_pg_async.testing import make_instance
 
 from duraflows_pg_async import (
     CommandResult,
@@ -26,6 +25,7 @@ from duraflows_pg_async import (
     register_codecs,
 )
 from duraflows_pg_async._queries import render_queries
+from duraflows_pg_async.testing import make_instance
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -24,7 +25,8 @@ def quick_start_code() -> str:
 async def test_quick_start_runs_as_written(database: str) -> None:
     env = {**os.environ, "DATABASE_URL": database}
     # The template is migrated already; the quick start's own apply() must then be a no-op.
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", quick_start_code()],
         env=env,
         capture_output=True,
@@ -44,7 +46,8 @@ async def test_quick_start_runs_as_written(database: str) -> None:
 
 async def test_quick_start_migrates_an_empty_database(empty_database: str) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database}
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", quick_start_code()],
         env=env,
         capture_output=True,

@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from duraflows_pg_async.testing import make_instance
 
 from duraflows_pg_async import (
     CommitRolledBackError,
@@ -24,6 +23,7 @@ from duraflows_pg_async import (
     create_pool,
     pg_workflow_providers,
 )
+from duraflows_pg_async.testing import make_instance
 
 
 class Recorder:
