@@ -1,0 +1,634 @@
+"""The dbmate files, the migration runner and the generator against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from duraflows_pg_async import DatabaseError, InvalidArgumentError, generate_migration_sql
+from duraflows_pg_async.migrations import Migration, apply, list_migrations, rollback, status
+
+REPO = Path(__file__).resolve().parents[2]
+ALL_VERSIONS = ["001", "002", "003", "004", "005", "006"]
+MIGRATION = {m.version: m for m in list_migrations()}
+
+
+@pytest.fixture
+async def conn(empty_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database with no schema at all."""
+    connection = await asyncpg.connect(empty_database)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def other_empty_database(pg_server: Any) -> AsyncIterator[str]:
+    """A second empty database (``empty_database`` gives one per test)."""
+    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        admin = await asyncpg.connect(pg_server.admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def versions(migrations: list[Migration]) -> list[str]:
+    return [m.version for m in migrations]
+
+
+async def applied_versions(conn: asyncpg.Connection) -> list[str]:
+    return [s.version for s in await status(conn) if s.applied]
+
+
+async def recorded_versions(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    return [r["version"] for r in rows]
+
+
+async def table_exists(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
+
+
+async def columns(conn: asyncpg.Connection, table: str) -> list[str]:
+    rows = await conn.fetch(
+        """
+        SELECT attname FROM pg_attribute
+        WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+        ORDER BY attnum
+        """,
+        table,
+    )
+    return [r["attname"] for r in rows]
+
+
+async def index_count(conn: asyncpg.Connection, name: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = $1", name))
+
+
+async def insert_instance(conn: asyncpg.Connection, schema: str = "") -> uuid.UUID:
+    instance = uuid.uuid4()
+    await conn.execute(
+        f"INSERT INTO {schema}workflow_instances (uuid, workflow_name, current_state) "
+        "VALUES ($1, 'order', 'new')",
+        instance,
+    )
+    return instance
+
+
+# --- catalog snapshot ------------------------------------------------------------------------
+
+
+async def catalog(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
+    """Tables, columns, constraints and indexes of ``schema``, with the schema name removed."""
+
+    def strip(text: str) -> str:
+        return text.replace(f"{schema}.", "")
+
+    tables = await conn.fetch(
+        """
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'
+        ORDER BY 1
+        """,
+        schema,
+    )
+    cols = await conn.fetch(
+        """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
+               a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS default
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
+          AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        schema,
+    )
+    constraints = await conn.fetch(
+        """
+        SELECT c.relname, con.conname, con.contype::text AS contype,
+               pg_get_constraintdef(con.oid) AS def
+        FROM pg_constraint con
+        JOIN pg_class c ON c.oid = con.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
+        """,
+        schema,
+    )
+    indexes = await conn.fetch(
+        """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+        WHERE schemaname = $1 AND tablename <> 'schema_migrations'
+        """,
+        schema,
+    )
+    return {
+        "tables": [r["relname"] for r in tables],
+        "columns": sorted(
+            (r["relname"], r["attname"], r["type"], r["attnotnull"], r["default"]) for r in cols
+        ),
+        "constraints": sorted(
+            (r["relname"], r["conname"], r["contype"], strip(r["def"])) for r in constraints
+        ),
+        "indexes": sorted((r["tablename"], r["indexname"], strip(r["indexdef"])) for r in indexes),
+    }
+
+
+# --- apply / status --------------------------------------------------------------------------
+
+
+async def test_status_on_an_empty_database_creates_nothing(conn: asyncpg.Connection) -> None:
+    result = await status(conn)
+    assert [(s.version, s.name, s.applied) for s in result] == [
+        (m.version, m.name, False) for m in list_migrations()
+    ]
+    assert not await table_exists(conn, "schema_migrations")
+    assert await rollback(conn) == []
+    assert not await table_exists(conn, "schema_migrations")
+
+
+async def test_apply_on_an_empty_database_applies_every_migration(
+    conn: asyncpg.Connection,
+) -> None:
+    applied = await apply(conn)
+    assert versions(applied) == ALL_VERSIONS
+    assert applied == list_migrations()
+    assert await applied_versions(conn) == ALL_VERSIONS
+    assert await recorded_versions(conn) == ALL_VERSIONS
+    # dbmate's own table shape.
+    column = await conn.fetchrow(
+        """
+        SELECT format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull
+        FROM pg_attribute a WHERE a.attrelid = 'public.schema_migrations'::regclass
+          AND a.attname = 'version'
+        """
+    )
+    assert column is not None
+    assert column["type"] == "character varying(128)"
+    assert column["attnotnull"]
+    assert await columns(conn, "schema_migrations") == ["version"]
+    for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
+        assert await table_exists(conn, table)
+
+
+async def test_apply_twice_applies_nothing_the_second_time(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    assert await apply(conn) == []
+    assert await recorded_versions(conn) == ALL_VERSIONS
+
+
+async def test_apply_up_to_a_target(conn: asyncpg.Connection) -> None:
+    assert versions(await apply(conn, target="003")) == ["001", "002", "003"]
+    assert [(s.version, s.applied) for s in await status(conn)] == [
+        ("001", True),
+        ("002", True),
+        ("003", True),
+        ("004", False),
+        ("005", False),
+        ("006", False),
+    ]
+    assert not await table_exists(conn, "workflow_definitions")
+    assert "rejected_by" in await columns(conn, "workflow_history")
+    assert await apply(conn, target="002") == []  # a target never rolls back
+    assert versions(await apply(conn)) == ["004", "005", "006"]
+
+
+@pytest.mark.parametrize("target", ["007", "3", "000", "", "workflow_core", 3])
+async def test_unknown_target_is_rejected_before_any_sql(
+    conn: asyncpg.Connection, target: object
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="target"):
+        await apply(conn, target=target)  # type: ignore[arg-type]
+    assert not await table_exists(conn, "schema_migrations")
+
+
+async def test_apply_in_the_current_schema(empty_database: str) -> None:
+    setup = await asyncpg.connect(empty_database)
+    try:
+        await setup.execute("CREATE SCHEMA app")
+    finally:
+        await setup.close()
+    conn = await asyncpg.connect(empty_database, server_settings={"search_path": "app"})
+    try:
+        await apply(conn)
+        assert await table_exists(conn, "app.schema_migrations")
+        assert await table_exists(conn, "app.workflow_instances")
+        assert not await table_exists(conn, "public.schema_migrations")
+        assert not await table_exists(conn, "public.workflow_instances")
+        assert await applied_versions(conn) == ALL_VERSIONS
+    finally:
+        await conn.close()
+
+
+async def test_versions_of_other_tools_are_left_alone(conn: asyncpg.Connection) -> None:
+    """schema_migrations may be shared with the user's own dbmate files."""
+    await conn.execute("CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY)")
+    await conn.execute("INSERT INTO schema_migrations VALUES ('20240101120000')")
+    await apply(conn)
+    assert versions(await rollback(conn, steps=100)) == ALL_VERSIONS[::-1]
+    assert await recorded_versions(conn) == ["20240101120000"]
+
+
+# --- rollback --------------------------------------------------------------------------------
+
+
+async def test_rollback_steps(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    assert versions(await rollback(conn)) == ["006"]
+    assert await index_count(conn, "workflow_instances_definition_version_idx") == 0
+    assert versions(await rollback(conn, steps=2)) == ["005", "004"]
+    assert await applied_versions(conn) == ["001", "002", "003"]
+    instance_columns = await columns(conn, "workflow_instances")
+    assert "definition_version" not in instance_columns
+    assert not any(c.startswith("timeout_") for c in instance_columns)
+    assert not await table_exists(conn, "workflow_definitions")
+    assert versions(await apply(conn)) == ["004", "005", "006"]
+
+
+@pytest.mark.parametrize("steps", [0, -1, True, 1.5, "1", None])
+async def test_rollback_rejects_bad_steps(conn: asyncpg.Connection, steps: object) -> None:
+    await apply(conn)
+    with pytest.raises(InvalidArgumentError, match="steps"):
+        await rollback(conn, steps=steps)  # type: ignore[arg-type]
+    assert await applied_versions(conn) == ALL_VERSIONS
+
+
+async def test_rollback_everything_then_apply_again(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    before = await catalog(conn, "public")
+    assert versions(await rollback(conn, steps=10)) == ALL_VERSIONS[::-1]
+    assert await recorded_versions(conn) == []
+    for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
+        assert not await table_exists(conn, table)
+    assert await rollback(conn) == []  # nothing applied: a no-op
+    assert versions(await apply(conn)) == ALL_VERSIONS
+    assert await catalog(conn, "public") == before
+
+
+# --- individual files ------------------------------------------------------------------------
+
+
+async def test_005_and_006_up_are_idempotent(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    await conn.execute(MIGRATION["005"].up)
+    await conn.execute(MIGRATION["006"].up)
+    for name in (
+        "workflow_instances_timeout_due_idx",
+        "workflow_instances_timeout_parked_idx",
+        "workflow_instances_definition_version_idx",
+    ):
+        assert await index_count(conn, name) == 1, name
+    timeout_columns = [c for c in await columns(conn, "workflow_instances") if "timeout" in c]
+    assert timeout_columns == [
+        "timeout_attempts",
+        "timeout_retry_at",
+        "timeout_last_error",
+        "timeout_parked_at",
+    ]
+
+
+async def test_005_down_removes_its_columns_and_indexes(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(MIGRATION["005"].down)
+        assert not any("timeout" in c for c in await columns(conn, "workflow_instances"))
+        assert await index_count(conn, "workflow_instances_timeout_due_idx") == 0
+        assert await index_count(conn, "workflow_instances_timeout_parked_idx") == 0
+    finally:
+        await tx.rollback()
+    assert await index_count(conn, "workflow_instances_timeout_due_idx") == 1
+
+
+async def test_002_converts_the_legacy_trigger_columns(conn: asyncpg.Connection) -> None:
+    # The history table as the first published 001 created it.
+    await conn.execute(
+        """
+        CREATE TABLE workflow_instances (
+            uuid uuid PRIMARY KEY,
+            workflow_name text NOT NULL,
+            current_state text NOT NULL,
+            version integer NOT NULL DEFAULT 0,
+            expires_at timestamptz NULL,
+            last_transition_at timestamptz NOT NULL DEFAULT now(),
+            context_json jsonb NOT NULL DEFAULT '{}'::jsonb,
+            metadata_json jsonb NOT NULL DEFAULT '{}'::jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE workflow_history (
+            uuid uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            workflow_instance_uuid uuid NOT NULL REFERENCES workflow_instances (uuid),
+            from_state text,
+            event_name text NOT NULL,
+            to_state text NOT NULL,
+            outcome text NOT NULL CHECK (outcome IN ('success', 'failure')),
+            error_message text,
+            command_results_json jsonb NOT NULL DEFAULT '[]'::jsonb,
+            triggered_by_type text,
+            triggered_by_uuid uuid NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY);
+        INSERT INTO schema_migrations (version) VALUES ('001');
+        """
+    )
+    instance = await insert_instance(conn)
+    actor = uuid.uuid4()
+    insert = (
+        "INSERT INTO workflow_history (workflow_instance_uuid, event_name, to_state, outcome, "
+        "triggered_by_type, triggered_by_uuid) VALUES ($1, $2, 'b', 'success', $3, $4)"
+    )
+    await conn.execute(insert, instance, "by_user", "user", actor)
+    await conn.execute(insert, instance, "by_system", "system", None)
+    await conn.execute(insert, instance, "untriggered", None, None)
+
+    assert versions(await apply(conn, target="002")) == ["002"]
+    history_columns = await columns(conn, "workflow_history")
+    assert "trigger_metadata_json" in history_columns
+    assert "triggered_by_type" not in history_columns
+    assert "triggered_by_uuid" not in history_columns
+    rows = await conn.fetch(
+        "SELECT event_name, trigger_metadata_json::text AS j FROM workflow_history"
+    )
+    metadata = {r["event_name"]: json.loads(r["j"]) for r in rows}
+    assert metadata == {
+        "by_user": {"type": "user", "actorUuid": str(actor)},
+        "by_system": {"type": "system", "actorUuid": None},
+        "untriggered": {},
+    }
+    # Running the DO block again on the converted table changes nothing.
+    await conn.execute(MIGRATION["002"].up)
+    assert await columns(conn, "workflow_history") == history_columns
+
+    assert versions(await rollback(conn)) == ["002"]
+    history_columns = await columns(conn, "workflow_history")
+    assert "trigger_metadata_json" not in history_columns
+    rows = await conn.fetch(
+        "SELECT event_name, triggered_by_type, triggered_by_uuid FROM workflow_history"
+    )
+    assert {r["event_name"]: (r["triggered_by_type"], r["triggered_by_uuid"]) for r in rows} == {
+        "by_user": ("user", actor),
+        "by_system": ("system", None),
+        "untriggered": (None, None),
+    }
+
+
+async def test_002_is_a_no_op_on_a_fresh_schema(conn: asyncpg.Connection) -> None:
+    await apply(conn, target="001")
+    before = await catalog(conn, "public")
+    await apply(conn, target="002")
+    assert await catalog(conn, "public") == before
+
+
+async def test_003_down_fails_while_guard_rejected_rows_exist(conn: asyncpg.Connection) -> None:
+    await apply(conn)
+    instance = await insert_instance(conn)
+    await conn.execute(
+        "INSERT INTO workflow_history (workflow_instance_uuid, event_name, to_state, outcome, "
+        "rejected_by) VALUES ($1, 'approve', 'new', 'guard-rejected', 'is_manager')",
+        instance,
+    )
+    assert versions(await rollback(conn, steps=3)) == ["006", "005", "004"]
+    before = await catalog(conn, "public")
+    with pytest.raises(DatabaseError, match="003_event_guards") as info:
+        await rollback(conn)
+    assert isinstance(info.value.__cause__, asyncpg.CheckViolationError)
+    # The failed step's transaction rolled back: the schema and the record are as they were.
+    assert await catalog(conn, "public") == before
+    assert await applied_versions(conn) == ["001", "002", "003"]
+    assert await conn.fetchval("SELECT rejected_by FROM workflow_history") == "is_manager"
+
+    await conn.execute("DELETE FROM workflow_history WHERE outcome = 'guard-rejected'")
+    assert versions(await rollback(conn)) == ["003"]
+    assert "rejected_by" not in await columns(conn, "workflow_history")
+
+
+async def test_a_failing_migration_is_not_recorded(conn: asyncpg.Connection) -> None:
+    await apply(conn, target="003")
+    # Something in the way of 004: its CREATE TABLE fails, nothing of it stays.
+    await conn.execute("CREATE TABLE workflow_definitions (x int)")
+    with pytest.raises(DatabaseError, match="004_definition_versions") as info:
+        await apply(conn)
+    assert isinstance(info.value.__cause__, asyncpg.DuplicateTableError)
+    assert await applied_versions(conn) == ["001", "002", "003"]
+    assert "definition_version" not in await columns(conn, "workflow_instances")
+
+
+async def test_concurrent_apply_applies_each_migration_once(
+    empty_database: str,
+) -> None:
+    first = await asyncpg.connect(empty_database)
+    second = await asyncpg.connect(empty_database)
+    try:
+        a, b = await asyncio.gather(apply(first), apply(second))
+        assert sorted(versions(a) + versions(b)) == ALL_VERSIONS
+        assert await recorded_versions(first) == ALL_VERSIONS
+        assert await apply(first) == []
+        assert await apply(second) == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_raw_insert_gets_the_timeout_defaults(raw_connection: asyncpg.Connection) -> None:
+    instance = await insert_instance(raw_connection)
+    row = await raw_connection.fetchrow(
+        "SELECT timeout_attempts, timeout_retry_at, timeout_last_error, timeout_parked_at, "
+        "definition_version, version FROM workflow_instances WHERE uuid = $1",
+        instance,
+    )
+    assert row is not None
+    assert tuple(row) == (0, None, None, None, None, 0)
+
+
+async def test_history_uuid_defaults_and_outcome_check(raw_connection: asyncpg.Connection) -> None:
+    instance = await insert_instance(raw_connection)
+    history = await raw_connection.fetchval(
+        "INSERT INTO workflow_history (workflow_instance_uuid, event_name, to_state, outcome) "
+        "VALUES ($1, 'go', 'done', 'success') RETURNING uuid",
+        instance,
+    )
+    assert isinstance(history, uuid.UUID)
+    with pytest.raises(asyncpg.CheckViolationError, match="workflow_history_outcome_check"):
+        await raw_connection.execute(
+            "INSERT INTO workflow_history (workflow_instance_uuid, event_name, to_state, outcome) "
+            "VALUES ($1, 'go', 'done', 'maybe')",
+            instance,
+        )
+
+
+# --- generator vs files ----------------------------------------------------------------------
+
+
+async def test_generator_and_files_build_the_same_catalog(
+    empty_database: str, other_empty_database: str
+) -> None:
+    files = await asyncpg.connect(empty_database)
+    generated = await asyncpg.connect(other_empty_database)
+    try:
+        await apply(files)
+        await generated.execute(generate_migration_sql().up)
+        expected = await catalog(files, "public")
+        assert await catalog(generated, "public") == expected
+    finally:
+        await files.close()
+        await generated.close()
+
+    # Both sides equal is only worth something if they are right.
+    assert expected["tables"] == ["workflow_definitions", "workflow_history", "workflow_instances"]
+    # PostgreSQL 18 also lists NOT NULL constraints (contype 'n'); nullability is checked above.
+    assert {c[1] for c in expected["constraints"] if c[2] != "n"} == {
+        "workflow_definitions_pkey",
+        "workflow_history_pkey",
+        "workflow_history_workflow_instance_uuid_fkey",
+        "workflow_history_outcome_check",
+        "workflow_instances_pkey",
+    }
+    check = next(c for c in expected["constraints"] if c[1] == "workflow_history_outcome_check")
+    assert "'guard-rejected'::text" in check[3]
+    assert {i[1] for i in expected["indexes"]} == {
+        "workflow_definitions_pkey",
+        "workflow_history_pkey",
+        "workflow_history_instance_created_idx",
+        "workflow_instances_pkey",
+        "workflow_instances_workflow_name_idx",
+        "workflow_instances_expires_at_idx",
+        "workflow_instances_timeout_due_idx",
+        "workflow_instances_timeout_parked_idx",
+        "workflow_instances_definition_version_idx",
+    }
+    column_counts = {
+        t: sum(1 for c in expected["columns"] if c[0] == t) for t in expected["tables"]
+    }
+    assert column_counts == {
+        "workflow_instances": 15,
+        "workflow_history": 12,
+        "workflow_definitions": 5,
+    }
+    defaults = {(c[0], c[1]): c[4] for c in expected["columns"]}
+    assert defaults[("workflow_history", "uuid")] == "gen_random_uuid()"
+    assert defaults[("workflow_instances", "timeout_attempts")] == "0"
+    assert defaults[("workflow_instances", "context_json")] == "'{}'::jsonb"
+
+
+async def test_generator_down_drops_everything(conn: asyncpg.Connection) -> None:
+    sql = generate_migration_sql()
+    await conn.execute(sql.up)
+    await insert_instance(conn)
+    await conn.execute(sql.down)
+    assert (await catalog(conn, "public"))["tables"] == []
+
+
+async def test_generator_with_a_schema(empty_database: str, other_empty_database: str) -> None:
+    plain = await asyncpg.connect(empty_database)
+    qualified = await asyncpg.connect(other_empty_database)
+    try:
+        await plain.execute(generate_migration_sql().up)
+        sql = generate_migration_sql(schema="duraflows_it")
+        await qualified.execute(sql.up)
+        assert (await catalog(qualified, "public"))["tables"] == []
+        assert await catalog(qualified, "duraflows_it") == await catalog(plain, "public")
+        await insert_instance(qualified, '"duraflows_it".')
+        await qualified.execute(sql.down)
+        assert (await catalog(qualified, "duraflows_it"))["tables"] == []
+        # CREATE SCHEMA IF NOT EXISTS: a schema that already exists is fine.
+        await qualified.execute(sql.up)
+    finally:
+        await plain.close()
+        await qualified.close()
+
+
+async def test_uuidv7_generator_output(pg_server: Any, conn: asyncpg.Connection) -> None:
+    if pg_server.version_num < 180000:
+        pytest.skip(f"uuidv7() needs PostgreSQL 18, the server is {pg_server.version}")
+    await conn.execute(generate_migration_sql(uuid_strategy="uuidv7").up)
+    instance = await insert_instance(conn)
+    inserted = [
+        await conn.fetchval(
+            "INSERT INTO workflow_history (workflow_instance_uuid, event_name, to_state, outcome) "
+            "VALUES ($1, $2, 'x', 'success') RETURNING uuid",
+            instance,
+            f"e{i}",
+        )
+        for i in range(5)
+    ]
+    assert all(u.version == 7 for u in inserted)
+    assert inserted == sorted(inserted)
+    default = await conn.fetchval(
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+        "ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+        "WHERE d.adrelid = 'workflow_history'::regclass AND a.attname = 'uuid'"
+    )
+    assert default == "uuidv7()"
+
+
+# --- the real dbmate tool --------------------------------------------------------------------
+
+
+def _dbmate_binary() -> str | None:
+    beside_python = Path(sys.executable).with_name("dbmate")
+    return str(beside_python) if beside_python.exists() else shutil.which("dbmate")
+
+
+async def _dbmate(dsn: str, *args: str) -> str:
+    binary = _dbmate_binary()
+    assert binary is not None
+    url = dsn + ("&" if "?" in dsn else "?") + "sslmode=disable"
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "--url",
+        url,
+        "--migrations-dir",
+        str(REPO / "migrations"),
+        "--no-dump-schema",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    text = output.decode()
+    assert process.returncode == 0, text
+    return text
+
+
+@pytest.mark.skipif(_dbmate_binary() is None, reason="the dbmate tool is not installed")
+async def test_dbmate_and_this_package_agree(empty_database: str, conn: asyncpg.Connection) -> None:
+    assert versions(await apply(conn, target="004")) == ["001", "002", "003", "004"]
+    report = await _dbmate(empty_database, "status")
+    assert "[X] 004_definition_versions.sql" in report
+    assert "[ ] 005_timeout_retries.sql" in report
+
+    report = await _dbmate(empty_database, "up")
+    assert "Applied: 005_timeout_retries.sql" in report
+    assert "001_workflow_core" not in report
+    assert await applied_versions(conn) == ALL_VERSIONS
+    assert await apply(conn) == []
+
+    await _dbmate(empty_database, "rollback")
+    assert await applied_versions(conn) == ALL_VERSIONS[:-1]
+    assert versions(await rollback(conn, steps=5)) == ALL_VERSIONS[-2::-1]
+    report = await _dbmate(empty_database, "up")
+    assert "Applied: 001_workflow_core.sql" in report
+    assert await applied_versions(conn) == ALL_VERSIONS
