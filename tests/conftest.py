@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,34 +135,42 @@ def pg_template(pg_server: PgServer) -> Iterator[str]:
         asyncio.run(_drop_database(pg_server, name))
 
 
+MakeDatabase = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
+async def make_database(pg_server: PgServer) -> AsyncIterator[MakeDatabase]:
+    """``await make_database(template=None)``: DSN of a new database, dropped after the test."""
+    names: list[str] = []
+
+    async def make(template: str | None = None) -> str:
+        name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        admin = await asyncpg.connect(pg_server.admin_dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+        finally:
+            await admin.close()
+        names.append(name)
+        return pg_server.dsn(name)
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            await _drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def empty_database(make_database: MakeDatabase) -> str:
     """DSN of a fresh database with no schema at all (for migration tests)."""
-    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        await _drop_database(pg_server, name)
+    return await make_database()
 
 
 @pytest.fixture
-async def database(pg_server: PgServer, pg_template: str) -> AsyncIterator[str]:
+async def database(make_database: MakeDatabase, pg_template: str) -> str:
     """DSN of a fresh database copied from the migrated template."""
-    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await admin.close()
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        await _drop_database(pg_server, name)
+    return await make_database(template=pg_template)
 
 
 @pytest.fixture

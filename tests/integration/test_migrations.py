@@ -33,22 +33,9 @@ async def conn(empty_database: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def other_empty_database(pg_server: Any) -> AsyncIterator[str]:
+async def other_empty_database(make_database: Any) -> str:
     """A second empty database (``empty_database`` gives one per test)."""
-    name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        admin = await asyncpg.connect(pg_server.admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    return await make_database()
 
 
 def versions(migrations: list[Migration]) -> list[str]:

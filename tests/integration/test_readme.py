@@ -22,19 +22,23 @@ def quick_start_code() -> str:
     return match.group(1)
 
 
-async def test_quick_start_runs_as_written(database: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database}
-    # The template is migrated already; the quick start's own apply() must then be a no-op.
+async def run_quick_start(dsn: str) -> subprocess.CompletedProcess[str]:
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", quick_start_code()],
-        env=env,
+        env={**os.environ, "DATABASE_URL": dsn},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+async def test_quick_start_runs_as_written(database: str) -> None:
+    # The template is migrated already; the quick start's own apply() must then be a no-op.
+    result = await run_quick_start(database)
     assert result.stdout.splitlines() == ["committed", "[('pay', 'awaiting_payment', 'paid')]"]
     conn = await asyncpg.connect(database)
     try:
@@ -45,15 +49,5 @@ async def test_quick_start_runs_as_written(database: str) -> None:
 
 
 async def test_quick_start_migrates_an_empty_database(empty_database: str) -> None:
-    env = {**os.environ, "DATABASE_URL": empty_database}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", quick_start_code()],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await run_quick_start(empty_database)
     assert "committed" in result.stdout
