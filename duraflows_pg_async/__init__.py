@@ -19,8 +19,39 @@ from ._contract import (
     WorkflowTransactionRunner,
 )
 from ._definition_store import PgWorkflowDefinitionStore
+from ._definitions import (
+    CommandRef,
+    Event,
+    GuardRef,
+    OnEnter,
+    State,
+    Timeout,
+    VersionPolicy,
+    WorkflowDefinition,
+    validate_definition,
+)
+from ._execution import (
+    AvailableEvent,
+    BusinessFailure,
+    ExecutionContext,
+    ExecutionOutcome,
+    ExecutionResult,
+    ParkedTimeout,
+    ProcessExpiredResult,
+    StateEnterEvent,
+    TimeoutFailure,
+    TimeoutRetryPolicy,
+)
 from ._history_store import PgWorkflowHistoryStore
 from ._instance_store import PgWorkflowInstanceStore
+from ._memory import (
+    MemoryDatabase,
+    MemoryTransactionRunner,
+    MemoryWorkflowDefinitionStore,
+    MemoryWorkflowHistoryStore,
+    MemoryWorkflowInstanceStore,
+    memory_workflow_providers,
+)
 from ._model import (
     CommandResult,
     HistoryOutcome,
@@ -30,7 +61,18 @@ from ._model import (
     WorkflowInstance,
 )
 from ._providers import pg_workflow_providers
+from ._registries import (
+    CommandFunction,
+    CommandRegistry,
+    DefinitionRegistry,
+    GuardFunction,
+    GuardRegistry,
+    RegisteredCommand,
+    RegisteredGuard,
+)
 from ._runner import PgTransactionRunner
+from ._runtime import Observer, WorkflowHandle, WorkflowRuntime
+from ._worker import TimeoutWorker, WorkerStats
 from .errors import (
     CommandFailureError,
     CommitRolledBackError,
@@ -60,6 +102,46 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    # runtime
+    "WorkflowRuntime",
+    "WorkflowHandle",
+    "TimeoutWorker",
+    "WorkerStats",
+    "TimeoutRetryPolicy",
+    "Observer",
+    "ExecutionContext",
+    "ExecutionResult",
+    "ExecutionOutcome",
+    "StateEnterEvent",
+    "AvailableEvent",
+    "ProcessExpiredResult",
+    "BusinessFailure",
+    "TimeoutFailure",
+    "ParkedTimeout",
+    # in-memory provider
+    "memory_workflow_providers",
+    "MemoryDatabase",
+    "MemoryTransactionRunner",
+    "MemoryWorkflowInstanceStore",
+    "MemoryWorkflowHistoryStore",
+    "MemoryWorkflowDefinitionStore",
+    # definitions and registries
+    "WorkflowDefinition",
+    "State",
+    "Event",
+    "OnEnter",
+    "CommandRef",
+    "GuardRef",
+    "Timeout",
+    "VersionPolicy",
+    "validate_definition",
+    "DefinitionRegistry",
+    "CommandRegistry",
+    "GuardRegistry",
+    "RegisteredCommand",
+    "RegisteredGuard",
+    "CommandFunction",
+    "GuardFunction",
     # pool and codecs
     "create_pool",
     "register_codecs",

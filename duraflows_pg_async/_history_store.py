@@ -62,6 +62,35 @@ def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, A
     return out
 
 
+def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
+    """Validate a history record before any write; returns (instance uuid, results JSON,
+    trigger metadata)."""
+    if not isinstance(record, HistoryRecord):
+        raise InvalidArgumentError(
+            f"append: record must be a HistoryRecord, got {type(record).__name__}"
+        )
+    instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
+    label = f"append: history of instance {instance_uuid}"
+    optional_str(record.from_state, f"{label}: from_state")
+    require_str(record.event_name, f"{label}: event_name")
+    require_str(record.to_state, f"{label}: to_state")
+    if record.outcome not in HISTORY_OUTCOMES:
+        raise InvalidArgumentError(
+            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {record.outcome!r}"
+        )
+    optional_str(record.error_message, f"{label}: error_message")
+    optional_str(record.rejected_by, f"{label}: rejected_by")
+    results = _command_results_json(record, label)
+    trigger_metadata = record.trigger_metadata
+    if trigger_metadata is None:
+        trigger_metadata = {}
+    if not isinstance(trigger_metadata, dict):
+        raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
+    check_json(trigger_metadata, f"{label}: trigger_metadata")
+    optional_int(record.definition_version, f"{label}: definition_version", minimum=1)
+    return instance_uuid, results, trigger_metadata
+
+
 class PgWorkflowHistoryStore(PgStore):
     """The transition history. Joins the current transaction if there is one.
 
@@ -75,30 +104,7 @@ class PgWorkflowHistoryStore(PgStore):
 
         An unknown instance raises WorkflowInstanceNotFoundError.
         """
-        if not isinstance(record, HistoryRecord):
-            raise InvalidArgumentError(
-                f"append: record must be a HistoryRecord, got {type(record).__name__}"
-            )
-        instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
-        label = f"append: history of instance {instance_uuid}"
-        optional_str(record.from_state, f"{label}: from_state")
-        require_str(record.event_name, f"{label}: event_name")
-        require_str(record.to_state, f"{label}: to_state")
-        if record.outcome not in HISTORY_OUTCOMES:
-            raise InvalidArgumentError(
-                f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, "
-                f"got {record.outcome!r}"
-            )
-        optional_str(record.error_message, f"{label}: error_message")
-        optional_str(record.rejected_by, f"{label}: rejected_by")
-        results = _command_results_json(record, label)
-        trigger_metadata = record.trigger_metadata
-        if trigger_metadata is None:
-            trigger_metadata = {}
-        if not isinstance(trigger_metadata, dict):
-            raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
-        check_json(trigger_metadata, f"{label}: trigger_metadata")
-        optional_int(record.definition_version, f"{label}: definition_version", minimum=1)
+        instance_uuid, results, trigger_metadata = checked_record(record)
         with map_db_errors(f"append history of instance {instance_uuid}"):
             try:
                 row_uuid = await self._executor().fetchval(

@@ -188,6 +188,18 @@ def providers(pool: asyncpg.Pool) -> WorkflowPersistenceProvider:
     return pg_workflow_providers(pool)
 
 
+@pytest.fixture(params=["memory", "postgres"])
+def any_persistence(request: pytest.FixtureRequest) -> WorkflowPersistenceProvider:
+    """The in-memory provider, then the PostgreSQL one: runtime tests run on both."""
+    if request.param == "memory":
+        from duraflows_pg_async import memory_workflow_providers
+
+        return memory_workflow_providers()
+    provider: WorkflowPersistenceProvider = request.getfixturevalue("providers")
+    request.node.user_properties.append(("postgres", True))  # counted in the summary line
+    return provider
+
+
 @pytest.fixture
 async def raw_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain asyncpg connection (no codecs) to inspect the database directly."""
@@ -218,7 +230,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
-    if counted and "pg_server" in getattr(item, "fixturenames", ()):
+    uses_server = "pg_server" in getattr(item, "fixturenames", ()) or (
+        "postgres",
+        True,
+    ) in getattr(item, "user_properties", ())
+    if counted and uses_server:
         _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
     return report
 

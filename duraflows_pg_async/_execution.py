@@ -1,0 +1,213 @@
+"""What commands, guards and observers see, what the runtime returns, and the retry policy."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Literal
+from uuid import UUID
+
+from ._model import CommandResult, TimeoutRetry
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "AvailableEvent",
+    "BusinessFailure",
+    "ExecutionContext",
+    "ExecutionOutcome",
+    "ExecutionResult",
+    "ParkedTimeout",
+    "ProcessExpiredResult",
+    "StateEnterEvent",
+    "TimeoutFailure",
+    "TimeoutRetryPolicy",
+]
+
+ExecutionOutcome = Literal["success", "failure", "guard-rejected"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def freeze(value: Any) -> Any:
+    """A deep, read-only copy: dicts become read-only mappings, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, set | frozenset):
+        return frozenset(freeze(v) for v in value)
+    return copy.deepcopy(value) if not isinstance(value, str | int | float | bool | None) else value
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    """Given to every command and guard as ``ctx``.
+
+    ``context`` is a mutable copy of the instance's context: a command's writes are saved with
+    the transition (a guard gets a read-only copy). Everything else is read-only.
+    ``transition_uuid`` identifies the transition the command runs for.
+    """
+
+    context: dict[str, Any]
+    metadata: Mapping[str, Any]
+    trigger_metadata: Mapping[str, Any]
+    now: datetime
+    from_state: str | None
+    to_state: str
+    transition_uuid: UUID
+    command_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """The outcome of ``trigger_event``.
+
+    ``to_state`` is the final state after any onEnter chain; ``command_results`` holds the event's
+    results followed by every onEnter hop's; ``history_uuid`` is the last history row written.
+    """
+
+    outcome: ExecutionOutcome
+    from_state: str
+    to_state: str
+    command_results: list[CommandResult]
+    history_uuid: UUID
+    rejected_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateEnterEvent:
+    """What observers receive when an instance enters a state (snapshots, read-only).
+
+    ``trigger_event`` is the event name, ``"onEnter"`` for chain hops, or None on create.
+    """
+
+    workflow_name: str
+    instance_uuid: UUID
+    state: str
+    from_state: str | None
+    to_state: str
+    transition_uuid: UUID
+    trigger_event: str | None
+    context: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    trigger_metadata: Mapping[str, Any]
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableEvent:
+    """An event defined on the instance's current state (guards are not evaluated)."""
+
+    event_name: str
+    target_state: str | None
+    error_state: str | None
+    has_commands: bool
+    has_timeout: bool
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessFailure:
+    """A timeout whose event or onEnter chain ended in a routed failure (still processed)."""
+
+    uuid: UUID
+    final_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutFailure:
+    """A timeout that raised; ``attempts`` and ``retry_at`` are set when the failure was recorded
+    (``retry_at`` is None when the instance was parked)."""
+
+    uuid: UUID
+    error: str
+    attempts: int | None = None
+    retry_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedTimeout:
+    """A timeout that exhausted its retries: it will not be retried until ``rearm_timeout``."""
+
+    uuid: UUID
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExpiredResult:
+    """What one ``process_expired_workflows`` sweep did."""
+
+    processed: int = 0
+    rejected: int = 0
+    business_failed: list[BusinessFailure] = field(default_factory=list)
+    failed: list[TimeoutFailure] = field(default_factory=list)
+    parked: list[ParkedTimeout] = field(default_factory=list)
+
+
+MAX_ERROR_LENGTH = 2000
+
+
+def _sanitise_error(message: str) -> str:
+    # PostgreSQL text cannot hold NUL; lone surrogates cannot be encoded. Both become U+FFFD.
+    cleaned = message.replace("\x00", "\ufffd")
+    if not cleaned.isascii():
+        # A Python str holds astral characters as one code point, so any code point in the
+        # surrogate range is an unpaired surrogate.
+        cleaned = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in cleaned)
+    return cleaned[:MAX_ERROR_LENGTH]
+
+
+def _positive_delay(value: object, name: str) -> timedelta:
+    if isinstance(value, timedelta):
+        delay = value
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        delay = timedelta(seconds=value)
+    else:
+        raise InvalidArgumentError(
+            f"{name} must be a timedelta or a number of seconds, got {value!r}"
+        )
+    if delay <= timedelta(0):
+        raise InvalidArgumentError(f"{name} must be positive, got {value!r}")
+    return delay
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutRetryPolicy:
+    """How a failing timeout is retried: waits double from ``initial_delay`` up to ``max_delay``;
+    the ``max_attempts``-th failure parks the instance. Defaults: 1 minute, 1 hour, 10."""
+
+    initial_delay: timedelta = timedelta(minutes=1)
+    max_delay: timedelta = timedelta(hours=1)
+    max_attempts: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "initial_delay", _positive_delay(self.initial_delay, "initial_delay")
+        )
+        object.__setattr__(self, "max_delay", _positive_delay(self.max_delay, "max_delay"))
+        if self.initial_delay > self.max_delay:
+            raise InvalidArgumentError("initial_delay must not be greater than max_delay")
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise InvalidArgumentError(
+                f"max_attempts must be a positive integer, got {self.max_attempts!r}"
+            )
+
+    def next(self, previous: TimeoutRetry | None, message: str, now: datetime) -> TimeoutRetry:
+        """The retry state after one more failure at ``now``."""
+        attempts = (previous.attempts if previous is not None else 0) + 1
+        error = _sanitise_error(message)
+        if attempts >= self.max_attempts:
+            return TimeoutRetry(attempts=attempts, last_error=error, retry_at=None, parked_at=now)
+        # Compared in float seconds first: initial_delay * 2**n overflows timedelta for large n.
+        exponent = min(attempts - 1, 1000)
+        if self.initial_delay.total_seconds() * 2.0**exponent >= self.max_delay.total_seconds():
+            delay = self.max_delay
+        else:
+            delay = self.initial_delay * 2**exponent
+        return TimeoutRetry(
+            attempts=attempts, last_error=error, retry_at=now + delay, parked_at=None
+        )

@@ -1,0 +1,911 @@
+"""WorkflowRuntime: drives instances through their definitions on any persistence provider."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from ._contract import Clock, SystemClock, WorkflowPersistenceProvider
+from ._definitions import Event, OnEnter, State, WorkflowDefinition, validate_definition
+from ._execution import (
+    AvailableEvent,
+    BusinessFailure,
+    ExecutionContext,
+    ExecutionOutcome,
+    ExecutionResult,
+    ParkedTimeout,
+    ProcessExpiredResult,
+    StateEnterEvent,
+    TimeoutFailure,
+    TimeoutRetryPolicy,
+    freeze,
+)
+from ._model import CommandResult, HistoryRecord, WorkflowInstance
+from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
+from ._validate import check_json, coerce_uuid, require_aware, require_int, require_str
+from .errors import (
+    CommandFailureError,
+    IncompatibleDefinitionError,
+    InvalidArgumentError,
+    InvalidEventError,
+    OnEnterDepthExceededError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowInstanceNotFoundError,
+)
+
+__all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]
+
+logger = logging.getLogger("duraflows_pg_async")
+T = TypeVar("T")
+
+Observer = Callable[[StateEnterEvent], Any]
+
+_TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
+_ON_ENTER_TRIGGER: Mapping[str, Any] = {"source": "onEnter"}
+
+
+def _json_object(value: object, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(
+            f"{name} must be a dict (a JSON object), got {type(value).__name__}"
+        )
+    out = copy.deepcopy(dict(value))
+    check_json(out, name)
+    return out
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+@dataclass(slots=True)
+class _Steps:
+    """What one event (and its onEnter chain) did inside the transaction."""
+
+    outcome: ExecutionOutcome
+    results: list[CommandResult]
+    history_uuid: UUID
+
+
+class WorkflowRuntime:
+    """Runs workflow instances: create them, trigger events, sweep due timeouts.
+
+    Every mutating call runs in one transaction of ``persistence.transaction_runner`` (joining
+    the caller's transaction as a savepoint if there is one); observers fire after the outermost
+    COMMIT. The runtime holds no per-instance state, so any number of runtimes in any number of
+    processes can share one database.
+    """
+
+    def __init__(
+        self,
+        *,
+        definitions: DefinitionRegistry,
+        commands: CommandRegistry,
+        guards: GuardRegistry | None = None,
+        persistence: WorkflowPersistenceProvider,
+        clock: Clock | None = None,
+        observers: Iterable[Observer] = (),
+        timeout_retry: TimeoutRetryPolicy | None = None,
+        max_on_enter_depth: int = 10,
+    ) -> None:
+        if not isinstance(definitions, DefinitionRegistry):
+            raise InvalidArgumentError("definitions must be a DefinitionRegistry")
+        if not isinstance(commands, CommandRegistry):
+            raise InvalidArgumentError("commands must be a CommandRegistry")
+        if guards is not None and not isinstance(guards, GuardRegistry):
+            raise InvalidArgumentError("guards must be a GuardRegistry or None")
+        if not isinstance(persistence, WorkflowPersistenceProvider):
+            raise InvalidArgumentError("persistence must be a WorkflowPersistenceProvider")
+        if clock is not None and not callable(getattr(clock, "now", None)):
+            raise InvalidArgumentError("clock must have a now() method returning an aware datetime")
+        if timeout_retry is not None and not isinstance(timeout_retry, TimeoutRetryPolicy):
+            raise InvalidArgumentError("timeout_retry must be a TimeoutRetryPolicy")
+        self.definitions = definitions
+        self.commands = commands
+        self.guards = guards
+        self.persistence = persistence
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.timeout_retry = timeout_retry if timeout_retry is not None else TimeoutRetryPolicy()
+        self.max_on_enter_depth = require_int(max_on_enter_depth, "max_on_enter_depth", minimum=1)
+        self._observers: list[Observer] = []
+        for observer in observers:
+            self.add_observer(observer)
+        self._synced = False
+        self._checked = False
+        self._init_lock: asyncio.Lock | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(event)`` (sync or async) for every state entered, after COMMIT."""
+        if not callable(observer):
+            raise InvalidArgumentError(f"observer must be callable, got {observer!r}")
+        self._observers.append(observer)
+
+    async def initialize(self) -> None:
+        """Store a snapshot of every registered definition version and check that instances
+        in flight can still run.
+
+        Idempotent and called lazily by the mutating methods. Raises WorkflowDefinitionError when
+        a definition's content changed without a version bump, or when instances are pinned to a
+        version whose commands or guards are no longer registered. A failed call is retried by
+        the next one.
+        """
+        if self._synced and self._checked:
+            return
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if not self._synced:
+                for definition in self.definitions:
+                    await self._ensure_snapshot(definition)
+                self._synced = True
+            if not self._checked:
+                await self._check_executable()
+                self._checked = True
+
+    async def _ensure_snapshot(self, definition: WorkflowDefinition) -> None:
+        content_hash = definition.content_hash()
+        stored = await self.persistence.definition_store.ensure(
+            workflow_name=definition.name,
+            version=definition.version,
+            content_hash=content_hash,
+            definition_json=definition.to_dict(),
+        )
+        if stored.content_hash != content_hash:
+            raise WorkflowDefinitionError(
+                definition.name,
+                f"Definition content changed but version {definition.version} was not bumped "
+                f"(stored {stored.content_hash}, registered {content_hash}). Bump the version to "
+                "deploy the change; instances in flight keep the stored version.",
+            )
+
+    async def _check_executable(self) -> None:
+        problems: list[str] = []
+        first: str | None = None
+        for latest in self.definitions.latest():
+            if latest.version_policy == "latest":
+                continue
+            for stored in await self.persistence.definition_store.list_versions(latest.name):
+                definition = self.definitions.find(latest.name, stored.version)
+                if definition is None:
+                    try:
+                        definition = WorkflowDefinition.from_dict(stored.definition_json)
+                    except WorkflowError as exc:
+                        problems.append(f"{latest.name} v{stored.version}: {exc}")
+                        first = first or latest.name
+                        continue
+                terminal = [name for name, state in definition.states.items() if state.is_terminal]
+                active = await self.persistence.instance_store.count_instances(
+                    workflow_name=latest.name,
+                    definition_version=stored.version,
+                    exclude_states=terminal,
+                )
+                if not active:
+                    continue
+                try:
+                    validate_definition(
+                        definition,
+                        command_names=self.commands.names(),
+                        guard_names=self.guards.names() if self.guards is not None else (),
+                    )
+                except WorkflowDefinitionError as exc:
+                    problems.append(
+                        f"{latest.name} v{stored.version} has {active} active instance(s) that "
+                        f"cannot run: {exc}"
+                    )
+                    first = first or latest.name
+        if problems:
+            raise WorkflowDefinitionError(first or "?", "\n".join(problems))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return require_aware(self.clock.now(), "clock.now()")
+
+    async def _in_transaction(self, work: Callable[[list[StateEnterEvent]], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction; the state-enter events it collects go to the observers
+        after the outermost COMMIT, and are dropped on rollback."""
+        events: list[StateEnterEvent] = []
+        runner = self.persistence.transaction_runner
+        async with runner.transaction():
+            result = await work(events)
+            if events and self._observers:
+                runner.after_commit(lambda: self._notify(events))
+        return result
+
+    async def _notify(self, events: list[StateEnterEvent]) -> None:
+        for event in events:
+            for observer in list(self._observers):
+                try:
+                    await _maybe_await(observer(event))
+                except Exception:
+                    logger.warning(
+                        "duraflows: observer %r failed for instance %s entering %r",
+                        observer,
+                        event.instance_uuid,
+                        event.state,
+                        exc_info=True,
+                    )
+
+    async def _governing(
+        self, instance: WorkflowInstance, *, stamp: bool = True
+    ) -> WorkflowDefinition:
+        """The definition that rules ``instance``: the version it is pinned to, or the latest.
+
+        With ``stamp``, moving the instance to another version stores that version's snapshot in
+        the current transaction, so the two commit together.
+        """
+        latest = self.definitions.get(instance.workflow_name)
+        pinned = instance.definition_version
+        if latest.version_policy == "latest" or pinned is None or pinned == latest.version:
+            definition = latest
+            if stamp and pinned != latest.version:
+                await self._ensure_snapshot(latest)
+        else:
+            found = self.definitions.find(instance.workflow_name, pinned)
+            if found is None:
+                stored = await self.persistence.definition_store.find_by_name_and_version(
+                    instance.workflow_name, pinned
+                )
+                if stored is None:
+                    raise WorkflowDefinitionError(
+                        instance.workflow_name,
+                        f"instance {instance.uuid} is pinned to version {pinned}, which is neither "
+                        "registered nor stored",
+                    )
+                found = WorkflowDefinition.from_dict(stored.definition_json)
+                validate_definition(found)
+            definition = found
+        if instance.current_state not in definition.states:
+            raise IncompatibleDefinitionError(
+                instance.workflow_name,
+                f'instance {instance.uuid} is in state "{instance.current_state}", which version '
+                f"{definition.version} does not define",
+            )
+        return definition
+
+    def _state_enter(
+        self,
+        instance: WorkflowInstance,
+        from_state: str | None,
+        transition_uuid: UUID,
+        trigger_event: str | None,
+        trigger_metadata: Mapping[str, Any],
+        now: datetime,
+    ) -> StateEnterEvent:
+        return StateEnterEvent(
+            workflow_name=instance.workflow_name,
+            instance_uuid=instance.uuid,
+            state=instance.current_state,
+            from_state=from_state,
+            to_state=instance.current_state,
+            transition_uuid=transition_uuid,
+            trigger_event=trigger_event,
+            context=freeze(instance.context),
+            metadata=freeze(instance.metadata),
+            trigger_metadata=freeze(trigger_metadata),
+            occurred_at=now,
+        )
+
+    @staticmethod
+    def _deadline(state: State, now: datetime) -> datetime | None:
+        for event in state.events.values():
+            if event.timeout is not None:
+                return now + event.timeout.to_timedelta()
+        return None
+
+    # -- commands and guards --------------------------------------------------------------------
+
+    async def _run_commands(
+        self,
+        commands: Iterable[Any],
+        subject: Any,
+        ctx: ExecutionContext,
+        instance: WorkflowInstance,
+        event_name: str,
+        *,
+        error_state: str | None,
+    ) -> tuple[bool, list[CommandResult]]:
+        """Run commands in order; returns (succeeded, results).
+
+        A mandatory command that fails stops the list; without an error state to route to, that
+        is a CommandFailureError. A best-effort command never fails the list: a raise becomes a
+        BEST_EFFORT_THROWN result. A mandatory command that raises propagates (rolling back).
+        """
+        results: list[CommandResult] = []
+        for ref in commands:
+            registered = self.commands.get(ref.name)
+            call_ctx = ExecutionContext(
+                context=ctx.context,
+                metadata=ctx.metadata,
+                trigger_metadata=ctx.trigger_metadata,
+                now=ctx.now,
+                from_state=ctx.from_state,
+                to_state=ctx.to_state,
+                transition_uuid=ctx.transition_uuid,
+                command_metadata=freeze(ref.metadata),
+            )
+            try:
+                returned = await _maybe_await(registered.fn(subject, call_ctx))
+            except Exception as exc:
+                if not registered.best_effort:
+                    raise
+                results.append(
+                    CommandResult(
+                        ok=False,
+                        code="BEST_EFFORT_THROWN",
+                        message=_error_text(exc),
+                        error={"name": type(exc).__name__, "message": str(exc)},
+                    )
+                )
+                continue
+            if returned is None:
+                result = CommandResult(ok=True)
+            elif isinstance(returned, CommandResult):
+                result = returned
+            else:
+                raise WorkflowError(
+                    f'Command "{ref.name}" returned {type(returned).__name__}; expected a '
+                    "CommandResult or None"
+                )
+            results.append(result)
+            if not result.ok and not registered.best_effort:
+                if error_state is None:
+                    raise CommandFailureError(instance.uuid, event_name, ref.name, result)
+                return False, results
+        return True, results
+
+    async def _guard_allows(
+        self, event_name: str, event: Event, subject: Any, ctx: ExecutionContext
+    ) -> bool:
+        guard_ref = event.guard
+        assert guard_ref is not None
+        if self.guards is None:
+            raise WorkflowError(
+                f'Event "{event_name}" declares guard "{guard_ref.name}" but no guard registry '
+                "is configured"
+            )
+        registered = self.guards.get(guard_ref.name)
+        # A private deep copy: whatever a guard writes is discarded.
+        guard_ctx = ExecutionContext(
+            context=copy.deepcopy(ctx.context),
+            metadata=ctx.metadata,
+            trigger_metadata=ctx.trigger_metadata,
+            now=ctx.now,
+            from_state=ctx.from_state,
+            to_state=ctx.to_state,
+            transition_uuid=ctx.transition_uuid,
+            command_metadata=freeze(guard_ref.metadata),
+        )
+        verdict = await _maybe_await(registered.fn(subject, guard_ctx))
+        if not isinstance(verdict, bool):
+            raise WorkflowError(
+                f'Guard "{guard_ref.name}" returned {type(verdict).__name__}; expected a bool'
+            )
+        return verdict
+
+    # -- transitions ----------------------------------------------------------------------------
+
+    async def _persist_transition(
+        self,
+        instance: WorkflowInstance,
+        definition: WorkflowDefinition,
+        to_state: str,
+        context: dict[str, Any],
+        *,
+        apply_declared_context: bool = True,
+    ) -> datetime:
+        """Move the instance to ``to_state`` and write it (version + 1); returns the time used."""
+        now = self._now()
+        state = definition.states[to_state]
+        if apply_declared_context and state.context:
+            context = {**context, **copy.deepcopy(dict(state.context))}
+        instance.current_state = to_state
+        instance.version += 1
+        instance.last_transition_at = instance.updated_at = now
+        instance.definition_version = definition.version
+        instance.context = context
+        instance.expires_at = self._deadline(state, now)
+        instance.timeout_retry = None
+        await self.persistence.instance_store.update(instance)
+        return now
+
+    async def _execute_event(
+        self,
+        instance: WorkflowInstance,
+        definition: WorkflowDefinition,
+        event_name: str,
+        subject: Any,
+        trigger_metadata: dict[str, Any],
+        events: list[StateEnterEvent],
+    ) -> ExecutionResult:
+        from_state = instance.current_state
+        event = definition.states[from_state].events.get(event_name)
+        if event is None:
+            raise InvalidEventError(instance.uuid, from_state, event_name)
+        ctx = ExecutionContext(
+            context=dict(instance.context),
+            metadata=freeze(instance.metadata),
+            trigger_metadata=freeze(trigger_metadata),
+            now=self._now(),
+            from_state=from_state,
+            to_state=event.target_state or from_state,
+            transition_uuid=uuid4(),
+        )
+        history = self.persistence.history_store
+        if event.guard is not None and not await self._guard_allows(
+            event_name, event, subject, ctx
+        ):
+            history_uuid = await history.append(
+                HistoryRecord(
+                    workflow_instance_uuid=instance.uuid,
+                    from_state=from_state,
+                    event_name=event_name,
+                    to_state=from_state,
+                    outcome="guard-rejected",
+                    rejected_by=event.guard.name,
+                    trigger_metadata=trigger_metadata,
+                    definition_version=definition.version,
+                )
+            )
+            return ExecutionResult(
+                "guard-rejected", from_state, from_state, [], history_uuid, event.guard.name
+            )
+        succeeded, results = await self._run_commands(
+            event.commands, subject, ctx, instance, event_name, error_state=event.error_state
+        )
+        if succeeded:
+            to_state = event.target_state or from_state
+        else:
+            assert event.error_state is not None
+            to_state = event.error_state
+        now = await self._persist_transition(instance, definition, to_state, ctx.context)
+        last = results[-1] if results else None
+        history_uuid = await history.append(
+            HistoryRecord(
+                workflow_instance_uuid=instance.uuid,
+                from_state=from_state,
+                event_name=event_name,
+                to_state=to_state,
+                outcome="success" if succeeded else "failure",
+                command_results=results,
+                error_message=None
+                if succeeded
+                else ((last.message or last.code) if last else None) or "Command failed",
+                trigger_metadata=trigger_metadata,
+                definition_version=definition.version,
+            )
+        )
+        events.append(
+            self._state_enter(
+                instance, from_state, ctx.transition_uuid, event_name, trigger_metadata, now
+            )
+        )
+        chain = await self._run_on_enter_chain(instance, definition, subject, ctx, events)
+        outcome: ExecutionOutcome = "success" if succeeded else "failure"
+        if chain is not None and chain.outcome == "failure":
+            outcome = "failure"
+        return ExecutionResult(
+            outcome=outcome,
+            from_state=from_state,
+            to_state=instance.current_state,
+            command_results=results + (chain.results if chain is not None else []),
+            history_uuid=chain.history_uuid if chain is not None else history_uuid,
+        )
+
+    async def _run_on_enter_chain(
+        self,
+        instance: WorkflowInstance,
+        definition: WorkflowDefinition,
+        subject: Any,
+        ctx: ExecutionContext,
+        events: list[StateEnterEvent],
+    ) -> _Steps | None:
+        """Run the onEnter of the state just entered, and of each state it leads to.
+
+        Each hop is written (instance update, history row, observer event) before the next
+        state's commands run. Returns None when no hop was recorded.
+        """
+        state_name = instance.current_state
+        predecessor = ctx.from_state
+        entry_uuid = ctx.transition_uuid
+        depth = 0
+        steps: _Steps | None = None
+        while True:
+            on_enter: OnEnter | None = definition.states[state_name].on_enter
+            if on_enter is None:
+                return steps
+            depth += 1
+            if depth > self.max_on_enter_depth:
+                raise OnEnterDepthExceededError(instance.uuid, state_name, self.max_on_enter_depth)
+            hop_ctx = ExecutionContext(
+                context=dict(instance.context),
+                metadata=ctx.metadata,
+                trigger_metadata=ctx.trigger_metadata,
+                now=self._now(),
+                from_state=predecessor,
+                to_state=state_name,
+                transition_uuid=entry_uuid,
+            )
+            succeeded, results = await self._run_commands(
+                on_enter.commands,
+                subject,
+                hop_ctx,
+                instance,
+                "onEnter",
+                error_state=on_enter.error_state,
+            )
+            stay = False
+            if not succeeded:
+                assert on_enter.error_state is not None
+                hop_to, hop_uuid = on_enter.error_state, uuid4()
+            elif on_enter.target_state is not None:
+                hop_to, hop_uuid = on_enter.target_state, uuid4()
+            elif on_enter.commands:
+                hop_to, hop_uuid, stay = state_name, entry_uuid, True
+            else:
+                return steps
+            # A stay-in-place hop keeps the state's own onEnter writes over its declared context.
+            now = await self._persist_transition(
+                instance, definition, hop_to, hop_ctx.context, apply_declared_context=not stay
+            )
+            last = results[-1] if results else None
+            history_uuid = await self.persistence.history_store.append(
+                HistoryRecord(
+                    workflow_instance_uuid=instance.uuid,
+                    from_state=state_name,
+                    event_name="onEnter",
+                    to_state=hop_to,
+                    outcome="success" if succeeded else "failure",
+                    command_results=results,
+                    error_message=None
+                    if succeeded
+                    else ((last.message or last.code) if last else None) or "Command failed",
+                    trigger_metadata=dict(_ON_ENTER_TRIGGER),
+                    definition_version=definition.version,
+                )
+            )
+            events.append(
+                self._state_enter(instance, state_name, hop_uuid, "onEnter", _ON_ENTER_TRIGGER, now)
+            )
+            if steps is None:
+                steps = _Steps("success", [], history_uuid)
+            steps.results.extend(results)
+            steps.history_uuid = history_uuid
+            if not succeeded:
+                steps.outcome = "failure"
+            if stay:
+                return steps
+            predecessor, state_name, entry_uuid = state_name, hop_to, hop_uuid
+
+    # -- public operations ----------------------------------------------------------------------
+
+    async def create_instance(
+        self,
+        workflow_name: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        trigger_metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowInstance:
+        """Create an instance of the latest version of ``workflow_name`` in its initial state and
+        run the initial state's onEnter chain, in one transaction.
+
+        ``context`` is laid over the initial state's declared context (yours wins). No history row
+        is written for the creation itself; onEnter hops write theirs.
+        """
+        require_str(workflow_name, "workflow_name")
+        user_context = _json_object(context, "context")
+        user_metadata = _json_object(metadata, "metadata")
+        trigger = _json_object(trigger_metadata, "trigger_metadata")
+        await self.initialize()
+        definition = self.definitions.get(workflow_name)
+        initial = definition.states[definition.initial_state]
+        now = self._now()
+        instance = WorkflowInstance(
+            uuid=uuid4(),
+            workflow_name=definition.name,
+            current_state=definition.initial_state,
+            version=0,
+            context={**copy.deepcopy(dict(initial.context)), **user_context},
+            metadata=user_metadata,
+            expires_at=self._deadline(initial, now),
+            last_transition_at=now,
+            created_at=now,
+            updated_at=now,
+            definition_version=definition.version,
+        )
+
+        async def work(events: list[StateEnterEvent]) -> WorkflowInstance:
+            # The snapshot commits (or rolls back) together with the instance that needs it.
+            await self._ensure_snapshot(definition)
+            await self.persistence.instance_store.create(instance)
+            transition_uuid = uuid4()
+            events.append(self._state_enter(instance, None, transition_uuid, None, trigger, now))
+            ctx = ExecutionContext(
+                context=dict(instance.context),
+                metadata=freeze(instance.metadata),
+                trigger_metadata=freeze(trigger),
+                now=now,
+                from_state=None,
+                to_state=instance.current_state,
+                transition_uuid=transition_uuid,
+            )
+            await self._run_on_enter_chain(instance, definition, None, ctx, events)
+            return copy.deepcopy(instance)
+
+        return await self._in_transaction(work)
+
+    async def trigger_event(
+        self,
+        instance_uuid: UUID | str,
+        event_name: str,
+        *,
+        subject: Any = None,
+        trigger_metadata: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Fire ``event_name`` on the instance, under its row lock, in one transaction.
+
+        A guard that says no gives outcome "guard-rejected" (a history row, no state change).
+        Raises WorkflowInstanceNotFoundError, InvalidEventError, CommandFailureError (a mandatory
+        command failed with no error state), or what a mandatory command raised; in every error
+        case nothing is written.
+        """
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        require_str(event_name, "event_name")
+        trigger = _json_object(trigger_metadata, "trigger_metadata")
+        await self.initialize()
+
+        async def work(events: list[StateEnterEvent]) -> ExecutionResult:
+            instance = await self.persistence.instance_store.lock_by_uuid(key)
+            if instance is None:
+                raise WorkflowInstanceNotFoundError(key)
+            definition = await self._governing(instance)
+            return await self._execute_event(
+                instance, definition, event_name, subject, trigger, events
+            )
+
+        return await self._in_transaction(work)
+
+    async def process_expired_workflows(self, limit: int = 100) -> ProcessExpiredResult:
+        """Run the timeout event of up to ``limit`` due instances, each in its own transaction.
+
+        A failing instance is rolled back, scheduled for a retry with backoff (parked after
+        ``timeout_retry.max_attempts`` failures) and never stops the batch. Safe to run from many
+        workers at once: each instance is processed under its row lock after re-checking that it
+        is still due.
+        """
+        return await self.sweep(limit)
+
+    async def sweep(
+        self, limit: int = 100, *, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessExpiredResult:
+        """``process_expired_workflows`` that checks ``should_stop()`` before each instance."""
+        require_int(limit, "limit", minimum=1)
+        await self.initialize()
+        now = self._now()
+        runner = self.persistence.transaction_runner
+        # The scan's SKIP LOCKED locks end with this short transaction; exclusivity comes from the
+        # per-instance lock and due re-check below.
+        async with runner.transaction():
+            due = await self.persistence.instance_store.find_expired(limit, now)
+        processed = rejected = 0
+        business_failed: list[BusinessFailure] = []
+        failed: list[TimeoutFailure] = []
+        parked: list[ParkedTimeout] = []
+        for scanned in due:
+            if should_stop is not None and should_stop():
+                break
+            try:
+                outcome = await self._in_transaction(
+                    functools.partial(self._process_timeout, scanned.uuid)
+                )
+            except Exception as exc:
+                failure = await self._record_timeout_failure(scanned, _error_text(exc))
+                failed.append(failure)
+                if failure.attempts is not None and failure.retry_at is None:
+                    parked.append(ParkedTimeout(scanned.uuid, failure.error))
+                continue
+            if outcome == "rejected":
+                rejected += 1
+            elif outcome is not None:
+                processed += 1
+                if isinstance(outcome, BusinessFailure):
+                    business_failed.append(outcome)
+        return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
+
+    def _still_due(self, instance: WorkflowInstance, now: datetime) -> bool:
+        retry = instance.timeout_retry
+        return (
+            instance.expires_at is not None
+            and instance.expires_at <= now
+            and (
+                retry is None
+                or (retry.parked_at is None and (retry.retry_at is None or retry.retry_at <= now))
+            )
+        )
+
+    async def _process_timeout(
+        self, instance_uuid: UUID, events: list[StateEnterEvent]
+    ) -> str | BusinessFailure | None:
+        instance = await self.persistence.instance_store.lock_by_uuid(instance_uuid)
+        if instance is None or not self._still_due(instance, self._now()):
+            return None  # gone, or handled by someone else since the scan
+        definition = await self._governing(instance)
+        timeout = definition.timeout_event(instance.current_state)
+        if timeout is None:
+            # The state has no timeout (any more): clear the deadline quietly.
+            instance.expires_at = None
+            instance.timeout_retry = None
+            instance.version += 1
+            instance.updated_at = self._now()
+            instance.definition_version = definition.version
+            await self.persistence.instance_store.update(instance)
+            return None
+        event_name, _event = timeout
+        trigger = dict(_TIMEOUT_TRIGGER)
+        result = await self._execute_event(instance, definition, event_name, None, trigger, events)
+        if result.outcome == "guard-rejected":
+            # Rejected timeouts do not fire again: the deadline is cleared.
+            now = self._now()
+            instance.expires_at = None
+            instance.timeout_retry = None
+            instance.version += 1
+            instance.last_transition_at = instance.updated_at = now
+            instance.definition_version = definition.version
+            await self.persistence.instance_store.update(instance)
+            return "rejected"
+        if result.outcome == "failure":
+            return BusinessFailure(instance.uuid, result.to_state)
+        return "processed"
+
+    async def _record_timeout_failure(
+        self, scanned: WorkflowInstance, message: str
+    ) -> TimeoutFailure:
+        """Schedule the retry (or park) in a transaction of its own; never raises."""
+        try:
+            async with self.persistence.transaction_runner.transaction():
+                instance = await self.persistence.instance_store.lock_by_uuid(scanned.uuid)
+                now = self._now()
+                if (
+                    instance is None
+                    or instance.version != scanned.version
+                    or instance.current_state != scanned.current_state
+                    or instance.expires_at != scanned.expires_at
+                    or not self._still_due(instance, now)
+                ):
+                    return TimeoutFailure(scanned.uuid, message)
+                retry = self.timeout_retry.next(instance.timeout_retry, message, now)
+                instance.timeout_retry = retry
+                instance.version += 1
+                instance.updated_at = now
+                await self.persistence.instance_store.update(instance)
+        except Exception:
+            logger.warning(
+                "duraflows: could not record the timeout failure of instance %s",
+                scanned.uuid,
+                exc_info=True,
+            )
+            return TimeoutFailure(scanned.uuid, message)
+        if retry.parked_at is not None:
+            logger.warning(
+                "duraflows: timeout of instance %s parked after %d failures: %s",
+                scanned.uuid,
+                retry.attempts,
+                retry.last_error,
+            )
+        return TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+
+    async def get_instance(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
+        """The instance, or None (no lock, no transaction)."""
+        return await self.persistence.instance_store.find_by_uuid(
+            coerce_uuid(instance_uuid, "instance_uuid")
+        )
+
+    async def get_history(
+        self, instance_uuid: UUID | str, *, limit: int = 50, offset: int = 0
+    ) -> list[HistoryRecord]:
+        """The instance's history, newest first."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        require_int(limit, "limit", minimum=1)
+        require_int(offset, "offset", minimum=0)
+        return await self.persistence.history_store.find_by_instance_uuid(key, limit, offset)
+
+    async def get_available_events(self, instance_uuid: UUID | str) -> list[AvailableEvent]:
+        """The events of the instance's current state, in definition order (guards are not
+        evaluated). Unknown instance: WorkflowInstanceNotFoundError."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        instance = await self.persistence.instance_store.find_by_uuid(key)
+        if instance is None:
+            raise WorkflowInstanceNotFoundError(key)
+        definition = await self._governing(instance, stamp=False)
+        return [
+            AvailableEvent(
+                event_name=name,
+                target_state=event.target_state,
+                error_state=event.error_state,
+                has_commands=bool(event.commands),
+                has_timeout=event.timeout is not None,
+                metadata=freeze(event.metadata),
+            )
+            for name, event in definition.states[instance.current_state].events.items()
+        ]
+
+    async def find_parked_timeouts(
+        self, *, limit: int = 100, workflow_name: str | None = None
+    ) -> list[WorkflowInstance]:
+        """Instances whose timeout exhausted its retries, oldest parked first."""
+        require_int(limit, "limit", minimum=1)
+        return await self.persistence.instance_store.find_parked_timeouts(
+            limit=limit, workflow_name=workflow_name
+        )
+
+    async def rearm_timeout(self, instance_uuid: UUID | str) -> WorkflowInstance:
+        """Clear the instance's retry or parked state so that its timeout fires again when due.
+
+        No history row, no observer event. Unknown instance: WorkflowInstanceNotFoundError.
+        """
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        await self.initialize()
+        async with self.persistence.transaction_runner.transaction():
+            instance = await self.persistence.instance_store.lock_by_uuid(key)
+            if instance is None:
+                raise WorkflowInstanceNotFoundError(key)
+            if instance.timeout_retry is None:
+                return instance
+            instance.timeout_retry = None
+            instance.version += 1
+            instance.updated_at = self._now()
+            await self.persistence.instance_store.update(instance)
+        return instance
+
+    def handle(self, instance_uuid: UUID | str) -> WorkflowHandle:
+        """A small object bound to one instance; it caches nothing."""
+        return WorkflowHandle(self, coerce_uuid(instance_uuid, "instance_uuid"))
+
+
+class WorkflowHandle:
+    """``runtime.handle(uuid)``: the runtime's per-instance calls without repeating the uuid."""
+
+    __slots__ = ("runtime", "uuid")
+
+    def __init__(self, runtime: WorkflowRuntime, instance_uuid: UUID) -> None:
+        self.runtime = runtime
+        self.uuid = instance_uuid
+
+    async def get_instance(self) -> WorkflowInstance | None:
+        return await self.runtime.get_instance(self.uuid)
+
+    async def trigger_event(
+        self,
+        event_name: str,
+        *,
+        subject: Any = None,
+        trigger_metadata: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return await self.runtime.trigger_event(
+            self.uuid, event_name, subject=subject, trigger_metadata=trigger_metadata
+        )
+
+    async def get_available_events(self) -> list[AvailableEvent]:
+        return await self.runtime.get_available_events(self.uuid)
+
+    async def get_history(self, *, limit: int = 50, offset: int = 0) -> list[HistoryRecord]:
+        return await self.runtime.get_history(self.uuid, limit=limit, offset=offset)

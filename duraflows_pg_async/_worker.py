@@ -1,0 +1,129 @@
+"""TimeoutWorker: the async loop that sweeps due timeouts."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import anyio
+
+from ._execution import ProcessExpiredResult
+from ._runtime import WorkflowRuntime
+from ._validate import require_int
+from .errors import InvalidArgumentError
+
+__all__ = ["TimeoutWorker", "WorkerStats"]
+
+logger = logging.getLogger("duraflows_pg_async")
+
+# After a sweep that could not even reach the database, wait this long (doubling up to the cap)
+# instead of the poll interval, so a database outage does not turn into a hot loop of errors.
+_ERROR_BACKOFF_CAP = 30.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals of one worker (for logs, metrics and tests)."""
+
+    sweeps: int = 0
+    processed: int = 0
+    rejected: int = 0
+    business_failed: int = 0
+    failed: int = 0
+    parked: int = 0
+    errors: int = 0
+
+    def add(self, result: ProcessExpiredResult) -> None:
+        self.sweeps += 1
+        self.processed += result.processed
+        self.rejected += result.rejected
+        self.business_failed += len(result.business_failed)
+        self.failed += len(result.failed)
+        self.parked += len(result.parked)
+
+
+class TimeoutWorker:
+    """Sweeps due timeouts until ``stop()`` is called or its task is cancelled.
+
+    Each sweep takes up to ``batch_size`` due instances; a full batch is followed at once by the
+    next sweep, otherwise the worker sleeps ``poll_interval`` seconds. ``stop()`` lets the
+    instance in hand finish, then ``run()`` returns; cancelling the task instead rolls that
+    instance back. Any number of workers, in one process or many, can sweep one database: each
+    instance is processed once. A failing instance is retried with backoff and then parked, so
+    it never makes a worker spin.
+    """
+
+    def __init__(
+        self, runtime: WorkflowRuntime, *, batch_size: int = 100, poll_interval: float = 1.0
+    ) -> None:
+        if not isinstance(runtime, WorkflowRuntime):
+            raise InvalidArgumentError("runtime must be a WorkflowRuntime")
+        self.runtime = runtime
+        self.batch_size = require_int(batch_size, "batch_size", minimum=1)
+        interval: object = poll_interval
+        if (
+            not isinstance(interval, int | float)
+            or isinstance(interval, bool)
+            or not math.isfinite(interval)
+            or interval <= 0
+        ):
+            raise InvalidArgumentError(
+                f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
+            )
+        self.poll_interval = float(interval)
+        self.stats = WorkerStats()
+        self._stopping = False
+        self._wake: anyio.Event | None = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the instance in hand; ``run()`` then returns.
+
+        Called before ``run()``, it makes ``run()`` return at once.
+        """
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Sweep until stopped or cancelled."""
+        if self._running:
+            raise InvalidArgumentError("this TimeoutWorker is already running")
+        self._running = True
+        self._wake = anyio.Event()
+        backoff = self.poll_interval
+        try:
+            while not self._stopping:
+                try:
+                    result = await self.runtime.sweep(
+                        self.batch_size, should_stop=lambda: self._stopping
+                    )
+                except Exception:
+                    self.stats.errors += 1
+                    logger.warning(
+                        "duraflows: timeout sweep failed; retrying in %.1fs", backoff, exc_info=True
+                    )
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, max(_ERROR_BACKOFF_CAP, self.poll_interval))
+                    continue
+                backoff = self.poll_interval
+                self.stats.add(result)
+                # Only settled instances count: a failure whose retry could not be recorded is
+                # still due, and sweeping again at once would spin on it.
+                settled = sum(1 for f in result.failed if f.attempts is not None)
+                progress = result.processed + result.rejected + settled
+                # A full batch means more may be due now; anything less means we caught up.
+                if progress < self.batch_size:
+                    await self._sleep(self.poll_interval)
+        finally:
+            self._running = False
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
