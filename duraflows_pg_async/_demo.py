@@ -1,23 +1,125 @@
-"""``duraflows-pg demo``: the adapter end to end on a real PostgreSQL.
+"""``duraflows-pg demo``: an order workflow end to end on a real PostgreSQL.
 
-Creates orders, moves them through locked transitions from many concurrent tasks, lets two
-sweepers on separate connections claim due orders with SKIP LOCKED, and prints every instance
-with its history.
+A guard that rejects, commands, an onEnter chain, a declined card routed to an error state, and
+payment timeouts swept by two concurrent workers. Prints every order with its history.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from . import migrations
 from ._codecs import create_pool
-from ._contract import WorkflowPersistenceProvider
-from ._model import CommandResult, HistoryRecord, WorkflowInstance
+from ._definitions import CommandRef, Event, GuardRef, OnEnter, State, Timeout, WorkflowDefinition
+from ._execution import ExecutionContext, StateEnterEvent
+from ._model import CommandResult, HistoryRecord
 from ._providers import pg_workflow_providers
+from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
+from ._runtime import WorkflowRuntime
+from ._worker import TimeoutWorker
+
+ORDER = WorkflowDefinition(
+    name="order",
+    version=1,
+    initial_state="cart",
+    states={
+        "cart": State(
+            # No declared context here: a state's declared context is re-applied on every
+            # transition into it, self-transitions included, and would reset the cart.
+            events={
+                "add_item": Event(commands=(CommandRef("add_item"),)),
+                "checkout": Event(
+                    target_state="awaiting_payment", guard=GuardRef("cart_not_empty")
+                ),
+            },
+        ),
+        "awaiting_payment": State(
+            events={
+                "pay": Event(
+                    target_state="paid",
+                    error_state="payment_failed",
+                    commands=(CommandRef("charge_card"),),
+                ),
+                "payment_timeout": Event(
+                    target_state="cancelled",
+                    commands=(CommandRef("release_cart"),),
+                    timeout=Timeout(minutes=30),
+                ),
+            }
+        ),
+        "paid": State(
+            context={"paid": True},
+            on_enter=OnEnter(target_state="packing", commands=(CommandRef("reserve_stock"),)),
+        ),
+        "packing": State(
+            on_enter=OnEnter(target_state="shipped", commands=(CommandRef("book_courier"),)),
+        ),
+        "shipped": State(),
+        "payment_failed": State(events={"retry_payment": Event(target_state="awaiting_payment")}),
+        "cancelled": State(),
+    },
+)
+
+DECLINED_CARD = "4000-0000-0000-0002"
+
+
+class DemoClock:
+    """The wall clock, plus an offset the demo moves forward to make payments time out."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def _guards() -> GuardRegistry:
+    guards = GuardRegistry()
+    guards.register("cart_not_empty", lambda subject, ctx: bool(ctx.context["items"]))
+    return guards
+
+
+def _commands(
+    worker_log: list[tuple[str, int]], worker: str, swept: asyncio.Event
+) -> CommandRegistry:
+    commands = CommandRegistry()
+
+    def add_item(item: str, ctx: ExecutionContext) -> None:
+        ctx.context["items"] = [*ctx.context["items"], item]
+
+    def charge_card(card: str, ctx: ExecutionContext) -> CommandResult:
+        if card == DECLINED_CARD:
+            return CommandResult(ok=False, code="CARD_DECLINED", message="card declined by issuer")
+        total = 20 * len(ctx.context["items"])
+        ctx.context["charged"] = total
+        return CommandResult(ok=True, code="CHARGED", metadata={"amount": total})
+
+    async def reserve_stock(subject: Any, ctx: ExecutionContext) -> CommandResult:
+        await asyncio.sleep(0)  # a real one would call the warehouse
+        return CommandResult(
+            ok=True, code="RESERVED", metadata={"lines": len(ctx.context["items"])}
+        )
+
+    def book_courier(subject: Any, ctx: ExecutionContext) -> CommandResult:
+        ctx.context["tracking"] = f"TRK{ctx.context['order_no']}"
+        return CommandResult(ok=True, code="BOOKED")
+
+    def release_cart(subject: Any, ctx: ExecutionContext) -> CommandResult:
+        worker_log.append((worker, int(ctx.context["order_no"])))
+        if len(worker_log) == 4:
+            swept.set()
+        return CommandResult(ok=True, code="RELEASED", metadata={"worker": worker})
+
+    commands.register("add_item", add_item)
+    commands.register("charge_card", charge_card)
+    commands.register("reserve_stock", reserve_stock)
+    commands.register("book_courier", book_courier)
+    commands.register("release_cart", release_cart)
+    return commands
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -25,125 +127,110 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join("    " + line.rstrip() for line in lines)
 
 
-async def _transition(
-    p: WorkflowPersistenceProvider,
-    instance_uuid: UUID,
-    event: str,
-    to_state: str | None = None,
-    change: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> None:
-    """One transition: lock, change, update with the version rule, append history."""
-    async with p.transaction_runner.transaction():
-        instance = await p.instance_store.lock_by_uuid(instance_uuid)
-        assert instance is not None
-        from_state = instance.current_state
-        now = datetime.now(UTC)
-        instance.current_state = to_state or from_state
-        if change is not None:
-            instance.context = change(instance.context)
-        instance.version += 1
-        instance.last_transition_at = instance.updated_at = now
-        instance.expires_at = None
-        await p.instance_store.update(instance)
-        await p.history_store.append(
-            HistoryRecord(
-                workflow_instance_uuid=instance_uuid,
-                from_state=from_state,
-                event_name=event,
-                to_state=instance.current_state,
-                outcome="success",
-                command_results=[CommandResult(ok=True, code="OK")],
-                trigger_metadata={"source": "demo"},
-            )
-        )
+def _detail(record: HistoryRecord) -> str:
+    if record.rejected_by:
+        return f"rejected by guard {record.rejected_by}"
+    codes = ", ".join(r.code or ("ok" if r.ok else "failed") for r in record.command_results)
+    if record.error_message:
+        return f"{codes}: {record.error_message}"
+    return codes
 
 
 async def _demo(dsn: str) -> None:
-    pool = await create_pool(dsn, min_size=2, max_size=12)
+    pool = await create_pool(dsn, min_size=2, max_size=10)
     try:
         async with pool.acquire() as conn:
             version = await conn.fetchval("SHOW server_version")
             applied = await migrations.apply(conn)
-        print(f"PostgreSQL {version}; migrations applied now: "
-              f"{', '.join(m.version for m in applied) or 'none (up to date)'}\n")  # fmt: skip
-        p = pg_workflow_providers(pool, lock_timeout=timedelta(seconds=5))
-        now = datetime.now(UTC)
-        orders = []
-        for n, (state, due) in enumerate(
-            [("cart", None), ("awaiting_payment", -5), ("awaiting_payment", -1), ("shipped", 60)]
-        ):
-            order = WorkflowInstance(
-                uuid=uuid4(),
-                workflow_name="order",
-                current_state=state,
-                version=0,
-                context={"order_no": 1000 + n, "items": 0},
-                metadata={"channel": "web"},
-                expires_at=None if due is None else now + timedelta(minutes=due),
-                last_transition_at=now,
-                created_at=now,
-                updated_at=now,
-                definition_version=1,
+        applied_text = ", ".join(m.version for m in applied) or "none (already up to date)"
+        print(f"PostgreSQL {version}; migrations applied now: {applied_text}")
+        persistence = pg_workflow_providers(pool, lock_timeout=timedelta(seconds=5))
+        definitions = DefinitionRegistry()
+        definitions.register(ORDER)
+        clock = DemoClock()
+        worker_log: list[tuple[str, int]] = []
+        swept = asyncio.Event()
+        entered: list[StateEnterEvent] = []
+
+        def make_runtime(name: str) -> WorkflowRuntime:
+            return WorkflowRuntime(
+                definitions=definitions,
+                commands=_commands(worker_log, name, swept),
+                guards=_guards(),
+                persistence=persistence,
+                clock=clock,
+                observers=[entered.append] if name == "api" else [],
             )
-            await p.instance_store.create(order)
-            orders.append(order)
 
-        # 25 concurrent requests add an item to the same cart: the row lock serialises them.
-        cart = orders[0].uuid
+        runtime = make_runtime("api")
+        await runtime.initialize()
+        orders: dict[int, UUID] = {}
+        for order_no in range(1001, 1007):
+            instance = await runtime.create_instance(
+                "order", context={"order_no": order_no, "items": []}, metadata={"channel": "web"}
+            )
+            orders[order_no] = instance.uuid
 
-        async def add_item() -> None:
-            await _transition(p, cart, "addItem", change=lambda c: {**c, "items": c["items"] + 1})
+        # 1001: checkout of an empty cart is refused by the guard, then the happy path; paying
+        # runs the onEnter chain paid -> packing -> shipped in the same transaction.
+        happy = runtime.handle(orders[1001])
+        await happy.trigger_event("checkout")
+        await happy.trigger_event("add_item", subject="book")
+        await happy.trigger_event("add_item", subject="lamp")
+        await happy.trigger_event("checkout")
+        await happy.trigger_event("pay", subject="4242-4242-4242-4242")
 
-        await asyncio.gather(*(add_item() for _ in range(25)))
-        await _transition(p, cart, "checkout", "awaiting_payment")
+        # 1002: the card is declined: the failure is routed to payment_failed.
+        declined = runtime.handle(orders[1002])
+        await declined.trigger_event("add_item", subject="kettle")
+        await declined.trigger_event("checkout")
+        await declined.trigger_event("pay", subject=DECLINED_CARD)
 
-        # Two sweepers on their own connections claim due orders; SKIP LOCKED splits the work.
-        claimed: dict[str, list[UUID]] = {}
-        both_scanned = asyncio.Event()
+        # 1003-1006: checked out, never paid.
+        for order_no in range(1003, 1007):
+            await runtime.trigger_event(orders[order_no], "add_item", subject="mug")
+            await runtime.trigger_event(orders[order_no], "checkout")
 
-        async def sweeper(name: str) -> None:
-            async with p.transaction_runner.transaction():
-                due = await p.instance_store.find_expired(1, datetime.now(UTC))
-                claimed[name] = [i.uuid for i in due]
-                if len(claimed) == 2:
-                    both_scanned.set()
-                await asyncio.wait_for(both_scanned.wait(), 10)
-            for instance_uuid in claimed[name]:
-                await _transition(p, instance_uuid, "paymentTimeout", "cancelled")
+        # Half an hour later: two workers sweep the payment timeouts concurrently.
+        clock.offset += timedelta(minutes=31)
+        workers = [TimeoutWorker(make_runtime(f"worker-{n}"), batch_size=1, poll_interval=0.05)
+                   for n in (1, 2)]  # fmt: skip
+        async with asyncio.TaskGroup() as group:
+            for worker in workers:
+                group.create_task(worker.run())
+            await asyncio.wait_for(swept.wait(), 60)
+            for worker in workers:  # each finishes the order in hand, then returns
+                worker.stop()
+        by_order = sorted(worker_log, key=lambda entry: entry[1])
+        print(f"\nTimeout sweep: {len(worker_log)} orders cancelled, each exactly once: "
+              + ", ".join(f"#{order} by {worker}" for worker, order in by_order))  # fmt: skip
+        print(
+            f"Observers saw {len(entered)} state entries of the API runtime, after each COMMIT.\n"
+        )
 
-        await asyncio.gather(sweeper("sweeper-1"), sweeper("sweeper-2"))
-        for name, uuids in claimed.items():
-            print(f"{name} claimed {', '.join(str(u)[:8] for u in uuids) or 'nothing'}")
-        print()
-
-        for order in orders:
-            stored = await p.instance_store.find_by_uuid(order.uuid)
+        for order_no, instance_uuid in orders.items():
+            stored = await runtime.get_instance(instance_uuid)
             assert stored is not None
-            print(
-                f"order {stored.context['order_no']}  {stored.uuid}  state={stored.current_state}"
-                f"  version={stored.version}  context={stored.context}"
-            )
-            history = await p.history_store.find_by_instance_uuid(order.uuid, limit=5)
+            items = ", ".join(stored.context["items"]) or "-"
+            print(f"Order #{order_no}  {instance_uuid}  state={stored.current_state}  "
+                  f"version={stored.version}  items=[{items}]")  # fmt: skip
+            history = list(reversed(await runtime.get_history(instance_uuid)))
             rows = [
-                (h.created_at.strftime("%H:%M:%S.%f") if h.created_at else "", h.event_name,
-                 h.from_state, h.to_state, h.outcome)
+                (h.created_at.strftime("%H:%M:%S.%f")[:-3] if h.created_at else "",
+                 h.event_name, f"{h.from_state} -> {h.to_state}", h.outcome, _detail(h))
                 for h in history
             ]  # fmt: skip
-            total = len(await p.history_store.find_by_instance_uuid(order.uuid, limit=1000))
-            print(
-                _table(("at", "event", "from", "to", "outcome"), rows) if rows else "(no history)"
-            )
-            if total > len(rows):
-                print(f"... {total - len(rows)} older rows")
+            print(_table(("time", "event", "transition", "outcome", "detail"), rows))
             print()
     finally:
         await pool.close()
 
 
 async def run_demo(database_url: str | None) -> int:
+    """Run the demo on ``database_url``, or on an embedded PostgreSQL when it is None."""
     if database_url:
         await _demo(database_url)
         return 0

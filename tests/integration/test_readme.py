@@ -14,18 +14,22 @@ import asyncpg
 README = Path(__file__).parents[2] / "README.md"
 
 
-def quick_start_code() -> str:
+def python_block(heading: str) -> str:
     text = README.read_text()
-    section = text[text.index("## Quick start") :]
+    section = text[text.index(heading) :]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "README has no python block under Quick start"
+    assert match is not None, f"README has no python block under {heading}"
     return match.group(1)
 
 
-async def run_quick_start(dsn: str) -> subprocess.CompletedProcess[str]:
+def test_every_python_block_is_tested() -> None:
+    assert README.read_text().count("```python") == 2
+
+
+async def run_block(heading: str, dsn: str) -> subprocess.CompletedProcess[str]:
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", quick_start_code()],
+        [sys.executable, "-c", python_block(heading)],
         env={**os.environ, "DATABASE_URL": dsn},
         capture_output=True,
         text=True,
@@ -36,9 +40,21 @@ async def run_quick_start(dsn: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-async def test_quick_start_runs_as_written(database: str) -> None:
-    # The template is migrated already; the quick start's own apply() must then be a no-op.
-    result = await run_quick_start(database)
+async def test_quick_start_runs_as_written(empty_database: str) -> None:
+    result = await run_block("## Quick start", empty_database)
+    assert result.stdout.splitlines() == [
+        "entered submitted",
+        "entered approved",
+        "entered paid",
+        "success paid",
+        "approve submitted -> approved",
+        "onEnter approved -> paid",
+    ]
+
+
+async def test_store_example_runs_as_written(database: str) -> None:
+    # The template is migrated already; the example's own apply() must then be a no-op.
+    result = await run_block("## Using the stores directly", database)
     assert result.stdout.splitlines() == ["committed", "[('pay', 'awaiting_payment', 'paid')]"]
     conn = await asyncpg.connect(database)
     try:
@@ -46,8 +62,3 @@ async def test_quick_start_runs_as_written(database: str) -> None:
         assert tuple(row) == ("paid", 1)
     finally:
         await conn.close()
-
-
-async def test_quick_start_migrates_an_empty_database(empty_database: str) -> None:
-    result = await run_quick_start(empty_database)
-    assert "committed" in result.stdout
