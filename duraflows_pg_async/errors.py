@@ -164,8 +164,8 @@ class InvalidEventError(WorkflowError):
         self.state = state
         self.event_name = event_name
         super().__init__(
-            f'Event "{event_name}" is not available in state "{state}" '
-            f'of workflow instance "{instance_uuid}"'
+            f'Event "{event_name}" is not available on state "{state}" '
+            f'for instance "{instance_uuid}"'
         )
 
 
