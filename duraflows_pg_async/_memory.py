@@ -24,6 +24,7 @@ Use one provider from one event loop at a time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -154,20 +155,7 @@ def _stored_retry(retry: TimeoutRetry | None) -> TimeoutRetry | None:
 
 
 def _export_instance(row: WorkflowInstance) -> WorkflowInstance:
-    return WorkflowInstance(
-        uuid=row.uuid,
-        workflow_name=row.workflow_name,
-        current_state=row.current_state,
-        version=row.version,
-        context=_clone(row.context),
-        metadata=_clone(row.metadata),
-        expires_at=row.expires_at,
-        last_transition_at=row.last_transition_at,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        definition_version=row.definition_version,
-        timeout_retry=row.timeout_retry,
-    )
+    return dataclasses.replace(row, context=_clone(row.context), metadata=_clone(row.metadata))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import inspect
 import logging
@@ -332,16 +333,7 @@ class WorkflowRuntime:
         results: list[CommandResult] = []
         for ref in commands:
             registered = self.commands.get(ref.name)
-            call_ctx = ExecutionContext(
-                context=ctx.context,
-                metadata=ctx.metadata,
-                trigger_metadata=ctx.trigger_metadata,
-                now=ctx.now,
-                from_state=ctx.from_state,
-                to_state=ctx.to_state,
-                transition_uuid=ctx.transition_uuid,
-                command_metadata=freeze(ref.metadata),
-            )
+            call_ctx = dataclasses.replace(ctx, command_metadata=freeze(ref.metadata))
             try:
                 returned = await _maybe_await(registered.fn(subject, call_ctx))
             except Exception as exc:
@@ -384,15 +376,8 @@ class WorkflowRuntime:
             )
         registered = self.guards.get(guard_ref.name)
         # A private deep copy: whatever a guard writes is discarded.
-        guard_ctx = ExecutionContext(
-            context=copy.deepcopy(ctx.context),
-            metadata=ctx.metadata,
-            trigger_metadata=ctx.trigger_metadata,
-            now=ctx.now,
-            from_state=ctx.from_state,
-            to_state=ctx.to_state,
-            transition_uuid=ctx.transition_uuid,
-            command_metadata=freeze(guard_ref.metadata),
+        guard_ctx = dataclasses.replace(
+            ctx, context=copy.deepcopy(ctx.context), command_metadata=freeze(guard_ref.metadata)
         )
         verdict = await _maybe_await(registered.fn(subject, guard_ctx))
         if not isinstance(verdict, bool):
@@ -535,10 +520,9 @@ class WorkflowRuntime:
             depth += 1
             if depth > self.max_on_enter_depth:
                 raise OnEnterDepthExceededError(instance.uuid, state_name, self.max_on_enter_depth)
-            hop_ctx = ExecutionContext(
+            hop_ctx = dataclasses.replace(
+                ctx,
                 context=dict(instance.context),
-                metadata=ctx.metadata,
-                trigger_metadata=ctx.trigger_metadata,
                 now=self._now(),
                 from_state=predecessor,
                 to_state=state_name,

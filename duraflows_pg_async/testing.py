@@ -57,6 +57,7 @@ field overridden; it is handy in your own tests too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -130,19 +131,8 @@ def make_instance(**overrides: Any) -> WorkflowInstance:
 
 def _copy(instance: WorkflowInstance) -> WorkflowInstance:
     """An independent copy (the stores must not share mutable state with the caller)."""
-    return WorkflowInstance(
-        uuid=instance.uuid,
-        workflow_name=instance.workflow_name,
-        current_state=instance.current_state,
-        version=instance.version,
-        context=dict(instance.context),
-        metadata=dict(instance.metadata),
-        expires_at=instance.expires_at,
-        last_transition_at=instance.last_transition_at,
-        created_at=instance.created_at,
-        updated_at=instance.updated_at,
-        definition_version=instance.definition_version,
-        timeout_retry=instance.timeout_retry,
+    return dataclasses.replace(
+        instance, context=dict(instance.context), metadata=dict(instance.metadata)
     )
 
 
