@@ -58,26 +58,32 @@ def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
     )
 
 
-def _checked(instance: object, method: str) -> WorkflowInstance:
-    """Validate every field a write sends, so a bad one fails before any SQL."""
+def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowInstance:
+    """Validate every field a write sends, so a bad one fails before any SQL.
+
+    ``update`` (``create=False``) never writes metadata, workflow_name or created_at, so those
+    are not checked again on the hot path.
+    """
     if not isinstance(instance, WorkflowInstance):
         raise InvalidArgumentError(
             f"{method}: instance must be a WorkflowInstance, got {type(instance).__name__}"
         )
     label = f"{method}: instance {instance.uuid}"
     coerce_uuid(instance.uuid, f"{method}: instance.uuid")
-    require_str(instance.workflow_name, f"{label}: workflow_name")
+    if create:
+        require_str(instance.workflow_name, f"{label}: workflow_name")
     require_str(instance.current_state, f"{label}: current_state")
     require_int(instance.version, f"{label}: version", minimum=0)
     if not isinstance(instance.context, dict):
         raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
     check_json(instance.context, f"{label}: context")
-    if not isinstance(instance.metadata, dict):
-        raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
-    check_json(instance.metadata, f"{label}: metadata")
+    if create:
+        if not isinstance(instance.metadata, dict):
+            raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
+        check_json(instance.metadata, f"{label}: metadata")
+        require_aware(instance.created_at, f"{label}: created_at")
     optional_aware(instance.expires_at, f"{label}: expires_at")
     require_aware(instance.last_transition_at, f"{label}: last_transition_at")
-    require_aware(instance.created_at, f"{label}: created_at")
     require_aware(instance.updated_at, f"{label}: updated_at")
     optional_int(instance.definition_version, f"{label}: definition_version", minimum=1)
     retry = instance.timeout_retry
@@ -158,7 +164,7 @@ class PgWorkflowInstanceStore(PgStore):
         raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
         written.
         """
-        inst = _checked(instance, "update")
+        inst = _checked(instance, "update", create=False)
         require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
         instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
         expected = inst.version - 1

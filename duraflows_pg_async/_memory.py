@@ -769,7 +769,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         OptimisticLockError. Waits for another transaction's lock on the row, like UPDATE.
         ``metadata``, ``workflow_name`` and ``created_at`` are never written.
         """
-        inst = _checked(instance, "update")
+        inst = _checked(instance, "update", create=False)
         require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
         key = coerce_uuid(inst.uuid, "instance.uuid")
         expected = inst.version - 1
