@@ -61,6 +61,25 @@ class ExecutionContext:
     transition_uuid: UUID
     command_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
+    def derive(
+        self,
+        *,
+        context: dict[str, Any] | None = None,
+        command_metadata: Mapping[str, Any] | None = None,
+    ) -> ExecutionContext:
+        """A copy with another context and/or command metadata (cheaper than dataclasses.replace
+        on the per-command hot path)."""
+        return ExecutionContext(
+            self.context if context is None else context,
+            self.metadata,
+            self.trigger_metadata,
+            self.now,
+            self.from_state,
+            self.to_state,
+            self.transition_uuid,
+            self.command_metadata if command_metadata is None else command_metadata,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:

@@ -23,6 +23,7 @@ from .errors import (
     WorkflowError,
     WorkflowInstanceNotFoundError,
     map_db_errors,
+    raise_mapped,
 )
 
 __all__ = ["PgWorkflowHistoryStore"]
@@ -105,23 +106,24 @@ class PgWorkflowHistoryStore(PgStore):
         An unknown instance raises WorkflowInstanceNotFoundError.
         """
         instance_uuid, results, trigger_metadata = checked_record(record)
-        with map_db_errors(f"append history of instance {instance_uuid}"):
-            try:
-                row_uuid = await self._executor().fetchval(
-                    self._q.insert_history,
-                    instance_uuid,
-                    record.from_state,
-                    record.event_name,
-                    record.to_state,
-                    record.outcome,
-                    record.error_message,
-                    record.rejected_by,
-                    results,
-                    trigger_metadata,
-                    record.definition_version,
-                )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise WorkflowInstanceNotFoundError(instance_uuid) from exc
+        try:
+            row_uuid = await self._executor().fetchval(
+                self._q.insert_history,
+                instance_uuid,
+                record.from_state,
+                record.event_name,
+                record.to_state,
+                record.outcome,
+                record.error_message,
+                record.rejected_by,
+                results,
+                trigger_metadata,
+                record.definition_version,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise WorkflowInstanceNotFoundError(instance_uuid) from exc
+        except Exception as exc:
+            raise_mapped(exc, f"append history of instance {instance_uuid}")
         if row_uuid is None:
             raise WorkflowError(
                 "Failed to append workflow history: INSERT ... RETURNING uuid returned no row"

@@ -26,6 +26,7 @@ from .errors import (
     InvalidArgumentError,
     OptimisticLockError,
     map_db_errors,
+    raise_mapped,
 )
 
 __all__ = ["PgWorkflowInstanceStore"]
@@ -141,8 +142,10 @@ class PgWorkflowInstanceStore(PgStore):
     async def find_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None. Does not lock."""
         key = coerce_uuid(instance_uuid, "instance_uuid")
-        with map_db_errors(f"find_by_uuid {key}"):
+        try:
             row = await self._executor().fetchrow(self._q.select_instance, key)
+        except Exception as exc:
+            raise_mapped(exc, f"find_by_uuid {key}")
         return None if row is None else _instance_from_row(row)
 
     async def lock_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
@@ -153,8 +156,10 @@ class PgWorkflowInstanceStore(PgStore):
         """
         key = coerce_uuid(instance_uuid, "instance_uuid")
         conn = self._transaction_connection("lock_by_uuid")
-        with map_db_errors(f"lock_by_uuid {key}"):
+        try:
             row = await conn.fetchrow(self._q.lock_instance, key)
+        except Exception as exc:
+            raise_mapped(exc, f"lock_by_uuid {key}")
         return None if row is None else _instance_from_row(row)
 
     async def update(self, instance: WorkflowInstance) -> None:
@@ -168,7 +173,7 @@ class PgWorkflowInstanceStore(PgStore):
         require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
         instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
         expected = inst.version - 1
-        with map_db_errors(f"update instance {instance_uuid}"):
+        try:
             status = await self._executor().execute(
                 self._q.update_instance,
                 instance_uuid,
@@ -182,6 +187,8 @@ class PgWorkflowInstanceStore(PgStore):
                 *_retry_columns(inst.timeout_retry),
                 expected,
             )
+        except Exception as exc:
+            raise_mapped(exc, f"update instance {instance_uuid}")
         if status != "UPDATE 1":
             raise OptimisticLockError(instance_uuid, expected)
 

@@ -26,6 +26,7 @@ from .errors import (
     NoActiveTransactionError,
     TransactionTaskError,
     map_db_errors,
+    raise_mapped,
 )
 
 __all__ = ["PgTransactionRunner", "ambient_connection"]
@@ -184,13 +185,16 @@ class _Transaction:
             self._parent = parent
             self._savepoint = name
         else:
-            with map_db_errors("acquire a connection"):
-                conn = await pool.acquire()
             try:
-                with map_db_errors("BEGIN"):
-                    await conn.execute(runner._begin_sql)
+                conn = await pool.acquire()
+            except Exception as exc:
+                raise_mapped(exc, "acquire a connection")
+            try:
+                await conn.execute(runner._begin_sql)
             except BaseException as exc:
                 await _settle(_close_owned(pool, conn, exc))
+                if isinstance(exc, Exception):
+                    raise_mapped(exc, "BEGIN")
                 raise
             root = _Root(conn, asyncio.current_task())
         scope = _Scope(root)
@@ -272,10 +276,11 @@ class _Transaction:
 
 async def _commit_and_release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> str:
     try:
-        with map_db_errors("COMMIT"):
-            status: str = await conn.execute("COMMIT")
+        status: str = await conn.execute("COMMIT")
     except BaseException as commit_error:
         await _close_owned(pool, conn, commit_error)
+        if isinstance(commit_error, Exception):
+            raise_mapped(commit_error, "COMMIT")
         raise
     await pool.release(conn)
     return status

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import functools
 import inspect
 import logging
@@ -282,6 +281,24 @@ class WorkflowRuntime:
             )
         return definition
 
+    def _record_entry(
+        self,
+        events: list[StateEnterEvent],
+        instance: WorkflowInstance,
+        from_state: str | None,
+        transition_uuid: UUID,
+        trigger_event: str | None,
+        trigger_metadata: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        """Queue a state-enter event for the observers; snapshots are taken only if any listen."""
+        if self._observers:
+            events.append(
+                self._state_enter(
+                    instance, from_state, transition_uuid, trigger_event, trigger_metadata, now
+                )
+            )
+
     def _state_enter(
         self,
         instance: WorkflowInstance,
@@ -333,7 +350,7 @@ class WorkflowRuntime:
         results: list[CommandResult] = []
         for ref in commands:
             registered = self.commands.get(ref.name)
-            call_ctx = dataclasses.replace(ctx, command_metadata=freeze(ref.metadata))
+            call_ctx = ctx.derive(command_metadata=freeze(ref.metadata) if ref.metadata else None)
             try:
                 returned = await _maybe_await(registered.fn(subject, call_ctx))
             except Exception as exc:
@@ -376,8 +393,9 @@ class WorkflowRuntime:
             )
         registered = self.guards.get(guard_ref.name)
         # A private deep copy: whatever a guard writes is discarded.
-        guard_ctx = dataclasses.replace(
-            ctx, context=copy.deepcopy(ctx.context), command_metadata=freeze(guard_ref.metadata)
+        guard_ctx = ctx.derive(
+            context=copy.deepcopy(ctx.context),
+            command_metadata=freeze(guard_ref.metadata) if guard_ref.metadata else None,
         )
         verdict = await _maybe_await(registered.fn(subject, guard_ctx))
         if not isinstance(verdict, bool):
@@ -478,10 +496,8 @@ class WorkflowRuntime:
                 definition_version=definition.version,
             )
         )
-        events.append(
-            self._state_enter(
-                instance, from_state, ctx.transition_uuid, event_name, trigger_metadata, now
-            )
+        self._record_entry(
+            events, instance, from_state, ctx.transition_uuid, event_name, trigger_metadata, now
         )
         chain = await self._run_on_enter_chain(instance, definition, subject, ctx, events)
         outcome: ExecutionOutcome = "success" if succeeded else "failure"
@@ -520,9 +536,10 @@ class WorkflowRuntime:
             depth += 1
             if depth > self.max_on_enter_depth:
                 raise OnEnterDepthExceededError(instance.uuid, state_name, self.max_on_enter_depth)
-            hop_ctx = dataclasses.replace(
-                ctx,
+            hop_ctx = ExecutionContext(
                 context=dict(instance.context),
+                metadata=ctx.metadata,
+                trigger_metadata=ctx.trigger_metadata,
                 now=self._now(),
                 from_state=predecessor,
                 to_state=state_name,
@@ -566,8 +583,8 @@ class WorkflowRuntime:
                     definition_version=definition.version,
                 )
             )
-            events.append(
-                self._state_enter(instance, state_name, hop_uuid, "onEnter", _ON_ENTER_TRIGGER, now)
+            self._record_entry(
+                events, instance, state_name, hop_uuid, "onEnter", _ON_ENTER_TRIGGER, now
             )
             if steps is None:
                 steps = _Steps("success", [], history_uuid)
@@ -622,7 +639,7 @@ class WorkflowRuntime:
             await self._ensure_snapshot(definition)
             await self.persistence.instance_store.create(instance)
             transition_uuid = uuid4()
-            events.append(self._state_enter(instance, None, transition_uuid, None, trigger, now))
+            self._record_entry(events, instance, None, transition_uuid, None, trigger, now)
             ctx = ExecutionContext(
                 context=dict(instance.context),
                 metadata=freeze(instance.metadata),
