@@ -255,35 +255,26 @@ class _Transaction:
         if exc is not None:
             await _settle(_close_owned(pool, conn, exc))
             return
-        # COMMIT is the point of no return: once sent it cannot be recalled, so it runs in a task
-        # of its own that a cancellation of the caller does not interrupt.
-        commit = asyncio.ensure_future(_commit_and_release(pool, conn))
         try:
-            status = await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            await _wait_for_task(commit)
-            if not commit.cancelled() and commit.exception() is None:
+            status: str = await conn.execute("COMMIT")
+        except BaseException as commit_error:
+            # A cancellation that lands while COMMIT is in flight leaves the transaction either
+            # committed or rolled back as a whole; ROLLBACK afterwards is harmless either way.
+            await _settle(_close_owned(pool, conn, commit_error))
+            if isinstance(commit_error, asyncio.CancelledError):
                 logger.warning(
-                    "duraflows: the task was cancelled while COMMIT was in flight; the transaction "
-                    "committed and its after_commit callbacks were skipped"
+                    "duraflows: cancelled while COMMIT was in flight; the transaction either "
+                    "committed or rolled back as a whole, and its after_commit callbacks were "
+                    "skipped"
                 )
+            if isinstance(commit_error, Exception):
+                raise_mapped(commit_error, "COMMIT")
             raise
+        await pool.release(conn)
         if status == "ROLLBACK":
             raise CommitRolledBackError()
         if scope.callbacks:
             await _run_callbacks(scope.callbacks)
-
-
-async def _commit_and_release(pool: asyncpg.Pool, conn: PoolConnectionProxy[Any]) -> str:
-    try:
-        status: str = await conn.execute("COMMIT")
-    except BaseException as commit_error:
-        await _close_owned(pool, conn, commit_error)
-        if isinstance(commit_error, Exception):
-            raise_mapped(commit_error, "COMMIT")
-        raise
-    await pool.release(conn)
-    return status
 
 
 async def _wait_for_task(task: asyncio.Future[Any]) -> bool:
