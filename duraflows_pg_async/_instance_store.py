@@ -148,16 +148,20 @@ class PgWorkflowInstanceStore(PgStore):
             raise_mapped(exc, f"find_by_uuid {key}")
         return None if row is None else _instance_from_row(row)
 
-    async def lock_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
-        """The instance locked FOR UPDATE until the transaction ends, or None.
+    async def lock_by_uuid(
+        self, instance_uuid: UUID | str, *, skip_locked: bool = False
+    ) -> WorkflowInstance | None:
+        """The instance locked FOR UPDATE until the transaction ends, or None if there is none.
 
         Requires an active transaction. Waits for a holder of the lock, bounded by lock_timeout
-        (LockTimeoutError) when the runner sets one.
+        (LockTimeoutError) when the runner sets one; with ``skip_locked`` it does not wait and
+        returns None while another transaction holds the row.
         """
         key = coerce_uuid(instance_uuid, "instance_uuid")
         conn = self._transaction_connection("lock_by_uuid")
+        query = self._q.try_lock_instance if skip_locked else self._q.lock_instance
         try:
-            row = await conn.fetchrow(self._q.lock_instance, key)
+            row = await conn.fetchrow(query, key)
         except Exception as exc:
             raise_mapped(exc, f"lock_by_uuid {key}")
         return None if row is None else _instance_from_row(row)
@@ -192,15 +196,41 @@ class PgWorkflowInstanceStore(PgStore):
         if status != "UPDATE 1":
             raise OptimisticLockError(instance_uuid, expected)
 
-    async def find_expired(self, limit: int, now: datetime) -> list[WorkflowInstance]:
+    async def find_expired(
+        self, limit: int, now: datetime, *, claim_until: datetime | None = None
+    ) -> list[WorkflowInstance]:
         """Due instances (deadline or retry time before ``now``, not parked), oldest due first,
-        locked FOR UPDATE SKIP LOCKED until the transaction ends. Requires a transaction."""
+        locked FOR UPDATE SKIP LOCKED until the transaction ends. Requires a transaction.
+
+        With ``claim_until``, the returned instances that have no retry state are also claimed
+        until then: other sweeps skip them even after this transaction ends, so concurrent
+        sweepers get disjoint batches. Writing an instance with ``update`` ends its claim.
+        """
         require_int(limit, "limit", minimum=1)
         require_aware(now, "now")
         conn = self._transaction_connection("find_expired")
         with map_db_errors("find_expired"):
-            rows = await conn.fetch(self._q.find_expired, limit, now)
+            if claim_until is None:
+                rows = await conn.fetch(self._q.find_expired, limit, now)
+            else:
+                if require_aware(claim_until, "claim_until") <= now:
+                    raise InvalidArgumentError("claim_until must be later than now")
+                rows = await conn.fetch(self._q.claim_expired, limit, now, claim_until)
         return [_instance_from_row(row) for row in rows]
+
+    async def release_claims(
+        self, instance_uuids: Sequence[UUID | str], claim_until: datetime
+    ) -> None:
+        """End the claims that ``find_expired(claim_until=...)`` took on these instances and that
+        were not used (a sweep stopped early); claims renewed since are left alone."""
+        keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
+        require_aware(claim_until, "claim_until")
+        if not keys:
+            return
+        try:
+            await self._executor().execute(self._q.release_claims, keys, claim_until)
+        except Exception as exc:
+            raise_mapped(exc, "release_claims")
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

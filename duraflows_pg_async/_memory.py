@@ -283,13 +283,22 @@ class MemoryDatabase:
     Every call builds a new, independent database.
     """
 
-    __slots__ = ("_definitions", "_history", "_instances", "_last_history_at", "_locks")
+    __slots__ = (
+        "_claims",
+        "_definitions",
+        "_history",
+        "_instances",
+        "_last_history_at",
+        "_locks",
+    )
 
     def __init__(self) -> None:
         self._instances: dict[UUID, WorkflowInstance] = {}
         self._history: dict[UUID, list[_HistoryRow]] = {}
         self._definitions: dict[tuple[str, int], StoredWorkflowDefinition] = {}
         self._locks: dict[Hashable, _RowLock] = {}
+        # Sweep claims (find_expired(claim_until=...)), kept outside the transactional state.
+        self._claims: dict[UUID, datetime] = {}
         self._last_history_at = datetime.min.replace(tzinfo=UTC)
 
     def __repr__(self) -> str:
@@ -743,11 +752,14 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         row = self._database._instance(level, key)
         return None if row is None else _export_instance(row)
 
-    async def lock_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
+    async def lock_by_uuid(
+        self, instance_uuid: UUID | str, *, skip_locked: bool = False
+    ) -> WorkflowInstance | None:
         """The instance locked until the transaction ends, or None. Requires a transaction.
 
         Waits while another transaction holds the row, bounded by the runner's lock_timeout
-        (LockTimeoutError), and then returns the committed value.
+        (LockTimeoutError), and then returns the committed value; with ``skip_locked`` it
+        returns None at once instead of waiting.
         """
         key = coerce_uuid(instance_uuid, "instance_uuid")
         database = self._database
@@ -755,6 +767,8 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
 
         async def op(level: _Level) -> WorkflowInstance | None:
             if database._instance(level, key) is None:
+                return None
+            if skip_locked and database._blockers(level.root, key, _FOR_UPDATE):
                 return None
             await database._lock(level, key, _FOR_UPDATE, what)
             row = database._instance(level, key)
@@ -786,6 +800,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
             if current is None or current.version != expected:
                 database._unlock(level, undo)
                 raise OptimisticLockError(key, expected)
+            database._claims.pop(key, None)  # writing the retry columns ends a sweep claim
             level.instances[key] = WorkflowInstance(
                 uuid=key,
                 workflow_name=current.workflow_name,
@@ -807,12 +822,20 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
 
         await _statement(database, what, op)
 
-    async def find_expired(self, limit: int, now: datetime) -> list[WorkflowInstance]:
+    async def find_expired(
+        self, limit: int, now: datetime, *, claim_until: datetime | None = None
+    ) -> list[WorkflowInstance]:
         """Due instances (deadline or retry time before ``now``, not parked), oldest due first,
         locked until the transaction ends; rows locked by other transactions are skipped (SKIP
-        LOCKED). Requires a transaction."""
+        LOCKED). Requires a transaction.
+
+        With ``claim_until``, returned instances without retry state are claimed until then, as
+        in PostgreSQL; here claims take effect at once (not at commit) and ``update`` ends them.
+        """
         require_int(limit, "limit", minimum=1)
         require_aware(now, "now")
+        if claim_until is not None and require_aware(claim_until, "claim_until") <= now:
+            raise InvalidArgumentError("claim_until must be later than now")
         database = self._database
 
         async def op(level: _Level) -> list[WorkflowInstance]:
@@ -822,6 +845,12 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
                 if expires_at is None or not expires_at < now:
                     continue
                 retry = row.timeout_retry
+                claim = database._claims.get(row.uuid)
+                if retry is None and claim is not None:
+                    if not claim < now:
+                        continue
+                    due.append((claim, row))
+                    continue
                 if retry is not None:
                     if retry.parked_at is not None:
                         continue
@@ -841,9 +870,21 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
                     continue
                 await database._lock(level, row.uuid, _FOR_UPDATE, "find_expired")
                 found.append(_export_instance(row))
+                if claim_until is not None and row.timeout_retry is None:
+                    database._claims[row.uuid] = claim_until
             return found
 
         return await _statement(database, "find_expired", op, requires_transaction="find_expired")
+
+    async def release_claims(
+        self, instance_uuids: Sequence[UUID | str], claim_until: datetime
+    ) -> None:
+        """End unused sweep claims taken with ``find_expired(claim_until=...)``."""
+        keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
+        require_aware(claim_until, "claim_until")
+        for key in keys:
+            if self._database._claims.get(key) == claim_until:
+                del self._database._claims[key]
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

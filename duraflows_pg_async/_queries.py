@@ -31,8 +31,11 @@ class Queries:
     insert_instance: str
     select_instance: str
     lock_instance: str
+    try_lock_instance: str
     update_instance: str
     find_expired: str
+    claim_expired: str
+    release_claims: str
     find_parked: str
     count_instances: str
     insert_history: str
@@ -67,6 +70,11 @@ def render_queries(schema: str | None) -> Queries:
         select_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1",
         # $1=uuid. Blocks while another transaction holds the row; lock_timeout bounds the wait.
         lock_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE",
+        # $1=uuid. No row when another transaction holds it: sweepers pass over an instance a
+        # peer is processing instead of queueing behind it and re-checking it afterwards.
+        try_lock_instance=(
+            f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE SKIP LOCKED"
+        ),
         # $1=uuid $2=current_state $3=version $4=expires_at $5=last_transition_at $6=context
         # $7=updated_at $8=definition_version $9=timeout_attempts $10=timeout_retry_at
         # $11=timeout_last_error $12=timeout_parked_at $13=expected (previous) version.
@@ -90,6 +98,34 @@ def render_queries(schema: str | None) -> Queries:
             "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) "
             "ORDER BY coalesce(timeout_retry_at, expires_at) "
             "LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ),
+        # $1=limit $2=now $3=claim_until. find_expired, and the rows returned are claimed: their
+        # timeout_retry_at is set to $3, so that concurrent sweeps (ours and the TypeScript
+        # runtime's alike) pass over them instead of walking the same rows. Only rows without
+        # retry state are claimed (timeout_attempts = 0), whose models ignore timeout_retry_at;
+        # processing writes the retry columns back (clearing the claim), a recorded failure
+        # overwrites it, and a crashed sweeper's claims fall due again at $3. The rows come back
+        # as claimed; their models are unchanged, since attempts = 0 means "no retry state".
+        claim_expired=(
+            f"WITH due AS MATERIALIZED (SELECT uuid, coalesce(timeout_retry_at, expires_at) "
+            f"AS due_at FROM {instances} "
+            "WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL "
+            "AND coalesce(timeout_retry_at, expires_at) < $2 "
+            "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) "
+            "ORDER BY coalesce(timeout_retry_at, expires_at) "
+            "LIMIT $1 FOR UPDATE SKIP LOCKED), "
+            # = ANY(ARRAY(...)) finds the batch through the primary key whatever the planner
+            # guesses about the CTE's size.
+            f"claimed AS (UPDATE {instances} SET timeout_retry_at = CASE "
+            "WHEN timeout_attempts = 0 THEN $3 ELSE timeout_retry_at END "
+            "WHERE uuid = ANY (ARRAY(SELECT uuid FROM due)) "
+            f"RETURNING {INSTANCE_COLUMNS}) "
+            f"SELECT {INSTANCE_COLUMNS} FROM claimed JOIN due USING (uuid) ORDER BY due.due_at"
+        ),
+        # $1=uuids $2=claim_until: hand back claims a sweep did not use (a stopped worker).
+        release_claims=(
+            f"UPDATE {instances} SET timeout_retry_at = NULL "
+            "WHERE uuid = ANY ($1::uuid[]) AND timeout_attempts = 0 AND timeout_retry_at = $2"
         ),
         # $1=limit $2=workflow_name or NULL for all
         find_parked=(

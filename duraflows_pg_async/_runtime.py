@@ -9,7 +9,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -50,6 +50,10 @@ T = TypeVar("T")
 Observer = Callable[[StateEnterEvent], Any]
 
 _TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
+
+# How long a sweep's claim on its batch lasts: long enough for a batch to be processed, short
+# enough that the batch of a crashed or stopped worker falls due again soon.
+SWEEP_CLAIM = timedelta(minutes=2)
 _ON_ENTER_TRIGGER: Mapping[str, Any] = {"source": "onEnter"}
 
 
@@ -703,16 +707,23 @@ class WorkflowRuntime:
         await self.initialize()
         now = self._now()
         runner = self.persistence.transaction_runner
-        # The scan's SKIP LOCKED locks end with this short transaction; exclusivity comes from the
-        # per-instance lock and due re-check below.
+        # The scan claims its batch for a while, so that concurrent sweeps take disjoint
+        # batches; exclusivity itself comes from the per-instance lock and due re-check below.
+        claim_until = now + SWEEP_CLAIM
         async with runner.transaction():
-            due = await self.persistence.instance_store.find_expired(limit, now)
+            due = await self.persistence.instance_store.find_expired(
+                limit, now, claim_until=claim_until
+            )
         processed = rejected = 0
         business_failed: list[BusinessFailure] = []
         failed: list[TimeoutFailure] = []
         parked: list[ParkedTimeout] = []
-        for scanned in due:
+        for index, scanned in enumerate(due):
             if should_stop is not None and should_stop():
+                # Hand the rest of the batch back so that other sweepers take it at once.
+                await self.persistence.instance_store.release_claims(
+                    [i.uuid for i in due[index:]], claim_until
+                )
                 break
             try:
                 outcome = await self._in_transaction(
@@ -746,9 +757,12 @@ class WorkflowRuntime:
     async def _process_timeout(
         self, instance_uuid: UUID, events: list[StateEnterEvent]
     ) -> str | BusinessFailure | None:
-        instance = await self.persistence.instance_store.lock_by_uuid(instance_uuid)
+        # Another worker holding the row is processing it: pass on instead of waiting for it.
+        instance = await self.persistence.instance_store.lock_by_uuid(
+            instance_uuid, skip_locked=True
+        )
         if instance is None or not self._still_due(instance, self._now()):
-            return None  # gone, or handled by someone else since the scan
+            return None  # gone, taken by another worker, or handled since the scan
         definition = await self._governing(instance)
         timeout = definition.timeout_event(instance.current_state)
         if timeout is None:

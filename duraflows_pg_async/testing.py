@@ -57,6 +57,7 @@ field overridden; it is handy in your own tests too.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -228,6 +229,38 @@ class InstanceStoreConformance:
         assert str(original.uuid) in str(raised.value)
         assert await store.find_by_uuid(original.uuid) == original
 
+    async def test_lock_by_uuid_skip_locked_passes_over_a_held_row(
+        self, conformance_provider: WorkflowPersistenceProvider
+    ) -> None:
+        runner = conformance_provider.transaction_runner
+        store = conformance_provider.instance_store
+        instance = make_instance()
+        await store.create(instance)
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with runner.transaction():
+                assert await store.lock_by_uuid(instance.uuid) is not None
+                held.set()
+                await release.wait()
+
+        task = asyncio.create_task(holder())
+        try:
+            await asyncio.wait_for(held.wait(), 5)
+            async with runner.transaction():
+                # Held by the other transaction: no row, and no waiting for it.
+                async with asyncio.timeout(2):
+                    got = await store.lock_by_uuid(instance.uuid, skip_locked=True)
+                assert got is None
+        finally:
+            release.set()
+            await task
+        async with runner.transaction():
+            got = await store.lock_by_uuid(instance.uuid, skip_locked=True)
+            assert got is not None
+            assert got.uuid == instance.uuid
+
     async def test_lock_by_uuid_inside_a_transaction(
         self, conformance_provider: WorkflowPersistenceProvider
     ) -> None:
@@ -364,6 +397,56 @@ class InstanceStoreConformance:
             due = await store.find_expired(100, _NOW)
         assert _uuids(due) == [long_past.uuid, past.uuid]
         assert due[0] == long_past
+
+    async def test_find_expired_claims_its_batch_for_concurrent_sweeps(
+        self, conformance_provider: WorkflowPersistenceProvider
+    ) -> None:
+        runner = conformance_provider.transaction_runner
+        store = conformance_provider.instance_store
+        now = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+        claim_until = now + timedelta(minutes=2)
+        created = [make_instance(expires_at=now - timedelta(minutes=n + 1)) for n in range(6)]
+        for instance in created:
+            await store.create(instance)
+        oldest_first = [i.uuid for i in reversed(created)]
+
+        async with runner.transaction():
+            first = await store.find_expired(3, now, claim_until=claim_until)
+        async with runner.transaction():
+            second = await store.find_expired(10, now, claim_until=claim_until)
+        # Each sweep took a disjoint part of the due work, oldest due first.
+        assert [i.uuid for i in first] == oldest_first[:3]
+        assert [i.uuid for i in second] == oldest_first[3:]
+        # The claim does not show in the model: these instances have no retry state.
+        assert all(i.timeout_retry is None for i in first + second)
+        async with runner.transaction():
+            assert await store.find_expired(10, now) == []
+            # Claims run out: a crashed sweeper's batch falls due again.
+            later = await store.find_expired(10, claim_until + timedelta(seconds=1))
+            assert sorted(i.uuid for i in later) == sorted(oldest_first)
+
+        # Unused claims can be handed back (a sweep that stops early); others stay claimed.
+        await store.release_claims([second[0].uuid, second[1].uuid], claim_until)
+        await store.release_claims([first[1].uuid], claim_until + timedelta(seconds=1))
+        async with runner.transaction():
+            released = await store.find_expired(10, now)
+        assert [i.uuid for i in released] == [second[0].uuid, second[1].uuid]
+
+        # Writing an instance ends its claim.
+        async with runner.transaction():
+            locked = await store.lock_by_uuid(first[0].uuid)
+            assert locked is not None
+            assert locked.timeout_retry is None
+            locked.version += 1
+            await store.update(locked)
+        async with runner.transaction():
+            assert [i.uuid for i in await store.find_expired(10, now)] == [
+                first[0].uuid,
+                second[0].uuid,
+                second[1].uuid,
+            ]
+            with pytest.raises(InvalidArgumentError, match="claim_until"):
+                await store.find_expired(10, now, claim_until=now)
 
     async def test_find_expired_respects_limit(
         self, conformance_provider: WorkflowPersistenceProvider

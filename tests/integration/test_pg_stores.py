@@ -114,6 +114,14 @@ async def test_find_expired_uses_the_due_index(pool: asyncpg.Pool) -> None:
     assert [n["Index Name"] for n in scans] == ["workflow_instances_timeout_due_idx"], backlog
     assert not [n for n in backlog if n["Node Type"] in ("Sort", "Seq Scan")], backlog
 
+    # The claiming form of the sweep reads the same index in the same way.
+    claim_sql = "EXPLAIN (FORMAT JSON) " + render_queries(None).claim_expired
+    claim = plan_nodes(
+        await pool.fetchval(claim_sql, 100, NOW + timedelta(days=10), NOW + timedelta(days=11))
+    )
+    assert "workflow_instances_timeout_due_idx" in [n.get("Index Name") for n in claim], claim
+    assert not [n for n in claim if n["Node Type"] == "Seq Scan"], claim
+
     # A few due rows: any index may serve them, but never a sequential scan.
     few = plan_nodes(await pool.fetchval(sql, 100, NOW + timedelta(hours=1)))
     assert [n for n in few if "Index Name" in n], few
