@@ -37,9 +37,17 @@ class Recorder:
         self.statements.append(record.query)
 
     def control(self) -> list[str]:
-        """Transaction-control statements only (BEGIN, SAVEPOINT, COMMIT, ...)."""
+        """Transaction-control statements only (BEGIN, SAVEPOINT, COMMIT, ...); a session reset
+        sent together with COMMIT shows as "COMMIT"."""
         words = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
-        return [s for s in self.statements if s.split(" ", 1)[0].rstrip(";").upper() in words]
+        out = []
+        for statement in self.statements:
+            last = statement.strip().splitlines()[-1]
+            if "\n" in statement.strip() and last == "COMMIT":
+                out.append("COMMIT")
+            elif statement.split(" ", 1)[0].rstrip(";").upper() in words:
+                out.append(statement)
+        return out
 
 
 @pytest.fixture
@@ -78,6 +86,30 @@ async def test_commit_returns_value_and_sends_begin_commit(recorded: Any) -> Non
 
     assert await runner.run_in_transaction(work) == 42
     assert recorder.control() == ["BEGIN", "COMMIT"]
+    # asyncpg's release-time session reset rides along with COMMIT: nothing is sent at release.
+    assert recorder.statements[0] == "BEGIN"
+    assert recorder.statements[1] == "SELECT 41 + 1"
+    commit = recorder.statements[2].splitlines()
+    assert commit[0] == "SELECT pg_advisory_unlock_all();"
+    assert commit[-1] == "COMMIT"
+    assert "RESET ALL;" in commit
+    assert len(recorder.statements) == 3
+
+
+async def test_session_reset_still_happens_when_the_commit_did_not_carry_it(
+    recorded: Any,
+) -> None:
+    pool, recorder = recorded
+    runner = PgTransactionRunner(pool)
+    async with runner.transaction():
+        await runner.connection().execute("SET application_name = 'leaky'")
+    async with pool.acquire() as conn:  # used outside the runner: the pool resets it
+        assert await conn.fetchval("SHOW application_name") == ""
+        await conn.execute("SET application_name = 'leaky again'")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") == ""
+    resets = [s for s in recorder.statements if s.startswith("SELECT pg_advisory_unlock_all()")]
+    assert len(resets) == 3  # with the COMMIT, and at each of the two plain releases
 
 
 async def test_error_rolls_back_and_propagates_the_same_exception(pool: asyncpg.Pool) -> None:
