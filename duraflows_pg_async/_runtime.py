@@ -27,6 +27,7 @@ from ._execution import (
     TimeoutFailure,
     TimeoutRetryPolicy,
     freeze,
+    json_clone,
 )
 from ._model import CommandResult, HistoryRecord, WorkflowInstance
 from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
@@ -64,7 +65,7 @@ def _json_object(value: object, name: str) -> dict[str, Any]:
         raise InvalidArgumentError(
             f"{name} must be a dict (a JSON object), got {type(value).__name__}"
         )
-    out = copy.deepcopy(dict(value))
+    out: dict[str, Any] = json_clone(dict(value))
     check_json(out, name)
     return out
 
@@ -398,7 +399,7 @@ class WorkflowRuntime:
         registered = self.guards.get(guard_ref.name)
         # A private deep copy: whatever a guard writes is discarded.
         guard_ctx = ctx.derive(
-            context=copy.deepcopy(ctx.context),
+            context=json_clone(ctx.context),
             command_metadata=freeze(guard_ref.metadata) if guard_ref.metadata else None,
         )
         verdict = await _maybe_await(registered.fn(subject, guard_ctx))
@@ -423,7 +424,7 @@ class WorkflowRuntime:
         now = self._now()
         state = definition.states[to_state]
         if apply_declared_context and state.context:
-            context = {**context, **copy.deepcopy(dict(state.context))}
+            context = {**context, **json_clone(dict(state.context))}
         instance.current_state = to_state
         instance.version += 1
         instance.last_transition_at = instance.updated_at = now
@@ -629,7 +630,7 @@ class WorkflowRuntime:
             workflow_name=definition.name,
             current_state=definition.initial_state,
             version=0,
-            context={**copy.deepcopy(dict(initial.context)), **user_context},
+            context={**json_clone(dict(initial.context)), **user_context},
             metadata=user_metadata,
             expires_at=self._deadline(initial, now),
             last_transition_at=now,
