@@ -73,6 +73,10 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks (the ``bench`` package at the repository root)."""
-    session.install(".[test]")
+    """Benchmarks (the ``bench`` package at the repository root, see docs/performance.md).
+
+    ``nox -s bench`` is the full run (several minutes); ``nox -s bench -- --smoke`` the
+    few-second one. Results land in bench/results/ (git-ignored) unless ``-- --out DIR``.
+    """
+    session.install(".[bench]")
     session.run("python", "-m", "bench", *session.posargs)

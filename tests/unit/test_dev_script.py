@@ -57,7 +57,7 @@ def test_root_is_resolved_from_the_script_location(
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["bench"], ["bench", "--quick"], ["frobnicate"], ["lint", "extra"], ["--verbose"]],
+    [[], ["benchmark"], ["frobnicate", "--quick"], ["lint", "extra"], ["--verbose"]],
 )
 def test_unknown_or_malformed_command_prints_usage_and_exits_2(
     dev: ModuleType, repo: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -80,7 +80,7 @@ def test_unknown_command_from_another_directory_exits_2(
 ) -> None:
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     result = subprocess.run(
-        [sys.executable, str(repo / "scripts" / "dev.py"), "bench"],
+        [sys.executable, str(repo / "scripts" / "dev.py"), "frobnicate"],
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -175,6 +175,38 @@ def test_demo_forwards_to_the_console_script(
 ) -> None:
     assert dev.main(["demo", "--steps", "3"]) == 0
     assert ran == [[str(dev.venv_bin(repo, "duraflows-pg")), "demo", "--steps", "3"]]
+
+
+def test_bench_forwards_to_the_bench_package(
+    dev: ModuleType, repo: Path, ran: list[list[str]]
+) -> None:
+    assert dev.main(["bench", "--smoke", "--out", "/tmp/x"]) == 0
+    assert ran == [[str(dev.venv_python(repo)), "-m", "bench", "--smoke", "--out", "/tmp/x"]]
+
+
+def test_bench_without_arguments_runs_the_full_benchmark(
+    dev: ModuleType, repo: Path, ran: list[list[str]]
+) -> None:
+    assert dev.main(["bench"]) == 0
+    assert ran == [[str(dev.venv_python(repo)), "-m", "bench"]]
+
+
+def test_the_environment_gets_the_dev_and_bench_extras(
+    dev: ModuleType, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_venv(dev, repo)
+    installs: list[list[str]] = []
+
+    def run_quiet(argv: list[str], what: str) -> None:
+        installs.append(argv)
+
+    monkeypatch.setattr(dev, "_python_works", lambda python: True)
+    monkeypatch.setattr(dev, "_run_quiet", run_quiet)
+    dev.ensure_env(repo)
+    assert installs == [
+        [str(dev.venv_python(repo)), "-m", "pip", "install", "--quiet", "-e", ".[dev,bench]"]
+    ]
+    assert not dev.needs_install(repo)
 
 
 def test_lint_runs_ruff_check_ruff_format_and_mypy(

@@ -1,0 +1,452 @@
+"""results.json → Markdown tables, target verdicts and the throughput chart.
+
+Everything here works on the JSON-shaped results dictionary (as written to ``results.json``), so
+a report can be rendered again from a saved file (``python -m bench --report-only FILE``). Only
+:func:`write_chart` needs matplotlib, imported when it is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .stats import ratio
+
+__all__ = [
+    "LABELS",
+    "VARIANTS",
+    "evaluate_targets",
+    "fmt_ratio",
+    "markdown_table",
+    "render_markdown",
+    "write_chart",
+]
+
+Results = Mapping[str, Any]
+
+VARIANTS = ("asyncpg", "pgbench", "adapter", "runtime")
+LABELS = {
+    "asyncpg": "A: asyncpg",
+    "pgbench": "B: pgbench",
+    "adapter": "adapter",
+    "runtime": "runtime",
+}
+LATENCY_CONCURRENCY = (1, 8)
+TARGET_CONCURRENCY = 8
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None
+) -> str:
+    """A GitHub Markdown table; ``align`` is one letter per column (``l`` or ``r``)."""
+    if align is None:
+        align = "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers):
+        raise ValueError("one alignment letter per column")
+    if any(len(row) != len(headers) for row in rows):
+        raise ValueError("every row needs one cell per header")
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = [_row(headers), _row(rule)]
+    lines.extend(_row([str(cell) for cell in row]) for row in rows)
+    return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# --- lookups -----------------------------------------------------------------------------------
+
+
+def measurement(results: Results, variant: str, concurrency: int) -> Mapping[str, Any] | None:
+    """The throughput entry of ``variant`` at ``concurrency``, or None if not measured."""
+    for item in results.get("throughput", {}).get("variants", {}).get(variant, []):
+        if item["concurrency"] == concurrency:
+            return item  # type: ignore[no-any-return]
+    return None
+
+
+def median_rate(results: Results, variant: str, concurrency: int) -> float | None:
+    item = measurement(results, variant, concurrency)
+    return None if item is None else float(item["median_per_second"])
+
+
+def latency_ms(results: Results, variant: str, concurrency: int, key: str) -> float | None:
+    item = measurement(results, variant, concurrency)
+    if item is None or not item.get("latency"):
+        return None
+    return float(item["latency"][key])
+
+
+def concurrencies(results: Results) -> list[int]:
+    return [int(c) for c in results.get("throughput", {}).get("concurrency", [])]
+
+
+def sweep_run(results: Results, workers: int) -> Mapping[str, Any] | None:
+    for run in results.get("sweep", {}).get("runs", []):
+        if run["workers"] == workers:
+            return run  # type: ignore[no-any-return]
+    return None
+
+
+def sweep_scaling(results: Results) -> float | None:
+    one, four = sweep_run(results, 1), sweep_run(results, 4)
+    if one is None or four is None:
+        return None
+    return ratio(four["per_second"], one["per_second"])
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def throughput_table(results: Results) -> str:
+    rows: list[list[object]] = []
+    for c in concurrencies(results):
+        a, b = median_rate(results, "asyncpg", c), median_rate(results, "pgbench", c)
+        for variant in VARIANTS:
+            item = measurement(results, variant, c)
+            if item is None:
+                continue
+            rounds = [float(r) for r in item["rounds_per_second"]]
+            value = float(item["median_per_second"])
+            spread = f"{fmt_rate(min(rounds))}-{fmt_rate(max(rounds))}" if rounds else "n/a"
+            rows.append(
+                [
+                    c,
+                    LABELS[variant],
+                    fmt_rate(value),
+                    spread,
+                    fmt_ratio(ratio(value, a)),
+                    fmt_ratio(ratio(value, b)),
+                ]
+            )
+    return markdown_table(
+        ["concurrency", "variant", "transitions/s (median)", "rounds min-max", "x A", "x B"],
+        rows,
+        "rlrrrr",
+    )
+
+
+def latency_table(results: Results) -> str:
+    measured = concurrencies(results)
+    levels = [c for c in LATENCY_CONCURRENCY if c in measured] or measured
+    rows: list[list[object]] = []
+    for c in levels:
+        a50, a99 = (latency_ms(results, "asyncpg", c, k) for k in ("p50_ms", "p99_ms"))
+        b50, b99 = (latency_ms(results, "pgbench", c, k) for k in ("p50_ms", "p99_ms"))
+        for variant in VARIANTS:
+            item = measurement(results, variant, c)
+            if item is None or not item.get("latency"):
+                continue
+            p50, p99 = float(item["latency"]["p50_ms"]), float(item["latency"]["p99_ms"])
+            rows.append(
+                [
+                    c,
+                    LABELS[variant],
+                    fmt_ms(p50),
+                    fmt_ms(p99),
+                    fmt_ratio(ratio(p50, a50)),
+                    fmt_ratio(ratio(p99, a99)),
+                    fmt_ratio(ratio(p50, b50)),
+                    fmt_ratio(ratio(p99, b99)),
+                    f"{int(item['latency']['count']):,}",
+                ]
+            )
+    return markdown_table(
+        [
+            "concurrency",
+            "variant",
+            "p50 ms",
+            "p99 ms",
+            "p50 x A",
+            "p99 x A",
+            "p50 x B",
+            "p99 x B",
+            "transitions",
+        ],
+        rows,
+        "rlrrrrrrr",
+    )
+
+
+def sweep_table(results: Results) -> str:
+    sweep = results.get("sweep", {})
+    runs = sweep.get("runs", [])
+    one = sweep_run(results, 1)
+    rows: list[list[object]] = []
+    for run in runs:
+        k = int(run["workers"])
+        rate = float(run["per_second"])
+        rows.append(
+            [
+                k,
+                f"{int(run['instances']):,}",
+                f"{float(run['seconds']):.2f}",
+                fmt_rate(rate),
+                fmt_ratio(ratio(rate, one["per_second"] if one else None)),
+                fmt_ratio(ratio(rate, median_rate(results, "asyncpg", k))),
+                fmt_ratio(ratio(rate, median_rate(results, "pgbench", k))),
+                run.get("sweeps", "n/a"),
+                run["processed_twice"],
+                run["commands_repeated"],
+                run["failed"],
+                run["left_due"],
+            ]
+        )
+    return markdown_table(
+        [
+            "workers",
+            "instances",
+            "seconds",
+            "instances/s",
+            "x 1 worker",
+            "x A (c=workers)",
+            "x B (c=workers)",
+            "batches swept",
+            "processed twice",
+            "command ran twice",
+            "failed attempts",
+            "left due",
+        ],
+        rows,
+        "r" * 12,
+    )
+
+
+def memory_table(results: Results) -> str:
+    rows = [
+        [
+            item["surface"],
+            item["concurrency"],
+            f"{int(item['warmup']):,}",
+            f"{int(item['transitions']):,}",
+            f"{float(item['rss_before_mb']):.1f}",
+            f"{float(item['rss_after_mb']):.1f}",
+            f"{float(item['growth_mb']):+.2f}",
+            _signed(item.get("allocated_blocks_growth")),
+            _signed(item.get("gc_objects_growth")),
+        ]
+        for item in results.get("memory", [])
+    ]
+    return markdown_table(
+        [
+            "surface",
+            "tasks",
+            "warm-up transitions",
+            "measured transitions",
+            "RSS before (MB)",
+            "RSS after (MB)",
+            "RSS growth (MB)",
+            "allocated blocks growth",
+            "GC objects growth",
+        ],
+        rows,
+        "lrrrrrrrr",
+    )
+
+
+def _signed(value: object) -> str:
+    return "n/a" if value is None else f"{int(str(value)):+,}"
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+def _verdict(value: float | None, limit: float, *, at_least: bool) -> bool | None:
+    if value is None:
+        return None
+    return value >= limit if at_least else value <= limit
+
+
+def evaluate_targets(results: Results) -> list[dict[str, Any]]:
+    """The issue's targets with what this run measured; ``met`` is None when not measured."""
+    c = TARGET_CONCURRENCY
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, threshold: str, value: float | None, shown: str, met: bool | None) -> None:
+        targets.append(
+            {"target": name, "threshold": threshold, "value": value, "measured": shown, "met": met}
+        )
+
+    for variant, limit in (("adapter", 1.0), ("runtime", 0.8)):
+        value = ratio(median_rate(results, variant, c), median_rate(results, "asyncpg", c))
+        add(
+            f"{variant} throughput at c={c}",
+            f"≥ {limit:.1f}x A",
+            value,
+            f"not measured (c={c})" if value is None else f"{fmt_ratio(value)} A",
+            _verdict(value, limit, at_least=True),
+        )
+    scaling = sweep_scaling(results)
+    add(
+        "sweep scaling, 1 → 4 workers",
+        "≥ 1.50x",
+        scaling,
+        fmt_ratio(scaling),
+        _verdict(scaling, 1.5, at_least=True),
+    )
+    for variant in ("adapter", "runtime"):
+        value = ratio(
+            latency_ms(results, variant, 1, "p99_ms"), latency_ms(results, "pgbench", 1, "p99_ms")
+        )
+        add(
+            f"{variant} p99 latency at c=1",
+            "≤ 1.50x B's p99",
+            value,
+            "not measured" if value is None else f"{fmt_ratio(value)} B",
+            _verdict(value, 1.5, at_least=False),
+        )
+    for item in results.get("memory", []):
+        growth = float(item["growth_mb"])
+        add(
+            f"{item['surface']} RSS growth over {int(item['transitions']):,} transitions",
+            "≤ 10 MB",
+            growth,
+            f"{growth:+.2f} MB",
+            _verdict(growth, 10.0, at_least=False),
+        )
+    runs = results.get("sweep", {}).get("runs", [])
+    if runs:
+        twice = max(int(run["processed_twice"]) + int(run["commands_repeated"]) for run in runs)
+        add("instances processed twice by the sweep", "= 0", twice, str(twice), twice == 0)
+    return targets
+
+
+def targets_table(results: Results) -> str:
+    rows = [
+        [
+            t["target"],
+            t["threshold"],
+            t["measured"],
+            "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**"),
+        ]
+        for t in evaluate_targets(results)
+    ]
+    return markdown_table(["target", "threshold", "this run", "met"], rows, "llrl")
+
+
+# --- the whole report --------------------------------------------------------------------------
+
+
+def describe_run(results: Results) -> str:
+    machine = results.get("machine", {})
+    server = results.get("server", {})
+    options = results.get("options", {})
+    settings = server.get("settings", {})
+    durable = ", ".join(
+        f"{name}={settings[name].split(' ')[0]}"
+        for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+        if name in settings
+    )
+    lines = [
+        f"- Machine: {machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} logical "
+        f"CPUs, {machine.get('ram_gb', '?')} GB RAM; {machine.get('os', '?')}",
+        f"- Software: {machine.get('python', '?')}, asyncpg {machine.get('asyncpg', '?')}, "
+        f"PostgreSQL {server.get('version', '?')} (embedded, default settings: {durable}), "
+        f"{server.get('pgbench', 'pgbench ?')}",
+        f"- Run: {options.get('rounds', '?')} interleaved rounds of "
+        f"{options.get('duration', '?')} s per variant and concurrency, "
+        f"JSON codec `{options.get('codec', '?')}`"
+        + (" (**smoke run**: figures are not meaningful)" if options.get("smoke") else "")
+        + f"; started {results.get('started_at', '?')}, took {results.get('wall_seconds', 0):.0f} s"
+        + (f"; commit {machine['git_commit']}" if machine.get("git_commit") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def render_markdown(results: Results) -> str:
+    sweep = results.get("sweep", {})
+    scaling = sweep_scaling(results)
+    parts = [
+        "## Benchmark results",
+        "",
+        describe_run(results),
+        "",
+        "### Throughput (one transition per transaction, one instance per task)",
+        "",
+        throughput_table(results),
+        "",
+        "### Latency per transition",
+        "",
+        latency_table(results),
+        "",
+        f"### Timeout sweep ({int(sweep.get('instances', 0)):,} due instances, batch size "
+        f"{sweep.get('batch_size', '?')}, poll interval {sweep.get('poll_interval', '?')} s)",
+        "",
+        sweep_table(results),
+        "",
+        f"Scaling from 1 to 4 workers: {fmt_ratio(scaling)}.",
+        "",
+        "### Memory (a fresh process per surface)",
+        "",
+        memory_table(results),
+        "",
+        "### Targets (issue 4)",
+        "",
+        targets_table(results),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_chart(results: Results, path: Path) -> None:
+    """Throughput against concurrency for the four variants (median, whiskers min-max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"asyncpg": "o-", "pgbench": "s--", "adapter": "^-", "runtime": "D-"}
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    levels = concurrencies(results)
+    for variant in VARIANTS:
+        points = [
+            (c, item) for c in levels if (item := measurement(results, variant, c)) is not None
+        ]
+        if not points:
+            continue
+        xs = [c for c, _ in points]
+        ys, low, high = [], [], []
+        for _, item in points:
+            middle = float(item["median_per_second"])
+            rounds = [float(r) for r in item["rounds_per_second"]]
+            ys.append(middle)
+            low.append(middle - min(rounds))
+            high.append(max(rounds) - middle)
+        axes.errorbar(
+            xs, ys, yerr=[low, high], fmt=styles[variant], capsize=3, label=LABELS[variant]
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(levels)
+    axes.set_xticklabels([str(c) for c in levels])
+    axes.set_xlabel("concurrency (tasks / pgbench clients)")
+    axes.set_ylabel("transitions per second")
+    axes.set_ylim(bottom=0)
+    server = results.get("server", {})
+    machine = results.get("machine", {})
+    axes.set_title(
+        f"Transition throughput, PostgreSQL {server.get('version', '?')} (durable), "
+        f"{machine.get('logical_cpus', '?')} CPUs",
+        fontsize=10,
+    )
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

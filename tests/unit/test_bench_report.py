@@ -1,0 +1,352 @@
+"""The pure parts of the benchmark harness (bench/): statistics, pgbench parsing, the report.
+
+No server and no timing: the figures below are made up, and nothing asserts how fast anything is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(name: str) -> ModuleType:
+    # bench/ sits at the repository root, outside the installed package; appended (not
+    # prepended) to sys.path so that the installed duraflows_pg_async keeps winning.
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    return importlib.import_module(f"bench.{name}")
+
+
+stats = _bench("stats")
+pgbench = _bench("pgbench")
+report = _bench("report")
+sql = _bench("sql")
+
+
+# --- percentiles -------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert stats.percentile([4, 1, 3, 2], 50) == 2.5
+    assert stats.percentile([4, 1, 3, 2], 0) == 1
+    assert stats.percentile([4, 1, 3, 2], 100) == 4
+    assert stats.percentile([10, 20], 25) == 12.5
+
+
+def test_percentile_of_one_to_a_hundred_and_one() -> None:
+    values = list(range(101, 0, -1))
+    assert stats.percentile(values, 99) == 100
+    assert stats.percentile(values, 50) == 51
+    assert stats.median([3, 1, 2]) == 2
+
+
+def test_percentile_of_a_single_value() -> None:
+    assert stats.percentile([7.5], 99) == 7.5
+
+
+@pytest.mark.parametrize("q", [-1, 100.5, float("nan")])
+def test_percentile_refuses_a_rank_outside_0_to_100(q: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        stats.percentile([1, 2], q)
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        stats.percentile([], 50)
+
+
+def test_summarize_ns_reports_milliseconds() -> None:
+    summary = stats.summarize_ns([3_000_000, 1_000_000, 2_000_000, 4_000_000])
+    assert summary is not None
+    assert summary.count == 4
+    assert summary.p50_ms == pytest.approx(2.5)
+    assert summary.p99_ms == pytest.approx(3.97)
+    assert summary.mean_ms == pytest.approx(2.5)
+    assert summary.max_ms == pytest.approx(4.0)
+    assert stats.summarize_ns([]) is None
+
+
+def test_ratio_is_none_without_a_usable_baseline() -> None:
+    assert stats.ratio(3.0, 2.0) == 1.5
+    assert stats.ratio(None, 2.0) is None
+    assert stats.ratio(3.0, None) is None
+    assert stats.ratio(3.0, 0.0) is None
+
+
+# --- pgbench -----------------------------------------------------------------------------------
+
+STDOUT = """\
+pgbench (18.6)
+transaction type: transition.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 4
+number of threads: 4
+maximum number of tries: 1
+duration: 5 s
+number of transactions actually processed: 29540
+number of failed transactions: 0 (0.000%)
+latency average = 0.677 ms
+initial connection time = 7.020 ms
+tps = 5907.812345 (without initial connection time)
+"""
+
+
+def test_parse_summary_reads_tps_and_counts() -> None:
+    summary = pgbench.parse_summary(STDOUT)
+    assert summary.tps == pytest.approx(5907.812345)
+    assert summary.processed == 29540
+    assert summary.failed == 0
+
+
+def test_parse_summary_without_tps_is_an_error() -> None:
+    with pytest.raises(pgbench.PgbenchError, match="no tps"):
+        pgbench.parse_summary("pgbench (18.6)\nnumber of clients: 4\n")
+
+
+def test_parse_log_lines_collects_latencies_failures_and_skips() -> None:
+    lines = [
+        "0 1 4307 0 1795564329 694127",
+        "0 2 831 0 1795564329 694976",
+        "",
+        "3 17 failed 0 1795564330 100 0",
+        "1 9 skipped 0 1795564330 200 5",
+        "2 5 953 0 1795564329 695933 12 0",
+    ]
+    log = pgbench.parse_log_lines(lines)
+    assert log.latencies_us == [4307, 831, 953]
+    assert log.failed == 1
+    assert log.skipped == 1
+
+
+def test_parse_log_lines_appends_to_an_existing_log() -> None:
+    log = pgbench.parse_log_lines(["0 1 10 0 1 1"])
+    pgbench.parse_log_lines(["1 1 20 0 1 1"], into=log)
+    assert log.latencies_us == [10, 20]
+
+
+@pytest.mark.parametrize("line", ["0 1 10", "0 1 ten 0 1 1"])
+def test_parse_log_lines_refuses_a_malformed_line(line: str) -> None:
+    with pytest.raises(pgbench.PgbenchError, match="line 1"):
+        pgbench.parse_log_lines([line])
+
+
+def test_pgbench_script_runs_one_transition_per_transaction() -> None:
+    script = sql.pgbench_script()
+    lines = [line for line in script.splitlines() if line]
+    assert lines[0] == "\\set id :client_id + 1"
+    assert lines[1] == "BEGIN;"
+    assert lines[2].startswith("SELECT uuid, workflow_name")
+    assert lines[2].endswith("\\gset r_")
+    assert "FOR UPDATE" in lines[2]
+    assert lines[3].startswith("UPDATE workflow_instances SET")
+    assert "AND version = :r_version" in lines[3]
+    assert lines[4].startswith("INSERT INTO workflow_history")
+    assert "RETURNING uuid" in lines[4]
+    assert lines[5] == "COMMIT;"
+    # pgbench reads ":name" as a variable even inside quotes: the JSON literals must not have one.
+    assert '":t' not in script
+    assert '":"' not in script
+
+
+def test_pgbench_instance_uuids_match_the_script() -> None:
+    assert str(sql.pgbench_instance_uuid(1)) == "b0000000-0000-4000-8000-000000000001"
+    assert str(sql.pgbench_instance_uuid(16)) == "b0000000-0000-4000-8000-000000000016"
+    assert "'b0000000-0000-4000-8000-' || lpad(:id, 12, '0')" in sql.pgbench_script()
+    with pytest.raises(ValueError, match="out of range"):
+        sql.pgbench_instance_uuid(0)
+
+
+def test_baseline_statements_have_the_transition_shape() -> None:
+    assert sql.LOCK_INSTANCE.endswith("FROM workflow_instances WHERE uuid = $1 FOR UPDATE")
+    assert sql.UPDATE_INSTANCE.endswith("WHERE uuid = $1 AND version = $13")
+    assert sql.INSERT_HISTORY.endswith("$10, now()) RETURNING uuid")
+    assert len(sql.INSTANCE_COLUMNS.split(", ")) == 15
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def _entry(c: int, rounds: list[float], p50: float, p99: float) -> dict[str, Any]:
+    ordered = sorted(rounds)
+    return {
+        "concurrency": c,
+        "rounds_per_second": rounds,
+        "median_per_second": ordered[len(ordered) // 2],
+        "transitions": 1000,
+        "seconds": 1.0,
+        "latency": {"count": 1000, "p50_ms": p50, "p99_ms": p99, "mean_ms": p50, "max_ms": p99},
+    }
+
+
+def _results() -> dict[str, Any]:
+    return {
+        "options": {"rounds": 3, "duration": 5.0, "codec": "default", "smoke": False},
+        "machine": {"cpu_model": "Test CPU", "logical_cpus": 2, "ram_gb": 8.0, "os": "Linux"},
+        "server": {"version": "18.6", "settings": {"fsync": "on", "synchronous_commit": "on"}},
+        "throughput": {
+            "concurrency": [1, 8],
+            "variants": {
+                "asyncpg": [
+                    _entry(1, [900, 1000, 1100], 1.0, 2.0),
+                    _entry(8, [3900, 4000, 4100], 2.0, 4.0),
+                ],
+                "pgbench": [
+                    _entry(1, [2000, 2000, 2000], 0.5, 1.0),
+                    _entry(8, [8000, 8000, 8000], 1.0, 2.0),
+                ],
+                "adapter": [
+                    _entry(1, [800, 900, 1000], 1.1, 1.4),
+                    _entry(8, [4000, 4400, 4800], 2.0, 3.0),
+                ],
+                "runtime": [
+                    _entry(1, [700, 700, 700], 1.2, 1.6),
+                    _entry(8, [3000, 3000, 3000], 2.5, 5.0),
+                ],
+            },
+        },
+        "sweep": {
+            "instances": 20000,
+            "batch_size": 100,
+            "poll_interval": 0.05,
+            "runs": [
+                {
+                    "workers": 1,
+                    "instances": 20000,
+                    "seconds": 20.0,
+                    "per_second": 1000.0,
+                    "processed_twice": 0,
+                    "commands_repeated": 0,
+                    "failed": 0,
+                    "left_due": 0,
+                },
+                {
+                    "workers": 4,
+                    "instances": 20000,
+                    "seconds": 10.0,
+                    "per_second": 2000.0,
+                    "processed_twice": 0,
+                    "commands_repeated": 0,
+                    "failed": 0,
+                    "left_due": 0,
+                },
+            ],
+        },
+        "memory": [
+            {
+                "surface": "runtime",
+                "concurrency": 4,
+                "warmup": 5000,
+                "transitions": 100000,
+                "rss_before_mb": 40.0,
+                "rss_after_mb": 52.5,
+                "growth_mb": 12.5,
+                "allocated_blocks_growth": 1200,
+            },
+        ],
+    }
+
+
+def test_markdown_table_renders_and_escapes_pipes() -> None:
+    table = report.markdown_table(["name", "value"], [["a|b", 1]])
+    assert table.splitlines() == ["| name | value |", "| :--- | ---: |", "| a\\|b | 1 |"]
+
+
+def test_markdown_table_refuses_ragged_rows() -> None:
+    with pytest.raises(ValueError, match="one cell per header"):
+        report.markdown_table(["a", "b"], [["only one"]])
+
+
+def test_throughput_table_gives_ratios_to_both_baselines() -> None:
+    table = report.throughput_table(_results())
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in table.splitlines()
+    }
+    adapter_8 = rows[("8", "adapter")]
+    assert "| 4,400 |" in adapter_8
+    assert "| 4,000-4,800 |" in adapter_8
+    assert "| 1.10x | 0.55x |" in adapter_8
+    assert "| 1.00x | 0.50x |" in rows[("1", "A: asyncpg")]
+    assert "| 2.00x | 1.00x |" in rows[("1", "B: pgbench")]
+
+
+def test_latency_table_shows_concurrency_1_and_8_with_ratios() -> None:
+    table = report.latency_table(_results())
+    runtime_1 = next(line for line in table.splitlines() if line.startswith("| 1 | runtime"))
+    # p50 1.2 ms, p99 1.6 ms against A (1.0, 2.0) and B (0.5, 1.0)
+    assert "| 1.200 | 1.600 | 1.20x | 0.80x | 2.40x | 1.60x | 1,000 |" in runtime_1
+
+
+def test_targets_report_met_missed_and_unmeasured() -> None:
+    targets = {t["target"]: t for t in report.evaluate_targets(_results())}
+    assert targets["adapter throughput at c=8"]["value"] == pytest.approx(1.1)
+    assert targets["adapter throughput at c=8"]["met"] is True
+    assert targets["runtime throughput at c=8"]["value"] == pytest.approx(0.75)
+    assert targets["runtime throughput at c=8"]["met"] is False
+    assert targets["sweep scaling, 1 → 4 workers"]["value"] == pytest.approx(2.0)
+    assert targets["adapter p99 latency at c=1"]["met"] is True  # 1.4 / 1.0
+    assert targets["runtime p99 latency at c=1"]["met"] is False  # 1.6 / 1.0
+    assert targets["runtime RSS growth over 100,000 transitions"]["met"] is False
+    assert targets["instances processed twice by the sweep"]["met"] is True
+
+    results = _results()
+    results["throughput"]["concurrency"] = [1]
+    for entries in results["throughput"]["variants"].values():
+        del entries[1]
+    unmeasured = {t["target"]: t for t in report.evaluate_targets(results)}
+    assert unmeasured["adapter throughput at c=8"]["met"] is None
+    assert unmeasured["adapter throughput at c=8"]["measured"] == "not measured (c=8)"
+
+
+def test_render_markdown_has_every_section() -> None:
+    markdown = report.render_markdown(_results())
+    for heading in (
+        "### Throughput",
+        "### Latency",
+        "### Timeout sweep",
+        "### Memory",
+        "### Targets",
+    ):
+        assert heading in markdown
+    assert "Scaling from 1 to 4 workers: 2.00x." in markdown
+    assert "| runtime | 4 | 5,000 | 100,000 | 40.0 | 52.5 | +12.50 | +1,200 | n/a |" in markdown
+    assert "Test CPU, 2 logical CPUs" in markdown
+
+
+def test_write_chart_draws_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "throughput.png"
+    report.write_chart(_results(), path)
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def test_smoke_options_and_explicit_overrides() -> None:
+    cli = _bench("__main__")
+    smoke = cli.options_from(cli.parser().parse_args(["--smoke"]))
+    assert smoke.smoke
+    assert smoke.duration == 0.3
+    assert smoke.concurrency == (1, 4)
+    assert smoke.sweep_instances == 500
+    assert smoke.pgbench_seconds == 1
+    mixed = cli.options_from(cli.parser().parse_args(["--smoke", "--concurrency", "8,1,8"]))
+    assert mixed.concurrency == (1, 8)
+    full = cli.options_from(cli.parser().parse_args([]))
+    assert (full.duration, full.rounds, full.concurrency) == (5.0, 3, (1, 4, 8, 16))
+    assert (full.sweep_instances, full.memory_transitions) == (20_000, 100_000)
+
+
+@pytest.mark.parametrize("argv", [["--concurrency", "0"], ["--duration", "-1"], ["--rounds", "x"]])
+def test_bad_options_are_refused(argv: list[str]) -> None:
+    cli = _bench("__main__")
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(argv)
