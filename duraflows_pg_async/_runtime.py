@@ -727,8 +727,15 @@ class WorkflowRuntime:
                 )
                 break
             try:
+                # Rows without retry state were claimed by this scan: no other sweep takes
+                # them, so whoever holds one (a request, a peer's scan re-checking it) lets go
+                # soon and waiting is right. Unclaimed rows may be in a peer's hands: pass over.
                 outcome = await self._in_transaction(
-                    functools.partial(self._process_timeout, scanned.uuid)
+                    functools.partial(
+                        self._process_timeout,
+                        scanned.uuid,
+                        skip_locked=scanned.timeout_retry is not None,
+                    )
                 )
             except Exception as exc:
                 failure = await self._record_timeout_failure(scanned, _error_text(exc))
@@ -756,11 +763,10 @@ class WorkflowRuntime:
         )
 
     async def _process_timeout(
-        self, instance_uuid: UUID, events: list[StateEnterEvent]
+        self, instance_uuid: UUID, events: list[StateEnterEvent], *, skip_locked: bool
     ) -> str | BusinessFailure | None:
-        # Another worker holding the row is processing it: pass on instead of waiting for it.
         instance = await self.persistence.instance_store.lock_by_uuid(
-            instance_uuid, skip_locked=True
+            instance_uuid, skip_locked=skip_locked
         )
         if instance is None or not self._still_due(instance, self._now()):
             return None  # gone, taken by another worker, or handled since the scan
