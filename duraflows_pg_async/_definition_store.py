@@ -25,6 +25,18 @@ def _definition_from_row(row: asyncpg.Record) -> StoredWorkflowDefinition:
     )
 
 
+def check_ensure_arguments(
+    workflow_name: object, version: object, content_hash: object, definition_json: object
+) -> None:
+    """Validate ``ensure``'s arguments before any write."""
+    require_str(workflow_name, "workflow_name")
+    require_int(version, "version", minimum=1)
+    require_str(content_hash, "content_hash")
+    if not isinstance(definition_json, dict):
+        raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
+    check_json(definition_json, "definition_json")
+
+
 class PgWorkflowDefinitionStore(PgStore):
     """Definition snapshots keyed by (workflow name, version). Joins the current transaction if
     there is one, so a snapshot commits or rolls back with the instance that needed it."""
@@ -41,12 +53,7 @@ class PgWorkflowDefinitionStore(PgStore):
     ) -> StoredWorkflowDefinition:
         """Store the snapshot unless one exists, and return the stored row (the first one wins;
         compare its ``content_hash`` to detect drift)."""
-        require_str(workflow_name, "workflow_name")
-        require_int(version, "version", minimum=1)
-        require_str(content_hash, "content_hash")
-        if not isinstance(definition_json, dict):
-            raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
-        check_json(definition_json, "definition_json")
+        check_ensure_arguments(workflow_name, version, content_hash, definition_json)
         what = f'ensure workflow definition "{workflow_name}" version {version}'
         executor = self._executor()
         with map_db_errors(what):

@@ -98,6 +98,21 @@ def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowI
     return instance
 
 
+def checked_count_arguments(
+    workflow_name: object, definition_version: object, exclude_states: object
+) -> list[str]:
+    """Validate ``count_instances``'s arguments; returns the excluded states as a list."""
+    require_str(workflow_name, "workflow_name")
+    require_int(definition_version, "definition_version", minimum=1)
+    if isinstance(exclude_states, str) or not isinstance(
+        exclude_states, Sequence | set | frozenset
+    ):
+        raise InvalidArgumentError(
+            f"exclude_states must be a sequence of state names, got {exclude_states!r}"
+        )
+    return [require_str(s, "exclude_states[]") for s in exclude_states]
+
+
 def _retry_columns(
     retry: TimeoutRetry | None,
 ) -> tuple[int, datetime | None, str | None, datetime | None]:
@@ -252,15 +267,7 @@ class PgWorkflowInstanceStore(PgStore):
     ) -> int:
         """How many instances of this workflow are stamped with ``definition_version`` and are
         not in one of ``exclude_states``."""
-        require_str(workflow_name, "workflow_name")
-        require_int(definition_version, "definition_version", minimum=1)
-        if isinstance(exclude_states, str) or not isinstance(
-            exclude_states, Sequence | set | frozenset
-        ):
-            raise InvalidArgumentError(
-                f"exclude_states must be a sequence of state names, got {exclude_states!r}"
-            )
-        states = [require_str(s, "exclude_states[]") for s in exclude_states]
+        states = checked_count_arguments(workflow_name, definition_version, exclude_states)
         with map_db_errors("count_instances"):
             count = await self._executor().fetchval(
                 self._q.count_instances, workflow_name, definition_version, states

@@ -35,8 +35,9 @@ from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 from ._contract import WorkflowPersistenceProvider
+from ._definition_store import check_ensure_arguments
 from ._history_store import checked_record
-from ._instance_store import _checked
+from ._instance_store import _checked, checked_count_arguments
 from ._model import (
     CommandResult,
     HistoryOutcome,
@@ -47,7 +48,6 @@ from ._model import (
 )
 from ._runner import _run_callbacks
 from ._validate import (
-    check_json,
     coerce_uuid,
     require_aware,
     require_int,
@@ -914,15 +914,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
     ) -> int:
         """How many instances of this workflow are stamped with ``definition_version`` and are
         not in one of ``exclude_states``."""
-        require_str(workflow_name, "workflow_name")
-        require_int(definition_version, "definition_version", minimum=1)
-        if isinstance(exclude_states, str) or not isinstance(
-            exclude_states, Sequence | set | frozenset
-        ):
-            raise InvalidArgumentError(
-                f"exclude_states must be a sequence of state names, got {exclude_states!r}"
-            )
-        excluded = {require_str(s, "exclude_states[]") for s in exclude_states}
+        excluded = set(checked_count_arguments(workflow_name, definition_version, exclude_states))
         level = _reading_level(self._database, "count_instances")
         return sum(
             1
@@ -1014,12 +1006,7 @@ class MemoryWorkflowDefinitionStore(_MemoryStore):
     ) -> StoredWorkflowDefinition:
         """Store the snapshot unless one exists, and return the stored row (the first one wins;
         compare its ``content_hash`` to detect drift)."""
-        require_str(workflow_name, "workflow_name")
-        require_int(version, "version", minimum=1)
-        require_str(content_hash, "content_hash")
-        if not isinstance(definition_json, dict):
-            raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
-        check_json(definition_json, "definition_json")
+        check_ensure_arguments(workflow_name, version, content_hash, definition_json)
         name = str.__str__(workflow_name)
         key = (name, int.__index__(version))
         database = self._database
