@@ -218,8 +218,11 @@ _PG_RESULTS: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration" in item.nodeid or "tests\\integration" in item.nodeid:
+        path = item.nodeid.replace("\\", "/")
+        if path.startswith(("tests/integration/", "tests/reliability/")):
             item.add_marker(pytest.mark.pg)
+        if path.startswith("tests/reliability/"):
+            item.add_marker(pytest.mark.reliability)
 
 
 def pytest_configure(config: pytest.Config) -> None:
