@@ -9,7 +9,7 @@ import asyncpg
 from ._codecs import decoded
 from ._model import StoredWorkflowDefinition
 from ._store_base import PgStore
-from ._validate import check_json, require_int, require_str
+from ._validate import INT4_MAX, check_json, require_int, require_str
 from .errors import InvalidArgumentError, WorkflowError, map_db_errors
 
 __all__ = ["PgWorkflowDefinitionStore"]
@@ -30,7 +30,8 @@ def check_ensure_arguments(
 ) -> None:
     """Validate ``ensure``'s arguments before any write."""
     require_str(workflow_name, "workflow_name")
-    require_int(version, "version", minimum=1)
+    # workflow_definitions.version is an integer column: a larger value cannot be bound.
+    require_int(version, "version", minimum=1, maximum=INT4_MAX)
     require_str(content_hash, "content_hash")
     if not isinstance(definition_json, dict):
         raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
@@ -56,7 +57,7 @@ class PgWorkflowDefinitionStore(PgStore):
         check_ensure_arguments(workflow_name, version, content_hash, definition_json)
         what = f'ensure workflow definition "{workflow_name}" version {version}'
         executor = self._executor()
-        with map_db_errors(what):
+        with map_db_errors(what, executor):
             row = await executor.fetchrow(
                 self._q.ensure_definition, workflow_name, version, content_hash, definition_json
             )
@@ -74,14 +75,18 @@ class PgWorkflowDefinitionStore(PgStore):
         self, workflow_name: str, version: int
     ) -> StoredWorkflowDefinition | None:
         require_str(workflow_name, "workflow_name")
-        require_int(version, "version", minimum=1)
-        with map_db_errors(f'find workflow definition "{workflow_name}" version {version}'):
-            row = await self._executor().fetchrow(self._q.select_definition, workflow_name, version)
+        require_int(version, "version", minimum=1, maximum=INT4_MAX)  # an integer column
+        executor = self._executor()
+        with map_db_errors(
+            f'find workflow definition "{workflow_name}" version {version}', executor
+        ):
+            row = await executor.fetchrow(self._q.select_definition, workflow_name, version)
         return None if row is None else _definition_from_row(row)
 
     async def list_versions(self, workflow_name: str) -> list[StoredWorkflowDefinition]:
         """Every stored version of the workflow, oldest first."""
         require_str(workflow_name, "workflow_name")
-        with map_db_errors(f'list versions of workflow definition "{workflow_name}"'):
-            rows = await self._executor().fetch(self._q.list_definitions, workflow_name)
+        executor = self._executor()
+        with map_db_errors(f'list versions of workflow definition "{workflow_name}"', executor):
+            rows = await executor.fetch(self._q.list_definitions, workflow_name)
         return [_definition_from_row(row) for row in rows]

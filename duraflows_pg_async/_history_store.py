@@ -11,12 +11,14 @@ from ._codecs import decoded
 from ._model import HISTORY_OUTCOMES, CommandResult, HistoryRecord
 from ._store_base import PgStore
 from ._validate import (
+    INT4_MAX,
     check_json,
     coerce_uuid,
     optional_int,
     optional_str,
     require_int,
     require_str,
+    safe_repr,
 )
 from .errors import (
     InvalidArgumentError,
@@ -75,9 +77,12 @@ def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str
     optional_str(record.from_state, f"{label}: from_state")
     require_str(record.event_name, f"{label}: event_name")
     require_str(record.to_state, f"{label}: to_state")
-    if record.outcome not in HISTORY_OUTCOMES:
+    # isinstance first: an unhashable outcome (a list) raised TypeError from the set lookup, and
+    # a hostile repr escaped from the message (reliability suite, test_hostile_input.py).
+    outcome: object = record.outcome
+    if not isinstance(outcome, str) or outcome not in HISTORY_OUTCOMES:
         raise InvalidArgumentError(
-            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {record.outcome!r}"
+            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {safe_repr(outcome)}"
         )
     optional_str(record.error_message, f"{label}: error_message")
     optional_str(record.rejected_by, f"{label}: rejected_by")
@@ -88,7 +93,9 @@ def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str
     if not isinstance(trigger_metadata, dict):
         raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
     check_json(trigger_metadata, f"{label}: trigger_metadata")
-    optional_int(record.definition_version, f"{label}: definition_version", minimum=1)
+    optional_int(
+        record.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
+    )
     return instance_uuid, results, trigger_metadata
 
 
@@ -106,8 +113,9 @@ class PgWorkflowHistoryStore(PgStore):
         An unknown instance raises WorkflowInstanceNotFoundError.
         """
         instance_uuid, results, trigger_metadata = checked_record(record)
+        executor = self._executor()
         try:
-            row_uuid = await self._executor().fetchval(
+            row_uuid = await executor.fetchval(
                 self._q.insert_history,
                 instance_uuid,
                 record.from_state,
@@ -123,7 +131,7 @@ class PgWorkflowHistoryStore(PgStore):
         except asyncpg.ForeignKeyViolationError as exc:
             raise WorkflowInstanceNotFoundError(instance_uuid) from exc
         except Exception as exc:
-            raise_mapped(exc, f"append history of instance {instance_uuid}")
+            raise_mapped(exc, f"append history of instance {instance_uuid}", executor)
         if row_uuid is None:
             raise WorkflowError(
                 "Failed to append workflow history: INSERT ... RETURNING uuid returned no row"
@@ -137,6 +145,7 @@ class PgWorkflowHistoryStore(PgStore):
         key = coerce_uuid(instance_uuid, "instance_uuid")
         require_int(limit, "limit", minimum=1)
         require_int(offset, "offset", minimum=0)
-        with map_db_errors(f"find history of instance {key}"):
-            rows = await self._executor().fetch(self._q.select_history, key, limit, offset)
+        executor = self._executor()
+        with map_db_errors(f"find history of instance {key}", executor):
+            rows = await executor.fetch(self._q.select_history, key, limit, offset)
         return [_record_from_row(row) for row in rows]

@@ -13,6 +13,7 @@ from ._codecs import decoded
 from ._model import TimeoutRetry, WorkflowInstance
 from ._store_base import PgStore
 from ._validate import (
+    INT4_MAX,
     check_json,
     coerce_uuid,
     optional_aware,
@@ -69,12 +70,15 @@ def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowI
         raise InvalidArgumentError(
             f"{method}: instance must be a WorkflowInstance, got {type(instance).__name__}"
         )
-    label = f"{method}: instance {instance.uuid}"
-    coerce_uuid(instance.uuid, f"{method}: instance.uuid")
+    # The uuid is checked before it is formatted into the label: formatting a hostile value
+    # (an int too long to print, an object whose __str__ raises) escaped as a raw error
+    # (reliability suite, tests/reliability/test_hostile_input.py).
+    label = f"{method}: instance {coerce_uuid(instance.uuid, f'{method}: instance.uuid')}"
     if create:
         require_str(instance.workflow_name, f"{label}: workflow_name")
     require_str(instance.current_state, f"{label}: current_state")
-    require_int(instance.version, f"{label}: version", minimum=0)
+    # Integer columns: a larger value cannot be bound (see INT4_MAX).
+    require_int(instance.version, f"{label}: version", minimum=0, maximum=INT4_MAX)
     if not isinstance(instance.context, dict):
         raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
     check_json(instance.context, f"{label}: context")
@@ -86,12 +90,14 @@ def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowI
     optional_aware(instance.expires_at, f"{label}: expires_at")
     require_aware(instance.last_transition_at, f"{label}: last_transition_at")
     require_aware(instance.updated_at, f"{label}: updated_at")
-    optional_int(instance.definition_version, f"{label}: definition_version", minimum=1)
+    optional_int(
+        instance.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
+    )
     retry = instance.timeout_retry
     if retry is not None:
         if not isinstance(retry, TimeoutRetry):
             raise InvalidArgumentError(f"{label}: timeout_retry must be a TimeoutRetry or None")
-        require_int(retry.attempts, f"{label}: timeout_retry.attempts", minimum=1)
+        require_int(retry.attempts, f"{label}: timeout_retry.attempts", minimum=1, maximum=INT4_MAX)
         require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
         optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
         optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
@@ -103,7 +109,7 @@ def checked_count_arguments(
 ) -> list[str]:
     """Validate ``count_instances``'s arguments; returns the excluded states as a list."""
     require_str(workflow_name, "workflow_name")
-    require_int(definition_version, "definition_version", minimum=1)
+    require_int(definition_version, "definition_version", minimum=1, maximum=INT4_MAX)
     if isinstance(exclude_states, str) or not isinstance(
         exclude_states, Sequence | set | frozenset
     ):
@@ -148,19 +154,21 @@ class PgWorkflowInstanceStore(PgStore):
             inst.definition_version,
             *_retry_columns(inst.timeout_retry),
         )
-        with map_db_errors(f"create instance {instance_uuid}"):
+        executor = self._executor()
+        with map_db_errors(f"create instance {instance_uuid}", executor):
             try:
-                await self._executor().execute(self._q.insert_instance, *args)
+                await executor.execute(self._q.insert_instance, *args)
             except asyncpg.UniqueViolationError as exc:
                 raise InstanceAlreadyExistsError(instance_uuid) from exc
 
     async def find_by_uuid(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None. Does not lock."""
         key = coerce_uuid(instance_uuid, "instance_uuid")
+        executor = self._executor()
         try:
-            row = await self._executor().fetchrow(self._q.select_instance, key)
+            row = await executor.fetchrow(self._q.select_instance, key)
         except Exception as exc:
-            raise_mapped(exc, f"find_by_uuid {key}")
+            raise_mapped(exc, f"find_by_uuid {key}", executor)
         return None if row is None else _instance_from_row(row)
 
     async def lock_by_uuid(
@@ -178,7 +186,7 @@ class PgWorkflowInstanceStore(PgStore):
         try:
             row = await conn.fetchrow(query, key)
         except Exception as exc:
-            raise_mapped(exc, f"lock_by_uuid {key}")
+            raise_mapped(exc, f"lock_by_uuid {key}", conn)
         return None if row is None else _instance_from_row(row)
 
     async def update(self, instance: WorkflowInstance) -> None:
@@ -189,11 +197,14 @@ class PgWorkflowInstanceStore(PgStore):
         written.
         """
         inst = _checked(instance, "update", create=False)
-        require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
+        require_int(
+            inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
+        )
         instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
         expected = inst.version - 1
+        executor = self._executor()
         try:
-            status = await self._executor().execute(
+            status = await executor.execute(
                 self._q.update_instance,
                 instance_uuid,
                 inst.current_state,
@@ -207,7 +218,7 @@ class PgWorkflowInstanceStore(PgStore):
                 expected,
             )
         except Exception as exc:
-            raise_mapped(exc, f"update instance {instance_uuid}")
+            raise_mapped(exc, f"update instance {instance_uuid}", executor)
         if status != "UPDATE 1":
             raise OptimisticLockError(instance_uuid, expected)
 
@@ -224,7 +235,7 @@ class PgWorkflowInstanceStore(PgStore):
         require_int(limit, "limit", minimum=1)
         require_aware(now, "now")
         conn = self._transaction_connection("find_expired")
-        with map_db_errors("find_expired"):
+        with map_db_errors("find_expired", conn):
             if claim_until is None:
                 rows = await conn.fetch(self._q.find_expired, limit, now)
             else:
@@ -254,8 +265,9 @@ class PgWorkflowInstanceStore(PgStore):
         require_int(limit, "limit", minimum=1)
         if workflow_name is not None:
             require_str(workflow_name, "workflow_name")
-        with map_db_errors("find_parked_timeouts"):
-            rows = await self._executor().fetch(self._q.find_parked, limit, workflow_name)
+        executor = self._executor()
+        with map_db_errors("find_parked_timeouts", executor):
+            rows = await executor.fetch(self._q.find_parked, limit, workflow_name)
         return [_instance_from_row(row) for row in rows]
 
     async def count_instances(
@@ -268,8 +280,9 @@ class PgWorkflowInstanceStore(PgStore):
         """How many instances of this workflow are stamped with ``definition_version`` and are
         not in one of ``exclude_states``."""
         states = checked_count_arguments(workflow_name, definition_version, exclude_states)
-        with map_db_errors("count_instances"):
-            count = await self._executor().fetchval(
+        executor = self._executor()
+        with map_db_errors("count_instances", executor):
+            count = await executor.fetchval(
                 self._q.count_instances, workflow_name, definition_version, states
             )
         return int(count)

@@ -48,6 +48,7 @@ from ._model import (
 )
 from ._runner import _run_callbacks
 from ._validate import (
+    INT4_MAX,
     coerce_uuid,
     require_aware,
     require_int,
@@ -784,7 +785,9 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         ``metadata``, ``workflow_name`` and ``created_at`` are never written.
         """
         inst = _checked(instance, "update", create=False)
-        require_int(inst.version, f"update: instance {inst.uuid}: version", minimum=1)
+        require_int(
+            inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
+        )
         key = coerce_uuid(inst.uuid, "instance.uuid")
         expected = inst.version - 1
         context = _jsonb(inst.context)
@@ -1037,7 +1040,7 @@ class MemoryWorkflowDefinitionStore(_MemoryStore):
         self, workflow_name: str, version: int
     ) -> StoredWorkflowDefinition | None:
         require_str(workflow_name, "workflow_name")
-        require_int(version, "version", minimum=1)
+        require_int(version, "version", minimum=1, maximum=INT4_MAX)  # as PostgreSQL's integer
         level = _reading_level(
             self._database, f'find workflow definition "{workflow_name}" version {version}'
         )

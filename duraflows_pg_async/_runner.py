@@ -195,7 +195,7 @@ class _Transaction:
             except BaseException as exc:
                 await _settle(_close_owned(pool, conn, exc))
                 if isinstance(exc, Exception):
-                    raise_mapped(exc, "BEGIN")
+                    raise_mapped(exc, "BEGIN", conn)
                 raise
             root = _Root(conn, asyncio.current_task())
         scope = _Scope(root)
@@ -283,7 +283,7 @@ class _Transaction:
                     "skipped"
                 )
             if isinstance(commit_error, Exception):
-                raise_mapped(commit_error, "COMMIT")
+                raise_mapped(commit_error, "COMMIT", conn)
             raise
         await pool.release(conn)
         if status == "ROLLBACK":

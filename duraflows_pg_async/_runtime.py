@@ -65,9 +65,13 @@ def _json_object(value: object, name: str) -> dict[str, Any]:
         raise InvalidArgumentError(
             f"{name} must be a dict (a JSON object), got {type(value).__name__}"
         )
-    out: dict[str, Any] = json_clone(dict(value))
+    out: dict[str, Any] = dict(value)
+    # Checked before json_clone, which recurses (RecursionError past ~1000 levels) and deep-copies
+    # what it does not know (TypeError for a lock or a mappingproxy): hostile input escaped as
+    # those instead of InvalidArgumentError (reliability suite, test_hostile_input.py).
     check_json(out, name)
-    return out
+    cloned: dict[str, Any] = json_clone(out)
+    return cloned
 
 
 def _error_text(exc: BaseException) -> str:
@@ -134,6 +138,9 @@ class WorkflowRuntime:
         self._synced = False
         self._checked = False
         self._init_lock: asyncio.Lock | None = None
+        # Sweep claims on instances whose failure could not be recorded: see
+        # _release_unreleased_claims.
+        self._unreleased_claims: list[tuple[UUID, datetime]] = []
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -621,8 +628,10 @@ class WorkflowRuntime:
         user_context = _json_object(context, "context")
         user_metadata = _json_object(metadata, "metadata")
         trigger = _json_object(trigger_metadata, "trigger_metadata")
-        await self.initialize()
+        # Looked up before initialize(): an unknown workflow is refused before the lazy
+        # initialisation stores any snapshot (reliability suite, test_hostile_input.py).
         definition = self.definitions.get(workflow_name)
+        await self.initialize()
         initial = definition.states[definition.initial_state]
         now = self._now()
         instance = WorkflowInstance(
@@ -711,6 +720,7 @@ class WorkflowRuntime:
         # The scan claims its batch for a while, so that concurrent sweeps take disjoint
         # batches; exclusivity itself comes from the per-instance lock and due re-check below.
         claim_until = now + SWEEP_CLAIM
+        await self._release_unreleased_claims(now)
         async with runner.transaction():
             due = await self.persistence.instance_store.find_expired(
                 limit, now, claim_until=claim_until
@@ -740,7 +750,10 @@ class WorkflowRuntime:
             except Exception as exc:
                 failure = await self._record_timeout_failure(scanned, _error_text(exc))
                 failed.append(failure)
-                if failure.attempts is not None and failure.retry_at is None:
+                if failure.attempts is None:
+                    # Queued at once, so that a cancellation later in the batch keeps it.
+                    self._unreleased_claims.append((scanned.uuid, claim_until))
+                elif failure.retry_at is None:
                     parked.append(ParkedTimeout(scanned.uuid, failure.error))
                 continue
             if outcome == "rejected":
@@ -750,6 +763,36 @@ class WorkflowRuntime:
                 if isinstance(outcome, BusinessFailure):
                     business_failed.append(outcome)
         return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
+
+    async def _release_unreleased_claims(self, now: datetime) -> None:
+        """Hand back the claims of instances an earlier sweep failed on without recording it.
+
+        When the database goes away mid-batch (a restart, a network cut), each remaining instance
+        fails and its failure cannot be recorded either, so it stays claimed by this sweep and no
+        sweep would take it before SWEEP_CLAIM ran out, although this runtime lives on (found by
+        the reliability suite: test_server_restart.py left instances due minutes after the
+        server was back; test_connection_loss.py checks it without a restart). The next sweep
+        releases them first; release_claims touches only claims still unused, so a row processed
+        or recorded since is left alone. If the database is still unreachable, they wait for the
+        sweep after.
+        """
+        pending, self._unreleased_claims = self._unreleased_claims, []
+        batches: dict[datetime, list[UUID]] = {}
+        for instance_uuid, claim_until in pending:
+            if claim_until > now:  # a claim past its time has run out by itself
+                batches.setdefault(claim_until, []).append(instance_uuid)
+        for claim_until, uuids in list(batches.items()):
+            try:
+                await self.persistence.instance_store.release_claims(uuids, claim_until)
+            except BaseException as exc:
+                # Kept for the next sweep, also when cancelled here (releasing twice is harmless).
+                self._unreleased_claims.extend(
+                    (u, until) for until, group in batches.items() for u in group
+                )
+                if isinstance(exc, Exception):
+                    return
+                raise
+            del batches[claim_until]
 
     def _still_due(self, instance: WorkflowInstance, now: datetime) -> bool:
         retry = instance.timeout_retry

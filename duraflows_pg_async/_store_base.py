@@ -6,6 +6,7 @@ import asyncpg
 
 from ._queries import Queries, render_queries
 from ._runner import AnyConnection, ambient_connection
+from ._validate import require_identifier
 from .errors import InvalidArgumentError, NoActiveTransactionError
 
 
@@ -19,6 +20,11 @@ class PgStore:
         if not isinstance(pool, asyncpg.Pool):
             raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
         self._pool = pool
+        if schema is not None:
+            # Checked before render_queries, whose lru_cache raised TypeError for an unhashable
+            # schema (a list) instead of InvalidArgumentError (reliability suite,
+            # tests/reliability/test_hostile_input.py).
+            require_identifier(schema, "schema")
         self._q: Queries = render_queries(schema)
 
     def _executor(self) -> AnyConnection | asyncpg.Pool:

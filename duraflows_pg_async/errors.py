@@ -210,6 +210,23 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _connection_gone(connection: Any) -> bool:
+    """Whether ``connection`` (a pooled proxy or a connection) can no longer be used.
+
+    When the server drops a connection that sits idle between our statements (a terminated
+    backend, a restart, a cut network), asyncpg may notice first: it closes the connection and
+    detaches the pool's proxy, and our next statement fails with a client-side InterfaceError.
+    The connection's state, not the error's wording, tells that apart from a misuse.
+    """
+    is_closed = getattr(connection, "is_closed", None)  # None for a pool: not one connection
+    if is_closed is None:
+        return False
+    try:
+        return bool(is_closed())
+    except asyncpg.InterfaceError:
+        return True  # a proxy asyncpg detached: it does so when the connection died
+
+
 def _is_client_encode_error(exc: BaseException) -> bool:
     """asyncpg's bind-time error: the value never left the process.
 
@@ -219,7 +236,9 @@ def _is_client_encode_error(exc: BaseException) -> bool:
     return type(exc) is asyncpg.DataError and exc.__cause__ is not None
 
 
-def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
+def translate_db_error(
+    exc: BaseException, what: str, connection: Any = None
+) -> WorkflowError | None:
     """The package error for a driver error raised by our own statement, or None to re-raise."""
     if isinstance(exc, WorkflowError):
         return None
@@ -232,7 +251,12 @@ def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
     if isinstance(exc, TimeoutError):
         # Before the connection errors: TimeoutError is an OSError (asyncpg command_timeout).
         return StatementTimeoutError(f"{what}: timed out in the driver")
-    if isinstance(exc, _CONNECTION_ERRORS):
+    # InternalClientError: asyncpg's protocol state is broken (typically the server's FATAL
+    # arrived while the connection was idle), so the connection is unusable.
+    lost = isinstance(exc, asyncpg.InternalClientError) or (
+        isinstance(exc, asyncpg.InterfaceError) and _connection_gone(connection)
+    )
+    if isinstance(exc, _CONNECTION_ERRORS) or lost:
         return ConnectionLostError(f"{what}: connection to PostgreSQL lost ({type(exc).__name__})")
     if _is_client_encode_error(exc):
         # Our stores check JSON before binding, so this is a pool without JSON codecs or a
@@ -249,22 +273,23 @@ def translate_db_error(exc: BaseException, what: str) -> WorkflowError | None:
     return None
 
 
-def raise_mapped(exc: Exception, what: str) -> NoReturn:
+def raise_mapped(exc: Exception, what: str, connection: Any = None) -> NoReturn:
     """Raise ``exc`` as the package's error with ``exc`` as cause, or unchanged if it is not a
     driver error. For ``except`` blocks on hot paths, where a try costs nothing."""
-    mapped = translate_db_error(exc, what)
+    mapped = translate_db_error(exc, what, connection)
     if mapped is None:
         raise exc
     raise mapped from exc
 
 
 @contextmanager
-def map_db_errors(what: str) -> Iterator[None]:
-    """Wrap driver errors raised inside the block in the package's tree; ``what`` names the call."""
+def map_db_errors(what: str, connection: Any = None) -> Iterator[None]:
+    """Wrap driver errors raised inside the block in the package's tree; ``what`` names the call
+    and ``connection``, when given, is the one the block used."""
     try:
         yield
     except Exception as exc:
-        raise_mapped(exc, what)
+        raise_mapped(exc, what, connection)
 
 
 for _name in __all__:

@@ -1,0 +1,329 @@
+"""A PostgreSQL restart under load (issue 5, item 5).
+
+Request tasks trigger events in a loop on their own instances while two TimeoutWorkers sweep a
+backlog of due instances; the server is stopped (``fast``: every backend is terminated) and
+started again on the same port. The same pool, runtime and workers carry on: nothing is
+recreated. Afterwards:
+
+- every call either succeeded or raised a ``WorkflowError`` (nothing else leaks);
+- every transition whose call returned is in the history (no committed transition is lost);
+- each swept instance has exactly one history row (nothing is processed twice);
+- no instance is left due, and the workers are still sweeping.
+
+The server is a dedicated embedded one (the session's is shared by every test and must not be
+restarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from duraflows_pg_async import (
+    CommandRef,
+    CommandRegistry,
+    DefinitionRegistry,
+    Event,
+    ExecutionContext,
+    State,
+    Timeout,
+    TimeoutRetryPolicy,
+    TimeoutWorker,
+    WorkflowDefinition,
+    WorkflowError,
+    WorkflowRuntime,
+    create_pool,
+    migrations,
+    pg_workflow_providers,
+)
+
+REQUESTERS = 8
+DUE = 1500
+BATCH = 20
+# Bounds of the whole scenario, well under the suite's per-test timeout.
+SCENARIO_TIMEOUT = 45.0
+CALL_TIMEOUT = 10.0
+
+PING = WorkflowDefinition(
+    name="ping",
+    initial_state="idle",
+    states={
+        "idle": State(events={"ping": Event(target_state="idle", commands=(CommandRef("count"),))})
+    },
+)
+
+REMINDER = WorkflowDefinition(
+    name="reminder",
+    initial_state="waiting",
+    states={
+        "waiting": State(
+            events={
+                "remind": Event(
+                    target_state="reminded",
+                    commands=(CommandRef("send"),),
+                    timeout=Timeout(minutes=5),
+                )
+            }
+        ),
+        "reminded": State(),
+    },
+)
+
+
+async def _migrate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrations.apply(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def restart_server() -> Iterator[Any]:
+    """A server of this module's own, which the test may stop and start."""
+    from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres, EmbeddedPostgresError
+
+    try:
+        server = EmbeddedPostgres(settings=TEST_SETTINGS)
+    except EmbeddedPostgresError as exc:
+        pytest.skip(f"no embedded PostgreSQL to restart: {exc}")
+    try:
+        server.start()
+        asyncio.run(_migrate(server.dsn()))
+        yield server
+    finally:
+        server.close()
+
+
+@dataclass
+class Load:
+    """What the request tasks saw, by phase of the restart."""
+
+    phase: str = "before"
+    successes: list[tuple[UUID, UUID, str]] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    leaked: list[BaseException] = field(default_factory=list)
+    samples: dict[str, str] = field(default_factory=dict)
+    sends: Counter[UUID] = field(default_factory=Counter)
+
+    def successes_in(self, phase: str) -> Counter[UUID]:
+        return Counter(uuid for uuid, _, p in self.successes if p == phase)
+
+
+def _runtime(pool: asyncpg.Pool, load: Load) -> WorkflowRuntime:
+    definitions = DefinitionRegistry()
+    definitions.register(PING)
+    definitions.register(REMINDER)
+    commands = CommandRegistry()
+
+    def count(subject: Any, ctx: ExecutionContext) -> None:
+        ctx.context["n"] = int(ctx.context.get("n", 0)) + 1
+
+    async def send(subject: Any, ctx: ExecutionContext) -> None:
+        # Long enough that the backlog is still being swept when the server goes down.
+        await asyncio.sleep(0.002)
+        load.sends[ctx.transition_uuid] += 1
+
+    commands.register("count", count)
+    commands.register("send", send)
+    return WorkflowRuntime(
+        definitions=definitions,
+        commands=commands,
+        persistence=pg_workflow_providers(pool),
+        # Failures caused by the outage are retried soon rather than after a minute.
+        timeout_retry=TimeoutRetryPolicy(
+            initial_delay=timedelta(milliseconds=200), max_delay=timedelta(seconds=1),
+            max_attempts=50,
+        ),
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def restart_pool(restart_server: Any) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(restart_server.dsn(), min_size=2, max_size=12)
+    try:
+        yield pool
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def _wait_for(predicate: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                if await predicate():
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within}s waiting for {what}") from None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_restart_under_load_loses_nothing_and_processes_nothing_twice(
+    restart_server: Any,
+    restart_pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    request.node.user_properties.append(("postgres", True))  # counted in the summary line
+    caplog.set_level(logging.ERROR, logger="duraflows_pg_async")  # outage warnings are expected
+    caplog.set_level(logging.ERROR, logger="asyncpg")
+    pool = restart_pool
+    load = Load()
+    runtime = _runtime(pool, load)
+    await runtime.initialize()
+    pings = [(await runtime.create_instance("ping")).uuid for _ in range(REQUESTERS)]
+    past = datetime.now(UTC) - timedelta(minutes=10)
+    async with pool.acquire() as conn:
+        reminders: list[UUID] = [
+            row[0]
+            for row in await conn.fetch(
+                "INSERT INTO workflow_instances (uuid, workflow_name, current_state, "
+                "definition_version, expires_at) SELECT gen_random_uuid(), 'reminder', 'waiting', "
+                "1, $1::timestamptz - g * interval '1 millisecond' FROM generate_series(1, $2) g "
+                "RETURNING uuid",
+                past,
+                DUE,
+            )
+        ]
+
+    stopping = asyncio.Event()
+
+    async def request(instance_uuid: UUID) -> None:
+        while not stopping.is_set():
+            phase = load.phase
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    result = await runtime.trigger_event(instance_uuid, "ping")
+            except WorkflowError as exc:
+                load.errors[type(exc).__name__] += 1
+                load.samples.setdefault(type(exc).__name__, repr(exc))
+                await asyncio.sleep(0.02)
+            except Exception as exc:  # anything else is a leak (a TimeoutError is a hang)
+                load.leaked.append(exc)
+                await asyncio.sleep(0.02)
+            else:
+                load.successes.append((instance_uuid, result.history_uuid, phase))
+                await asyncio.sleep(0.005)
+
+    workers = [TimeoutWorker(runtime, batch_size=BATCH, poll_interval=0.05) for _ in range(2)]
+
+    async def swept() -> int:
+        return int(
+            await pool.fetchval(
+                "SELECT count(*) FROM workflow_instances WHERE workflow_name = 'reminder' "
+                "AND current_state = 'reminded'"
+            )
+        )
+
+    async with asyncio.timeout(SCENARIO_TIMEOUT):
+        requests = [asyncio.create_task(request(u)) for u in pings]
+        sweepers = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            # Load is flowing: every requester succeeded, the sweep is under way, not done.
+            async def warmed_up() -> bool:
+                done = load.successes_in("before")
+                return len(done) == REQUESTERS and min(done.values()) >= 3 and await swept() > 50
+
+            await _wait_for(warmed_up, 15, "the load to warm up")
+            swept_before = await swept()
+            assert swept_before < DUE, "the sweep finished before the restart; raise DUE"
+
+            load.phase = "down"
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            # In a thread, so that the requests and workers keep running meanwhile.
+            await asyncio.to_thread(restart_server.stop, "fast")
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(restart_server.start)
+            outage = loop.time() - started
+            load.phase = "after"
+            sweeps_at_restart = [w.stats.sweeps for w in workers]
+
+            async def recovered() -> bool:
+                done = load.successes_in("after")
+                due = await pool.fetchval(
+                    "SELECT count(*) FROM workflow_instances WHERE expires_at IS NOT NULL"
+                )
+                return len(done) == REQUESTERS and min(done.values()) >= 3 and due == 0
+
+            try:
+                await _wait_for(recovered, 25, "requests and sweeps to recover")
+            except AssertionError as exc:
+                left = await pool.fetch(
+                    "SELECT current_state, timeout_attempts, timeout_retry_at - now() AS wait, "
+                    "count(*) FROM workflow_instances WHERE expires_at IS NOT NULL "
+                    "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10"
+                )
+                raise AssertionError(
+                    f"{exc}; still due: {[dict(r) for r in left]}; after the restart "
+                    f"{dict(load.successes_in('after'))}; workers {[w.stats for w in workers]}"
+                ) from None
+            assert all(task.done() is False for task in sweepers), "a worker stopped by itself"
+            assert all(w.running for w in workers)
+        finally:
+            stopping.set()
+            for w in workers:
+                w.stop()
+            await asyncio.gather(*requests, *sweepers)
+
+    # Nothing but WorkflowErrors, and the outage was felt.
+    assert load.leaked == [], load.leaked
+    assert sum(load.errors.values()) > 0, "the restart did not disturb the requests"
+    # And the caller can tell what happened: the connection was lost, whatever the driver saw.
+    assert set(load.errors) == {"ConnectionLostError"}, load.samples
+    # The workers went on sweeping after the restart, on their own.
+    assert all(w.stats.sweeps > n for w, n in zip(workers, sweeps_at_restart, strict=True))
+
+    async with pool.acquire() as conn:
+        # No committed transition lost: every history_uuid a call returned is stored.
+        returned = [h for _, h, _ in load.successes]
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM workflow_history WHERE uuid = ANY($1::uuid[])", returned
+        )
+        assert stored == len(returned) == len(set(returned))
+        # Each ping instance: one history row per version, context in step with both (calls that
+        # failed while their COMMIT was in flight may have committed: they are counted too).
+        rows = await conn.fetch(
+            "SELECT i.uuid, i.version, (i.context_json->>'n')::int AS n, "
+            "(SELECT count(*) FROM workflow_history h WHERE h.workflow_instance_uuid = i.uuid) "
+            "AS h FROM workflow_instances i WHERE i.workflow_name = 'ping'"
+        )
+        per_instance = Counter(u for u, _, _ in load.successes)
+        for row in rows:
+            assert row["version"] == row["h"] == row["n"], dict(row)
+            assert row["h"] >= per_instance[row["uuid"]]
+        # Each swept instance processed exactly once, none left due.
+        history = await conn.fetch(
+            "SELECT workflow_instance_uuid, count(*) AS n FROM workflow_history h "
+            "JOIN workflow_instances i ON i.uuid = h.workflow_instance_uuid "
+            "WHERE i.workflow_name = 'reminder' GROUP BY 1"
+        )
+        assert len(history) == DUE
+        assert Counter(row["n"] for row in history) == {1: DUE}
+        assert set(reminders) == {row["workflow_instance_uuid"] for row in history}
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM workflow_instances WHERE workflow_name = 'reminder' "
+                "AND (current_state <> 'reminded' OR expires_at IS NOT NULL "
+                "OR timeout_parked_at IS NOT NULL)"
+            )
+            == 0
+        )
+    # The pool is the one we started with, all its connections back.
+    assert pool.get_idle_size() == pool.get_size()
+    print(
+        f"\nrestart: outage {outage:.2f}s, {len(load.successes)} successful calls "
+        f"({dict(Counter(p for _, _, p in load.successes))}), errors {dict(load.errors)}, "
+        f"swept {DUE} ({swept_before} before the stop), worker stats {[w.stats for w in workers]}"
+    )
