@@ -1,0 +1,151 @@
+"""Web framework integrations: :mod:`.fastapi` (a lifespan) and :mod:`.aiohttp` (a cleanup_ctx).
+
+Both share :func:`workflow_service`, an async context manager that owns everything a service
+needs around a :class:`~duraflows_pg_async.WorkflowRuntime`: the pool, the optional migrations,
+``initialize()`` and a :class:`~duraflows_pg_async.TimeoutWorker` running in a background task.
+Importing this package needs no web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from duraflows_pg_async import (
+    InvalidArgumentError,
+    TimeoutWorker,
+    WorkflowPersistenceProvider,
+    WorkflowRuntime,
+    create_pool,
+    migrations,
+    pg_workflow_providers,
+)
+
+__all__ = ["BuildRuntime", "WorkflowService", "workflow_service"]
+
+logger = logging.getLogger("duraflows_pg_async")
+
+BuildRuntime = Callable[[WorkflowPersistenceProvider], WorkflowRuntime | Awaitable[WorkflowRuntime]]
+"""``build_runtime(persistence)``: returns (or, if async, resolves to) your WorkflowRuntime."""
+
+
+@dataclass(slots=True)
+class WorkflowService:
+    """What :func:`workflow_service` started: the pool, the runtime and the worker, if any."""
+
+    pool: asyncpg.Pool
+    runtime: WorkflowRuntime
+    worker: TimeoutWorker | None = None
+    worker_task: asyncio.Task[None] | None = None
+
+
+def _check_options(value: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"{name} must be a mapping of keyword arguments or None")
+    return dict(value)
+
+
+async def _stop_worker(service: WorkflowService, shutdown_timeout: float) -> None:
+    worker, task = service.worker, service.worker_task
+    if worker is None or task is None:
+        return
+    worker.stop()
+    try:
+        # shield: a timeout here must not cancel the task before we decide to.
+        await asyncio.wait_for(asyncio.shield(task), shutdown_timeout)
+    except TimeoutError:
+        logger.warning(
+            "duraflows: timeout worker did not stop within %.1fs; cancelling it", shutdown_timeout
+        )
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except Exception:
+        logger.exception("duraflows: timeout worker failed")
+
+
+async def _close_pool(pool: asyncpg.Pool, shutdown_timeout: float) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), shutdown_timeout)
+    except TimeoutError:
+        logger.warning(
+            "duraflows: pool did not close within %.1fs; terminating its connections",
+            shutdown_timeout,
+        )
+        pool.terminate()
+
+
+@contextlib.asynccontextmanager
+async def workflow_service(
+    *,
+    dsn: str | None,
+    build_runtime: BuildRuntime,
+    migrate: bool = False,
+    worker: bool = True,
+    worker_options: Mapping[str, Any] | None = None,
+    pool_options: Mapping[str, Any] | None = None,
+    persistence_options: Mapping[str, Any] | None = None,
+    shutdown_timeout: float = 10.0,
+) -> AsyncIterator[WorkflowService]:
+    """Open the pool, migrate if asked, build and initialize the runtime, start a worker.
+
+    - ``dsn``: passed to :func:`~duraflows_pg_async.create_pool` with ``pool_options``
+      (``min_size``, ``max_size``, ``server_settings``, ``json_dumps``, …);
+    - ``migrate``: apply the packaged migrations (:func:`duraflows_pg_async.migrations.apply`,
+      idempotent and safe with several processes starting at once);
+    - ``build_runtime(persistence)``: your factory; ``persistence`` is
+      :func:`~duraflows_pg_async.pg_workflow_providers` of the pool with
+      ``persistence_options`` (``lock_timeout``, ``statement_timeout``, ``schema``);
+    - ``worker``: run a :class:`~duraflows_pg_async.TimeoutWorker` (``worker_options``:
+      ``batch_size``, ``poll_interval``) in a background task.
+
+    On exit the worker is asked to stop and awaited for up to ``shutdown_timeout`` seconds
+    (then cancelled, which rolls back the instance in hand), and the pool is closed (its
+    connections terminated if they are not released within ``shutdown_timeout``). If start-up
+    fails, whatever was started is stopped again and the error propagates.
+    """
+    if not callable(build_runtime):
+        raise InvalidArgumentError("build_runtime must be callable: build_runtime(persistence)")
+    w_options = _check_options(worker_options, "worker_options")
+    p_options = _check_options(pool_options, "pool_options")
+    s_options = _check_options(persistence_options, "persistence_options")
+    limit: object = shutdown_timeout
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or not limit > 0:
+        raise InvalidArgumentError(
+            f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout!r}"
+        )
+    timeout = float(shutdown_timeout)
+
+    pool = await create_pool(dsn, **p_options)
+    service: WorkflowService | None = None
+    try:
+        if migrate:
+            async with pool.acquire() as conn:
+                await migrations.apply(conn)
+        built = build_runtime(pg_workflow_providers(pool, **s_options))
+        runtime = await built if inspect.isawaitable(built) else built
+        if not isinstance(runtime, WorkflowRuntime):
+            raise InvalidArgumentError(
+                f"build_runtime must return a WorkflowRuntime, got {type(runtime).__name__}"
+            )
+        await runtime.initialize()
+        service = WorkflowService(pool=pool, runtime=runtime)
+        if worker:
+            service.worker = TimeoutWorker(runtime, **w_options)
+            service.worker_task = asyncio.create_task(
+                service.worker.run(), name="duraflows-timeout-worker"
+            )
+        yield service
+    finally:
+        if service is not None:
+            await _stop_worker(service, timeout)
+        await _close_pool(pool, timeout)

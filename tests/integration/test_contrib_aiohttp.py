@@ -1,0 +1,243 @@
+"""The aiohttp example (examples/aiohttp_app.py) on a real TCP port, called over real HTTP.
+
+The cleanup_ctx of duraflows_pg_async.contrib.aiohttp opens the pool, migrates, builds the
+runtime and runs a TimeoutWorker; the tests check each route, the error mapping, the
+all-or-nothing invoice endpoint, the worker's sweep and that cleanup leaves no connection behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+pytest.importorskip("aiohttp")
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from duraflows_pg_async import InvalidArgumentError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "aiohttp_app.py"
+APP_NAME = "duraflows-aiohttp-example"
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("duraflows_example_aiohttp_app", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.current = datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+
+@dataclass
+class Served:
+    client: TestClient[web.Request, web.Application]
+    clock: MovableClock
+    app: web.Application
+    dsn: str
+
+
+async def app_connections(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APP_NAME
+        )
+    finally:
+        await conn.close()
+    return count
+
+
+async def wait_until_no_app_connections(dsn: str) -> None:
+    """pool.close() has returned; the server may take a moment to end the backends."""
+    for _ in range(200):
+        if await app_connections(dsn) == 0:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"connections of {APP_NAME} are still open")
+
+
+@pytest.fixture
+async def served(empty_database: str) -> AsyncIterator[Served]:
+    """The example on an unmigrated database (the cleanup_ctx migrates), on a free TCP port."""
+    clock = MovableClock()
+    app = load_example().create_app(
+        empty_database,
+        clock=clock,
+        worker_options={"poll_interval": 0.05},
+        pool_options={
+            "min_size": 1,
+            "max_size": 4,
+            "server_settings": {"application_name": APP_NAME},
+        },
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield Served(client=client, clock=clock, app=app, dsn=empty_database)
+    finally:
+        await client.close()
+
+
+async def create_order(client: TestClient[web.Request, web.Application], **context: Any) -> str:
+    response = await client.post("/orders", json={"context": context})
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    assert body["state"] == "created"
+    return str(body["uuid"])
+
+
+async def get_json(client: TestClient[web.Request, web.Application], path: str) -> Any:
+    response = await client.get(path)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def test_create_trigger_and_read(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client, order_id="A-1")
+    response = await client.post(f"/orders/{uuid}/events/pay", json={"amount_cents": 900})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["state"] == "paid"
+    response = await client.post(f"/orders/{uuid}/events/ship")
+    assert (await response.json())["state"] == "shipped"
+
+    body = await get_json(client, f"/orders/{uuid}")
+    assert body["state"] == "shipped"
+    assert body["context"] == {"order_id": "A-1", "paid_cents": 900}
+    assert [(h["event"], h["from_state"], h["to_state"]) for h in body["history"]] == [
+        ("ship", "paid", "shipped"),
+        ("pay", "created", "paid"),
+    ]
+
+
+async def test_error_mapping(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    missing = uuid4()
+    response = await client.post(f"/orders/{missing}/events/pay")
+    assert response.status == 404
+    assert str(missing) in (await response.json())["detail"]
+    assert (await client.get(f"/orders/{missing}")).status == 404
+
+    response = await client.post(f"/orders/{uuid}/events/ship")
+    assert response.status == 409
+    assert (await response.json())["state"] == "created"
+
+    assert (await client.post("/orders/not-a-uuid/events/pay")).status == 422
+    assert (await client.get("/orders/not-a-uuid")).status == 422
+    assert (await client.post("/orders", json={"context": [1, 2]})).status == 422
+    assert (await client.post("/orders", data=b"{not json")).status == 422
+
+
+async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    response = await client.post(f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 1250})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["state"] == "paid"
+    invoices = await get_json(client, f"/invoices/{uuid}")
+    assert invoices == [{"id": body["invoice_id"], "amount_cents": 1250}]
+    history = (await get_json(client, f"/orders/{uuid}"))["history"]
+    assert history[0]["trigger_metadata"] == {"invoiceId": body["invoice_id"]}
+
+    # Paying twice: "pay" is not available in "paid", so the new invoice row is rolled back.
+    response = await client.post(f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 700})
+    assert response.status == 409
+    assert await get_json(client, f"/invoices/{uuid}") == invoices
+
+    missing = uuid4()
+    response = await client.post(f"/orders/{missing}/pay-with-invoice", json={"amount_cents": 700})
+    assert response.status == 404
+    assert await get_json(client, f"/invoices/{missing}") == []
+    response = await client.post(f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": -1})
+    assert response.status == 422
+
+    conn = await asyncpg.connect(served.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM invoices") == 1
+    finally:
+        await conn.close()
+
+
+async def test_cleanup_ctx_worker_sweeps_due_orders(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    paid = await create_order(client)
+    await client.post(f"/orders/{paid}/events/pay")
+    served.clock.current += timedelta(days=1, minutes=1)
+
+    for _ in range(200):
+        body = await get_json(client, f"/orders/{uuid}")
+        if body["state"] == "expired":
+            break
+        await asyncio.sleep(0.05)
+    assert body["state"] == "expired"
+    assert body["history"][0]["event"] == "expire"
+    assert body["history"][0]["trigger_metadata"] == {"source": "timeout"}
+    assert (await get_json(client, f"/orders/{paid}"))["state"] == "paid"
+
+
+async def test_cleanup_stops_worker_and_closes_pool(served: Served) -> None:
+    from duraflows_pg_async.contrib.aiohttp import POOL_KEY, RUNTIME_KEY, WORKER_KEY
+
+    await create_order(served.client)
+    assert await app_connections(served.dsn) >= 1
+    worker = served.app[WORKER_KEY]
+    assert worker is not None
+    assert worker.running
+    assert served.app[RUNTIME_KEY].persistence.transaction_runner is not None
+    pool = served.app[POOL_KEY]
+
+    await served.client.close()
+
+    assert not worker.running
+    assert pool.is_closing()
+    await wait_until_no_app_connections(served.dsn)
+
+
+async def test_failed_startup_closes_the_pool(database: str) -> None:
+    from duraflows_pg_async.contrib.aiohttp import workflow_cleanup_ctx
+
+    app = web.Application()
+    app.cleanup_ctx.append(
+        workflow_cleanup_ctx(
+            dsn=database,
+            build_runtime=lambda persistence: "not a runtime",  # type: ignore[arg-type,return-value]
+            pool_options={"server_settings": {"application_name": APP_NAME}},
+        )
+    )
+    runner = web.AppRunner(app)
+    with pytest.raises(InvalidArgumentError, match="WorkflowRuntime"):
+        await runner.setup()
+    await runner.cleanup()
+    await wait_until_no_app_connections(database)
+
+
+def test_import_without_aiohttp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    monkeypatch.delitem(sys.modules, "duraflows_pg_async.contrib.aiohttp", raising=False)
+    with pytest.raises(ImportError, match=r"duraflows-pg-async\[aiohttp\]"):
+        importlib.import_module("duraflows_pg_async.contrib.aiohttp")
