@@ -120,7 +120,13 @@ async def _settle(awaitable: Awaitable[None]) -> None:
     the cleanup is done, so the connection is back in the pool before the caller unwinds.
     """
     task = asyncio.ensure_future(awaitable)
-    if await _wait_for_task(task):
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
         raise asyncio.CancelledError
     task.result()
 
@@ -290,17 +296,6 @@ class _Transaction:
             raise CommitRolledBackError()
         if scope.callbacks:
             await _run_callbacks(scope.callbacks)
-
-
-async def _wait_for_task(task: asyncio.Future[Any]) -> bool:
-    """Wait until ``task`` is done; True if the waiting task was cancelled meanwhile."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    return cancelled
 
 
 class _Bound:
