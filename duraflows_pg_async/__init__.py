@@ -1,7 +1,8 @@
 """duraflows-pg-async: asyncio-native PostgreSQL persistence for duraflows-style workflows.
 
-Build a pool with :func:`create_pool`, the stores and transaction runner with
-:func:`pg_workflow_providers`, and apply the schema with :mod:`duraflows_pg_async.migrations`.
+Build a pool with [`create_pool()`][duraflows_pg_async.create_pool], the stores and transaction
+runner with [`pg_workflow_providers()`][duraflows_pg_async.pg_workflow_providers], and apply the
+schema with [`duraflows_pg_async.migrations`][duraflows_pg_async.migrations].
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Workflow definitions: the frozen dataclasses, their JSON shape, validation and content hash.
 
-A definition is plain data. :meth:`WorkflowDefinition.from_dict` and
-:meth:`~WorkflowDefinition.to_dict` use the upstream (TypeScript) camelCase JSON shape,
-:func:`validate_definition` checks the rules the runtime relies on, and
-:meth:`WorkflowDefinition.content_hash` gives the same ``"sha256:<hex>"`` the TypeScript runtime
-writes for the same content.
+A definition is plain data.
+[`WorkflowDefinition.from_dict()`][duraflows_pg_async.WorkflowDefinition.from_dict] and
+[`to_dict()`][duraflows_pg_async.WorkflowDefinition.to_dict] use the upstream (TypeScript) camelCase
+JSON shape, [`validate_definition()`][duraflows_pg_async.validate_definition] checks the rules the
+runtime relies on, and
+[`WorkflowDefinition.content_hash()`][duraflows_pg_async.WorkflowDefinition.content_hash] gives the
+same ``"sha256:<hex>"`` the TypeScript runtime writes for the same content.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 VersionPolicy = Literal["pinned", "latest"]
+"""``"pinned"``: an instance stays on the version it was created with; ``"latest"``: it moves on."""
 
 _VERSION_POLICIES: tuple[str, ...] = ("pinned", "latest")
 # JavaScript's Number.MAX_SAFE_INTEGER: upstream requires a "positive safe integer" version.
@@ -68,7 +71,7 @@ class Timeout:
     """How long an instance may stay in a state before the event carrying this timeout fires.
 
     The parts add up: ``Timeout(hours=1, minutes=30)`` is 90 minutes. Zero parts are left out of
-    :meth:`WorkflowDefinition.to_dict`.
+    [`WorkflowDefinition.to_dict()`][duraflows_pg_async.WorkflowDefinition.to_dict].
     """
 
     minutes: float = 0
@@ -108,9 +111,10 @@ class Event:
 
     Commands run in order. On success the instance moves to ``target_state`` (or stays where it
     is without one); when a mandatory command returns ``ok=False`` it moves to ``error_state``
-    (without one the call fails with :class:`~duraflows_pg_async.errors.CommandFailureError`).
-    At least one of ``target_state``, ``error_state`` or ``commands`` is required.
-    ``commands`` may be given as any sequence (a list); it is stored as a tuple.
+    (without one the call fails with
+    [`CommandFailureError`][duraflows_pg_async.errors.CommandFailureError]). At least one of
+    ``target_state``, ``error_state`` or ``commands`` is required. ``commands`` may be given as any
+    sequence (a list); it is stored as a tuple.
     """
 
     target_state: str | None = None
@@ -193,8 +197,9 @@ class WorkflowDefinition:
     def timeout_event(self, state_name: str) -> tuple[str, Event] | None:
         """The first event of ``state_name``, in definition order, that has a timeout.
 
-        None when the state has no such event; :class:`WorkflowDefinitionError` when the state is
-        not part of this definition.
+        None when the state has no such event;
+        [`WorkflowDefinitionError`][duraflows_pg_async.errors.WorkflowDefinitionError] when the
+        state is not part of this definition.
         """
         state = self.states.get(state_name)
         if state is None:
@@ -229,10 +234,11 @@ class WorkflowDefinition:
         """Build a definition from the upstream camelCase JSON shape.
 
         Checks the shape only (types and key names; ``None`` counts as absent for optional
-        fields); :func:`validate_definition` checks the rules. Every problem is reported in one
-        :class:`WorkflowDefinitionError`, each with its path, for example
-        ``states.paid.events.ship.targetState must be a string``. Metadata and context are
-        deep-copied.
+        fields); [`validate_definition()`][duraflows_pg_async.validate_definition] checks the rules.
+        Every problem is reported in one
+        [`WorkflowDefinitionError`][duraflows_pg_async.errors.WorkflowDefinitionError], each with
+        its path, for example ``states.paid.events.ship.targetState must be a string``. Metadata and
+        context are deep-copied.
         """
         reader = _Reader()
         definition = reader.definition(data)
@@ -249,7 +255,7 @@ class WorkflowDefinition:
     # Content hash
 
     def content_hash(self) -> str:
-        """``"sha256:<64 hex>"`` of the canonical JSON of :meth:`to_dict` without the version keys.
+        """``"sha256:<64 hex>"`` of the canonical JSON of `to_dict()` without the version keys.
 
         Byte-compatible with the TypeScript runtime: keys sorted by UTF-16 code units (keys that
         are array indices such as ``"7"`` first, in numeric order, as a JavaScript object orders
@@ -833,8 +839,8 @@ def validate_definition(
     """Check ``definition``; return warnings (unreachable states), raise on every problem at once.
 
     With ``command_names`` / ``guard_names``, every command and guard reference must be one of
-    them. Raises one :class:`WorkflowDefinitionError` whose message lists each problem on its
-    own line after a summary line.
+    them. Raises one [`WorkflowDefinitionError`][duraflows_pg_async.errors.WorkflowDefinitionError]
+    whose message lists each problem on its own line after a summary line.
     """
     if not isinstance(definition, WorkflowDefinition):
         raise InvalidArgumentError(

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 ExecutionOutcome = Literal["success", "failure", "guard-rejected"]
+"""How an event ended: moved on, routed to an error state, or turned down by its guard."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

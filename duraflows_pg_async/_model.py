@@ -18,6 +18,7 @@ __all__ = [
 ]
 
 HistoryOutcome = Literal["success", "failure", "guard-rejected"]
+"""The ``outcome`` column of a history row (the same values as the runtime's outcome)."""
 HISTORY_OUTCOMES: frozenset[str] = frozenset(("success", "failure", "guard-rejected"))
 
 

@@ -25,7 +25,8 @@ __all__ = [
 logger = logging.getLogger("duraflows_pg_async")
 
 CommandFunction = Callable[[Any, Any], CommandResult | Awaitable[CommandResult | None] | None]
-"""``fn(subject, ctx)``, sync or async; returns a :class:`CommandResult` (``None`` = success)."""
+"""``fn(subject, ctx)``, sync or async; returns a
+[`CommandResult`][duraflows_pg_async.CommandResult] (``None`` = success)."""
 
 GuardFunction = Callable[[Any, Any], bool | Awaitable[bool]]
 """``fn(subject, ctx)``, sync or async; returns True to let the event through."""
@@ -43,11 +44,12 @@ def _check_name(name: object, what: str) -> str:
 class DefinitionRegistry:
     """Every workflow definition the runtime knows, each name with one or more versions.
 
-    ``register`` validates the definition (one :class:`WorkflowDefinitionError` listing every
-    problem), logs its warnings (unreachable states) on the ``duraflows_pg_async`` logger and
-    keeps a deep copy, so later changes to the caller's dicts do not leak in. Keep older
-    versions registered while instances pinned to them are still running. New instances always
-    use the latest version of their workflow.
+    ``register`` validates the definition (one
+    [`WorkflowDefinitionError`][duraflows_pg_async.errors.WorkflowDefinitionError] listing every
+    problem), logs its warnings (unreachable states) on the ``duraflows_pg_async`` logger and keeps
+    a deep copy, so later changes to the caller's dicts do not leak in. Keep older versions
+    registered while instances pinned to them are still running. New instances always use the latest
+    version of their workflow.
     """
 
     def __init__(self) -> None:
@@ -102,7 +104,7 @@ class DefinitionRegistry:
         return definition
 
     def find(self, name: str, version: int | None = None) -> WorkflowDefinition | None:
-        """Like :meth:`get`, but None when the name or version is not registered."""
+        """Like `get()`, but None when the name or version is not registered."""
         versions = self._versions.get(name)
         if not versions:
             return None
@@ -161,11 +163,11 @@ class RegisteredGuard:
 class CommandRegistry:
     """Commands by name. A command is a sync or async callable ``fn(subject, ctx)``.
 
-    It returns a :class:`CommandResult` (``ok=False`` routes the event to its error state) or
-    None for success. A ``best_effort=True`` command never fails the transition: its
-    ``ok=False`` is recorded and the next command runs, and an exception it raises becomes
-    ``CommandResult(ok=False, code="BEST_EFFORT_THROWN", ...)``. An exception from a mandatory
-    command rolls the whole call back.
+    It returns a [`CommandResult`][duraflows_pg_async.CommandResult] (``ok=False`` routes the event
+    to its error state) or None for success. A ``best_effort=True`` command never fails the
+    transition: its ``ok=False`` is recorded and the next command runs, and an exception it raises
+    becomes ``CommandResult(ok=False, code="BEST_EFFORT_THROWN", ...)``. An exception from a
+    mandatory command rolls the whole call back.
     """
 
     def __init__(self) -> None:
@@ -185,7 +187,7 @@ class CommandRegistry:
         self._commands[name] = RegisteredCommand(name=name, fn=fn, best_effort=best_effort)
 
     def command(self, name: str, *, best_effort: bool = False) -> Callable[[_CommandT], _CommandT]:
-        """Decorator form of :meth:`register`; returns the function unchanged."""
+        """Decorator form of `register()`; returns the function unchanged."""
 
         def decorate(fn: _CommandT) -> _CommandT:
             self.register(name, fn, best_effort=best_effort)
@@ -194,7 +196,9 @@ class CommandRegistry:
         return decorate
 
     def get(self, name: str) -> RegisteredCommand:
-        """The command registered as ``name``; :class:`WorkflowError` when there is none."""
+        """The command registered as ``name``;
+        [`WorkflowError`][duraflows_pg_async.errors.WorkflowError]
+        when there is none."""
         command = self._commands.get(name)
         if command is None:
             raise WorkflowError(f'Command "{name}" is not registered')
@@ -231,7 +235,7 @@ class GuardRegistry:
         self._guards[name] = RegisteredGuard(name=name, fn=fn)
 
     def guard(self, name: str) -> Callable[[_GuardT], _GuardT]:
-        """Decorator form of :meth:`register`; returns the function unchanged."""
+        """Decorator form of `register()`; returns the function unchanged."""
 
         def decorate(fn: _GuardT) -> _GuardT:
             self.register(name, fn)
@@ -240,7 +244,9 @@ class GuardRegistry:
         return decorate
 
     def get(self, name: str) -> RegisteredGuard:
-        """The guard registered as ``name``; :class:`WorkflowError` when there is none."""
+        """The guard registered as ``name``;
+        [`WorkflowError`][duraflows_pg_async.errors.WorkflowError]
+        when there is none."""
         guard = self._guards.get(name)
         if guard is None:
             raise WorkflowError(f'Guard "{name}" is not registered')

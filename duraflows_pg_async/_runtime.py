@@ -49,6 +49,7 @@ logger = logging.getLogger("duraflows_pg_async")
 T = TypeVar("T")
 
 Observer = Callable[[StateEnterEvent], Any]
+"""``fn(event)``, sync or async, called after COMMIT for each state entered; errors are logged."""
 
 _TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
 

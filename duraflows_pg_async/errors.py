@@ -1,26 +1,26 @@
 """Every error duraflows-pg-async raises.
 
-::
-
-    WorkflowError
-    ├── InvalidArgumentError               (also a ValueError)
-    ├── ConfigurationError
-    ├── NoActiveTransactionError
-    ├── TransactionTaskError
-    ├── CommitRolledBackError
-    ├── OptimisticLockError
-    ├── WorkflowInstanceNotFoundError
-    ├── InstanceAlreadyExistsError
-    ├── DatabaseError                      (asyncpg's error is in __cause__)
-    │   ├── LockTimeoutError
-    │   ├── StatementTimeoutError
-    │   ├── TransactionConflictError
-    │   └── ConnectionLostError
-    ├── WorkflowDefinitionError
-    │   └── IncompatibleDefinitionError
-    ├── InvalidEventError
-    ├── CommandFailureError
-    └── OnEnterDepthExceededError
+```text
+WorkflowError
+├── InvalidArgumentError               (also a ValueError)
+├── ConfigurationError
+├── NoActiveTransactionError
+├── TransactionTaskError
+├── CommitRolledBackError
+├── OptimisticLockError
+├── WorkflowInstanceNotFoundError
+├── InstanceAlreadyExistsError
+├── DatabaseError                      (asyncpg's error is in __cause__)
+│   ├── LockTimeoutError
+│   ├── StatementTimeoutError
+│   ├── TransactionConflictError
+│   └── ConnectionLostError
+├── WorkflowDefinitionError
+│   └── IncompatibleDefinitionError
+├── InvalidEventError
+├── CommandFailureError
+└── OnEnterDepthExceededError
+```
 
 Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
 caller's own code or SQL inside a transaction propagate unchanged.

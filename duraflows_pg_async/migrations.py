@@ -1,10 +1,13 @@
 """The schema: the packaged dbmate migrations, a runner for them, and the fresh-install generator.
 
 The files under ``migrations/`` (shipped in the wheel as ``duraflows_pg_async/_migrations``) are
-the source of truth. :func:`apply`, :func:`rollback` and :func:`status` record what is applied in
-dbmate's own ``schema_migrations`` table, so this module and the ``dbmate`` tool can take turns on
-one database. :func:`generate_migration_sql` renders the same end state as one script, for tools
-that want a single fresh-install migration (Alembic, a hand-written dbmate file).
+the source of truth. [`apply()`][duraflows_pg_async.migrations.apply],
+[`rollback()`][duraflows_pg_async.migrations.rollback] and
+[`status()`][duraflows_pg_async.migrations.status] record what is applied in dbmate's own
+``schema_migrations`` table, so this module and the ``dbmate`` tool can take turns on one database.
+[`generate_migration_sql()`][duraflows_pg_async.generate_migration_sql] renders the same end state
+as one script, for tools that want a single fresh-install migration (Alembic, a hand-written dbmate
+file).
 
 Every function taking ``conn`` uses the asyncpg connection (or pool connection) it is given and
 never closes it. Run them outside a transaction: each migration then commits on its own. Inside a
@@ -172,8 +175,8 @@ async def apply(conn: _Connection, *, target: str | None = None) -> list[Migrati
     back. Each migration runs in its own transaction together with its ``schema_migrations`` row,
     under a transaction-level advisory lock, so concurrent migrators apply each file exactly once.
     If one fails, its transaction rolls back, the error is raised (a
-    :class:`~duraflows_pg_async.errors.DatabaseError`) and those applied before it stay applied.
-    Calling it again when everything is applied does nothing.
+    [`DatabaseError`][duraflows_pg_async.errors.DatabaseError]) and those applied before it stay
+    applied. Calling it again when everything is applied does nothing.
     """
     migrations = _packaged_migrations()
     if target is not None:
@@ -204,9 +207,9 @@ async def rollback(conn: _Connection, *, steps: int = 1) -> list[Migration]:
     """Run the ``down`` section of the last ``steps`` applied migrations, newest first.
 
     Returns those rolled back; fewer (or none) when fewer are applied. Each step is its own
-    transaction under the same advisory lock as :func:`apply`; on an error that step rolls back
-    and the steps before it stay rolled back. Versions in ``schema_migrations`` that this package
-    does not ship (your own dbmate files) are never touched.
+    transaction under the same advisory lock as [`apply()`][duraflows_pg_async.migrations.apply]; on
+    an error that step rolls back and the steps before it stay rolled back. Versions in
+    ``schema_migrations`` that this package does not ship (your own dbmate files) are never touched.
     """
     if type(steps) is not int or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")

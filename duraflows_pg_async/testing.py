@@ -1,58 +1,62 @@
 """Conformance suites for persistence providers, to run with pytest.
 
-Every :class:`~duraflows_pg_async.WorkflowPersistenceProvider` (the PostgreSQL one of this
-package, an in-memory one, a third-party adapter) must behave the same way for the runtime to be
-correct on it. The four base classes below hold that behaviour as pytest tests. To check a
-provider, subclass them in one of your test modules and provide a ``conformance_provider``
-fixture that returns a fresh provider over empty storage for every test::
+Every [`WorkflowPersistenceProvider`][duraflows_pg_async.WorkflowPersistenceProvider] (the
+PostgreSQL one of this package, an in-memory one, a third-party adapter) must behave the same way
+for the runtime to be correct on it. The four base classes below hold that behaviour as pytest
+tests. To check a provider, subclass them in one of your test modules and provide a
+``conformance_provider`` fixture that returns a fresh provider over empty storage for every test:
 
-    import pytest
+```python
+import pytest
 
-    from duraflows_pg_async import pg_workflow_providers
-    from duraflows_pg_async.testing import (
-        DefinitionStoreConformance,
-        HistoryStoreConformance,
-        InstanceStoreConformance,
-        TransactionRunnerConformance,
-    )
-
-
-    @pytest.fixture
-    def conformance_provider(my_fresh_pool):
-        return pg_workflow_providers(my_fresh_pool)
+from duraflows_pg_async import pg_workflow_providers
+from duraflows_pg_async.testing import (
+    DefinitionStoreConformance,
+    HistoryStoreConformance,
+    InstanceStoreConformance,
+    TransactionRunnerConformance,
+)
 
 
-    class TestInstanceStore(InstanceStoreConformance):
-        pass
+@pytest.fixture
+def conformance_provider(my_fresh_pool):
+    return pg_workflow_providers(my_fresh_pool)
 
 
-    class TestHistoryStore(HistoryStoreConformance):
-        pass
+class TestInstanceStore(InstanceStoreConformance):
+    pass
 
 
-    class TestDefinitionStore(DefinitionStoreConformance):
-        pass
+class TestHistoryStore(HistoryStoreConformance):
+    pass
 
 
-    class TestTransactionRunner(TransactionRunnerConformance):
-        async def cause_database_error(self, provider):
-            # Make the database reject a statement inside the current transaction.
-            await provider.transaction_runner.connection().execute("SELECT 1/0")
+class TestDefinitionStore(DefinitionStoreConformance):
+    pass
+
+
+class TestTransactionRunner(TransactionRunnerConformance):
+    async def cause_database_error(self, provider):
+        # Make the database reject a statement inside the current transaction.
+        await provider.transaction_runner.connection().execute("SELECT 1/0")
+```
 
 The tests are ``async def`` methods: run them with pytest-asyncio in ``auto`` mode, or add
 ``pytestmark = pytest.mark.asyncio`` to each subclass under pytest-asyncio's ``strict`` mode.
 
 Hooks a subclass may override:
 
-- :meth:`TransactionRunnerConformance.cause_database_error`: make the database reject a
-  statement inside the current transaction (and let the error propagate). Providers without a
-  database keep the default, which returns ``NotImplemented``; the test that needs it is then
-  skipped with a reason.
-- :attr:`TransactionRunnerConformance.callback_failure_logger`: the logger name that must
-  record a warning when an after-commit callback raises (``None`` skips that check).
+- ``TransactionRunnerConformance.cause_database_error()``:
+  make the database reject a statement inside the current transaction (and let the error propagate).
+  Providers without a database keep the default, which returns ``NotImplemented``; the test that
+  needs it is then skipped with a reason.
+- ``TransactionRunnerConformance.callback_failure_logger``:
+  the logger name that must record a warning when an after-commit callback raises (``None`` skips
+  that check).
 
-:func:`make_instance` builds a valid new :class:`~duraflows_pg_async.WorkflowInstance` with any
-field overridden; it is handy in your own tests too.
+[`make_instance()`][duraflows_pg_async.testing.make_instance] builds a valid new
+[`WorkflowInstance`][duraflows_pg_async.WorkflowInstance] with any field overridden; it is handy in
+your own tests too.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ _MALFORMED_UUIDS = ("not-a-uuid", "1234", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
 
 
 def make_instance(**overrides: Any) -> WorkflowInstance:
-    """A new, valid :class:`WorkflowInstance`; keyword arguments override any field.
+    """A new, valid [`WorkflowInstance`][duraflows_pg_async.WorkflowInstance]; keyword arguments
+    override any field.
 
     Defaults: a random ``uuid4()``, workflow ``"conformance"`` in state ``"start"``, version 0,
     empty ``context`` and ``metadata``, no deadline, no definition version, no timeout retry, and
@@ -1091,7 +1096,7 @@ class TransactionRunnerConformance:
 
     Subclass in a test module as ``class TestX(TransactionRunnerConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh, empty ``WorkflowPersistenceProvider``.
-    Override :meth:`cause_database_error` when the provider has a database.
+    Override `cause_database_error()` when the provider has a database.
     """
 
     #: Logger that must record a warning when an after-commit callback raises (None: no check).

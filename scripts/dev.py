@@ -31,6 +31,7 @@ commands:
   demo [args]          run the demo (.venv/bin/duraflows-pg demo [args])
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
   bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
+  docs [serve]         build the docs site into site/ with warnings as errors; `serve` serves it
 
 The first run creates .venv in the repository root and installs the project with its
 'dev' and 'bench' extras; later runs reinstall only when pyproject.toml has changed.
@@ -242,6 +243,18 @@ def cmd_bench(args: list[str]) -> int:
     return _exec([str(venv_python(ROOT)), "-m", "bench", *args])
 
 
+def cmd_docs(args: list[str]) -> int:
+    if args not in ([], ["serve"]):
+        _say("docs takes no arguments, or `serve`")
+        return 2
+    # Material prints a banner about MkDocs 2 on every run; it is not a warning about our docs.
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+    mkdocs = str(venv_bin(ROOT, "mkdocs"))
+    if args == ["serve"]:
+        return _exec([mkdocs, "serve", "--strict"])
+    return _exec([mkdocs, "build", "--strict", "--clean", "--site-dir", str(ROOT / "site")])
+
+
 def cmd_lint(args: list[str]) -> int:
     steps = [
         ["ruff", "check", "."],
@@ -258,7 +271,13 @@ def cmd_lint(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"test": cmd_test, "demo": cmd_demo, "lint": cmd_lint, "bench": cmd_bench}
+COMMANDS = {
+    "test": cmd_test,
+    "demo": cmd_demo,
+    "lint": cmd_lint,
+    "bench": cmd_bench,
+    "docs": cmd_docs,
+}
 NO_ARGS = {"lint"}
 
 

@@ -1,9 +1,11 @@
-"""Web framework integrations: :mod:`.fastapi` (a lifespan) and :mod:`.aiohttp` (a cleanup_ctx).
+"""Web framework integrations: [`.fastapi`][duraflows_pg_async.contrib.fastapi] (a lifespan) and
+[`.aiohttp`][duraflows_pg_async.contrib.aiohttp] (a cleanup_ctx).
 
-Both share :func:`workflow_service`, an async context manager that owns everything a service
-needs around a :class:`~duraflows_pg_async.WorkflowRuntime`: the pool, the optional migrations,
-``initialize()`` and a :class:`~duraflows_pg_async.TimeoutWorker` running in a background task.
-Importing this package needs no web framework.
+Both share [`workflow_service()`][duraflows_pg_async.contrib.workflow_service], an async context
+manager that owns everything a service needs around a
+[`WorkflowRuntime`][duraflows_pg_async.WorkflowRuntime]: the pool, the optional migrations,
+``initialize()`` and a [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] running in a background
+task. Importing this package needs no web framework.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ BuildRuntime = Callable[[WorkflowPersistenceProvider], WorkflowRuntime | Awaitab
 
 @dataclass(slots=True)
 class WorkflowService:
-    """What :func:`workflow_service` started: the pool, the runtime and the worker, if any."""
+    """What [`workflow_service()`][duraflows_pg_async.contrib.workflow_service] started: the pool,
+    the runtime and the worker, if any."""
 
     pool: asyncpg.Pool
     runtime: WorkflowRuntime
@@ -98,14 +101,15 @@ async def workflow_service(
 ) -> AsyncIterator[WorkflowService]:
     """Open the pool, migrate if asked, build and initialize the runtime, start a worker.
 
-    - ``dsn``: passed to :func:`~duraflows_pg_async.create_pool` with ``pool_options``
+    - ``dsn``: passed to [`create_pool()`][duraflows_pg_async.create_pool] with ``pool_options``
       (``min_size``, ``max_size``, ``server_settings``, ``json_dumps``, …);
-    - ``migrate``: apply the packaged migrations (:func:`duraflows_pg_async.migrations.apply`,
-      idempotent and safe with several processes starting at once);
+    - ``migrate``: apply the packaged migrations
+      ([`duraflows_pg_async.migrations.apply()`][duraflows_pg_async.migrations.apply], idempotent
+      and safe with several processes starting at once);
     - ``build_runtime(persistence)``: your factory; ``persistence`` is
-      :func:`~duraflows_pg_async.pg_workflow_providers` of the pool with
+      [`pg_workflow_providers()`][duraflows_pg_async.pg_workflow_providers] of the pool with
       ``persistence_options`` (``lock_timeout``, ``statement_timeout``, ``schema``);
-    - ``worker``: run a :class:`~duraflows_pg_async.TimeoutWorker` (``worker_options``:
+    - ``worker``: run a [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] (``worker_options``:
       ``batch_size``, ``poll_interval``) in a background task.
 
     On exit the worker is asked to stop and awaited for up to ``shutdown_timeout`` seconds

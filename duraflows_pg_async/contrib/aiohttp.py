@@ -1,13 +1,13 @@
 """aiohttp integration: a ``cleanup_ctx`` that runs the workflow runtime, and typed app keys.
 
-.. code-block:: python
+```python
+app = web.Application()
+app.cleanup_ctx.append(workflow_cleanup_ctx(dsn=DATABASE_URL, build_runtime=build_runtime))
 
-    app = web.Application()
-    app.cleanup_ctx.append(workflow_cleanup_ctx(dsn=DATABASE_URL, build_runtime=build_runtime))
-
-    async def show(request: web.Request) -> web.Response:
-        runtime = request.app[RUNTIME_KEY]
-        ...
+async def show(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    ...
+```
 
 Needs the ``aiohttp`` extra: ``pip install 'duraflows-pg-async[aiohttp]'``.
 """
@@ -33,11 +33,15 @@ from duraflows_pg_async.contrib import BuildRuntime, workflow_service
 __all__ = ["POOL_KEY", "RUNTIME_KEY", "WORKER_KEY", "workflow_cleanup_ctx"]
 
 RUNTIME_KEY: web.AppKey[WorkflowRuntime] = web.AppKey("duraflows_runtime", WorkflowRuntime)
-"""``app[RUNTIME_KEY]``: the runtime built by :func:`workflow_cleanup_ctx`."""
+"""``app[RUNTIME_KEY]``: the runtime built by
+[`workflow_cleanup_ctx()`][duraflows_pg_async.contrib.aiohttp.workflow_cleanup_ctx]."""
 POOL_KEY: web.AppKey[asyncpg.Pool] = web.AppKey("duraflows_pool", asyncpg.Pool)
-"""``app[POOL_KEY]``: the pool opened by :func:`workflow_cleanup_ctx` (closed by it too)."""
+"""``app[POOL_KEY]``: the pool opened by
+[`workflow_cleanup_ctx()`][duraflows_pg_async.contrib.aiohttp.workflow_cleanup_ctx] (closed by it
+too)."""
 WORKER_KEY: web.AppKey[TimeoutWorker | None] = web.AppKey("duraflows_worker")
-"""``app[WORKER_KEY]``: the background :class:`~duraflows_pg_async.TimeoutWorker`, or ``None``."""
+"""``app[WORKER_KEY]``: the background [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker], or
+``None``."""
 
 
 def workflow_cleanup_ctx(
@@ -53,13 +57,15 @@ def workflow_cleanup_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A generator for ``app.cleanup_ctx`` that runs the workflow runtime.
 
-    On start-up it opens the pool with :func:`~duraflows_pg_async.create_pool` (``dsn``,
+    On start-up it opens the pool with [`create_pool()`][duraflows_pg_async.create_pool] (``dsn``,
     ``pool_options``), applies the migrations if ``migrate``, builds the runtime with
     ``build_runtime(persistence)``, calls ``initialize()`` and, if ``worker``, starts a
-    :class:`~duraflows_pg_async.TimeoutWorker` (``worker_options``) in a background task. They
-    are stored as ``app[RUNTIME_KEY]``, ``app[POOL_KEY]`` and ``app[WORKER_KEY]``. On cleanup the
-    worker is stopped and awaited (at most ``shutdown_timeout`` seconds) and the pool is closed.
-    See :func:`duraflows_pg_async.contrib.workflow_service` for every argument.
+    [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] (``worker_options``) in a background task.
+    They are stored as ``app[RUNTIME_KEY]``, ``app[POOL_KEY]`` and ``app[WORKER_KEY]``. On cleanup
+    the worker is stopped and awaited (at most ``shutdown_timeout`` seconds) and the pool is closed.
+    See
+    [`duraflows_pg_async.contrib.workflow_service()`][duraflows_pg_async.contrib.workflow_service]
+    for every argument.
     """
 
     async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:

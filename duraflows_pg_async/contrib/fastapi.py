@@ -1,11 +1,11 @@
 """FastAPI integration: a lifespan that runs the workflow runtime, and request dependencies.
 
-.. code-block:: python
+```python
+app = FastAPI(lifespan=workflow_lifespan(dsn=DATABASE_URL, build_runtime=build_runtime))
 
-    app = FastAPI(lifespan=workflow_lifespan(dsn=DATABASE_URL, build_runtime=build_runtime))
-
-    @app.get("/orders/{uuid}")
-    async def show(uuid: str, runtime: WorkflowRuntime = Depends(get_runtime)): ...
+@app.get("/orders/{uuid}")
+async def show(uuid: str, runtime: WorkflowRuntime = Depends(get_runtime)): ...
+```
 
 Needs the ``fastapi`` extra: ``pip install 'duraflows-pg-async[fastapi]'``.
 """
@@ -47,17 +47,19 @@ def workflow_lifespan(
     persistence_options: Mapping[str, Any] | None = None,
     shutdown_timeout: float = 10.0,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """A ``lifespan=`` for :class:`fastapi.FastAPI` that runs the workflow runtime.
+    """A ``lifespan=`` for `fastapi.FastAPI` that runs the workflow runtime.
 
-    On start-up it opens the pool with :func:`~duraflows_pg_async.create_pool` (``dsn``,
+    On start-up it opens the pool with [`create_pool()`][duraflows_pg_async.create_pool] (``dsn``,
     ``pool_options``), applies the migrations if ``migrate``, builds the runtime with
     ``build_runtime(persistence)``, calls ``initialize()`` and, if ``worker``, starts a
-    :class:`~duraflows_pg_async.TimeoutWorker` (``worker_options``) in a background task. The
-    runtime, pool and worker land on ``app.state.duraflows_runtime``, ``.duraflows_pool`` and
-    ``.duraflows_worker`` (``None`` without a worker); read them with :func:`get_runtime` and
-    :func:`get_pool`. On shutdown the worker is stopped and awaited (at most
-    ``shutdown_timeout`` seconds) and the pool is closed. See
-    :func:`duraflows_pg_async.contrib.workflow_service` for every argument.
+    [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] (``worker_options``) in a background task.
+    The runtime, pool and worker land on ``app.state.duraflows_runtime``, ``.duraflows_pool`` and
+    ``.duraflows_worker`` (``None`` without a worker); read them with
+    [`get_runtime()`][duraflows_pg_async.contrib.fastapi.get_runtime] and
+    [`get_pool()`][duraflows_pg_async.contrib.fastapi.get_pool]. On shutdown the worker is stopped
+    and awaited (at most ``shutdown_timeout`` seconds) and the pool is closed. See
+    [`duraflows_pg_async.contrib.workflow_service()`][duraflows_pg_async.contrib.workflow_service]
+    for every argument.
     """
 
     @asynccontextmanager
@@ -95,7 +97,8 @@ def _state(request: Request, name: str) -> Any:
 
 
 def get_runtime(request: Request) -> WorkflowRuntime:
-    """Dependency: the :class:`~duraflows_pg_async.WorkflowRuntime` the lifespan built."""
+    """Dependency: the [`WorkflowRuntime`][duraflows_pg_async.WorkflowRuntime] the lifespan
+    built."""
     runtime: WorkflowRuntime = _state(request, RUNTIME_ATTR)
     return runtime
 
@@ -107,7 +110,8 @@ def get_pool(request: Request) -> asyncpg.Pool:
 
 
 def get_worker(request: Request) -> TimeoutWorker | None:
-    """Dependency: the lifespan's :class:`~duraflows_pg_async.TimeoutWorker`, or ``None``."""
+    """Dependency: the lifespan's [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker], or
+    ``None``."""
     _state(request, RUNTIME_ATTR)  # the lifespan ran
     worker: TimeoutWorker | None = getattr(request.app.state, WORKER_ATTR, None)
     return worker

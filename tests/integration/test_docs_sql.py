@@ -1,0 +1,144 @@
+"""The monitoring queries of docs/operations.md run on the real schema and count the right rows."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from duraflows_pg_async import HistoryRecord, TimeoutRetry, WorkflowPersistenceProvider
+from duraflows_pg_async.testing import make_instance
+
+OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
+
+
+def sql_blocks() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", OPERATIONS.read_text(), re.DOTALL)
+
+
+def block_after(phrase: str) -> str:
+    text = OPERATIONS.read_text()
+    match = re.search(r"```sql\n(.*?)```", text[text.index(phrase) :], re.DOTALL)
+    assert match is not None, f"no sql block after {phrase!r}"
+    return match.group(1)
+
+
+def test_the_page_has_the_queries_this_module_checks() -> None:
+    assert len(sql_blocks()) == 5
+
+
+@pytest.fixture
+async def seeded(providers: WorkflowPersistenceProvider) -> None:
+    """2 due, 1 not yet due, 1 retrying (due), 1 retrying (later), 2 parked, 1 with no deadline."""
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    instances = [
+        make_instance(workflow_name="order", current_state="awaiting", expires_at=now - hour),
+        make_instance(workflow_name="order", current_state="awaiting", expires_at=now - 2 * hour),
+        make_instance(workflow_name="order", current_state="awaiting", expires_at=now + hour),
+        make_instance(
+            workflow_name="order",
+            current_state="awaiting",
+            expires_at=now - 3 * hour,
+            timeout_retry=TimeoutRetry(attempts=1, last_error="x", retry_at=now - hour),
+        ),
+        make_instance(
+            workflow_name="order",
+            current_state="awaiting",
+            expires_at=now - 3 * hour,
+            timeout_retry=TimeoutRetry(attempts=2, last_error="x", retry_at=now + hour),
+        ),
+        *(
+            make_instance(
+                workflow_name="order",
+                current_state="awaiting",
+                expires_at=now - 5 * hour,
+                timeout_retry=TimeoutRetry(attempts=10, last_error="x", parked_at=now),
+            )
+            for _ in range(2)
+        ),
+        make_instance(workflow_name="signup", current_state="done"),
+    ]
+    async with providers.transaction_runner.transaction():
+        for instance in instances:
+            await providers.instance_store.create(instance)
+        for outcome in ("failure", "failure", "guard-rejected", "success"):
+            await providers.history_store.append(
+                HistoryRecord(
+                    workflow_instance_uuid=instances[0].uuid,
+                    from_state="awaiting",
+                    event_name="pay",
+                    to_state="awaiting",
+                    outcome=outcome,
+                    rejected_by="has_items" if outcome == "guard-rejected" else None,
+                )
+            )
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_due_backlog_counts_due_rows_and_the_oldest_lag(pool: asyncpg.Pool) -> None:
+    row = await pool.fetchrow(block_after("Due timeouts not yet fired"))
+    assert row is not None
+    assert row["due"] == 3  # two plain deadlines and one retry whose time has come
+    assert timedelta(hours=1, minutes=59) < row["oldest_lag"] < timedelta(hours=2, minutes=5)
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_retrying_and_parked(pool: asyncpg.Pool) -> None:
+    row = await pool.fetchrow(block_after("Timeouts that failed"))
+    assert row is not None
+    assert (row["retrying"], row["parked"]) == (2, 2)
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_instances_per_state(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(block_after("Instances per workflow and state"))
+    assert [tuple(r) for r in rows] == [("order", "awaiting", 7), ("signup", "done", 1)]
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_failed_and_rejected_events(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(block_after("Events in the last hour"))
+    assert [tuple(r) for r in rows] == [
+        ("failure", "pay", "awaiting", 2),
+        ("guard-rejected", "pay", "awaiting", 1),
+    ]
+
+
+async def test_lock_waits_show_the_waiter_and_its_blocker(
+    pool: asyncpg.Pool, providers: WorkflowPersistenceProvider
+) -> None:
+    instance = make_instance()
+    async with providers.transaction_runner.transaction():
+        await providers.instance_store.create(instance)
+    holder = await pool.acquire()
+    waiter = await pool.acquire()
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
+        )
+        blocked = waiter.execute(
+            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
+        )
+        task = asyncio.ensure_future(blocked)
+        rows: list[asyncpg.Record] = []
+        for _ in range(100):  # until the waiter is queued on the lock
+            rows = await pool.fetch(block_after("Sessions waiting on a workflow row lock"))
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+        assert len(rows) == 1
+        assert rows[0]["blocking_pid"] == holder.get_server_pid()
+        assert rows[0]["pid"] == waiter.get_server_pid()
+        assert rows[0]["blocking_state"] == "idle in transaction"
+        await tx.rollback()
+        await task
+    finally:
+        await pool.release(waiter)
+        await pool.release(holder)
