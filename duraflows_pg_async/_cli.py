@@ -519,12 +519,15 @@ async def _worker(url: str, args: argparse.Namespace) -> int:
         processed = sum(w.stats.processed for w in workers)
         failed = sum(w.stats.failed for w in workers)
         parked = sum(w.stats.parked for w in workers)
+        # A second signal cancels the instances in hand (rolled back, retried by a later sweep);
+        # the exit status tells a supervisor that the stop was not clean.
+        how = "aborted" if signals > 1 else "stopped"
         print(
-            f"{PROG} worker: stopped; {processed} timeouts processed, {failed} failed, "
+            f"{PROG} worker: {how}; {processed} timeouts processed, {failed} failed, "
             f"{parked} parked",
             flush=True,
         )
-    return 0
+    return 1 if signals > 1 else 0
 
 
 # --- entry point -----------------------------------------------------------------------------

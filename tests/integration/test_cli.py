@@ -330,6 +330,92 @@ async def test_worker_processes_due_timeouts_and_stops_on_sigterm(
     assert "Traceback" not in err
 
 
+SLOW_FACTORY = """
+import asyncio
+import os
+from pathlib import Path
+
+from cli_reminders import REMINDER
+from duraflows_pg_async import CommandRegistry, DefinitionRegistry, WorkflowRuntime
+
+
+async def send(subject, ctx):
+    ctx.context["sent"] = True
+    Path(os.environ["IN_COMMAND_MARKER"]).touch()
+    await asyncio.sleep(120)  # a command stuck on a slow partner
+
+
+def make_runtime(persistence):
+    definitions = DefinitionRegistry()
+    definitions.register(REMINDER)
+    commands = CommandRegistry()
+    commands.register("send", send)
+    return WorkflowRuntime(definitions=definitions, commands=commands, persistence=persistence)
+"""
+
+
+async def test_worker_second_signal_aborts_the_instance_in_hand(
+    database: str, providers: WorkflowPersistenceProvider, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_reminders.py").write_text(textwrap.dedent(FACTORY))
+    (tmp_path / "cli_slow.py").write_text(textwrap.dedent(SLOW_FACTORY))
+    marker = tmp_path / "in-command"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "IN_COMMAND_MARKER": str(marker),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    now = datetime.now(UTC)
+    instance = WorkflowInstance(
+        uuid=uuid.uuid4(),
+        workflow_name="reminder",
+        current_state="waiting",
+        version=1,
+        context={},
+        metadata={},
+        expires_at=now - timedelta(seconds=1),
+        last_transition_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    await providers.instance_store.create(instance)
+    argv = [sys.executable, "-m", "duraflows_pg_async", "worker", "cli_slow:make_runtime"]
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [*argv, "--poll-interval", "0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the worker never reached the command"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        # The first signal waits for the instance in hand, which is stuck: still running.
+        await asyncio.sleep(1.0)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "send again to abort" in err
+    assert "aborted; 0 timeouts processed" in out
+    assert "Traceback" not in err
+    # The aborted transition rolled back: the timeout is still pending, nothing was recorded.
+    stored = await providers.instance_store.find_by_uuid(instance.uuid)
+    assert stored is not None
+    assert (stored.current_state, stored.version, stored.context) == ("waiting", 1, {})
+    assert await providers.history_store.find_by_instance_uuid(instance.uuid) == []
+
+
 async def test_worker_rejects_a_bad_app(database: str) -> None:
     assert_clean_error(await cli("worker", "no_colon", url=database), 2, "module:attr")
     assert_clean_error(
