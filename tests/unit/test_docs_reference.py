@@ -80,9 +80,7 @@ def test_public_name_is_in_the_reference(module_name: str, name: str) -> None:
 
 
 @pytest.mark.parametrize(("module_name", "name"), public_names())
-def test_public_name_has_a_docstring(
-    package: griffe.Object, module_name: str, name: str
-) -> None:
+def test_public_name_has_a_docstring(package: griffe.Object, module_name: str, name: str) -> None:
     module = package if module_name == "duraflows_pg_async" else package[module_name[19:]]
     member = module[name]
     target = member.final_target if isinstance(member, griffe.Alias) else member
