@@ -19,6 +19,7 @@ from typing import Any, TypeAlias, TypeVar, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from . import _tracing
 from ._codecs import PooledConnection
 from ._validate import timeout_ms
 from .errors import (
@@ -168,7 +169,7 @@ async def _run_callbacks(callbacks: list[Callable[[], Any]]) -> None:
 class _Transaction:
     """``async with runner.transaction():`` — an owned transaction or a savepoint in one."""
 
-    __slots__ = ("_parent", "_runner", "_savepoint", "_scope", "_token")
+    __slots__ = ("_parent", "_runner", "_savepoint", "_scope", "_span", "_token")
 
     def __init__(self, runner: PgTransactionRunner) -> None:
         self._runner = runner
@@ -176,6 +177,7 @@ class _Transaction:
         self._parent: _Scope | None = None
         self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
         self._savepoint: str | None = None
+        self._span: _tracing.Span | None = None
 
     async def __aenter__(self) -> None:
         if self._scope is not None:
@@ -183,27 +185,46 @@ class _Transaction:
         runner = self._runner
         pool = runner._pool
         parent = _own_scope(pool)
-        if parent is not None:
-            root = parent.root
-            root.savepoints += 1
-            name = f"duraflows_sp_{root.savepoints}"
-            with map_db_errors("SAVEPOINT"):
-                await root.connection.execute(f"SAVEPOINT {name}")
-            self._parent = parent
-            self._savepoint = name
-        else:
-            try:
-                conn = await pool.acquire()
-            except Exception as exc:
-                raise_mapped(exc, "acquire a connection")
-            try:
-                await conn.execute(runner._begin_sql)
-            except BaseException as exc:
-                await _settle(_close_owned(pool, conn, exc))
-                if isinstance(exc, Exception):
-                    raise_mapped(exc, "BEGIN", conn)
-                raise
-            root = _Root(conn, asyncio.current_task())
+        if _tracing.ENABLED:
+            # Started before acquire(): time spent waiting for a pooled connection shows here.
+            self._span = (
+                _tracing.start(_tracing.TRANSACTION, _tracing.DB_ATTRIBUTES)
+                if parent is None
+                else _tracing.start(_tracing.SAVEPOINT)
+            )
+        try:
+            if parent is not None:
+                root = parent.root
+                root.savepoints += 1
+                name = f"duraflows_sp_{root.savepoints}"
+                with map_db_errors("SAVEPOINT"):
+                    await root.connection.execute(f"SAVEPOINT {name}")
+                self._parent = parent
+                self._savepoint = name
+            else:
+                try:
+                    conn = await pool.acquire()
+                except Exception as exc:
+                    raise_mapped(exc, "acquire a connection")
+                try:
+                    await conn.execute(runner._begin_sql)
+                except BaseException as exc:
+                    await _settle(_close_owned(pool, conn, exc))
+                    if isinstance(exc, Exception):
+                        raise_mapped(exc, "BEGIN", conn)
+                    raise
+                root = _Root(conn, asyncio.current_task())
+        except BaseException as exc:
+            if self._span is not None:
+                self._span.end(exc)
+                self._span = None
+            raise
+        if self._span is not None and self._span.recording:
+            self._span.update(
+                _tracing.connection_attributes(root.connection)
+                if parent is None
+                else {"duraflows.savepoint.name": f"duraflows_sp_{root.savepoints}"}
+            )
         scope = _Scope(root)
         self._scope = scope
         self._token = _push(pool, scope)
@@ -219,10 +240,37 @@ class _Transaction:
         assert scope is not None
         assert token is not None
         _SCOPES.reset(token)
-        if self._savepoint is not None:
-            await self._exit_savepoint(scope, exc)
-        else:
-            await self._exit_owned(scope, exc)
+        span = self._span
+        try:
+            if self._savepoint is not None:
+                await self._exit_savepoint(scope, exc)
+            else:
+                await self._exit_owned(scope, exc)
+        except BaseException as failure:
+            if span is not None:
+                self._end_span(span, scope, failure)
+            raise
+        if span is not None:
+            # Ended before the after-commit callbacks run: spans they start (an observer's, say)
+            # belong to the caller's span, not to a transaction that is over.
+            self._end_span(span, scope, exc)
+        if self._savepoint is None and exc is None and scope.callbacks:
+            await _run_callbacks(scope.callbacks)
+
+    def _end_span(self, span: _tracing.Span, scope: _Scope, error: BaseException | None) -> None:
+        if span.recording:
+            if self._savepoint is not None:
+                span.update(
+                    {"duraflows.transaction.outcome": "release" if error is None else "rollback"}
+                )
+            else:
+                span.update(
+                    {
+                        "duraflows.transaction.outcome": "commit" if error is None else "rollback",
+                        "duraflows.transaction.savepoints": scope.root.savepoints,
+                    }
+                )
+        span.end(error)
 
     async def _exit_savepoint(self, scope: _Scope, exc: BaseException | None) -> None:
         conn = scope.root.connection
@@ -294,8 +342,6 @@ class _Transaction:
         await pool.release(conn)
         if status == "ROLLBACK":
             raise CommitRolledBackError()
-        if scope.callbacks:
-            await _run_callbacks(scope.callbacks)
 
 
 class _Bound:

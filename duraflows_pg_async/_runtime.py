@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from . import _tracing
 from ._contract import Clock, SystemClock, WorkflowPersistenceProvider
 from ._definitions import Event, OnEnter, State, WorkflowDefinition, validate_definition
 from ._execution import (
@@ -82,6 +83,30 @@ def _error_text(exc: BaseException) -> str:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _trace_event(
+    span: _tracing.Span, instance: WorkflowInstance, definition: WorkflowDefinition, event: str
+) -> None:
+    if span.recording:
+        span.update(
+            {
+                "duraflows.workflow.name": instance.workflow_name,
+                "duraflows.workflow.version": definition.version,
+                "duraflows.instance.uuid": str(instance.uuid),
+                "duraflows.event.name": event,
+                "duraflows.state.from": instance.current_state,
+            }
+        )
+
+
+def _trace_result(span: _tracing.Span, result: ExecutionResult) -> None:
+    if span.recording:
+        span.update(
+            {"duraflows.event.outcome": result.outcome, "duraflows.state.to": result.to_state}
+        )
+        if result.rejected_by is not None:
+            span.update({"duraflows.guard.name": result.rejected_by})
 
 
 @dataclass(slots=True)
@@ -451,7 +476,10 @@ class WorkflowRuntime:
         subject: Any,
         trigger_metadata: dict[str, Any],
         events: list[StateEnterEvent],
+        span: _tracing.Span | None = None,
     ) -> ExecutionResult:
+        if span is not None:
+            _trace_event(span, instance, definition, event_name)
         from_state = instance.current_state
         event = definition.states[from_state].events.get(event_name)
         if event is None:
@@ -667,7 +695,22 @@ class WorkflowRuntime:
             await self._run_on_enter_chain(instance, definition, None, ctx, events)
             return copy.deepcopy(instance)
 
-        return await self._in_transaction(work)
+        span = _tracing.start(_tracing.CREATE_INSTANCE) if _tracing.ENABLED else None
+        if span is None:
+            return await self._in_transaction(work)
+        if span.recording:
+            span.update(
+                {
+                    "duraflows.workflow.name": definition.name,
+                    "duraflows.workflow.version": definition.version,
+                    "duraflows.instance.uuid": str(instance.uuid),
+                }
+            )
+        created = await span.watch(self._in_transaction(work))
+        if span.recording:
+            span.update({"duraflows.state.to": created.current_state})
+        span.end()
+        return created
 
     async def trigger_event(
         self,
@@ -688,6 +731,8 @@ class WorkflowRuntime:
         require_str(event_name, "event_name")
         trigger = _json_object(trigger_metadata, "trigger_metadata")
         await self.initialize()
+        # Started before the transaction, so that the transaction span is its child.
+        span = _tracing.start(_tracing.TRIGGER_EVENT) if _tracing.ENABLED else None
 
         async def work(events: list[StateEnterEvent]) -> ExecutionResult:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
@@ -695,10 +740,17 @@ class WorkflowRuntime:
                 raise WorkflowInstanceNotFoundError(key)
             definition = await self._governing(instance)
             return await self._execute_event(
-                instance, definition, event_name, subject, trigger, events
+                instance, definition, event_name, subject, trigger, events, span
             )
 
-        return await self._in_transaction(work)
+        if span is None:
+            return await self._in_transaction(work)
+        if span.recording:
+            span.update({"duraflows.instance.uuid": str(key), "duraflows.event.name": event_name})
+        result = await span.watch(self._in_transaction(work))
+        _trace_result(span, result)
+        span.end()
+        return result
 
     async def process_expired_workflows(self, limit: int = 100) -> ProcessExpiredResult:
         """Run the timeout event of up to ``limit`` due instances, each in its own transaction.
@@ -716,6 +768,28 @@ class WorkflowRuntime:
         """``process_expired_workflows`` that checks ``should_stop()`` before each instance."""
         require_int(limit, "limit", minimum=1)
         await self.initialize()
+        span = _tracing.start(_tracing.SWEEP) if _tracing.ENABLED else None
+        if span is None:
+            return await self._sweep(limit, should_stop, None)
+        if span.recording:
+            span.update({"duraflows.sweep.limit": limit})
+        result = await span.watch(self._sweep(limit, should_stop, span))
+        if span.recording:
+            span.update(
+                {
+                    "duraflows.sweep.processed": result.processed,
+                    "duraflows.sweep.rejected": result.rejected,
+                    "duraflows.sweep.business_failed": len(result.business_failed),
+                    "duraflows.sweep.failed": len(result.failed),
+                    "duraflows.sweep.parked": len(result.parked),
+                }
+            )
+        span.end()
+        return result
+
+    async def _sweep(
+        self, limit: int, should_stop: Callable[[], bool] | None, span: _tracing.Span | None
+    ) -> ProcessExpiredResult:
         now = self._now()
         runner = self.persistence.transaction_runner
         # The scan claims its batch for a while, so that concurrent sweeps take disjoint
@@ -726,6 +800,8 @@ class WorkflowRuntime:
             due = await self.persistence.instance_store.find_expired(
                 limit, now, claim_until=claim_until
             )
+        if span is not None and span.recording:
+            span.update({"duraflows.sweep.found": len(due)})
         processed = rejected = 0
         business_failed: list[BusinessFailure] = []
         failed: list[TimeoutFailure] = []
@@ -737,33 +813,81 @@ class WorkflowRuntime:
                     [i.uuid for i in due[index:]], claim_until
                 )
                 break
-            try:
-                # Rows without retry state were claimed by this scan: no other sweep takes
-                # them, so whoever holds one (a request, a peer's scan re-checking it) lets go
-                # soon and waiting is right. Unclaimed rows may be in a peer's hands: pass over.
-                outcome = await self._in_transaction(
-                    functools.partial(
-                        self._process_timeout,
-                        scanned.uuid,
-                        skip_locked=scanned.timeout_retry is not None,
-                    )
-                )
-            except Exception as exc:
-                failure = await self._record_timeout_failure(scanned, _error_text(exc))
-                failed.append(failure)
-                if failure.attempts is None:
-                    # Queued at once, so that a cancellation later in the batch keeps it.
-                    self._unreleased_claims.append((scanned.uuid, claim_until))
-                elif failure.retry_at is None:
-                    parked.append(ParkedTimeout(scanned.uuid, failure.error))
-                continue
-            if outcome == "rejected":
+            if span is None:
+                outcome = await self._sweep_one(scanned, claim_until, None)
+            else:
+                outcome = await self._traced_sweep_one(scanned, claim_until)
+            if isinstance(outcome, TimeoutFailure):
+                failed.append(outcome)
+                if outcome.attempts is not None and outcome.retry_at is None:
+                    parked.append(ParkedTimeout(scanned.uuid, outcome.error))
+            elif outcome == "rejected":
                 rejected += 1
             elif outcome is not None:
                 processed += 1
                 if isinstance(outcome, BusinessFailure):
                     business_failed.append(outcome)
         return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
+
+    async def _sweep_one(
+        self, scanned: WorkflowInstance, claim_until: datetime, span: _tracing.Span | None
+    ) -> str | BusinessFailure | TimeoutFailure | None:
+        """Process one scanned instance in a transaction of its own. A failure is rolled back,
+        recorded (retry or parking) and returned, never raised."""
+        try:
+            # Rows without retry state were claimed by this scan: no other sweep takes them, so
+            # whoever holds one (a request, a peer's scan re-checking it) lets go soon and
+            # waiting is right. Unclaimed rows may be in a peer's hands: pass over.
+            return await self._in_transaction(
+                functools.partial(
+                    self._process_timeout,
+                    scanned.uuid,
+                    skip_locked=scanned.timeout_retry is not None,
+                    span=span,
+                )
+            )
+        except Exception as exc:
+            if span is not None:
+                span.fail(exc)
+            failure = await self._record_timeout_failure(scanned, _error_text(exc))
+            if failure.attempts is None:
+                # Queued at once, so that a cancellation later in the batch keeps it.
+                self._unreleased_claims.append((scanned.uuid, claim_until))
+            return failure
+
+    async def _traced_sweep_one(
+        self, scanned: WorkflowInstance, claim_until: datetime
+    ) -> str | BusinessFailure | TimeoutFailure | None:
+        """``_sweep_one`` in a "duraflows.timeout" span, a child of the sweep's."""
+        span = _tracing.start(_tracing.TIMEOUT)
+        if span is None:
+            return await self._sweep_one(scanned, claim_until, None)
+        if span.recording:
+            span.update(
+                {
+                    "duraflows.workflow.name": scanned.workflow_name,
+                    "duraflows.instance.uuid": str(scanned.uuid),
+                    "duraflows.state.from": scanned.current_state,
+                }
+            )
+        outcome = await span.watch(self._sweep_one(scanned, claim_until, span))
+        if span.recording:
+            if not isinstance(outcome, TimeoutFailure):
+                what = (
+                    "skipped"
+                    if outcome is None
+                    else "rejected"
+                    if outcome == "rejected"
+                    else "processed"
+                )
+            elif outcome.attempts is None:  # not even the failure could be recorded
+                what = "failed"
+            else:
+                what = "failed" if outcome.retry_at is not None else "parked"
+                span.update({"duraflows.timeout.attempts": outcome.attempts})
+            span.update({"duraflows.timeout.outcome": what})
+        span.end()
+        return outcome
 
     async def _release_unreleased_claims(self, now: datetime) -> None:
         """Hand back the claims of instances an earlier sweep failed on without recording it.
@@ -807,7 +931,12 @@ class WorkflowRuntime:
         )
 
     async def _process_timeout(
-        self, instance_uuid: UUID, events: list[StateEnterEvent], *, skip_locked: bool
+        self,
+        instance_uuid: UUID,
+        events: list[StateEnterEvent],
+        *,
+        skip_locked: bool,
+        span: _tracing.Span | None = None,
     ) -> str | BusinessFailure | None:
         instance = await self.persistence.instance_store.lock_by_uuid(
             instance_uuid, skip_locked=skip_locked
@@ -827,7 +956,11 @@ class WorkflowRuntime:
             return None
         event_name, _event = timeout
         trigger = dict(_TIMEOUT_TRIGGER)
-        result = await self._execute_event(instance, definition, event_name, None, trigger, events)
+        result = await self._execute_event(
+            instance, definition, event_name, None, trigger, events, span
+        )
+        if span is not None:
+            _trace_result(span, result)
         if result.outcome == "guard-rejected":
             # Rejected timeouts do not fire again: the deadline is cleared.
             now = self._now()
