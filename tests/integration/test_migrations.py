@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import os
+import re
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -548,7 +550,11 @@ async def test_generator_with_a_schema(empty_database: str, other_empty_database
 
 
 async def test_uuidv7_generator_output(pg_server: Any, conn: asyncpg.Connection) -> None:
-    if pg_server.version_num < 180000:
+    # Gated on the server itself: uuidv7() is there exactly from PostgreSQL 18 on, so this runs
+    # on every 18 and skips (saying why) on older ones only.
+    has_uuidv7 = await conn.fetchval("SELECT to_regprocedure('uuidv7()') IS NOT NULL")
+    assert has_uuidv7 == (pg_server.version_num >= 180000), pg_server.version
+    if not has_uuidv7:
         pytest.skip(f"uuidv7() needs PostgreSQL 18, the server is {pg_server.version}")
     await conn.execute(generate_migration_sql(uuid_strategy="uuidv7").up)
     instance = await insert_instance(conn)
@@ -572,50 +578,153 @@ async def test_uuidv7_generator_output(pg_server: Any, conn: asyncpg.Connection)
 
 
 # --- the real dbmate tool --------------------------------------------------------------------
+# dbmate's binary from its npm package (@dbmate/<platform>), fetched once by
+# scripts/pg_binaries.py into its cache: later sessions need no network. When it cannot be had,
+# the test fails (with the fetcher's message) rather than skipping.
 
 
-def _dbmate_binary() -> str | None:
-    beside_python = Path(sys.executable).with_name("dbmate")
-    return str(beside_python) if beside_python.exists() else shutil.which("dbmate")
+@pytest.fixture(scope="session")
+def dbmate_binary() -> str:
+    fetcher = REPO / "scripts" / "pg_binaries.py"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(fetcher), "dbmate"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"cannot run {fetcher}: {exc}", pytrace=False)
+    binary = result.stdout.strip()
+    if result.returncode != 0 or not binary or not Path(binary).is_file():
+        pytest.fail(
+            f"the dbmate binary of the npm package could not be fetched "
+            f"(`{fetcher.name} dbmate` exit {result.returncode}):\n{result.stderr.strip()}",
+            pytrace=False,
+        )
+    return binary
 
 
-async def _dbmate(dsn: str, *args: str) -> str:
-    binary = _dbmate_binary()
-    assert binary is not None
-    url = dsn + ("&" if "?" in dsn else "?") + "sslmode=disable"
+async def _run(argv: list[str], cwd: Path) -> str:
+    """Run a command with DBMATE_* and DATABASE_URL unset; its output, once it exited 0."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("DBMATE_") and k != "DATABASE_URL"
+    }
     process = await asyncio.create_subprocess_exec(
-        binary,
-        "--url",
-        url,
-        "--migrations-dir",
-        str(REPO / "migrations"),
-        "--no-dump-schema",
-        *args,
+        *argv,
+        cwd=cwd,  # an empty directory: no stray .env for dbmate to load
+        env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
-    output, _ = await process.communicate()
-    text = output.decode()
-    assert process.returncode == 0, text
-    return text
+    out, err = await process.communicate()
+    assert process.returncode == 0, (argv[1:], out.decode(), err.decode())
+    return out.decode()
 
 
-@pytest.mark.skipif(_dbmate_binary() is None, reason="the dbmate tool is not installed")
-async def test_dbmate_and_this_package_agree(empty_database: str, conn: asyncpg.Connection) -> None:
+class Tools:
+    """dbmate and ``duraflows-pg`` on one database, each reporting what it sees as applied."""
+
+    def __init__(self, dbmate: str, dsn: str, cwd: Path) -> None:
+        self.dbmate_binary, self.dsn, self.cwd = dbmate, dsn, cwd
+
+    async def dbmate(self, *args: str) -> str:
+        url = self.dsn + ("&" if "?" in self.dsn else "?") + "sslmode=disable"
+        migrations_dir = str(REPO / "migrations")
+        return await _run(
+            [self.dbmate_binary, "--url", url, "--migrations-dir", migrations_dir,
+             "--no-dump-schema", *args],
+            self.cwd,
+        )  # fmt: skip
+
+    async def cli(self, *args: str) -> str:
+        script = Path(sys.executable).with_name("duraflows-pg")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "duraflows_pg_async"]
+        return await _run([*command, "migrate", *args, "--database-url", self.dsn], self.cwd)
+
+    async def dbmate_status(self) -> dict[str, bool]:
+        """``dbmate status``: file name -> applied."""
+        report = await self.dbmate("status")
+        found = re.findall(r"^\[([ X])\] (\S+)$", report, re.MULTILINE)
+        assert found, report
+        return {name: mark == "X" for mark, name in found}
+
+    async def cli_status(self) -> dict[str, bool]:
+        """``duraflows-pg migrate status --json``: file name -> applied."""
+        entries = json.loads(await self.cli("status", "--json"))
+        return {f"{e['version']}_{e['name']}.sql": e["applied"] for e in entries}
+
+    async def agree(self, applied: list[str]) -> None:
+        """Both tools list every shipped file, and see exactly ``applied`` as applied."""
+        expected = {
+            path.name: path.name[:3] in applied
+            for path in sorted((REPO / "migrations").glob("*.sql"))
+        }
+        assert len(expected) == len(ALL_VERSIONS)
+        assert await self.dbmate_status() == expected
+        assert await self.cli_status() == expected
+
+
+@pytest.fixture
+def tools(dbmate_binary: str, empty_database: str, tmp_path: Path) -> Tools:
+    return Tools(dbmate_binary, empty_database, tmp_path)
+
+
+async def test_dbmate_applies_and_duraflows_pg_agrees(
+    tools: Tools, conn: asyncpg.Connection, other_empty_database: str
+) -> None:
+    await tools.agree([])
+    report = await tools.dbmate("up")
+    assert all(f"Applying: {path.name}" in report for path in (REPO / "migrations").glob("*.sql"))
+    await tools.agree(ALL_VERSIONS)
+    assert "up to date" in await tools.cli("up")
+    assert await recorded_versions(conn) == ALL_VERSIONS
+
+    # dbmate built the schema that this package's runner builds.
+    ours = await asyncpg.connect(other_empty_database)
+    try:
+        await apply(ours)
+        assert await catalog(conn, "public") == await catalog(ours, "public")
+    finally:
+        await ours.close()
+
+    await tools.dbmate("rollback")
+    await tools.agree(ALL_VERSIONS[:-1])
+    await tools.dbmate("rollback")
+    await tools.agree(ALL_VERSIONS[:-2])
+    # What dbmate left half-done, this package finishes.
+    up = await tools.cli("up")
+    assert up.splitlines() == [f"applied {m.version}_{m.name}" for m in list_migrations()[-2:]]
+    await tools.agree(ALL_VERSIONS)
+
+
+async def test_duraflows_pg_applies_and_dbmate_agrees(
+    tools: Tools, conn: asyncpg.Connection
+) -> None:
     assert versions(await apply(conn, target="004")) == ["001", "002", "003", "004"]
-    report = await _dbmate(empty_database, "status")
-    assert "[X] 004_definition_versions.sql" in report
-    assert "[ ] 005_timeout_retries.sql" in report
+    await tools.agree(ALL_VERSIONS[:4])
+    up = await tools.cli("up")
+    assert up.splitlines() == [f"applied {m.version}_{m.name}" for m in list_migrations()[4:]]
+    await tools.agree(ALL_VERSIONS)
+    assert "Applying" not in await tools.dbmate("up")  # nothing left for dbmate to do
+    await tools.agree(ALL_VERSIONS)
 
-    report = await _dbmate(empty_database, "up")
-    assert "Applied: 005_timeout_retries.sql" in report
-    assert "001_workflow_core" not in report
-    assert await applied_versions(conn) == ALL_VERSIONS
-    assert await apply(conn) == []
+    assert "rolled back 006_" in await tools.cli("down")
+    await tools.agree(ALL_VERSIONS[:-1])
+    report = await tools.dbmate("up")
+    assert "Applying: 006_" in report
+    assert "Applying: 005_" not in report
+    await tools.agree(ALL_VERSIONS)
 
-    await _dbmate(empty_database, "rollback")
-    assert await applied_versions(conn) == ALL_VERSIONS[:-1]
-    assert versions(await rollback(conn, steps=5)) == ALL_VERSIONS[-2::-1]
-    report = await _dbmate(empty_database, "up")
-    assert "Applied: 001_workflow_core.sql" in report
-    assert await applied_versions(conn) == ALL_VERSIONS
+    # dbmate rolls back, in turn, what this package applied: down to nothing, then up again.
+    for step in range(len(ALL_VERSIONS)):
+        report = await tools.dbmate("rollback")
+        assert f"Rolling back: {ALL_VERSIONS[-1 - step]}_" in report
+    await tools.agree([])
+    assert await catalog(conn, "public") == {
+        "tables": [], "columns": [], "constraints": [], "indexes": []
+    }  # fmt: skip
+    up = await tools.cli("up")
+    assert len(up.splitlines()) == len(ALL_VERSIONS)
+    await tools.agree(ALL_VERSIONS)
