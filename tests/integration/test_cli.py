@@ -266,6 +266,23 @@ async def make_runtime(persistence):
 """
 
 
+def due_reminder() -> WorkflowInstance:
+    """A reminder instance whose timeout fell due a second ago."""
+    now = datetime.now(UTC)
+    return WorkflowInstance(
+        uuid=uuid.uuid4(),
+        workflow_name="reminder",
+        current_state="waiting",
+        version=1,
+        context={},
+        metadata={},
+        expires_at=now - timedelta(seconds=1),
+        last_transition_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 async def test_worker_processes_due_timeouts_and_stops_on_sigterm(
     database: str, providers: WorkflowPersistenceProvider, tmp_path: Path
 ) -> None:
@@ -294,19 +311,7 @@ async def test_worker_processes_due_timeouts_and_stops_on_sigterm(
         text=True,
     )
     try:
-        now = datetime.now(UTC)
-        instance = WorkflowInstance(
-            uuid=uuid.uuid4(),
-            workflow_name="reminder",
-            current_state="waiting",
-            version=1,
-            context={},
-            metadata={},
-            expires_at=now - timedelta(seconds=1),
-            last_transition_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        instance = due_reminder()
         await providers.instance_store.create(instance)
         deadline = time.monotonic() + 30
         while True:
@@ -366,19 +371,7 @@ async def test_worker_second_signal_aborts_the_instance_in_hand(
         "IN_COMMAND_MARKER": str(marker),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
-    now = datetime.now(UTC)
-    instance = WorkflowInstance(
-        uuid=uuid.uuid4(),
-        workflow_name="reminder",
-        current_state="waiting",
-        version=1,
-        context={},
-        metadata={},
-        expires_at=now - timedelta(seconds=1),
-        last_transition_at=now,
-        created_at=now,
-        updated_at=now,
-    )
+    instance = due_reminder()
     await providers.instance_store.create(instance)
     argv = [sys.executable, "-m", "duraflows_pg_async", "worker", "cli_slow:make_runtime"]
     proc = await asyncio.to_thread(
