@@ -222,8 +222,8 @@ class _Transaction:
         if self._span is not None and self._span.recording:
             self._span.update(
                 _tracing.connection_attributes(root.connection)
-                if parent is None
-                else {"duraflows.savepoint.name": f"duraflows_sp_{root.savepoints}"}
+                if self._savepoint is None
+                else {"duraflows.savepoint.name": self._savepoint}
             )
         scope = _Scope(root)
         self._scope = scope
