@@ -127,11 +127,10 @@ async def test_lock_waits_show_the_waiter_and_its_blocker(
             "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
         )
         task = asyncio.ensure_future(blocked)
-        rows: list[asyncpg.Record] = []
-        for _ in range(100):  # until the waiter is queued on the lock
-            rows = await pool.fetch(block_after("Sessions waiting on a workflow row lock"))
-            if rows:
-                break
+        # Until the waiter is queued on the lock (it cannot finish before the holder lets go).
+        waits = block_after("Sessions waiting on a workflow row lock")
+        while not (rows := await pool.fetch(waits)):
+            assert not task.done(), task
             await asyncio.sleep(0.02)
         assert len(rows) == 1
         assert rows[0]["blocking_pid"] == holder.get_server_pid()

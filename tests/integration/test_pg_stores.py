@@ -134,12 +134,13 @@ async def test_concurrent_stale_updates_raise_optimistic_lock_errors(database: s
         p = pg_workflow_providers(pool)
         instance = make_instance()
         await p.instance_store.create(instance)
-        start = asyncio.Event()
+        # Every writer has read version 0 before any of them writes.
+        all_read = asyncio.Barrier(8)
 
         async def writer(n: int) -> str:
             copy = await p.instance_store.find_by_uuid(instance.uuid)
             assert copy is not None
-            await start.wait()
+            await all_read.wait()
             copy.version += 1
             copy.context = {"writer": n}
             try:
@@ -150,10 +151,7 @@ async def test_concurrent_stale_updates_raise_optimistic_lock_errors(database: s
                 return "conflict"
             return "won"
 
-        tasks = [asyncio.create_task(writer(n)) for n in range(8)]
-        await asyncio.sleep(0.05)
-        start.set()
-        outcomes = await asyncio.gather(*tasks)
+        outcomes = await asyncio.gather(*(writer(n) for n in range(8)))
         assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
         stored = await p.instance_store.find_by_uuid(instance.uuid)
         assert stored is not None

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,13 +242,31 @@ async def test_savepoints_are_child_spans(
 
 
 async def test_a_transaction_that_cannot_start(spans: Spans, database: str) -> None:
+    class Started(SpanProcessor):
+        def __init__(self) -> None:
+            self.event = asyncio.Event()
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.event.set()
+
+    started = Started()
+    spans.provider.add_span_processor(started)
     pool = await create_pool(database, min_size=1, max_size=1)
     runner = pg_workflow_providers(pool).transaction_runner
+
+    async def enter() -> None:
+        async with runner.transaction():
+            pass
+
     async with pool.acquire():
-        # The only connection is taken: acquire() waits, and the timeout cancels it.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.2), runner.transaction():
-                pass
+        # The only connection is taken: once its span has started, the transaction waits in
+        # acquire() until it is cancelled.
+        task = asyncio.create_task(enter())
+        await started.event.wait()
+        waiting_at = time.time_ns()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     await pool.close()
     with pytest.raises(DatabaseError):
         async with runner.transaction():
@@ -257,7 +276,7 @@ async def test_a_transaction_that_cannot_start(spans: Spans, database: str) -> N
     assert waited.status.status_code is StatusCode.UNSET  # a cancellation is not an error
     assert waited.end_time is not None
     assert waited.start_time is not None
-    assert waited.end_time - waited.start_time >= 150_000_000  # the wait for a connection
+    assert waited.start_time <= waiting_at <= waited.end_time  # the wait for a connection
     assert refused.status.status_code is StatusCode.ERROR
     assert trace.get_current_span() is trace.INVALID_SPAN
 

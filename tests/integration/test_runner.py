@@ -170,12 +170,36 @@ async def test_timeouts_are_set_local_once_per_transaction(recorded: Any) -> Non
         assert await plain.connection().fetchval("SHOW lock_timeout") == "0"
 
 
-async def test_zero_timeout_is_accepted_and_fractions_round_up(pool: asyncpg.Pool) -> None:
-    runner = PgTransactionRunner(pool, lock_timeout=0, statement_timeout=0.0015)
-    assert runner.lock_timeout_ms == 0
-    assert runner.statement_timeout_ms == 2
-    async with runner.transaction():
-        assert await runner.connection().fetchval("SHOW statement_timeout") == "2ms"
+async def test_zero_timeout_is_accepted_and_fractions_round_up(database: str) -> None:
+    # The session defaults are non-zero, so reading back "0" shows that 0 was applied, not
+    # left out. Read-backs use timeouts no statement can reach on a loaded machine; a tiny
+    # positive timeout is checked as the milliseconds the runner will SET.
+    pool = await create_pool(
+        database,
+        min_size=1,
+        max_size=1,
+        server_settings={"lock_timeout": "40s", "statement_timeout": "50s"},
+    )
+    try:
+        zero = PgTransactionRunner(pool, lock_timeout=0, statement_timeout=timedelta(0))
+        assert (zero.lock_timeout_ms, zero.statement_timeout_ms) == (0, 0)
+        async with zero.transaction():
+            conn = zero.connection()
+            assert await conn.fetchval("SHOW lock_timeout") == "0"
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+        fraction = PgTransactionRunner(pool, lock_timeout=60.0005, statement_timeout=30.0001)
+        assert (fraction.lock_timeout_ms, fraction.statement_timeout_ms) == (60001, 30001)
+        async with fraction.transaction():
+            conn = fraction.connection()
+            assert await conn.fetchval("SHOW lock_timeout") == "60001ms"
+            assert await conn.fetchval("SHOW statement_timeout") == "30001ms"
+        # Below a millisecond still rounds up: never to 0, which would mean "no timeout".
+        tiny = PgTransactionRunner(pool, lock_timeout=0.0015, statement_timeout=1e-9)
+        assert (tiny.lock_timeout_ms, tiny.statement_timeout_ms) == (2, 1)
+        # Outside any transaction the session's own settings are back.
+        assert await pool.fetchval("SHOW statement_timeout") == "50s"
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "3s", True, timedelta(-1)])

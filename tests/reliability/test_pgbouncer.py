@@ -588,7 +588,14 @@ async def test_a_cancelled_transaction_leaves_nothing_behind(
 
     task = asyncio.create_task(work())
     await asyncio.wait_for(inside.wait(), 10)
-    await asyncio.sleep(0.2)
+    # Cancel only once the server is running the sleep, so the cancel request has a query to
+    # stop.
+    while not await raw_connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
+    ):
+        assert not task.done(), task
+        await asyncio.sleep(0.01)
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
