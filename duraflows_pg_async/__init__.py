@@ -91,6 +91,7 @@ from .errors import (
     StatementTimeoutError,
     TransactionConflictError,
     TransactionTaskError,
+    UnreadableRowError,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
@@ -189,6 +190,7 @@ __all__ = [
     "InvalidEventError",
     "CommandFailureError",
     "OnEnterDepthExceededError",
+    "UnreadableRowError",
     "__version__",
 ]
 

@@ -39,12 +39,19 @@ class WorkflowInstanceStore(Protocol):
     async def update(self, instance: WorkflowInstance) -> None: ...
 
     async def find_expired(
-        self, limit: int, now: datetime, *, claim_until: datetime | None = None
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        claim_until: datetime | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> list[WorkflowInstance]: ...
 
     async def release_claims(
         self, instance_uuids: Sequence[UUID | str], claim_until: datetime
     ) -> None: ...
+
+    async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool: ...
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

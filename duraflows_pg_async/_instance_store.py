@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ import asyncpg
 
 from ._codecs import decoded
 from ._model import TimeoutRetry, WorkflowInstance
+from ._runner import AnyConnection
 from ._store_base import PgStore
 from ._validate import (
     INT4_MAX,
@@ -26,15 +28,20 @@ from .errors import (
     InstanceAlreadyExistsError,
     InvalidArgumentError,
     OptimisticLockError,
+    UnreadableRowError,
+    WorkflowError,
     map_db_errors,
     raise_mapped,
 )
 
 __all__ = ["PgWorkflowInstanceStore"]
 
+logger = logging.getLogger("duraflows_pg_async")
+
 
 def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
     attempts = row[11]
+    retry_at = row[12]
     return WorkflowInstance(
         uuid=row[0],
         workflow_name=row[1],
@@ -42,8 +49,8 @@ def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
         version=row[3],
         expires_at=row[4],
         last_transition_at=row[5],
-        context=decoded(row[6], "workflow_instances.context_json"),
-        metadata=decoded(row[7], "workflow_instances.metadata_json"),
+        context=_json_object(row[6], row[0], CONTEXT_COLUMN),
+        metadata=_json_object(row[7], row[0], METADATA_COLUMN),
         created_at=row[8],
         updated_at=row[9],
         definition_version=row[10],
@@ -51,13 +58,48 @@ def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
             TimeoutRetry(
                 attempts=attempts,
                 last_error=row[13] or "",
-                retry_at=row[12],
+                retry_at=retry_at,
                 parked_at=row[14],
             )
             if attempts
             else None
         ),
+        # Without retry state, timeout_retry_at is a sweep's claim (see claim_expired).
+        claimed_until=None if attempts else retry_at,
     )
+
+
+CONTEXT_COLUMN = "workflow_instances.context_json"
+METADATA_COLUMN = "workflow_instances.metadata_json"
+
+
+def _json_object(value: object, instance_uuid: UUID, column: str) -> dict[str, Any]:
+    if type(value) is dict:
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        decoded(value, column)  # an object's text: the connection has no JSON codecs
+    kind = "a JSON string" if isinstance(value, str) else f"JSON {_json_kind(value)}"
+    raise UnreadableRowError(instance_uuid, column, f"holds {kind}, not a JSON object")
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return f"of Python type {type(value).__name__}"
+
+
+def _is_decode_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while asyncpg read rows, came from the JSON decoder.
+
+    The server sent the rows, so such an error leaves the connection and transaction usable.
+    """
+    return not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | WorkflowError)
 
 
 def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowInstance:
@@ -119,6 +161,18 @@ def checked_count_arguments(
     return [require_str(s, "exclude_states[]") for s in exclude_states]
 
 
+def checked_workflow_names(workflow_names: object) -> list[str]:
+    """Validate a ``workflow_names`` argument; returns the distinct names as a list."""
+    if isinstance(workflow_names, str) or not isinstance(
+        workflow_names, Sequence | set | frozenset
+    ):
+        raise InvalidArgumentError(
+            "workflow_names must be a sequence of workflow names, got "
+            f"{type(workflow_names).__name__}"
+        )
+    return list(dict.fromkeys(require_str(n, "workflow_names[]") for n in workflow_names))
+
+
 def _retry_columns(
     retry: TimeoutRetry | None,
 ) -> tuple[int, datetime | None, str | None, datetime | None]:
@@ -168,6 +222,8 @@ class PgWorkflowInstanceStore(PgStore):
         try:
             row = await executor.fetchrow(self._q.select_instance, key)
         except Exception as exc:
+            if _is_decode_error(exc):
+                raise await self._undecodable(executor, key, exc) from exc
             raise_mapped(exc, f"find_by_uuid {key}", executor)
         return None if row is None else _instance_from_row(row)
 
@@ -186,6 +242,8 @@ class PgWorkflowInstanceStore(PgStore):
         try:
             row = await conn.fetchrow(query, key)
         except Exception as exc:
+            if _is_decode_error(exc):
+                raise await self._undecodable(conn, key, exc) from exc
             raise_mapped(exc, f"lock_by_uuid {key}", conn)
         return None if row is None else _instance_from_row(row)
 
@@ -223,40 +281,135 @@ class PgWorkflowInstanceStore(PgStore):
             raise OptimisticLockError(instance_uuid, expected)
 
     async def find_expired(
-        self, limit: int, now: datetime, *, claim_until: datetime | None = None
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        claim_until: datetime | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> list[WorkflowInstance]:
         """Due instances (deadline or retry time before ``now``, not parked), oldest due first,
         locked FOR UPDATE SKIP LOCKED until the transaction ends. Requires a transaction.
 
         With ``claim_until``, the returned instances that have no retry state are also claimed
-        until then: other sweeps skip them even after this transaction ends, so concurrent
-        sweepers get disjoint batches. Writing an instance with ``update`` ends its claim.
+        until then (their ``claimed_until``): other sweeps skip them even after this transaction
+        ends, so concurrent sweepers get disjoint batches. Writing an instance with ``update``
+        ends its claim. ``workflow_names`` limits the search to those workflows (None: all).
+
+        A due row whose JSON cannot be decoded is not returned: it is parked, with an error
+        naming the instance and column as its last error, and logged; the others are returned.
         """
         require_int(limit, "limit", minimum=1)
         require_aware(now, "now")
+        names = None if workflow_names is None else checked_workflow_names(workflow_names)
+        if claim_until is not None and require_aware(claim_until, "claim_until") <= now:
+            raise InvalidArgumentError("claim_until must be later than now")
         conn = self._transaction_connection("find_expired")
+        if names is not None and not names:
+            return []
+        q = self._q
         with map_db_errors("find_expired", conn):
             if claim_until is None:
-                rows = await conn.fetch(self._q.find_expired, limit, now)
+                if names is None:
+                    keys = await conn.fetch(q.find_expired, limit, now)
+                else:
+                    keys = await conn.fetch(q.find_expired_of, limit, now, names)
+            elif names is None:
+                keys = await conn.fetch(q.claim_expired, limit, now, claim_until)
             else:
-                if require_aware(claim_until, "claim_until") <= now:
-                    raise InvalidArgumentError("claim_until must be later than now")
-                rows = await conn.fetch(self._q.claim_expired, limit, now, claim_until)
-        return [_instance_from_row(row) for row in rows]
+                keys = await conn.fetch(q.claim_expired_of, limit, now, claim_until, names)
+        return await self._read_due(conn, [k[0] for k in keys], now)
+
+    async def _read_due(
+        self, conn: AnyConnection, keys: list[UUID], now: datetime
+    ) -> list[WorkflowInstance]:
+        """The instances of ``keys`` in that order; unreadable ones are parked and left out."""
+        if not keys:
+            return []
+        try:
+            with map_db_errors("find_expired", conn):
+                rows = await conn.fetch(self._q.select_instances, keys)
+            by_uuid = {row[0]: _instance_from_row(row) for row in rows}
+        except UnreadableRowError:
+            by_uuid = {}
+        except Exception as exc:
+            if not _is_decode_error(exc):
+                raise
+            by_uuid = {}
+        if len(by_uuid) == len(keys):
+            return [by_uuid[key] for key in keys]
+        # One row at a time, to find the unreadable ones (the others read as before).
+        found: list[WorkflowInstance] = []
+        for key in keys:
+            try:
+                instance = await self.lock_by_uuid(key)
+            except UnreadableRowError as exc:
+                await self._park_unreadable(conn, exc, now)
+                continue
+            if instance is not None:
+                found.append(instance)
+        return found
+
+    async def _park_unreadable(
+        self, conn: AnyConnection, error: UnreadableRowError, now: datetime
+    ) -> None:
+        # Retrying cannot help until someone repairs the row; parked, it shows in
+        # find_parked_timeouts and the monitoring queries, and rearm_timeout resumes it.
+        message = str(error)
+        logger.error("duraflows: timeout parked: %s", message)
+        with map_db_errors(f"park instance {error.instance_uuid}", conn):
+            await conn.execute(self._q.park_unreadable, error.instance_uuid, message, now)
+
+    async def _undecodable(
+        self, executor: AnyConnection | asyncpg.Pool, key: UUID, exc: BaseException
+    ) -> UnreadableRowError:
+        """The error for a row whose JSON the codec refused, naming the column."""
+        column = f"{CONTEXT_COLUMN} or {METADATA_COLUMN}"
+        for name, query in (
+            (CONTEXT_COLUMN, self._q.select_context),
+            (METADATA_COLUMN, self._q.select_metadata),
+        ):
+            try:
+                await executor.fetchval(query, key)
+            except Exception as probe:
+                if _is_decode_error(probe):
+                    column = name
+                    break
+                raise_mapped(probe, f"read instance {key}", executor)
+        detail = str(exc)[:200]
+        return UnreadableRowError(
+            key, column, f"cannot be decoded ({type(exc).__name__}: {detail})"
+        )
 
     async def release_claims(
         self, instance_uuids: Sequence[UUID | str], claim_until: datetime
     ) -> None:
         """End the claims that ``find_expired(claim_until=...)`` took on these instances and that
-        were not used (a sweep stopped early); claims renewed since are left alone."""
+        were not used. Claims renewed since, and rows another transaction holds, are left alone
+        (never waited for)."""
         keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
         require_aware(claim_until, "claim_until")
         if not keys:
             return
+        executor = self._executor()
         try:
-            await self._executor().execute(self._q.release_claims, keys, claim_until)
+            await executor.execute(self._q.release_claims, keys, claim_until)
         except Exception as exc:
-            raise_mapped(exc, "release_claims")
+            raise_mapped(exc, "release_claims", executor)
+
+    async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool:
+        """Make the instance's timeout due no earlier than ``until`` without recording anything:
+        a claim if it has no retry state, its retry time otherwise. For a sweep that could not
+        record a failure. Never waits for a row lock; False when the row is held, gone, parked
+        or already due later."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        require_aware(until, "until")
+        executor = self._executor()
+        try:
+            status = await executor.execute(self._q.postpone_timeout, key, until)
+        except Exception as exc:
+            raise_mapped(exc, f"postpone_timeout {key}", executor)
+        return bool(status == "UPDATE 1")
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

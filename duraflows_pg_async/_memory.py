@@ -37,7 +37,7 @@ from uuid import UUID, uuid4
 from ._contract import WorkflowPersistenceProvider
 from ._definition_store import check_ensure_arguments
 from ._history_store import checked_record
-from ._instance_store import _checked, checked_count_arguments
+from ._instance_store import _checked, checked_count_arguments, checked_workflow_names
 from ._model import (
     CommandResult,
     HistoryOutcome,
@@ -155,8 +155,13 @@ def _stored_retry(retry: TimeoutRetry | None) -> TimeoutRetry | None:
     )
 
 
-def _export_instance(row: WorkflowInstance) -> WorkflowInstance:
-    return dataclasses.replace(row, context=_clone(row.context), metadata=_clone(row.metadata))
+def _export_instance(row: WorkflowInstance, claims: dict[UUID, datetime]) -> WorkflowInstance:
+    return dataclasses.replace(
+        row,
+        context=_clone(row.context),
+        metadata=_clone(row.metadata),
+        claimed_until=claims.get(row.uuid) if row.timeout_retry is None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,7 +756,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         key = coerce_uuid(instance_uuid, "instance_uuid")
         level = _reading_level(self._database, f"find_by_uuid {key}")
         row = self._database._instance(level, key)
-        return None if row is None else _export_instance(row)
+        return None if row is None else _export_instance(row, self._database._claims)
 
     async def lock_by_uuid(
         self, instance_uuid: UUID | str, *, skip_locked: bool = False
@@ -773,7 +778,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
                 return None
             await database._lock(level, key, _FOR_UPDATE, what)
             row = database._instance(level, key)
-            return None if row is None else _export_instance(row)
+            return None if row is None else _export_instance(row, database._claims)
 
         return await _statement(database, what, op, requires_transaction="lock_by_uuid")
 
@@ -826,17 +831,23 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         await _statement(database, what, op)
 
     async def find_expired(
-        self, limit: int, now: datetime, *, claim_until: datetime | None = None
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        claim_until: datetime | None = None,
+        workflow_names: Sequence[str] | None = None,
     ) -> list[WorkflowInstance]:
         """Due instances (deadline or retry time before ``now``, not parked), oldest due first,
         locked until the transaction ends; rows locked by other transactions are skipped (SKIP
-        LOCKED). Requires a transaction.
+        LOCKED). Requires a transaction. ``workflow_names`` limits the search (None: all).
 
         With ``claim_until``, returned instances without retry state are claimed until then, as
         in PostgreSQL; here claims take effect at once (not at commit) and ``update`` ends them.
         """
         require_int(limit, "limit", minimum=1)
         require_aware(now, "now")
+        names = None if workflow_names is None else set(checked_workflow_names(workflow_names))
         if claim_until is not None and require_aware(claim_until, "claim_until") <= now:
             raise InvalidArgumentError("claim_until must be later than now")
         database = self._database
@@ -844,6 +855,8 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         async def op(level: _Level) -> list[WorkflowInstance]:
             due: list[tuple[datetime, WorkflowInstance]] = []
             for row in database._all_instances(level).values():
+                if names is not None and row.workflow_name not in names:
+                    continue
                 expires_at = row.expires_at
                 if expires_at is None or not expires_at < now:
                     continue
@@ -872,9 +885,9 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
                 if database._blockers(root, row.uuid, _FOR_UPDATE):
                     continue
                 await database._lock(level, row.uuid, _FOR_UPDATE, "find_expired")
-                found.append(_export_instance(row))
                 if claim_until is not None and row.timeout_retry is None:
                     database._claims[row.uuid] = claim_until
+                found.append(_export_instance(row, database._claims))
             return found
 
         return await _statement(database, "find_expired", op, requires_transaction="find_expired")
@@ -882,12 +895,43 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
     async def release_claims(
         self, instance_uuids: Sequence[UUID | str], claim_until: datetime
     ) -> None:
-        """End unused sweep claims taken with ``find_expired(claim_until=...)``."""
+        """End unused sweep claims taken with ``find_expired(claim_until=...)``; never waits."""
         keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
         require_aware(claim_until, "claim_until")
         for key in keys:
             if self._database._claims.get(key) == claim_until:
                 del self._database._claims[key]
+
+    async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool:
+        """Make the instance's timeout due no earlier than ``until`` without recording anything
+        (see the PostgreSQL store). Never waits for a row lock."""
+        key = coerce_uuid(instance_uuid, "instance_uuid")
+        until = _utc(require_aware(until, "until"))
+        database = self._database
+        what = f"postpone_timeout {key}"
+
+        async def op(level: _Level) -> bool:
+            row = database._instance(level, key)
+            if row is None or database._blockers(level.root, key, _FOR_UPDATE):
+                return False
+            retry = row.timeout_retry
+            if retry is None:
+                claim = database._claims.get(key)
+                if claim is not None and claim >= until:
+                    return False
+                database._claims[key] = until
+                return True
+            if retry.parked_at is not None or (
+                retry.retry_at is not None and retry.retry_at >= until
+            ):
+                return False
+            await database._lock(level, key, _NO_KEY_UPDATE, what)
+            level.instances[key] = dataclasses.replace(
+                row, timeout_retry=dataclasses.replace(retry, retry_at=until)
+            )
+            return True
+
+        return await _statement(database, what, op)
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None
@@ -906,7 +950,8 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
                 continue
             parked.append((retry.parked_at, row.uuid, row))
         parked.sort(key=lambda item: (item[0], item[1]))
-        return [_export_instance(row) for _, _, row in parked[:limit]]
+        claims = self._database._claims
+        return [_export_instance(row, claims) for _, _, row in parked[:limit]]
 
     async def count_instances(
         self,

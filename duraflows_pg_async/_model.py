@@ -38,6 +38,9 @@ class WorkflowInstance:
 
     ``version`` is the optimistic-lock counter: a caller increments it *before* calling
     ``update()``, and the store matches ``version - 1``. ``metadata`` is written once, at create.
+
+    ``claimed_until`` is read-only: set when a timeout sweep holds a lease on the instance (see
+    ``find_expired(claim_until=...)``); ``update()`` never writes it and always ends the claim.
     """
 
     uuid: UUID
@@ -52,6 +55,7 @@ class WorkflowInstance:
     updated_at: datetime
     definition_version: int | None = None
     timeout_retry: TimeoutRetry | None = None
+    claimed_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,43 @@ HISTORY_COLUMNS = (
 DEFINITION_COLUMNS = "workflow_name, version, content_hash, definition_json, registered_at"
 
 
+# A due timeout: a deadline and, if retrying, a retry time before $2, not parked. The coalesce()
+# predicate repeats the others so that the partial indexes on coalesce(timeout_retry_at,
+# expires_at) (005's, and 100's per workflow) can be range-scanned in due order.
+_DUE_AT = "coalesce(timeout_retry_at, expires_at)"
+_DUE = (
+    f"expires_at IS NOT NULL AND timeout_parked_at IS NULL AND {_DUE_AT} < $2 "
+    "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2)"
+)
+
+
+def _due_of(instances: str, names: str) -> str:
+    """uuid and due_at of up to $1 due rows of the workflows in ``names``, locked SKIP LOCKED.
+
+    One index scan per workflow (the index of migration 100 leads with workflow_name), merged:
+    a single scan with ``workflow_name = ANY(...)`` can return rows in due order only for one
+    name, and PostgreSQL would sort every due row of the listed workflows instead.
+    """
+    return (
+        f"SELECT d.uuid, d.due_at FROM unnest({names}::text[]) AS w(name) CROSS JOIN LATERAL "
+        f"(SELECT uuid, {_DUE_AT} AS due_at FROM {instances} "
+        f"WHERE workflow_name = w.name AND {_DUE} "
+        f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED) AS d ORDER BY d.due_at LIMIT $1"
+    )
+
+
+def _claim(instances: str, due: str) -> str:
+    # = ANY(ARRAY(...)) finds the batch through the primary key whatever the planner guesses
+    # about the CTE's size.
+    return (
+        f"WITH due AS MATERIALIZED ({due}), "
+        f"claimed AS (UPDATE {instances} SET timeout_retry_at = CASE "
+        "WHEN timeout_attempts = 0 THEN $3 ELSE timeout_retry_at END "
+        "WHERE uuid = ANY (ARRAY(SELECT uuid FROM due)) RETURNING uuid) "
+        "SELECT uuid FROM claimed JOIN due USING (uuid) ORDER BY due.due_at"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
     insert_instance: str
@@ -34,8 +71,15 @@ class Queries:
     try_lock_instance: str
     update_instance: str
     find_expired: str
+    find_expired_of: str
     claim_expired: str
+    claim_expired_of: str
+    select_instances: str
+    select_context: str
+    select_metadata: str
     release_claims: str
+    postpone_timeout: str
+    park_unreadable: str
     find_parked: str
     count_instances: str
     insert_history: str
@@ -86,46 +130,57 @@ def render_queries(schema: str | None) -> Queries:
             "timeout_last_error = $11, timeout_parked_at = $12 "
             "WHERE uuid = $1 AND version = $13"
         ),
-        # $1=limit $2=now (the application's clock, never the database's).
-        # The coalesce() predicate repeats the others so that the partial index on
-        # coalesce(timeout_retry_at, expires_at) can be range-scanned in due order.
-        # SKIP LOCKED lets many sweepers share the work; it does not make them exclusive (the
-        # locks end with the scan), which is why the runtime re-checks each row under lock_by_uuid.
+        # $1=limit $2=now (the application's clock, never the database's). The uuids of due rows,
+        # oldest due first; select_instances reads them, so that one row the codec cannot decode
+        # does not fail the batch. SKIP LOCKED lets many sweepers share the work; it does not make
+        # them exclusive (the locks end with the scan), which is why the runtime re-checks each
+        # row under lock_by_uuid.
         find_expired=(
-            f"SELECT {INSTANCE_COLUMNS} FROM {instances} "
-            "WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL "
-            "AND coalesce(timeout_retry_at, expires_at) < $2 "
-            "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) "
-            "ORDER BY coalesce(timeout_retry_at, expires_at) "
-            "LIMIT $1 FOR UPDATE SKIP LOCKED"
+            f"SELECT uuid FROM {instances} WHERE {_DUE} "
+            f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED"
         ),
-        # $1=limit $2=now $3=claim_until. find_expired, and the rows returned are claimed: their
-        # timeout_retry_at is set to $3, so that concurrent sweeps (ours and the TypeScript
-        # runtime's alike) pass over them instead of walking the same rows. Only rows without
-        # retry state are claimed (timeout_attempts = 0), whose models ignore timeout_retry_at;
-        # processing writes the retry columns back (clearing the claim), a recorded failure
-        # overwrites it, and a crashed sweeper's claims fall due again at $3. The rows come back
-        # as claimed; their models are unchanged, since attempts = 0 means "no retry state".
-        claim_expired=(
-            f"WITH due AS MATERIALIZED (SELECT uuid, coalesce(timeout_retry_at, expires_at) "
-            f"AS due_at FROM {instances} "
-            "WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL "
-            "AND coalesce(timeout_retry_at, expires_at) < $2 "
-            "AND expires_at < $2 AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) "
-            "ORDER BY coalesce(timeout_retry_at, expires_at) "
-            "LIMIT $1 FOR UPDATE SKIP LOCKED), "
-            # = ANY(ARRAY(...)) finds the batch through the primary key whatever the planner
-            # guesses about the CTE's size.
-            f"claimed AS (UPDATE {instances} SET timeout_retry_at = CASE "
-            "WHEN timeout_attempts = 0 THEN $3 ELSE timeout_retry_at END "
-            "WHERE uuid = ANY (ARRAY(SELECT uuid FROM due)) "
-            f"RETURNING {INSTANCE_COLUMNS}) "
-            f"SELECT {INSTANCE_COLUMNS} FROM claimed JOIN due USING (uuid) ORDER BY due.due_at"
+        # $1=limit $2=now $3=workflow names: find_expired for these workflows only.
+        find_expired_of=f"SELECT uuid FROM ({_due_of(instances, '$3')}) AS due",
+        # $1=limit $2=now $3=claim_until. Claims the due rows and returns their uuids, oldest due
+        # first (select_instances reads them, so that one row the codec cannot decode does not
+        # fail the batch). The claim sets timeout_retry_at to $3 so that concurrent sweeps (ours
+        # and the TypeScript runtime's alike) pass over the rows instead of walking them again.
+        # Only rows without retry state are claimed (timeout_attempts = 0), whose models read
+        # timeout_retry_at as the claim; processing writes the retry columns back (ending the
+        # claim), a recorded failure overwrites it, and a crashed sweeper's claims fall due again
+        # at $3.
+        claim_expired=_claim(
+            instances,
+            f"SELECT uuid, {_DUE_AT} AS due_at FROM {instances} WHERE {_DUE} "
+            f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED",
         ),
-        # $1=uuids $2=claim_until: hand back claims a sweep did not use (a stopped worker).
+        # $1=limit $2=now $3=claim_until $4=workflow names: claim_expired for these workflows.
+        claim_expired_of=_claim(instances, _due_of(instances, "$4")),
+        # $1=uuids
+        select_instances=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = ANY ($1)",
+        # $1=uuid: one JSON column, to tell which one the codec cannot decode.
+        select_context=f"SELECT context_json FROM {instances} WHERE uuid = $1",
+        select_metadata=f"SELECT metadata_json FROM {instances} WHERE uuid = $1",
+        # $1=uuids $2=claim_until: hand back claims a sweep did not use. Rows another transaction
+        # holds are left alone rather than waited for: their holder writes them (which ends the
+        # claim) or the claim runs out at $2.
         release_claims=(
-            f"UPDATE {instances} SET timeout_retry_at = NULL "
-            "WHERE uuid = ANY ($1::uuid[]) AND timeout_attempts = 0 AND timeout_retry_at = $2"
+            f"UPDATE {instances} SET timeout_retry_at = NULL WHERE uuid IN (SELECT uuid FROM "
+            f"{instances} WHERE uuid = ANY ($1::uuid[]) AND timeout_attempts = 0 "
+            "AND timeout_retry_at = $2 FOR UPDATE SKIP LOCKED)"
+        ),
+        # $1=uuid $2=until. The next attempt no earlier than $2 (a claim for a row without retry
+        # state, the retry time otherwise), without recording a failure; never waits for a lock.
+        postpone_timeout=(
+            f"UPDATE {instances} SET timeout_retry_at = $2 WHERE uuid IN (SELECT uuid FROM "
+            f"{instances} WHERE uuid = $1 AND timeout_parked_at IS NULL "
+            "AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) FOR UPDATE SKIP LOCKED)"
+        ),
+        # $1=uuid $2=error $3=now. Parks a row whose JSON cannot be decoded, touching no JSON.
+        park_unreadable=(
+            f"UPDATE {instances} SET timeout_attempts = timeout_attempts + 1, "
+            "timeout_retry_at = NULL, timeout_last_error = $2, timeout_parked_at = $3, "
+            "version = version + 1, updated_at = $3 WHERE uuid = $1"
         ),
         # $1=limit $2=workflow_name or NULL for all
         find_parked=(

@@ -9,7 +9,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -32,9 +32,18 @@ from ._execution import (
 )
 from ._model import CommandResult, HistoryRecord, WorkflowInstance
 from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
-from ._validate import check_json, coerce_uuid, require_aware, require_int, require_str
+from ._text import storable_json, storable_text
+from ._validate import (
+    check_json,
+    coerce_uuid,
+    require_aware,
+    require_duration,
+    require_int,
+    require_str,
+)
 from .errors import (
     CommandFailureError,
+    DatabaseError,
     IncompatibleDefinitionError,
     InvalidArgumentError,
     InvalidEventError,
@@ -42,6 +51,7 @@ from .errors import (
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
+    echo,
 )
 
 __all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]
@@ -54,9 +64,10 @@ Observer = Callable[[StateEnterEvent], Any]
 
 _TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
 
-# How long a sweep's claim on its batch lasts: long enough for a batch to be processed, short
-# enough that the batch of a crashed or stopped worker falls due again soon.
-SWEEP_CLAIM = timedelta(minutes=2)
+# How long a sweep's claim on its batch lasts by default: the longest a killed worker's batch
+# waits before other sweeps take it. A sweep hands back what it has not reached once half of its
+# lease is spent, so a slow batch never outlives its claim.
+DEFAULT_SWEEP_LEASE = timedelta(seconds=20)
 _ON_ENTER_TRIGGER: Mapping[str, Any] = {"source": "onEnter"}
 
 
@@ -78,7 +89,28 @@ def _json_object(value: object, name: str) -> dict[str, Any]:
 
 def _error_text(exc: BaseException) -> str:
     text = str(exc)
-    return text if text else type(exc).__name__
+    return storable_text(text) if text else type(exc).__name__
+
+
+def _storable_result(result: CommandResult) -> CommandResult:
+    """``result`` with its text made storable (see ``_text``); itself when nothing changed."""
+    code = result.code if result.code is None else storable_text(result.code)
+    message = result.message if result.message is None else storable_text(result.message)
+    metadata = result.metadata if result.metadata is None else storable_json(result.metadata)
+    error = storable_json(result.error)
+    if (
+        code is result.code
+        and message is result.message
+        and metadata is result.metadata
+        and error is result.error
+    ):
+        return result
+    return CommandResult(result.ok, code, message, metadata, error)
+
+
+def checked_lease(value: object, name: str) -> timedelta:
+    """A sweep lease: a positive timedelta or number of seconds."""
+    return timedelta(seconds=require_duration(value, name, positive=True))
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -138,6 +170,7 @@ class WorkflowRuntime:
         observers: Iterable[Observer] = (),
         timeout_retry: TimeoutRetryPolicy | None = None,
         max_on_enter_depth: int = 10,
+        sweep_lease: timedelta | float = DEFAULT_SWEEP_LEASE,
     ) -> None:
         if not isinstance(definitions, DefinitionRegistry):
             raise InvalidArgumentError("definitions must be a DefinitionRegistry")
@@ -158,6 +191,7 @@ class WorkflowRuntime:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.timeout_retry = timeout_retry if timeout_retry is not None else TimeoutRetryPolicy()
         self.max_on_enter_depth = require_int(max_on_enter_depth, "max_on_enter_depth", minimum=1)
+        self.sweep_lease = checked_lease(sweep_lease, "sweep_lease")
         self._observers: list[Observer] = []
         for observer in observers:
             self.add_observer(observer)
@@ -255,7 +289,10 @@ class WorkflowRuntime:
     # -- helpers --------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return require_aware(self.clock.now(), "clock.now()")
+        # In UTC: deadlines are now + a duration, and adding a timedelta to a zone-aware local
+        # time is wall-clock arithmetic, an hour off across a daylight-saving change.
+        now = require_aware(self.clock.now(), "clock.now()")
+        return now if now.tzinfo is UTC else now.astimezone(UTC)
 
     async def _in_transaction(self, work: Callable[[list[StateEnterEvent]], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction; the state-enter events it collects go to the observers
@@ -399,14 +436,14 @@ class WorkflowRuntime:
                         ok=False,
                         code="BEST_EFFORT_THROWN",
                         message=_error_text(exc),
-                        error={"name": type(exc).__name__, "message": str(exc)},
+                        error={"name": type(exc).__name__, "message": storable_text(str(exc))},
                     )
                 )
                 continue
             if returned is None:
                 result = CommandResult(ok=True)
             elif isinstance(returned, CommandResult):
-                result = returned
+                result = _storable_result(returned)
             else:
                 raise WorkflowError(
                     f'Command "{ref.name}" returned {type(returned).__name__}; expected a '
@@ -752,28 +789,44 @@ class WorkflowRuntime:
         span.end()
         return result
 
-    async def process_expired_workflows(self, limit: int = 100) -> ProcessExpiredResult:
+    async def process_expired_workflows(
+        self, limit: int = 100, *, workflow_names: Iterable[str] | None = None
+    ) -> ProcessExpiredResult:
         """Run the timeout event of up to ``limit`` due instances, each in its own transaction.
 
-        A failing instance is rolled back, scheduled for a retry with backoff (parked after
-        ``timeout_retry.max_attempts`` failures) and never stops the batch. Safe to run from many
-        workers at once: each instance is processed under its row lock after re-checking that it
-        is still due.
+        Only instances of workflows this runtime registers are taken (``workflow_names``, a
+        subset of them, narrows it further), so runtimes of other services sharing the database
+        never touch each other's instances. A failing instance is rolled back, scheduled for a
+        retry with backoff (parked after ``timeout_retry.max_attempts`` failures) and never stops
+        the batch. Safe to run from many workers at once: each instance is processed under its
+        row lock after re-checking that it is still due; a row someone else holds is passed
+        over, not waited for, and left to a later sweep.
         """
-        return await self.sweep(limit)
+        return await self.sweep(limit, workflow_names=workflow_names)
 
     async def sweep(
-        self, limit: int = 100, *, should_stop: Callable[[], bool] | None = None
+        self,
+        limit: int = 100,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        workflow_names: Iterable[str] | None = None,
+        lease: timedelta | float | None = None,
     ) -> ProcessExpiredResult:
-        """``process_expired_workflows`` that checks ``should_stop()`` before each instance."""
+        """``process_expired_workflows`` that checks ``should_stop()`` before each instance.
+
+        ``lease`` (default ``sweep_lease``) is how long the batch stays claimed: the longest
+        the batch of a killed worker waits before other sweeps take it.
+        """
         require_int(limit, "limit", minimum=1)
+        names = self._sweep_names(workflow_names)
+        claim = self.sweep_lease if lease is None else checked_lease(lease, "lease")
         await self.initialize()
         span = _tracing.start(_tracing.SWEEP) if _tracing.ENABLED else None
         if span is None:
-            return await self._sweep(limit, should_stop, None)
+            return await self._sweep(limit, should_stop, names, claim, None)
         if span.recording:
             span.update({"duraflows.sweep.limit": limit})
-        result = await span.watch(self._sweep(limit, should_stop, span))
+        result = await span.watch(self._sweep(limit, should_stop, names, claim, span))
         if span.recording:
             span.update(
                 {
@@ -787,18 +840,47 @@ class WorkflowRuntime:
         span.end()
         return result
 
+    def _sweep_names(self, workflow_names: Iterable[str] | None) -> list[str]:
+        """The workflows a sweep takes: the registered ones, or the given subset of them."""
+        registered = [definition.name for definition in self.definitions.latest()]
+        if workflow_names is None:
+            return registered
+        if isinstance(workflow_names, str) or not isinstance(workflow_names, Iterable):
+            raise InvalidArgumentError(
+                "workflow_names must be a collection of workflow names, got "
+                f"{type(workflow_names).__name__}"
+            )
+        names = [require_str(name, "workflow_names[]") for name in workflow_names]
+        unknown = sorted(set(names).difference(registered))
+        if unknown:
+            raise InvalidArgumentError(
+                f"workflow_names: {', '.join(echo(n) for n in unknown[:5])} "
+                f"{'is' if len(unknown) == 1 else 'are'} not registered in this runtime"
+            )
+        return list(dict.fromkeys(names))
+
     async def _sweep(
-        self, limit: int, should_stop: Callable[[], bool] | None, span: _tracing.Span | None
+        self,
+        limit: int,
+        should_stop: Callable[[], bool] | None,
+        names: list[str],
+        lease: timedelta,
+        span: _tracing.Span | None,
     ) -> ProcessExpiredResult:
         now = self._now()
-        runner = self.persistence.transaction_runner
-        # The scan claims its batch for a while, so that concurrent sweeps take disjoint
+        store = self.persistence.instance_store
+        # The scan claims its batch for the lease, so that concurrent sweeps take disjoint
         # batches; exclusivity itself comes from the per-instance lock and due re-check below.
-        claim_until = now + SWEEP_CLAIM
+        claim_until = now + lease
+        # Past this point the rest of the batch is handed back: its claims must not run out
+        # while this sweep still counts on them.
+        hand_back_at = now + lease / 2
         await self._release_unreleased_claims(now)
-        async with runner.transaction():
-            due = await self.persistence.instance_store.find_expired(
-                limit, now, claim_until=claim_until
+        if not names:
+            return ProcessExpiredResult()
+        async with self.persistence.transaction_runner.transaction():
+            due = await store.find_expired(
+                limit, now, claim_until=claim_until, workflow_names=names
             )
         if span is not None and span.recording:
             span.update({"duraflows.sweep.found": len(due)})
@@ -806,12 +888,13 @@ class WorkflowRuntime:
         business_failed: list[BusinessFailure] = []
         failed: list[TimeoutFailure] = []
         parked: list[ParkedTimeout] = []
+        # Claims to hand back are queued at once, so that a cancellation later in the batch
+        # leaves them to the next sweep rather than to the end of the lease.
+        hand_back = self._unreleased_claims
         for index, scanned in enumerate(due):
-            if should_stop is not None and should_stop():
-                # Hand the rest of the batch back so that other sweepers take it at once.
-                await self.persistence.instance_store.release_claims(
-                    [i.uuid for i in due[index:]], claim_until
-                )
+            if (should_stop is not None and should_stop()) or self._now() >= hand_back_at:
+                # Other sweepers take the rest at once instead of waiting out the claims.
+                hand_back.extend((i.uuid, claim_until) for i in due[index:])
                 break
             if span is None:
                 outcome = await self._sweep_one(scanned, claim_until, None)
@@ -823,37 +906,34 @@ class WorkflowRuntime:
                     parked.append(ParkedTimeout(scanned.uuid, outcome.error))
             elif outcome == "rejected":
                 rejected += 1
-            elif outcome is not None:
+            elif outcome is None:
+                # Held by someone else, or no longer due: a later sweep takes it if it still
+                # needs it, without waiting for this claim to run out.
+                hand_back.append((scanned.uuid, claim_until))
+            else:
                 processed += 1
                 if isinstance(outcome, BusinessFailure):
                     business_failed.append(outcome)
+        if self._unreleased_claims:
+            await self._release_unreleased_claims(self._now())
         return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
 
     async def _sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime, span: _tracing.Span | None
     ) -> str | BusinessFailure | TimeoutFailure | None:
         """Process one scanned instance in a transaction of its own. A failure is rolled back,
-        recorded (retry or parking) and returned, never raised."""
+        recorded (retry or parking) and returned, never raised. None: passed over (held by
+        another transaction, gone, or no longer due)."""
         try:
-            # Rows without retry state were claimed by this scan: no other sweep takes them, so
-            # whoever holds one (a request, a peer's scan re-checking it) lets go soon and
-            # waiting is right. Unclaimed rows may be in a peer's hands: pass over.
+            # SKIP LOCKED even for the rows this sweep claimed: whoever holds one (a request,
+            # a peer's scan) may hold it for any time, and no sweep waits on it.
             return await self._in_transaction(
-                functools.partial(
-                    self._process_timeout,
-                    scanned.uuid,
-                    skip_locked=scanned.timeout_retry is not None,
-                    span=span,
-                )
+                functools.partial(self._process_timeout, scanned.uuid, span=span)
             )
         except Exception as exc:
             if span is not None:
                 span.fail(exc)
-            failure = await self._record_timeout_failure(scanned, _error_text(exc))
-            if failure.attempts is None:
-                # Queued at once, so that a cancellation later in the batch keeps it.
-                self._unreleased_claims.append((scanned.uuid, claim_until))
-            return failure
+            return await self._record_timeout_failure(scanned, _error_text(exc), claim_until)
 
     async def _traced_sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime
@@ -890,16 +970,14 @@ class WorkflowRuntime:
         return outcome
 
     async def _release_unreleased_claims(self, now: datetime) -> None:
-        """Hand back the claims of instances an earlier sweep failed on without recording it.
+        """Hand back the queued claims this runtime's sweeps did not use.
 
-        When the database goes away mid-batch (a restart, a network cut), each remaining instance
-        fails and its failure cannot be recorded either, so it stays claimed by this sweep and no
-        sweep would take it before SWEEP_CLAIM ran out, although this runtime lives on (found by
-        the reliability suite: test_server_restart.py left instances due minutes after the
-        server was back; test_connection_loss.py checks it without a restart). The next sweep
-        releases them first; release_claims touches only claims still unused, so a row processed
-        or recorded since is left alone. If the database is still unreachable, they wait for the
-        sweep after.
+        Queued: the rest of a batch a sweep stopped early, rows it passed over, and instances
+        whose failure could not be recorded because the database went away (a restart, a network
+        cut), which would otherwise stay due only once their lease ran out. release_claims
+        touches only claims still unused and never waits for a row, so a row processed,
+        recorded or held since is left alone. When the database cannot be reached, they are
+        tried again by the next sweep.
         """
         pending, self._unreleased_claims = self._unreleased_claims, []
         batches: dict[datetime, list[UUID]] = {}
@@ -935,11 +1013,10 @@ class WorkflowRuntime:
         instance_uuid: UUID,
         events: list[StateEnterEvent],
         *,
-        skip_locked: bool,
         span: _tracing.Span | None = None,
     ) -> str | BusinessFailure | None:
         instance = await self.persistence.instance_store.lock_by_uuid(
-            instance_uuid, skip_locked=skip_locked
+            instance_uuid, skip_locked=True
         )
         if instance is None or not self._still_due(instance, self._now()):
             return None  # gone, taken by another worker, or handled since the scan
@@ -976,12 +1053,19 @@ class WorkflowRuntime:
         return "processed"
 
     async def _record_timeout_failure(
-        self, scanned: WorkflowInstance, message: str
+        self, scanned: WorkflowInstance, message: str, claim_until: datetime
     ) -> TimeoutFailure:
-        """Schedule the retry (or park) in a transaction of its own; never raises."""
+        """Schedule the retry (or park) in a transaction of its own; never raises.
+
+        ``attempts`` is None in the result when nothing was recorded: the row changed or is held
+        by someone else (its claim is handed back), or recording failed. A failure that could
+        not be recorded is never retried at once: the instance is postponed by the retry delay,
+        or, when the database is unreachable, its claim is handed back by a later sweep.
+        """
+        store = self.persistence.instance_store
         try:
             async with self.persistence.transaction_runner.transaction():
-                instance = await self.persistence.instance_store.lock_by_uuid(scanned.uuid)
+                instance = await store.lock_by_uuid(scanned.uuid, skip_locked=True)
                 now = self._now()
                 if (
                     instance is None
@@ -990,27 +1074,72 @@ class WorkflowRuntime:
                     or instance.expires_at != scanned.expires_at
                     or not self._still_due(instance, now)
                 ):
+                    self._unreleased_claims.append((scanned.uuid, claim_until))
                     return TimeoutFailure(scanned.uuid, message)
                 retry = self.timeout_retry.next(instance.timeout_retry, message, now)
                 instance.timeout_retry = retry
                 instance.version += 1
                 instance.updated_at = now
-                await self.persistence.instance_store.update(instance)
-        except Exception:
-            logger.warning(
-                "duraflows: could not record the timeout failure of instance %s",
-                scanned.uuid,
-                exc_info=True,
-            )
+                await store.update(instance)
+        except Exception as exc:
+            await self._postpone_unrecorded(scanned, message, claim_until, exc)
             return TimeoutFailure(scanned.uuid, message)
         if retry.parked_at is not None:
             logger.warning(
-                "duraflows: timeout of instance %s parked after %d failures: %s",
+                "duraflows: timeout of instance %s (workflow %r) parked after %d failed "
+                "attempts: %s",
                 scanned.uuid,
+                scanned.workflow_name,
                 retry.attempts,
                 retry.last_error,
             )
+        else:
+            logger.warning(
+                "duraflows: timeout of instance %s (workflow %r) failed, attempt %d; next "
+                "attempt at %s: %s",
+                scanned.uuid,
+                scanned.workflow_name,
+                retry.attempts,
+                retry.retry_at.isoformat() if retry.retry_at is not None else "?",
+                retry.last_error,
+            )
         return TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+
+    async def _postpone_unrecorded(
+        self, scanned: WorkflowInstance, message: str, claim_until: datetime, exc: Exception
+    ) -> None:
+        """After a failure that could not be recorded: keep the instance from running again at
+        once. A database error (connection lost, timeouts) hands the claim back to a later sweep,
+        as the database may be back by then; anything else postpones it by the delay its next
+        retry would have had."""
+        if isinstance(exc, DatabaseError):
+            self._unreleased_claims.append((scanned.uuid, claim_until))
+            logger.warning(
+                "duraflows: could not record the failed timeout of instance %s (workflow %r): %s",
+                scanned.uuid,
+                scanned.workflow_name,
+                message,
+                exc_info=True,
+            )
+            return
+        until: datetime | None = None
+        try:
+            now = self._now()
+            until = self.timeout_retry.next(scanned.timeout_retry, message, now).retry_at
+            until = max(until or now, claim_until, now + self.timeout_retry.initial_delay)
+            await self.persistence.instance_store.postpone_timeout(scanned.uuid, until)
+        except Exception:
+            until = None
+        logger.error(
+            "duraflows: could not record the failed timeout of instance %s (workflow %r); %s: %s",
+            scanned.uuid,
+            scanned.workflow_name,
+            f"next attempt not before {until.isoformat()}"
+            if until is not None
+            else "it stays claimed until its lease ends",
+            message,
+            exc_info=exc,
+        )
 
     async def get_instance(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None (no lock, no transaction)."""
@@ -1057,7 +1186,8 @@ class WorkflowRuntime:
         )
 
     async def rearm_timeout(self, instance_uuid: UUID | str) -> WorkflowInstance:
-        """Clear the instance's retry or parked state so that its timeout fires again when due.
+        """Clear the instance's retry or parked state, or a sweep's claim on it, so that its
+        timeout fires again when due.
 
         No history row, no observer event. Unknown instance: WorkflowInstanceNotFoundError.
         """
@@ -1067,9 +1197,11 @@ class WorkflowRuntime:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
-            if instance.timeout_retry is None:
+            if instance.timeout_retry is None and instance.claimed_until is None:
                 return instance
+            # update() writes the retry columns, which ends a claim too.
             instance.timeout_retry = None
+            instance.claimed_until = None
             instance.version += 1
             instance.updated_at = self._now()
             await self.persistence.instance_store.update(instance)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio
 
 from ._execution import ProcessExpiredResult
-from ._runtime import WorkflowRuntime
+from ._runtime import WorkflowRuntime, checked_lease
 from ._validate import require_int
 from .errors import InvalidArgumentError
 
@@ -52,10 +54,20 @@ class TimeoutWorker:
     instance back. Any number of workers, in one process or many, can sweep one database: each
     instance is processed once. A failing instance is retried with backoff and then parked, so
     it never makes a worker spin.
+
+    ``workflow_names`` narrows the sweeps to some of the runtime's workflows (default: all it
+    registers); ``lease`` is how long a sweep's batch stays claimed (default: the runtime's
+    ``sweep_lease``), the longest the batch of a killed worker waits for another worker.
     """
 
     def __init__(
-        self, runtime: WorkflowRuntime, *, batch_size: int = 100, poll_interval: float = 1.0
+        self,
+        runtime: WorkflowRuntime,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 1.0,
+        workflow_names: Iterable[str] | None = None,
+        lease: timedelta | float | None = None,
     ) -> None:
         if not isinstance(runtime, WorkflowRuntime):
             raise InvalidArgumentError("runtime must be a WorkflowRuntime")
@@ -72,6 +84,10 @@ class TimeoutWorker:
                 f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
             )
         self.poll_interval = float(interval)
+        self.workflow_names = (
+            None if workflow_names is None else runtime._sweep_names(workflow_names)
+        )
+        self.lease = None if lease is None else checked_lease(lease, "lease")
         self.stats = WorkerStats()
         self._stopping = False
         self._wake: anyio.Event | None = None
@@ -101,7 +117,10 @@ class TimeoutWorker:
             while not self._stopping:
                 try:
                     result = await self.runtime.sweep(
-                        self.batch_size, should_stop=lambda: self._stopping
+                        self.batch_size,
+                        should_stop=lambda: self._stopping,
+                        workflow_names=self.workflow_names,
+                        lease=self.lease,
                     )
                 except Exception:
                     self.stats.errors += 1

@@ -300,7 +300,8 @@ def _quote_ident(name: str) -> str:
 def generate_migration_sql(
     *, uuid_strategy: str = "gen_random_uuid", schema: str | None = None
 ) -> MigrationSql:
-    """The whole schema of migrations 001-006 as one fresh-install script, and its drop script.
+    """The whole schema of the packaged migrations (001-006 and 100) as one fresh-install script,
+    and its drop script.
 
     ``uuid_strategy`` picks the history uuid default: ``"gen_random_uuid"`` (PostgreSQL 13+) or
     ``"uuidv7"`` (PostgreSQL 18+, time-ordered); anything else is an ``InvalidArgumentError``.
@@ -365,6 +366,10 @@ CREATE INDEX workflow_instances_timeout_parked_idx
 
 CREATE INDEX workflow_instances_definition_version_idx
     ON {instances} (workflow_name, definition_version);
+
+CREATE INDEX workflow_instances_workflow_due_idx
+    ON {instances} (workflow_name, (coalesce(timeout_retry_at, expires_at)))
+    WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL;
 
 CREATE TABLE {history} (
     uuid                   uuid        PRIMARY KEY DEFAULT {uuid_default},

@@ -20,7 +20,7 @@ from duraflows_pg_async import DatabaseError, InvalidArgumentError, generate_mig
 from duraflows_pg_async.migrations import Migration, apply, list_migrations, rollback, status
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_VERSIONS = ["001", "002", "003", "004", "005", "006"]
+ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "100"]
 MIGRATION = {m.version: m for m in list_migrations()}
 
 
@@ -195,11 +195,12 @@ async def test_apply_up_to_a_target(conn: asyncpg.Connection) -> None:
         ("004", False),
         ("005", False),
         ("006", False),
+        ("100", False),
     ]
     assert not await table_exists(conn, "workflow_definitions")
     assert "rejected_by" in await columns(conn, "workflow_history")
     assert await apply(conn, target="002") == []  # a target never rolls back
-    assert versions(await apply(conn)) == ["004", "005", "006"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "100"]
 
 
 @pytest.mark.parametrize("target", ["007", "3", "000", "", "workflow_core", 3])
@@ -243,6 +244,8 @@ async def test_versions_of_other_tools_are_left_alone(conn: asyncpg.Connection) 
 
 async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     await apply(conn)
+    assert versions(await rollback(conn)) == ["100"]
+    assert await index_count(conn, "workflow_instances_workflow_due_idx") == 0
     assert versions(await rollback(conn)) == ["006"]
     assert await index_count(conn, "workflow_instances_definition_version_idx") == 0
     assert versions(await rollback(conn, steps=2)) == ["005", "004"]
@@ -251,7 +254,7 @@ async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     assert "definition_version" not in instance_columns
     assert not any(c.startswith("timeout_") for c in instance_columns)
     assert not await table_exists(conn, "workflow_definitions")
-    assert versions(await apply(conn)) == ["004", "005", "006"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "100"]
 
 
 @pytest.mark.parametrize("steps", [0, -1, True, 1.5, "1", None])
@@ -399,7 +402,7 @@ async def test_003_down_fails_while_guard_rejected_rows_exist(conn: asyncpg.Conn
         "rejected_by) VALUES ($1, 'approve', 'new', 'guard-rejected', 'is_manager')",
         instance,
     )
-    assert versions(await rollback(conn, steps=3)) == ["006", "005", "004"]
+    assert versions(await rollback(conn, steps=4)) == ["100", "006", "005", "004"]
     before = await catalog(conn, "public")
     with pytest.raises(DatabaseError, match="003_event_guards") as info:
         await rollback(conn)
@@ -507,6 +510,7 @@ async def test_generator_and_files_build_the_same_catalog(
         "workflow_instances_timeout_due_idx",
         "workflow_instances_timeout_parked_idx",
         "workflow_instances_definition_version_idx",
+        "workflow_instances_workflow_due_idx",
     }
     column_counts = {
         t: sum(1 for c in expected["columns"] if c[0] == t) for t in expected["tables"]

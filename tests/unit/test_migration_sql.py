@@ -27,6 +27,7 @@ EXPECTED = [
     ("004", "definition_versions"),
     ("005", "timeout_retries"),
     ("006", "definition_version_index"),
+    ("100", "sweep_workflow_index"),
 ]
 
 
@@ -63,7 +64,7 @@ def test_unknown_strategy_is_rejected_naming_the_allowed_values(strategy: object
 # --- generator: content ------------------------------------------------------------------------
 
 
-def test_up_creates_the_three_tables_and_six_indexes() -> None:
+def test_up_creates_the_three_tables_and_seven_indexes() -> None:
     up = _normalise(generate_migration_sql().up)
     for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
         assert f"CREATE TABLE {table} (" in up
@@ -76,6 +77,7 @@ def test_up_creates_the_three_tables_and_six_indexes() -> None:
         ("workflow_instances_timeout_due_idx", "workflow_instances"),
         ("workflow_instances_timeout_parked_idx", "workflow_instances"),
         ("workflow_instances_definition_version_idx", "workflow_instances"),
+        ("workflow_instances_workflow_due_idx", "workflow_instances"),
         ("workflow_history_instance_created_idx", "workflow_history"),
     ]
 
@@ -173,7 +175,7 @@ def test_schema_qualifies_every_table_reference() -> None:
         assert f'CREATE TABLE "duraflows_app".{table} (' in up
     assert 'REFERENCES "duraflows_app".workflow_instances (uuid)' in up
     indexes = re.findall(r"CREATE INDEX (\S+) ON (\S+)", up)
-    assert len(indexes) == 6
+    assert len(indexes) == 7
     for name, table in indexes:
         assert not name.startswith('"'), "index names are never qualified"
         assert table.startswith('"duraflows_app".workflow_')
@@ -243,6 +245,8 @@ def test_idempotent_migrations_say_so() -> None:
     assert up_005.count("CREATE INDEX IF NOT EXISTS") == 2
     assert "CREATE INDEX IF NOT EXISTS" in by_version["006"].up
     assert "DROP INDEX IF EXISTS" in by_version["006"].down
+    assert "CREATE INDEX IF NOT EXISTS" in by_version["100"].up
+    assert "DROP INDEX IF EXISTS" in by_version["100"].down
 
 
 def test_wheel_config_ships_the_directory_the_loader_reads() -> None:
