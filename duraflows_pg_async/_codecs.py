@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from ._json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
 from .errors import ConfigurationError, InvalidArgumentError, map_db_errors
 
 __all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
@@ -16,10 +18,6 @@ __all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
 JsonDumps = Callable[[Any], str | bytes]
 JsonLoads = Callable[[str | bytes], Any]
 ConnectionInit = Callable[[asyncpg.Connection], Awaitable[None]]
-
-_stdlib_dumps: Callable[[Any], str] = functools.partial(
-    json.dumps, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
 
 CODEC_HINT = (
     "create the pool with duraflows_pg_async.create_pool(), or call "
@@ -74,7 +72,25 @@ def _check_functions(json_dumps: object, json_loads: object) -> tuple[JsonDumps,
         raise InvalidArgumentError(f"json_dumps must be callable, got {json_dumps!r}")
     if json_loads is not None and not callable(json_loads):
         raise InvalidArgumentError(f"json_loads must be callable, got {json_loads!r}")
-    return (json_dumps or _stdlib_dumps), (json_loads or json.loads)
+    dumps: JsonDumps = json_dumps or stdlib_dumps
+    loads: JsonLoads = json_loads or exact_loads
+    if loads is json.loads:
+        loads = exact_loads
+    # orjson rounds integers beyond 64 bits to floats on read and refuses them on write: its
+    # functions are wrapped so that every number comes back as jsonb holds it.
+    orjson = sys.modules.get("orjson")
+    if orjson is not None:
+        if _is_function(dumps, orjson.dumps):
+            dumps = exact_orjson_dumps(dumps)
+        if _is_function(loads, orjson.loads):
+            loads = exact_orjson_loads(loads, orjson.JSONDecodeError)
+    return dumps, loads
+
+
+def _is_function(candidate: object, function: object) -> bool:
+    return candidate is function or (
+        isinstance(candidate, functools.partial) and candidate.func is function
+    )
 
 
 async def register_codecs(
@@ -86,7 +102,9 @@ async def register_codecs(
     """Register the json and jsonb codecs on one connection (for a pool you build yourself).
 
     Call it from your pool's ``init=``. The default codec is the standard library's ``json``; pass
-    ``json_dumps=orjson.dumps, json_loads=orjson.loads`` to use orjson.
+    ``json_dumps=orjson.dumps, json_loads=orjson.loads`` to use orjson. Either way numbers come
+    back as jsonb holds them: orjson's functions are wrapped so that integers beyond 64 bits stay
+    exact, and a number no Python type holds raises DatabaseError naming its key path.
     """
     dumps, loads = _check_functions(json_dumps, json_loads)
     encoder = _text_encoder(dumps)
