@@ -14,13 +14,31 @@ Routes:
   and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
-as a malformed uuid or body) 422. An unpaid order expires after a day: the cleanup_ctx's timeout
-worker fires its ``expire`` event.
+as a malformed uuid or body) 422, a body over 64 KiB 413. An unpaid order expires after a day:
+the cleanup_ctx's timeout worker fires its ``expire`` event.
+
+Input is checked before it reaches the workflow (the part to copy into your own app):
+
+- ``web.Application(client_max_size=MAX_BODY_BYTES)``: aiohttp stops reading a body over the
+  limit, whether it declares its Content-Length or streams in chunks, and raises
+  ``HTTPRequestEntityTooLarge`` (413);
+- ``json_body`` answers 422 for a body that is not JSON, including nesting too deep for
+  ``json.loads`` (a ``RecursionError``, which would otherwise be a 500);
+- amounts are integers from 1 to 2**31 - 1 (``invoices.amount_cents`` is an ``integer``
+  column); every other number in a context or an event body is a safe integer (at most
+  2**53 - 1 either way, so JavaScript readers of the jsonb read it exactly) or a finite float,
+  nested at most ``MAX_JSON_DEPTH`` levels;
+- path parameters are a canonical UUID and an event name of at most 63 characters;
+- a 422 names the field (``{"detail": [{"loc": ["body", "amount_cents"], "msg": ...}]}``, the
+  shape FastAPI uses) and no error body echoes the request: messages are clipped to
+  ``MAX_DETAIL`` characters.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
@@ -76,6 +94,99 @@ CREATE TABLE IF NOT EXISTS invoices (
     created_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+# --- input rules -----------------------------------------------------------------------------
+
+# Orders are small JSON documents: 64 KiB leaves plenty of room and keeps a client from making us
+# buffer, parse and store megabytes. aiohttp's own default is 1 MiB.
+MAX_BODY_BYTES = 64 * 1024
+# invoices.amount_cents is a PostgreSQL integer.
+MAX_AMOUNT_CENTS = 2**31 - 1
+# Contexts are jsonb, also read by JavaScript (@duraflows/pg), where a number is a double: larger
+# integers would come back as other values.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_JSON_DEPTH = 32
+# Error messages are clipped to this many characters, whatever input they quote.
+MAX_DETAIL = 300
+
+# The form of the UUIDs this app hands out; uuid.UUID() alone also reads signs and underscores.
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+# The example's event names are identifiers; anything else cannot be one of them.
+EVENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class InvalidRequest(Exception):
+    """A 422 naming the offending part of the request (``loc``), as FastAPI's errors do."""
+
+    def __init__(self, loc: tuple[str, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bounded_json(value: Any) -> Any:
+    """``value`` itself, if every number in it is a safe integer or a finite float and it is
+    nested at most MAX_JSON_DEPTH levels; otherwise ValueError naming where."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise ValueError(
+                    f"{path or 'value'}: integers must lie within -{MAX_SAFE_INTEGER} to "
+                    f"{MAX_SAFE_INTEGER}"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{path or 'value'}: numbers must be finite")
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, int):
+                    where = f"{path}[{key}]"
+                else:
+                    where = f"{path}.{clip(key, 40)}" if path else clip(key, 40)
+                stack.append((child, where, depth + 1))
+    return value
+
+
+def json_field(value: Any, *loc: str) -> Any:
+    try:
+        return bounded_json(value)
+    except ValueError as exc:
+        raise InvalidRequest(loc, str(exc)) from None
+
+
+def amount_field(body: Mapping[str, Any]) -> int:
+    amount = body.get("amount_cents")
+    if type(amount) is not int or not 1 <= amount <= MAX_AMOUNT_CENTS:
+        raise InvalidRequest(
+            ("body", "amount_cents"), f"must be an integer from 1 to {MAX_AMOUNT_CENTS}"
+        )
+    return amount
+
+
+def path_uuid(request: web.Request) -> UUID:
+    text = request.match_info["uuid"]
+    if not UUID_TEXT.fullmatch(text):
+        raise InvalidRequest(("path", "uuid"), "must be a UUID")
+    return UUID(text)
+
+
+def path_event(request: web.Request) -> str:
+    name = request.match_info["event"]
+    if not EVENT_NAME.fullmatch(name):
+        raise InvalidRequest(("path", "event"), "must be an identifier of at most 63 characters")
+    return name
 
 
 async def record_payment(subject: object, ctx: ExecutionContext) -> CommandResult:
@@ -137,17 +248,21 @@ def result_json(result: ExecutionResult) -> dict[str, Any]:
 
 
 async def json_body(request: web.Request, *, required: bool = False) -> dict[str, Any] | None:
-    """The request's JSON object; ``None`` for an empty optional body."""
+    """The request's JSON object; ``None`` for an empty optional body.
+
+    A body over the app's ``client_max_size`` raises HTTPRequestEntityTooLarge (413) here.
+    """
     if not request.can_read_body:
         if required:
-            raise InvalidArgumentError("a JSON object body is required")
+            raise InvalidRequest(("body",), "a JSON object body is required")
         return None
     try:
         body = await request.json()
-    except ValueError:
-        raise InvalidArgumentError("the body is not valid JSON") from None
+    except (ValueError, RecursionError):
+        # json.loads raises RecursionError for nesting deeper than Python's recursion limit.
+        raise InvalidRequest(("body",), "the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise InvalidArgumentError("the body must be a JSON object")
+        raise InvalidRequest(("body",), "the body must be a JSON object")
     return body
 
 
@@ -160,12 +275,18 @@ async def workflow_errors(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except InvalidRequest as exc:
+        error = {"loc": [clip(part, 40) for part in exc.loc], "msg": clip(exc.msg)}
+        return web.json_response({"detail": [error]}, status=422)
+    except web.HTTPRequestEntityTooLarge:
+        detail = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+        return web.json_response({"detail": detail}, status=413)
     except WorkflowInstanceNotFoundError as exc:
-        return web.json_response({"detail": str(exc)}, status=404)
+        return web.json_response({"detail": clip(str(exc))}, status=404)
     except InvalidEventError as exc:
-        return web.json_response({"detail": str(exc), "state": exc.state}, status=409)
+        return web.json_response({"detail": clip(str(exc)), "state": exc.state}, status=409)
     except InvalidArgumentError as exc:
-        return web.json_response({"detail": str(exc)}, status=422)
+        return web.json_response({"detail": clip(str(exc))}, status=422)
 
 
 routes = web.RouteTableDef()
@@ -174,19 +295,26 @@ routes = web.RouteTableDef()
 @routes.post("/orders")
 async def create_order(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
+    context = body.get("context", {})
+    if not isinstance(context, dict):
+        raise InvalidRequest(("body", "context"), "must be a JSON object")
     instance = await request.app[RUNTIME_KEY].create_instance(
-        "order", context=body.get("context", {})
+        "order", context=json_field(context, "body", "context")
     )
     return web.json_response(instance_json(instance), status=201)
 
 
 @routes.post("/orders/{uuid}/events/{event}")
 async def trigger(request: web.Request) -> web.Response:
+    uuid, event = path_uuid(request), path_event(request)
+    body = await json_body(request)
+    if body is not None:
+        # As in the FastAPI example: a missing or null amount is no payment amount.
+        if body.get("amount_cents") is not None:
+            amount_field(body)
+        json_field(body, "body")
     result = await request.app[RUNTIME_KEY].trigger_event(
-        request.match_info["uuid"],
-        request.match_info["event"],
-        subject=await json_body(request),
-        trigger_metadata={"source": "http"},
+        uuid, event, subject=body, trigger_metadata={"source": "http"}
     )
     return web.json_response(result_json(result))
 
@@ -194,30 +322,22 @@ async def trigger(request: web.Request) -> web.Response:
 @routes.get("/orders/{uuid}")
 async def show(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    instance = await runtime.get_instance(request.match_info["uuid"])
+    uuid = path_uuid(request)
+    instance = await runtime.get_instance(uuid)
     if instance is None:
-        raise WorkflowInstanceNotFoundError(request.match_info["uuid"])
+        raise WorkflowInstanceNotFoundError(uuid)
     history = await runtime.get_history(instance.uuid)
     return web.json_response(
         {**instance_json(instance), "history": [history_json(h) for h in history]}
     )
 
 
-def parse_uuid(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise InvalidArgumentError(f"not a uuid: {text!r}") from None
-
-
 @routes.post("/orders/{uuid}/pay-with-invoice")
 async def pay_with_invoice(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
+    uuid = path_uuid(request)
     body = await json_body(request, required=True) or {}
-    amount = body.get("amount_cents")
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise InvalidArgumentError("amount_cents must be a positive integer")
-    uuid = parse_uuid(request.match_info["uuid"])
+    amount = amount_field(body)
     runner = runtime.persistence.transaction_runner
     assert isinstance(runner, PgTransactionRunner)
     # One transaction: our INSERT and the event commit together or not at all. The event runs
@@ -229,7 +349,10 @@ async def pay_with_invoice(request: web.Request) -> web.Response:
             amount,
         )
         result = await runtime.trigger_event(
-            uuid, "pay", subject=body, trigger_metadata={"invoiceId": invoice_id}
+            uuid,
+            "pay",
+            subject={"amount_cents": amount},
+            trigger_metadata={"invoiceId": invoice_id},
         )
     return web.json_response({"invoice_id": invoice_id, **result_json(result)})
 
@@ -238,7 +361,7 @@ async def pay_with_invoice(request: web.Request) -> web.Response:
 async def invoices(request: web.Request) -> web.Response:
     rows = await request.app[POOL_KEY].fetch(
         "SELECT id, amount_cents FROM invoices WHERE order_uuid = $1 ORDER BY id",
-        parse_uuid(request.match_info["uuid"]),
+        path_uuid(request),
     )
     return web.json_response([dict(row) for row in rows])
 
@@ -258,7 +381,7 @@ def create_app(
     pool_options: Mapping[str, Any] | None = None,
 ) -> web.Application:
     """The app; ``dsn`` defaults to ``$DATABASE_URL``."""
-    app = web.Application(middlewares=[workflow_errors])
+    app = web.Application(middlewares=[workflow_errors], client_max_size=MAX_BODY_BYTES)
     app.cleanup_ctx.append(
         workflow_cleanup_ctx(
             dsn=dsn if dsn is not None else os.environ["DATABASE_URL"],

@@ -14,21 +14,38 @@ Routes:
   and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
-as a malformed uuid) 422. An unpaid order expires after a day: the lifespan's timeout worker
-fires its ``expire`` event.
+as a malformed uuid) 422, a body over 64 KiB 413. An unpaid order expires after a day: the
+lifespan's timeout worker fires its ``expire`` event.
+
+Input is checked before it reaches the workflow (the part to copy into your own app):
+
+- ``BodySizeLimit`` answers 413 to a body over ``MAX_BODY_BYTES``, whether it declares its
+  Content-Length or streams in chunks: Starlette itself reads a body of any size;
+- amounts are strict integers from 1 to 2**31 - 1 (``invoices.amount_cents`` is an ``integer``
+  column); every other number in a context or an event body is a safe integer (at most
+  2**53 - 1 either way, so JavaScript readers of the jsonb read it exactly) or a finite float,
+  nested at most ``MAX_JSON_DEPTH`` levels;
+- path parameters are a UUID and an event name of at most 63 characters;
+- error bodies never echo the request: the validation handler drops pydantic's ``input`` and
+  every message is clipped to ``MAX_DETAIL`` characters.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duraflows_pg_async import (
     Clock,
@@ -55,7 +72,6 @@ from duraflows_pg_async.contrib.fastapi import get_pool, get_runtime, workflow_l
 
 RuntimeDep = Annotated[WorkflowRuntime, Depends(get_runtime)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
-OptionalBody = Annotated[dict[str, Any] | None, Body()]
 
 ORDER = WorkflowDefinition(
     name="order",
@@ -90,6 +106,155 @@ async def record_payment(subject: object, ctx: ExecutionContext) -> CommandResul
     if isinstance(subject, Mapping) and "amount_cents" in subject:
         ctx.context["paid_cents"] = subject["amount_cents"]
     return CommandResult(ok=True, code="PAID")
+
+
+# --- input rules -----------------------------------------------------------------------------
+
+# Orders are small JSON documents: 64 KiB leaves plenty of room and keeps a client from making us
+# buffer, parse and store megabytes.
+MAX_BODY_BYTES = 64 * 1024
+# invoices.amount_cents is a PostgreSQL integer.
+MAX_AMOUNT_CENTS = 2**31 - 1
+# Contexts are jsonb, also read by JavaScript (@duraflows/pg), where a number is a double: larger
+# integers would come back as other values.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_JSON_DEPTH = 32
+# Error messages are clipped to this many characters, whatever input they quote.
+MAX_DETAIL = 300
+MAX_ERRORS = 10
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bounded_json(value: Any) -> Any:
+    """``value`` itself, if every number in it is a safe integer or a finite float and it is
+    nested at most MAX_JSON_DEPTH levels; otherwise ValueError naming where (a 422)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise ValueError(
+                    f"{path or 'value'}: integers must lie within -{MAX_SAFE_INTEGER} to "
+                    f"{MAX_SAFE_INTEGER}"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{path or 'value'}: numbers must be finite")
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, int):
+                    where = f"{path}[{key}]"
+                else:
+                    where = f"{path}.{clip(key, 40)}" if path else clip(key, 40)
+                stack.append((child, where, depth + 1))
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(bounded_json)]
+AmountCents = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_CENTS)]
+# The example's event names are identifiers; anything else cannot be one of them.
+EventName = Annotated[str, Path(max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class NewOrder(BaseModel):
+    context: JsonObject = Field(default_factory=dict)
+
+
+class Payment(BaseModel):
+    amount_cents: AmountCents
+
+
+class EventBody(BaseModel):
+    """An event's subject: any JSON object; ``amount_cents``, when present, is an amount."""
+
+    model_config = ConfigDict(extra="allow")
+
+    amount_cents: AmountCents | None = None
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> EventBody:
+        bounded_json(self.model_extra)
+        return self
+
+
+def bounded_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic's errors without ``input`` and ``ctx`` (they hold what the client sent)."""
+    return [
+        {
+            "loc": [clip(part, 40) if isinstance(part, str) else part for part in error["loc"]],
+            "msg": clip(str(error["msg"])),
+            "type": error["type"],
+        }
+        for error in errors[:MAX_ERRORS]
+    ]
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is larger than {max_bytes} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 and never stored.
+
+    A declared Content-Length over the limit is refused before the app runs; a body without one
+    (chunked) is counted as it arrives and refused at the first byte over the limit, so leaving
+    the header out does not get around it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        too_large = declared is not None and (
+            not (declared.isascii() and declared.isdigit()) or int(declared) > self.max_bytes
+        )
+        if too_large:
+            await self.refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI passes an HTTPException raised while reading the body on to the
+                    # app's handlers, which answer 413.
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge:
+            # Read by something outside FastAPI's handlers (another middleware).
+            if started:
+                raise
+            await self.refuse(scope, receive, send)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = BodyTooLarge(self.max_bytes).detail
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
 def build_runtime_factory(clock: Clock | None = None) -> Any:
@@ -170,39 +335,45 @@ def create_app(
             yield
 
     app = FastAPI(title="orders", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": bounded_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(WorkflowInstanceNotFoundError)
     async def not_found(request: Request, exc: WorkflowInstanceNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": clip(str(exc))}, status_code=404)
 
     @app.exception_handler(InvalidEventError)
     async def invalid_event(request: Request, exc: InvalidEventError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "state": exc.state}, status_code=409)
+        return JSONResponse({"detail": clip(str(exc)), "state": exc.state}, status_code=409)
 
     @app.exception_handler(InvalidArgumentError)
     async def invalid_argument(request: Request, exc: InvalidArgumentError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": clip(str(exc))}, status_code=422)
 
     @app.post("/orders", status_code=201)
-    async def create_order(runtime: RuntimeDep, body: OptionalBody = None) -> dict[str, Any]:
-        context = (body or {}).get("context", {})
+    async def create_order(runtime: RuntimeDep, body: NewOrder | None = None) -> dict[str, Any]:
+        context = body.context if body is not None else {}
         instance = await runtime.create_instance("order", context=context)
         return instance_json(instance)
 
     @app.post("/orders/{order_uuid}/events/{event_name}")
     async def trigger(
-        order_uuid: str,
-        event_name: str,
+        order_uuid: UUID,
+        event_name: EventName,
         runtime: RuntimeDep,
-        body: OptionalBody = None,
+        body: EventBody | None = None,
     ) -> dict[str, Any]:
+        subject = body.model_dump(exclude_unset=True) if body is not None else None
         result = await runtime.trigger_event(
-            order_uuid, event_name, subject=body, trigger_metadata={"source": "http"}
+            order_uuid, event_name, subject=subject, trigger_metadata={"source": "http"}
         )
         return result_json(result)
 
     @app.get("/orders/{order_uuid}")
-    async def show(order_uuid: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async def show(order_uuid: UUID, runtime: RuntimeDep) -> dict[str, Any]:
         instance = await runtime.get_instance(order_uuid)
         if instance is None:
             raise WorkflowInstanceNotFoundError(order_uuid)
@@ -211,17 +382,9 @@ def create_app(
 
     @app.post("/orders/{order_uuid}/pay-with-invoice")
     async def pay_with_invoice(
-        order_uuid: str,
-        body: Annotated[dict[str, Any], Body()],
-        runtime: RuntimeDep,
+        order_uuid: UUID, body: Payment, runtime: RuntimeDep
     ) -> dict[str, Any]:
-        amount = body.get("amount_cents")
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise InvalidArgumentError("amount_cents must be a positive integer")
-        try:
-            uuid = UUID(order_uuid)
-        except ValueError:
-            raise InvalidArgumentError(f"not a uuid: {order_uuid!r}") from None
+        uuid, amount = order_uuid, body.amount_cents
         runner = runtime.persistence.transaction_runner
         assert isinstance(runner, PgTransactionRunner)
         # One transaction: our INSERT and the event commit together or not at all. The event
@@ -233,7 +396,7 @@ def create_app(
                 amount,
             )
             result = await runtime.trigger_event(
-                uuid, "pay", subject=body, trigger_metadata={"invoiceId": invoice_id}
+                uuid, "pay", subject=body.model_dump(), trigger_metadata={"invoiceId": invoice_id}
             )
         return {"invoice_id": invoice_id, **result_json(result)}
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import io
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,12 +80,12 @@ async def wait_until_no_app_connections(dsn: str) -> None:
     pytest.fail(f"connections of {APP_NAME} are still open")
 
 
-@pytest.fixture
-async def served(empty_database: str) -> AsyncIterator[Served]:
+@asynccontextmanager
+async def serving(dsn: str, **server_options: Any) -> AsyncIterator[Served]:
     """The example on an unmigrated database (the cleanup_ctx migrates), on a free TCP port."""
     clock = MovableClock()
     app = load_example().create_app(
-        empty_database,
+        dsn,
         clock=clock,
         worker_options={"poll_interval": 0.05},
         pool_options={
@@ -92,12 +94,20 @@ async def served(empty_database: str) -> AsyncIterator[Served]:
             "server_settings": {"application_name": APP_NAME},
         },
     )
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**server_options)
+    client = TestClient(server)
     await client.start_server()
     try:
-        yield Served(client=client, clock=clock, app=app, dsn=empty_database)
+        yield Served(client=client, clock=clock, app=app, dsn=dsn)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def served(empty_database: str) -> AsyncIterator[Served]:
+    async with serving(empty_database) as served:
+        yield served
 
 
 async def create_order(client: TestClient[web.Request, web.Application], **context: Any) -> str:
@@ -216,6 +226,163 @@ async def test_cleanup_stops_worker_and_closes_pool(served: Served) -> None:
     assert not worker.running
     assert pool.is_closing()
     await wait_until_no_app_connections(served.dsn)
+
+
+# --- input validation and limits ------------------------------------------------------------
+
+# An error answer stays this small whatever the request held.
+SMALL_ANSWER = 4096
+MIB = 2**20
+JSON = {"Content-Type": "application/json"}
+
+
+async def stored_rows(dsn: str) -> tuple[int, int]:
+    """(workflow instances, invoices) in the example's database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        instances = await conn.fetchval("SELECT count(*) FROM workflow_instances")
+        invoices = await conn.fetchval("SELECT count(*) FROM invoices")
+    finally:
+        await conn.close()
+    return instances, invoices
+
+
+async def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request over a plain socket, for request lines no HTTP client library would send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\nHost: test\r\nConnection: close\r\n")
+        writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), content
+
+
+async def test_amounts_are_bounded_by_the_integer_column(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    for amount in (2**31, 10**20, -(2**31), 0, 1.5, "100", True):
+        for route in (f"/orders/{uuid}/pay-with-invoice", f"/orders/{uuid}/events/pay"):
+            response = await client.post(route, json={"amount_cents": amount})
+            assert response.status == 422, (route, amount, await response.text())
+            assert (await response.json())["detail"][0]["loc"] == ["body", "amount_cents"]
+    for body in ({"amount_cents": None}, {}):
+        response = await client.post(f"/orders/{uuid}/pay-with-invoice", json=body)
+        assert response.status == 422, await response.text()
+    assert (await get_json(client, f"/orders/{uuid}"))["state"] == "created"
+    assert await stored_rows(served.dsn) == (1, 0)
+
+    response = await client.post(
+        f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 2**31 - 1}
+    )
+    assert response.status == 200, await response.text()
+    assert (await get_json(client, f"/invoices/{uuid}"))[0]["amount_cents"] == 2**31 - 1
+
+
+async def test_context_numbers_are_bounded_to_safe_integers(served: Served) -> None:
+    client = served.client
+    for context in ({"n": 2**53}, {"n": -(2**53)}, {"a": [{"b": 10**20}]}):
+        response = await client.post("/orders", json={"context": context})
+        assert response.status == 422, (context, await response.text())
+        assert (await response.json())["detail"][0]["loc"] == ["body", "context"]
+    response = await client.post("/orders", data=b'{"context": {"n": NaN}}', headers=JSON)
+    assert response.status == 422, await response.text()
+    uuid = await create_order(client, n=2**53 - 1, m=-(2**53 - 1), x=0.5)
+    response = await client.post(f"/orders/{uuid}/events/cancel", json={"note": 10**20})
+    assert response.status == 422, await response.text()
+    assert (await get_json(client, f"/orders/{uuid}"))["context"]["n"] == 2**53 - 1
+
+
+async def test_bodies_over_the_limit_are_413_and_not_stored(served: Served) -> None:
+    client = served.client
+    opening, closing = b'{"context": {"blob": "', b'"}}'
+    response = await client.post(
+        "/orders", data=io.BytesIO(opening + b"x" * 60 * MIB + closing), headers=JSON
+    )
+    assert response.status == 413, (await response.text())[:200]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield opening
+        chunk = b"x" * MIB
+        for _ in range(60):
+            yield chunk
+        yield closing
+
+    # No Content-Length: the bytes are counted as they arrive.
+    response = await client.post("/orders", data=chunked(), headers=JSON)
+    assert response.status == 413, (await response.text())[:200]
+    assert len(await response.read()) < SMALL_ANSWER
+    assert await stored_rows(served.dsn) == (0, 0)
+
+    # Just under the limit is accepted.
+    response = await client.post("/orders", data=opening + b"x" * 60_000 + closing, headers=JSON)
+    assert response.status == 201, (await response.text())[:200]
+
+
+async def test_deep_nesting_is_a_client_error(served: Served) -> None:
+    def nested(depth: int) -> bytes:
+        return b'{"context": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+
+    client = served.client
+    response = await client.post("/orders", data=nested(200_000), headers=JSON)
+    assert response.status == 413
+    # Within the size limit: too deep for json.loads, then too deep for the context rule.
+    for depth in (30_000, 500, 40):
+        response = await client.post("/orders", data=nested(depth), headers=JSON)
+        assert response.status == 422, (depth, (await response.text())[:200])
+        assert len(await response.read()) < SMALL_ANSWER
+    assert await stored_rows(served.dsn) == (0, 0)
+
+
+@pytest.fixture
+async def served_long_urls(empty_database: str) -> AsyncIterator[Served]:
+    """A server that passes request lines of any length to the app."""
+    async with serving(empty_database, max_line_size=64 * MIB) as served:
+        yield served
+
+
+async def test_errors_do_not_echo_unbounded_input(served_long_urls: Served) -> None:
+    served = served_long_urls
+    client = served.client
+    uuid = await create_order(client)
+    huge = "e" * 20_000_000
+    assert client.port is not None
+    for head in (
+        f"POST /orders/{uuid}/events/{huge} HTTP/1.1",
+        f"POST /orders/{huge}/events/pay HTTP/1.1",
+        f"POST /orders/{huge}/pay-with-invoice HTTP/1.1",
+        f"GET /orders/{huge} HTTP/1.1",
+        f"GET /invoices/{huge} HTTP/1.1",
+    ):
+        status, content = await raw_request(client.port, head, b'{"amount_cents": 1}')
+        assert status == 422, (head[:60], content[:200])
+        assert len(content) < SMALL_ANSWER, head[:60]
+
+    # Keys and strings within the size limit are not echoed in full either.
+    key = "k" * 60_000
+    for route, body in (
+        ("/orders", {"context": {key: 2**60}}),
+        ("/orders", {"context": {key: "\u0000"}}),
+        (f"/orders/{uuid}/events/cancel", {key: 2**60}),
+        (f"/orders/{uuid}/events/pay", {"amount_cents": key}),
+    ):
+        response = await client.post(route, json=body)
+        assert response.status == 422, (route, (await response.text())[:200])
+        assert len(await response.read()) < SMALL_ANSWER, route
+    response = await client.post("/orders", data=b'{"' + b"k" * 60_000, headers=JSON)
+    assert response.status == 422
+    assert len(await response.read()) < SMALL_ANSWER
+
+    # An event the state does not have: 409, naming it.
+    response = await client.post(f"/orders/{uuid}/events/ship")
+    assert response.status == 409
+    assert "ship" in (await response.json())["detail"]
+    assert await stored_rows(served.dsn) == (1, 0)
 
 
 async def test_failed_startup_closes_the_pool(database: str) -> None:

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,8 @@ def load_example() -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # pydantic resolves the models' annotations through sys.modules, as after a plain import.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -54,6 +57,7 @@ class Served:
     server: Any  # uvicorn.Server
     task: asyncio.Task[None]
     dsn: str
+    port: int
 
     async def shutdown(self) -> None:
         if not self.task.done():
@@ -81,12 +85,12 @@ async def wait_until_no_app_connections(dsn: str) -> None:
     pytest.fail(f"connections of {APP_NAME} are still open")
 
 
-@pytest.fixture
-async def served(empty_database: str) -> AsyncIterator[Served]:
+@asynccontextmanager
+async def serving(dsn: str, **config_options: Any) -> AsyncIterator[Served]:
     """The example on an unmigrated database (the lifespan migrates), on a free TCP port."""
     clock = MovableClock()
     app = load_example().create_app(
-        empty_database,
+        dsn,
         clock=clock,
         worker_options={"poll_interval": 0.05},
         pool_options={
@@ -96,7 +100,13 @@ async def served(empty_database: str) -> AsyncIterator[Served]:
         },
     )
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", ws="none"
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        ws="none",
+        **config_options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -107,12 +117,18 @@ async def served(empty_database: str) -> AsyncIterator[Served]:
                 pytest.fail("uvicorn stopped before it started")
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        served = Served(client=client, clock=clock, server=server, task=task, dsn=empty_database)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        served = Served(client=client, clock=clock, server=server, task=task, dsn=dsn, port=port)
         try:
             yield served
         finally:
             await served.shutdown()
+
+
+@pytest.fixture
+async def served(empty_database: str) -> AsyncIterator[Served]:
+    async with serving(empty_database) as served:
+        yield served
 
 
 async def create_order(client: Any, **context: Any) -> str:
@@ -226,6 +242,162 @@ async def test_shutdown_stops_worker_and_closes_pool(served: Served) -> None:
     assert not worker.running
     assert app.state.duraflows_runtime is None
     await wait_until_no_app_connections(served.dsn)
+
+
+# --- input validation and limits ------------------------------------------------------------
+
+# An error answer stays this small whatever the request held.
+SMALL_ANSWER = 4096
+MIB = 2**20
+
+
+async def stored_rows(dsn: str) -> tuple[int, int]:
+    """(workflow instances, invoices) in the example's database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        instances = await conn.fetchval("SELECT count(*) FROM workflow_instances")
+        invoices = await conn.fetchval("SELECT count(*) FROM invoices")
+    finally:
+        await conn.close()
+    return instances, invoices
+
+
+async def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request over a plain socket: httpx refuses URLs longer than 64 KiB."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\nHost: test\r\nConnection: close\r\n")
+        writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), content
+
+
+def json_request(payload: bytes) -> dict[str, Any]:
+    return {"content": payload, "headers": {"content-type": "application/json"}}
+
+
+async def test_amounts_are_bounded_by_the_integer_column(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    for amount in (2**31, 10**20, -(2**31), 0, 1.5, "100", True):
+        for route in (f"/orders/{uuid}/pay-with-invoice", f"/orders/{uuid}/events/pay"):
+            response = await client.post(route, json={"amount_cents": amount})
+            assert response.status_code == 422, (route, amount, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", "amount_cents"]
+    for body in ({"amount_cents": None}, {}):
+        response = await client.post(f"/orders/{uuid}/pay-with-invoice", json=body)
+        assert response.status_code == 422, response.text
+    assert (await client.get(f"/orders/{uuid}")).json()["state"] == "created"
+    assert await stored_rows(served.dsn) == (1, 0)
+
+    response = await client.post(
+        f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 2**31 - 1}
+    )
+    assert response.status_code == 200, response.text
+    assert (await client.get(f"/invoices/{uuid}")).json()[0]["amount_cents"] == 2**31 - 1
+
+
+async def test_context_numbers_are_bounded_to_safe_integers(served: Served) -> None:
+    client = served.client
+    for context in ({"n": 2**53}, {"n": -(2**53)}, {"a": [{"b": 10**20}]}):
+        response = await client.post("/orders", json={"context": context})
+        assert response.status_code == 422, (context, response.text)
+        assert response.json()["detail"][0]["loc"] == ["body", "context"]
+    uuid = await create_order(client, n=2**53 - 1, m=-(2**53 - 1), x=0.5)
+    response = await client.post(f"/orders/{uuid}/events/cancel", json={"note": 10**20})
+    assert response.status_code == 422, response.text
+    assert (await client.get(f"/orders/{uuid}")).json()["context"]["n"] == 2**53 - 1
+
+
+async def test_bodies_over_the_limit_are_413_and_not_stored(served: Served) -> None:
+    client = served.client
+    opening, closing = b'{"context": {"blob": "', b'"}}'
+    response = await client.post("/orders", **json_request(opening + b"x" * 60 * MIB + closing))
+    assert response.status_code == 413, response.text[:200]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield opening
+        chunk = b"x" * MIB
+        for _ in range(60):
+            yield chunk
+        yield closing
+
+    # No Content-Length: the bytes are counted as they arrive.
+    response = await client.post(
+        "/orders", content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text[:200]
+    assert len(response.content) < SMALL_ANSWER
+    assert await stored_rows(served.dsn) == (0, 0)
+
+    # Just under the limit is accepted.
+    response = await client.post("/orders", **json_request(opening + b"x" * 60_000 + closing))
+    assert response.status_code == 201, response.text[:200]
+
+
+async def test_deep_nesting_is_a_client_error(served: Served) -> None:
+    def nested(depth: int) -> bytes:
+        return b'{"context": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+
+    client = served.client
+    response = await client.post("/orders", **json_request(nested(200_000)))
+    assert response.status_code == 413
+    # Within the size limit: too deep for json.loads, then too deep for the context rule.
+    for depth in (30_000, 500, 40):
+        response = await client.post("/orders", **json_request(nested(depth)))
+        assert response.status_code in (400, 422), (depth, response.text[:200])
+        assert len(response.content) < SMALL_ANSWER
+    assert await stored_rows(served.dsn) == (0, 0)
+
+
+@pytest.fixture
+async def served_long_urls(empty_database: str) -> AsyncIterator[Served]:
+    """A server that passes request lines of any length to the app (as httptools does)."""
+    async with serving(empty_database, h11_max_incomplete_event_size=64 * MIB) as served:
+        yield served
+
+
+async def test_errors_do_not_echo_unbounded_input(served_long_urls: Served) -> None:
+    served = served_long_urls
+    uuid = await create_order(served.client)
+    huge = "e" * 20_000_000
+    for head in (
+        f"POST /orders/{uuid}/events/{huge} HTTP/1.1",
+        f"POST /orders/{huge}/events/pay HTTP/1.1",
+        f"POST /orders/{huge}/pay-with-invoice HTTP/1.1",
+        f"GET /orders/{huge} HTTP/1.1",
+        f"GET /invoices/{huge} HTTP/1.1",
+    ):
+        status, content = await raw_request(served.port, head, b"{}")
+        assert status == 422, (head[:60], content[:200])
+        assert len(content) < SMALL_ANSWER, head[:60]
+
+    # Keys and strings within the size limit are not echoed in full either.
+    key = "k" * 60_000
+    for route, body in (
+        ("/orders", {"context": {key: 2**60}}),
+        ("/orders", {"context": {key: "\u0000"}}),
+        (f"/orders/{uuid}/events/cancel", {key: 2**60}),
+        (f"/orders/{uuid}/events/pay", {"amount_cents": key}),
+    ):
+        response = await served.client.post(route, json=body)
+        assert response.status_code == 422, (route, response.text[:200])
+        assert len(response.content) < SMALL_ANSWER, route
+    response = await served.client.post("/orders", **json_request(b'{"' + b"k" * 60_000))
+    assert response.status_code == 422
+    assert len(response.content) < SMALL_ANSWER
+
+    # An event the state does not have: 409, naming it.
+    response = await served.client.post(f"/orders/{uuid}/events/ship")
+    assert response.status_code == 409
+    assert "ship" in response.json()["detail"]
+    assert await stored_rows(served.dsn) == (1, 0)
 
 
 async def test_get_runtime_without_lifespan_is_a_configuration_error() -> None:
