@@ -21,8 +21,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from ._validate import check_json
-from .errors import InvalidArgumentError, WorkflowDefinitionError
+from ._validate import MAX_DURATION, check_json, require_duration
+from .errors import InvalidArgumentError, WorkflowDefinitionError, echo
 
 __all__ = [
     "CommandRef",
@@ -62,6 +62,32 @@ def _as_tuple(value: object) -> Any:
     return value
 
 
+def _quoted(name: object) -> str:
+    """A name as messages quote it, ``"ship"``, cut if long (errors.echo)."""
+    return f'"{echo(name, raw=True)}"'
+
+
+def _timeout_total(timeout: Timeout, label: str) -> tuple[timedelta | None, list[str]]:
+    """The total of a timeout's parts, or None and why not (one problem per bad part)."""
+    problems: list[str] = []
+    for part in ("minutes", "hours", "days"):
+        try:
+            require_duration(
+                getattr(timeout, part), f"{label} {part}", unit=part, timedelta_ok=False
+            )
+        except InvalidArgumentError as exc:
+            problems.append(exc.message)
+    if problems:
+        return None, problems
+    # No overflow: each part is at most MAX_DURATION.
+    total = timedelta(minutes=timeout.minutes, hours=timeout.hours, days=timeout.days)
+    if total > MAX_DURATION:
+        return None, [
+            f"{label} must be at most 100 years (36525 days) in all, got {total.days} days"
+        ]
+    return total, []
+
+
 # --------------------------------------------------------------------------------------------
 # The model
 
@@ -70,7 +96,10 @@ def _as_tuple(value: object) -> Any:
 class Timeout:
     """How long an instance may stay in a state before the event carrying this timeout fires.
 
-    The parts add up: ``Timeout(hours=1, minutes=30)`` is 90 minutes. Zero parts are left out of
+    The parts add up: ``Timeout(hours=1, minutes=30)`` is 90 minutes. Each part is a finite,
+    non-negative number and the total is at most 100 years (36525 days), so that a deadline is
+    always a date PostgreSQL and Python can hold; registration checks this and reports every
+    problem at once. Zero parts are left out of
     [`WorkflowDefinition.to_dict()`][duraflows_pg_async.WorkflowDefinition.to_dict].
     """
 
@@ -79,8 +108,15 @@ class Timeout:
     days: float = 0
 
     def to_timedelta(self) -> timedelta:
-        """The total duration (the sum of the parts)."""
-        return timedelta(minutes=self.minutes, hours=self.hours, days=self.days)
+        """The total duration (the sum of the parts).
+
+        [`InvalidArgumentError`][duraflows_pg_async.errors.InvalidArgumentError] names the part
+        for a timeout that registration would refuse (a negative, non-finite or too long part).
+        """
+        total, problems = _timeout_total(self, "Timeout")
+        if total is None:
+            raise InvalidArgumentError(problems[0])
+        return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +240,7 @@ class WorkflowDefinition:
         state = self.states.get(state_name)
         if state is None:
             raise WorkflowDefinitionError(
-                self.name, f'state "{state_name}" is not defined in version {self.version}'
+                self.name, f"state {_quoted(state_name)} is not defined in version {self.version}"
             )
         for event_name, event in state.events.items():
             if event.timeout is not None:
@@ -375,7 +411,7 @@ class _Reader:
         for key in value:
             if key not in allowed:
                 self.problems.append(
-                    f"{path or 'the definition'} has an unknown key {key!r} "
+                    f"{path or 'the definition'} has an unknown key {echo(key)} "
                     f"(allowed: {', '.join(allowed)})"
                 )
         return value
@@ -404,16 +440,27 @@ class _Reader:
         if not isinstance(value, Mapping):
             self.problems.append(f"{_join(path, key)} must be an object")
             return {}
+        # Checked first: deepcopy recurses, and a document nested thousands deep would raise
+        # RecursionError instead of being reported here.
+        try:
+            check_json(dict(value), _join(path, key))
+        except InvalidArgumentError as exc:
+            self.problems.append(exc.message)
+            return {}
         return copy.deepcopy(dict(value))
 
-    def _number(self, data: Mapping[str, Any], key: str, path: str) -> float:
+    def _duration(self, data: Mapping[str, Any], key: str, unit: str, path: str) -> float:
+        """A timeout part: a finite, non-negative number of ``unit``, at most MAX_DURATION."""
         value = data.get(key)
         if value is None:
             return 0
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problems.append(f"{_join(path, key)} must be a number")
+        try:
+            require_duration(value, _join(path, key), unit=unit, timedelta_ok=False)
+        except InvalidArgumentError as exc:
+            self.problems.append(exc.message)
             return 0
-        return value
+        number: float = value
+        return number
 
     def _keyed(self, data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
         """An object whose keys are names (states, events): keys must be strings."""
@@ -425,7 +472,9 @@ class _Reader:
             return {}
         for name in value:
             if not isinstance(name, str):
-                self.problems.append(f"{_join(path, key)} has a key {name!r} that is not a string")
+                self.problems.append(
+                    f"{_join(path, key)} has a key {echo(name)} that is not a string"
+                )
         return value
 
     def definition(self, data: object) -> WorkflowDefinition | None:
@@ -438,17 +487,17 @@ class _Reader:
         if version is None:
             version = 1
         elif isinstance(version, bool) or not isinstance(version, int):
-            self.problems.append(f"version must be an integer, got {version!r}")
+            self.problems.append(f"version must be an integer, got {echo(version)}")
         policy: Any = root.get("versionPolicy")
         if policy is None:
             policy = "pinned"
         elif policy not in _VERSION_POLICIES:
-            self.problems.append(f'versionPolicy must be "pinned" or "latest", got {policy!r}')
+            self.problems.append(f'versionPolicy must be "pinned" or "latest", got {echo(policy)}')
         if root.get("states") is None:
             self.problems.append("states is required")
         states: dict[str, State] = {}
         for state_name, raw in self._keyed(root, "states", "").items():
-            state = self.state(raw, f"states.{state_name}")
+            state = self.state(raw, f"states.{echo(state_name, raw=True)}")
             if isinstance(state_name, str):
                 states[state_name] = state
         if self.problems:
@@ -465,7 +514,7 @@ class _Reader:
         data = self._object(raw, path, _STATE_KEYS) or {}
         events: dict[str, Event] = {}
         for event_name, event_raw in self._keyed(data, "events", path).items():
-            event = self.event(event_raw, f"{path}.events.{event_name}")
+            event = self.event(event_raw, f"{path}.events.{echo(event_name, raw=True)}")
             if isinstance(event_name, str):
                 events[event_name] = event
         on_enter = None
@@ -494,9 +543,9 @@ class _Reader:
         timeout_data = self._optional_object(data, "timeout", path, _TIMEOUT_KEYS)
         if timeout_data is not None:
             timeout = Timeout(
-                minutes=self._number(timeout_data, "afterMinutes", timeout_path),
-                hours=self._number(timeout_data, "afterHours", timeout_path),
-                days=self._number(timeout_data, "afterDays", timeout_path),
+                minutes=self._duration(timeout_data, "afterMinutes", "minutes", timeout_path),
+                hours=self._duration(timeout_data, "afterHours", "hours", timeout_path),
+                days=self._duration(timeout_data, "afterDays", "days", timeout_path),
             )
         return Event(
             target_state=self._string(data, "targetState", path, required=False),
@@ -541,23 +590,31 @@ class _Reader:
 # Validation
 
 
+# An error lists at most this many problems (and a message names at most _LISTED of a list of
+# names): a generated definition with thousands of bad states still gives a readable message.
+_MAX_PROBLEMS = 100
+_LISTED = 5
+
+
 def _summary(what: str, problems: list[str]) -> str:
     count = len(problems)
-    lines = "\n".join(f"  - {problem}" for problem in problems)
+    lines = "\n".join(f"  - {problem}" for problem in problems[:_MAX_PROBLEMS])
+    if count > _MAX_PROBLEMS:
+        lines += f"\n  - ... and {count - _MAX_PROBLEMS} more"
     return f"{what} ({count} problem{'s' if count != 1 else ''}):\n{lines}"
 
 
 def _name_problem(value: object) -> str | None:
     """Why ``value`` cannot be a name (of a workflow, state, event, command or guard)."""
     if not isinstance(value, str) or not value:
-        return f"must be a non-empty string, got {value!r}"
+        return f"must be a non-empty string, got {echo(value)}"
     if "\x00" in value:
-        return f"must not contain NUL characters, got {value!r}"
+        return f"must not contain NUL characters, got {echo(value)}"
     if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return f"must be valid Unicode (it has an unpaired surrogate), got {value!r}"
+            return f"must be valid Unicode (it has an unpaired surrogate), got {echo(value)}"
     return None
 
 
@@ -588,11 +645,11 @@ class _Validator:
         ):
             self.problems.append(
                 f"version must be a positive integer of at most {_MAX_SAFE_INTEGER}, "
-                f"got {version!r}"
+                f"got {echo(version)}"
             )
         if d.version_policy not in _VERSION_POLICIES:
             self.problems.append(
-                f'version_policy must be "pinned" or "latest", got {d.version_policy!r}'
+                f'version_policy must be "pinned" or "latest", got {echo(d.version_policy)}'
             )
         states: object = d.states
         if not isinstance(states, Mapping):
@@ -609,7 +666,7 @@ class _Validator:
                 self.problems.append(f"state name {problem}")
             elif not isinstance(state, State):
                 self.problems.append(
-                    f'state "{state_name}" must be a State, got {type(state).__name__}'
+                    f"state {_quoted(state_name)} must be a State, got {type(state).__name__}"
                 )
             else:
                 self.states[state_name] = state
@@ -617,13 +674,13 @@ class _Validator:
         if (problem := _name_problem(initial)) is not None:
             self.problems.append(f"initial_state {problem}")
         elif initial not in self.state_names:
-            self.problems.append(f'initial state "{initial}" is not defined in states')
+            self.problems.append(f"initial state {_quoted(initial)} is not defined in states")
         for state_name, state in self.states.items():
             self.state(state_name, state)
         self.cycles()
 
     def state(self, state_name: str, state: State) -> None:
-        where = f'state "{state_name}"'
+        where = f"state {_quoted(state_name)}"
         self.json(state.context, f"{where} context")
         self.json(state.metadata, f"{where} metadata")
         events: object = state.events
@@ -641,18 +698,21 @@ class _Validator:
                 continue
             if event_name.startswith("$"):
                 self.problems.append(
-                    f'{where}: event name "{event_name}" starts with "$", which is reserved'
+                    f'{where}: event name {_quoted(event_name)} starts with "$", which is reserved'
                 )
             if not isinstance(event, Event):
                 self.problems.append(
-                    f'{where}: event "{event_name}" must be an Event, got {type(event).__name__}'
+                    f"{where}: event {_quoted(event_name)} must be an Event, "
+                    f"got {type(event).__name__}"
                 )
                 continue
-            self.event(f'{where} event "{event_name}"', event)
+            self.event(f"{where} event {_quoted(event_name)}", event)
             if event.timeout is not None:
                 timeout_events.append(event_name)
         if len(timeout_events) > 1:
-            names = ", ".join(f'"{name}"' for name in timeout_events)
+            names = ", ".join(_quoted(name) for name in timeout_events[:_LISTED])
+            if len(timeout_events) > _LISTED:
+                names += ", ..."
             self.problems.append(
                 f"{where}: at most one event per state may have a timeout, found "
                 f"{len(timeout_events)} ({names})"
@@ -694,9 +754,9 @@ class _Validator:
         if value is None:
             return
         if not isinstance(value, str):
-            self.problems.append(f"{where}: {what} must be a string, got {value!r}")
+            self.problems.append(f"{where}: {what} must be a string, got {echo(value)}")
         elif value not in self.state_names:
-            self.problems.append(f'{where}: {what} "{value}" is not defined in states')
+            self.problems.append(f"{where}: {what} {_quoted(value)} is not defined in states")
 
     def commands(self, where: str, commands: object) -> None:
         if not isinstance(commands, tuple):
@@ -725,8 +785,8 @@ class _Validator:
             self.problems.append(f"{where}: {kind} name {problem}")
             return
         if known is not None and name not in known:
-            self.problems.append(f'{where}: {kind} "{name}" is not registered')
-        self.json(metadata, f'{where} {kind} "{name}" metadata')
+            self.problems.append(f"{where}: {kind} {_quoted(name)} is not registered")
+        self.json(metadata, f"{where} {kind} {_quoted(name)} metadata")
 
     def timeout(self, where: str, timeout: object) -> None:
         if not isinstance(timeout, Timeout):
@@ -734,33 +794,15 @@ class _Validator:
                 f"{where}: timeout must be a Timeout or None, got {type(timeout).__name__}"
             )
             return
-        parts = {"minutes": timeout.minutes, "hours": timeout.hours, "days": timeout.days}
-        valid = True
-        for part, value in parts.items():
-            number: object = value
-            if (
-                isinstance(number, bool)
-                or not isinstance(number, int | float)
-                or not math.isfinite(number)
-                or number < 0
-            ):
-                self.problems.append(
-                    f"{where}: timeout {part} must be a finite, non-negative number, got {value!r}"
-                )
-                valid = False
-        if not valid:
+        total, problems = _timeout_total(timeout, "timeout")
+        if total is None:
+            self.problems.extend(f"{where}: {problem}" for problem in problems)
             return
-        if not any(value > 0 for value in parts.values()):
+        if not (timeout.minutes > 0 or timeout.hours > 0 or timeout.days > 0):
             self.problems.append(
                 f"{where}: timeout must have at least one positive part (minutes, hours, days)"
             )
-            return
-        try:
-            total = timeout.to_timedelta()
-        except OverflowError:
-            self.problems.append(f"{where}: timeout is too long to represent")
-            return
-        if total <= timedelta(0):
+        elif total <= timedelta(0):
             # Parts so small that they round to zero microseconds.
             self.problems.append(f"{where}: timeout must be longer than zero, got {total}")
 
@@ -784,26 +826,29 @@ class _Validator:
                     if isinstance(target, str) and target in self.states and target not in targets:
                         targets.append(target)
             edges[state_name] = targets
+        # Depth-first, with an explicit stack: a valid chain of thousands of states must not hit
+        # Python's recursion limit.
         done: set[str] = set()
-        path: list[str] = []
-        on_path: set[str] = set()
-
-        def visit(node: str) -> None:
-            path.append(node)
-            on_path.add(node)
-            for target in edges[node]:
-                if target in on_path:
+        for root in edges:
+            if root in done:
+                continue
+            path = [root]
+            on_path = {root}
+            pending = [iter(edges[root])]
+            while pending:
+                target = next(pending[-1], None)
+                if target is None:
+                    pending.pop()
+                    node = path.pop()
+                    on_path.discard(node)
+                    done.add(node)
+                elif target in on_path:
                     cycle = [*path[path.index(target) :], target]
-                    self.problems.append(f"Cycle detected in onEnter chain: {' -> '.join(cycle)}")
+                    self.problems.append(f"Cycle detected in onEnter chain: {_chain(cycle)}")
                 elif target not in done:
-                    visit(target)
-            on_path.discard(node)
-            path.pop()
-            done.add(node)
-
-        for node in edges:
-            if node not in done:
-                visit(node)
+                    path.append(target)
+                    on_path.add(target)
+                    pending.append(iter(edges[target]))
 
     def unreachable(self) -> list[str]:
         """States no event or onEnter path leads to from the initial state."""
@@ -824,10 +869,19 @@ class _Validator:
                     seen.add(target)
                     queue.append(target)
         return [
-            f'state "{name}" is not reachable from the initial state "{initial}"'
+            f"state {_quoted(name)} is not reachable from the initial state {_quoted(initial)}"
             for name in self.states
             if name not in seen
         ]
+
+
+def _chain(states: list[str]) -> str:
+    """``a -> b -> a``; a long cycle shows its first and last states and how many there are."""
+    if len(states) <= 2 * _LISTED:
+        return " -> ".join(echo(name, raw=True) for name in states)
+    head = [echo(name, raw=True) for name in states[:_LISTED]]
+    tail = [echo(name, raw=True) for name in states[-_LISTED:]]
+    return " -> ".join([*head, f"... ({len(states) - 2 * _LISTED} more)", *tail])
 
 
 def validate_definition(
@@ -851,7 +905,7 @@ def validate_definition(
     if validator.problems:
         name: object = definition.name
         raise WorkflowDefinitionError(
-            name if isinstance(name, str) else repr(name),
+            name if isinstance(name, str) else echo(name),
             _summary("invalid definition", validator.problems),
         )
     return validator.unreachable()
@@ -969,7 +1023,9 @@ def _write_json(value: object, write: Callable[[str], object], path: str) -> Non
         items: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidArgumentError(f"{path or 'value'}: key {key!r} is not a string")
+                raise InvalidArgumentError(
+                    f"{echo(path or 'value', raw=True)}: key {echo(key)} is not a string"
+                )
             items[_js_text(key)] = item
         write("{")
         for index, key in enumerate(_js_key_order(list(items))):
@@ -988,5 +1044,6 @@ def _write_json(value: object, write: Callable[[str], object], path: str) -> Non
         write("]")
     else:
         raise InvalidArgumentError(
-            f"{path or 'value'}: {type(value).__name__} value is not JSON and cannot be hashed"
+            f"{echo(path or 'value', raw=True)}: {type(value).__name__} value is not JSON and "
+            "cannot be hashed"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,7 +11,8 @@ from typing import Any, Literal
 from uuid import UUID
 
 from ._model import CommandResult, TimeoutRetry
-from .errors import InvalidArgumentError
+from ._validate import require_duration
+from .errors import InvalidArgumentError, echo
 
 __all__ = [
     "AvailableEvent",
@@ -186,32 +186,28 @@ MAX_ERROR_LENGTH = 2000
 
 def _sanitise_error(message: str) -> str:
     # PostgreSQL text cannot hold NUL; lone surrogates cannot be encoded. Both become U+FFFD.
-    cleaned = message.replace("\x00", "\ufffd")
+    # Cut first: each replacement is one character for one, and the message may be huge.
+    cleaned = message[:MAX_ERROR_LENGTH].replace("\x00", "\ufffd")
     if not cleaned.isascii():
         # A Python str holds astral characters as one code point, so any code point in the
         # surrogate range is an unpaired surrogate.
         cleaned = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in cleaned)
-    return cleaned[:MAX_ERROR_LENGTH]
+    return cleaned
 
 
 def _positive_delay(value: object, name: str) -> timedelta:
-    if isinstance(value, timedelta):
-        delay = value
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        delay = timedelta(seconds=value)
-    else:
-        raise InvalidArgumentError(
-            f"{name} must be a timedelta or a number of seconds, got {value!r}"
-        )
-    if delay <= timedelta(0):
-        raise InvalidArgumentError(f"{name} must be positive, got {value!r}")
-    return delay
+    # At most MAX_DURATION (100 years), so that now + delay stays a datetime and a timestamptz.
+    seconds = require_duration(value, name, positive=True)
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class TimeoutRetryPolicy:
     """How a failing timeout is retried: waits double from ``initial_delay`` up to ``max_delay``;
-    the ``max_attempts``-th failure parks the instance. Defaults: 1 minute, 1 hour, 10."""
+    the ``max_attempts``-th failure parks the instance. Defaults: 1 minute, 1 hour, 10.
+
+    Delays are a timedelta or a number of seconds, positive and at most 100 years (36525 days).
+    """
 
     initial_delay: timedelta = timedelta(minutes=1)
     max_delay: timedelta = timedelta(hours=1)
@@ -226,7 +222,7 @@ class TimeoutRetryPolicy:
             raise InvalidArgumentError("initial_delay must not be greater than max_delay")
         if type(self.max_attempts) is not int or self.max_attempts < 1:
             raise InvalidArgumentError(
-                f"max_attempts must be a positive integer, got {self.max_attempts!r}"
+                f"max_attempts must be a positive integer, got {echo(self.max_attempts)}"
             )
 
     def next(self, previous: TimeoutRetry | None, message: str, now: datetime) -> TimeoutRetry:
@@ -241,6 +237,10 @@ class TimeoutRetryPolicy:
             delay = self.max_delay
         else:
             delay = self.initial_delay * 2**exponent
-        return TimeoutRetry(
-            attempts=attempts, last_error=error, retry_at=now + delay, parked_at=None
-        )
+        try:
+            retry_at = now + delay
+        except OverflowError:
+            # A clock within max_delay of datetime.max: no retry time can be written, and a
+            # failure must be recorded, so the instance is parked (rearm_timeout retries it).
+            return TimeoutRetry(attempts=attempts, last_error=error, retry_at=None, parked_at=now)
+        return TimeoutRetry(attempts=attempts, last_error=error, retry_at=retry_at, parked_at=None)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ._definitions import WorkflowDefinition, validate_definition
 from ._model import CommandResult
-from .errors import InvalidArgumentError, WorkflowDefinitionError, WorkflowError
+from .errors import InvalidArgumentError, WorkflowDefinitionError, WorkflowError, echo
 
 __all__ = [
     "CommandFunction",
@@ -37,7 +37,7 @@ _GuardT = TypeVar("_GuardT", bound=GuardFunction)
 
 def _check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not name:
-        raise InvalidArgumentError(f"{what} name must be a non-empty string, got {name!r}")
+        raise InvalidArgumentError(f"{what} name must be a non-empty string, got {echo(name)}")
     return name
 
 
@@ -90,7 +90,7 @@ class DefinitionRegistry:
 
     def get(self, name: str, version: int | None = None) -> WorkflowDefinition:
         """The given version of ``name``, or its latest when ``version`` is None."""
-        versions = self._versions.get(name)
+        versions = self._versions.get(self._check_workflow_name(name))
         if not versions:
             raise WorkflowDefinitionError(name, "Workflow not found in registry")
         if version is None:
@@ -99,13 +99,13 @@ class DefinitionRegistry:
         if definition is None:
             known = ", ".join(str(v) for v in versions)
             raise WorkflowDefinitionError(
-                name, f"version {version} is not registered (registered versions: {known})"
+                name, f"version {echo(version)} is not registered (registered versions: {known})"
             )
         return definition
 
     def find(self, name: str, version: int | None = None) -> WorkflowDefinition | None:
         """Like `get()`, but None when the name or version is not registered."""
-        versions = self._versions.get(name)
+        versions = self._versions.get(self._check_workflow_name(name))
         if not versions:
             return None
         if version is None:
@@ -137,9 +137,16 @@ class DefinitionRegistry:
         return sum(len(versions) for versions in self._versions.values())
 
     @staticmethod
+    def _check_workflow_name(name: object) -> str:
+        # A dict lookup with an unhashable name would raise a raw TypeError.
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"workflow name must be a string, got {echo(name)}")
+        return name
+
+    @staticmethod
     def _check_version(version: object) -> int:
         if isinstance(version, bool) or not isinstance(version, int):
-            raise InvalidArgumentError(f"version must be an integer, got {version!r}")
+            raise InvalidArgumentError(f"version must be an integer, got {echo(version)}")
         return version
 
 
@@ -178,12 +185,12 @@ class CommandRegistry:
         _check_name(name, "command")
         if not callable(fn):
             raise InvalidArgumentError(
-                f'command "{name}" must be callable, got {type(fn).__name__}'
+                f'command "{echo(name, raw=True)}" must be callable, got {type(fn).__name__}'
             )
         if not isinstance(best_effort, bool):
-            raise InvalidArgumentError(f"best_effort must be a bool, got {best_effort!r}")
+            raise InvalidArgumentError(f"best_effort must be a bool, got {echo(best_effort)}")
         if name in self._commands:
-            raise WorkflowError(f'Command "{name}" is already registered')
+            raise WorkflowError(f'Command "{echo(name, raw=True)}" is already registered')
         self._commands[name] = RegisteredCommand(name=name, fn=fn, best_effort=best_effort)
 
     def command(self, name: str, *, best_effort: bool = False) -> Callable[[_CommandT], _CommandT]:
@@ -201,7 +208,7 @@ class CommandRegistry:
         when there is none."""
         command = self._commands.get(name)
         if command is None:
-            raise WorkflowError(f'Command "{name}" is not registered')
+            raise WorkflowError(f'Command "{echo(name, raw=True)}" is not registered')
         return command
 
     def names(self) -> list[str]:
@@ -229,9 +236,11 @@ class GuardRegistry:
         """Register ``fn`` under ``name``; a name can be registered once."""
         _check_name(name, "guard")
         if not callable(fn):
-            raise InvalidArgumentError(f'guard "{name}" must be callable, got {type(fn).__name__}')
+            raise InvalidArgumentError(
+                f'guard "{echo(name, raw=True)}" must be callable, got {type(fn).__name__}'
+            )
         if name in self._guards:
-            raise WorkflowError(f'Guard "{name}" is already registered')
+            raise WorkflowError(f'Guard "{echo(name, raw=True)}" is already registered')
         self._guards[name] = RegisteredGuard(name=name, fn=fn)
 
     def guard(self, name: str) -> Callable[[_GuardT], _GuardT]:
@@ -249,7 +258,7 @@ class GuardRegistry:
         when there is none."""
         guard = self._guards.get(name)
         if guard is None:
-            raise WorkflowError(f'Guard "{name}" is not registered')
+            raise WorkflowError(f'Guard "{echo(name, raw=True)}" is not registered')
         return guard
 
     def names(self) -> list[str]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, echo
 
 # jsonb itself accepts deeper documents, but a context nested this deep is a bug, and refusing it
 # here keeps both our check and the encoders far from Python's recursion limit.
@@ -18,13 +18,13 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # The string forms of a UUID: 32 ASCII hex digits, hyphens, optional braces and urn:uuid: prefix.
 # uuid.UUID() alone also reads whitespace, signs, underscores, "0x" and non-ASCII digits (it
-# calls int(text, 16)), so " +1_2...", "\u0663" * 32 and the like were silently taken as some
-# other UUID (reliability suite, tests/reliability/test_hostile_input.py).
+# calls int(text, 16)), so it would take " +1_2...", "\u0663" * 32 and the like as some other
+# UUID.
 _UUID_TEXT = re.compile(r"(?:urn:uuid:)?\{?[0-9A-Fa-f-]+\}?")
 
-# PostgreSQL's integer (version columns) and bigint (LIMIT, OFFSET). A larger int cannot be bound:
-# asyncpg's bind error surfaced as a misleading ConfigurationError ("pool has no JSON codecs")
-# while the in-memory provider accepted the value (reliability suite, test_hostile_input.py).
+# PostgreSQL's integer (version columns) and bigint (LIMIT, OFFSET). A larger int cannot be bound,
+# so it is refused here, on every provider, before asyncpg's bind error could look like a
+# codec problem.
 INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
 
@@ -35,12 +35,21 @@ _UTC_MIN = datetime.min.replace(tzinfo=UTC)
 _UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
 
-def safe_repr(value: object) -> str:
-    """repr() for an error message: never raises (a hostile __repr__, an int too long to print)."""
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
+# The longest duration accepted anywhere (a state's timeout, a retry delay). A deadline is
+# now + duration and must stay a Python datetime (year 9999 at most) and a PostgreSQL timestamptz:
+# 100 years keeps that true for any clock before the year 9899, and no real wait is that long (a
+# longer one is a unit mistake, such as milliseconds given as days).
+MAX_DURATION = timedelta(days=36525)
+_MAX_DURATION_TEXT = "100 years (36525 days)"
+_UNIT_SECONDS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+
+# A JSON path names at most this many characters of each key, and an error names at most this
+# much of a path (its start and its end), so that hostile keys cannot make a message huge.
+_PATH_KEY_LIMIT = 100
+_PATH_LIMIT = 600
+
+safe_repr = echo
+"""The bounded repr() of errors.echo, under the name older callers import."""
 
 
 def coerce_uuid(value: object, name: str) -> UUID:
@@ -55,7 +64,7 @@ def coerce_uuid(value: object, name: str) -> UUID:
                 return UUID(value)
             except ValueError:
                 pass
-        raise InvalidArgumentError(f"{name} must be a UUID, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a UUID, got {echo(value)}")
     raise InvalidArgumentError(
         f"{name} must be a UUID or a UUID string, got {type(value).__name__}"
     )
@@ -66,7 +75,8 @@ def require_aware(value: object, name: str) -> datetime:
         raise InvalidArgumentError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgumentError(
-            f"{name} must be timezone-aware (for example datetime.now(UTC)), got naive {value!r}"
+            f"{name} must be timezone-aware (for example datetime.now(UTC)), got naive "
+            f"{echo(value)}"
         )
     if value.year == 1 or value.year == 9999:
         _check_utc_range(value, name)
@@ -74,20 +84,19 @@ def require_aware(value: object, name: str) -> datetime:
 
 
 def _check_utc_range(value: datetime, name: str) -> None:
-    """At datetime's limits: converting to UTC can overflow (a raw OverflowError from the memory
-    provider, a ConfigurationError from asyncpg's bind), and asyncpg writes the first and last
-    instants as -infinity/infinity, which read back as *naive* datetime.min/max (reliability
-    suite, test_hostile_input.py). Both are refused, before any SQL, on every provider."""
+    """At datetime's limits: converting to UTC can overflow, and asyncpg writes the first and
+    last instants as -infinity/infinity, which read back as *naive* datetime.min/max. Both are
+    refused, before any SQL, on every provider."""
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
         raise InvalidArgumentError(
-            f"{name} is outside the range of datetime once converted to UTC, got {value!r}"
+            f"{name} is outside the range of datetime once converted to UTC, got {echo(value)}"
         ) from None
     if utc in (_UTC_MIN, _UTC_MAX):
         raise InvalidArgumentError(
             f"{name} must lie strictly between datetime.min and datetime.max in UTC (asyncpg "
-            f"stores those two instants as -infinity/infinity), got {value!r}"
+            f"stores those two instants as -infinity/infinity), got {echo(value)}"
         )
 
 
@@ -98,9 +107,7 @@ def optional_aware(value: object, name: str) -> datetime | None:
 def require_int(value: object, name: str, *, minimum: int, maximum: int = INT8_MAX) -> int:
     if type(value) is not int or value < minimum or value > maximum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise InvalidArgumentError(
-            f"{name} must be {kind} of at most {maximum}, got {safe_repr(value)}"
-        )
+        raise InvalidArgumentError(f"{name} must be {kind} of at most {maximum}, got {echo(value)}")
     return value
 
 
@@ -110,18 +117,17 @@ def optional_int(value: object, name: str, *, minimum: int, maximum: int = INT8_
 
 def require_str(value: object, name: str, *, non_empty: bool = True) -> str:
     if not isinstance(value, str) or (non_empty and not value):
-        raise InvalidArgumentError(f"{name} must be a non-empty string, got {safe_repr(value)}")
+        raise InvalidArgumentError(f"{name} must be a non-empty string, got {echo(value)}")
     if "\x00" in value:
-        raise InvalidArgumentError(f"{name} must not contain NUL characters, got {value!r}")
+        raise InvalidArgumentError(f"{name} must not contain NUL characters, got {echo(value)}")
     if not value.isascii():
-        # PostgreSQL text is UTF-8: asyncpg could not encode an unpaired surrogate, and its bind
-        # error surfaced as a misleading ConfigurationError while the in-memory provider stored
-        # the value (reliability suite, test_hostile_input.py).
+        # PostgreSQL text is UTF-8 and asyncpg cannot encode an unpaired surrogate: refused here,
+        # on every provider, before the bind.
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgumentError(
-                f"{name} contains an unpaired surrogate and is not valid Unicode, got {value!r}"
+                f"{name} contains an unpaired surrogate and is not valid Unicode, got {echo(value)}"
             ) from None
     return value
 
@@ -134,39 +140,71 @@ def require_identifier(value: object, name: str) -> str:
     if not isinstance(value, str) or len(value) > 63 or not _IDENTIFIER.fullmatch(value):
         raise InvalidArgumentError(
             f"{name} must be an identifier matching ^[A-Za-z_][A-Za-z0-9_]*$ of at most 63 "
-            f"characters, got {safe_repr(value)}"
+            f"characters, got {echo(value)}"
         )
     return value
+
+
+def require_duration(
+    value: object,
+    name: str,
+    *,
+    unit: str = "seconds",
+    timedelta_ok: bool = True,
+    positive: bool = False,
+    maximum: timedelta = MAX_DURATION,
+) -> float:
+    """Check a duration given as a timedelta or a number of ``unit``; return it in seconds.
+
+    NaN, infinities, bools, negative values (zero too with ``positive``) and anything longer
+    than ``maximum`` are InvalidArgumentError naming ``name``. Compared in float seconds, so no
+    value makes timedelta or datetime arithmetic overflow. With ``positive``, the duration is at
+    least one microsecond (timedelta's resolution), so it never rounds to zero.
+    """
+    if isinstance(value, timedelta) and timedelta_ok:
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            count = float(value)
+        except OverflowError:
+            count = math.inf if value > 0 else -math.inf  # an int beyond float's range
+        else:
+            if not math.isfinite(count):
+                raise InvalidArgumentError(f"{name} must be a finite number, got {echo(value)}")
+        seconds = count * _UNIT_SECONDS[unit]
+    else:
+        kind = "a timedelta or a number of " + unit if timedelta_ok else "a number"
+        raise InvalidArgumentError(f"{name} must be {kind}, got {echo(value)}")
+    if seconds < 0 or (positive and seconds < 1e-6):
+        sign = "positive" if positive else "non-negative"
+        raise InvalidArgumentError(f"{name} must be {sign}, got {echo(value)}")
+    if seconds > maximum.total_seconds():
+        limit = (
+            _MAX_DURATION_TEXT
+            if maximum == MAX_DURATION
+            else f"{maximum // timedelta(milliseconds=1)} milliseconds"
+        )
+        raise InvalidArgumentError(f"{name} must be at most {limit}, got {echo(value)}")
+    return seconds
+
+
+# PostgreSQL's lock_timeout and statement_timeout are int4 milliseconds.
+_MAX_SET_LOCAL_TIMEOUT = timedelta(milliseconds=INT4_MAX)
 
 
 def timeout_ms(value: object, name: str) -> int | None:
     """Milliseconds for a SET LOCAL timeout, rounded up; ``None`` means not configured."""
     if value is None:
         return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            # An int beyond float's range (it escaped as a raw OverflowError): refused below.
-            seconds = math.inf
-    else:
+    seconds = require_duration(value, name, maximum=_MAX_SET_LOCAL_TIMEOUT)
+    # From the float seconds, not a timedelta: a positive timeout below a microsecond must round
+    # up to 1 ms, never down to 0 (which PostgreSQL reads as "no timeout").
+    ms = math.ceil(seconds * 1000)
+    if ms > INT4_MAX:
         raise InvalidArgumentError(
-            f"{name} must be a timedelta or a number of seconds, got {type(value).__name__}"
+            f"{name} must be at most {INT4_MAX} milliseconds, got {echo(value)}"
         )
-    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
-        raise InvalidArgumentError(
-            f"{name} must be a finite, non-negative duration, got {safe_repr(value)}"
-        )
-    # Compared in float first: seconds * 1000 overflows to inf for huge finite values (1e306), and
-    # math.ceil(inf) raised a raw OverflowError (reliability suite, test_hostile_input.py).
-    ms = seconds * 1000
-    if ms > 2_147_483_647 or math.ceil(ms) > 2_147_483_647:
-        raise InvalidArgumentError(
-            f"{name} must be at most 2147483647 milliseconds, got {safe_repr(value)}"
-        )
-    return math.ceil(ms)
+    return ms
 
 
 def check_json(value: object, name: str) -> None:
@@ -176,91 +214,108 @@ def check_json(value: object, name: str) -> None:
     not contain NUL or unpaired surrogates (jsonb rejects both).
     """
     # An explicit stack instead of recursion: depth is bounded by MAX_JSON_DEPTH, not by Python.
-    stack: list[tuple[object, str, int]] = [(value, name, 0)]
+    # Each entry carries its trail, (parent trail, key or index), from which the path is written
+    # only when there is an error to report.
+    stack: list[tuple[object, _Trail, int]] = [(value, None, 0)]
     pop, push = stack.pop, stack.append
     while stack:
-        item, path, depth = pop()
+        item, trail, depth = pop()
         kind = type(item)
         if kind is str:
-            _check_json_str(item, path)  # type: ignore[arg-type]
+            if (problem := _str_problem(item)) is not None:  # type: ignore[arg-type]
+                raise InvalidArgumentError(f"{_path(name, trail)}: {problem}")
         elif kind is int:
             if not -_LONG_INT < item < _LONG_INT:  # type: ignore[operator]
-                _check_json_int(item, path)  # type: ignore[arg-type]
+                _check_json_int(item, name, trail)  # type: ignore[arg-type]
         elif kind is bool or item is None:
             continue
         elif kind is float:
             if not math.isfinite(item):  # type: ignore[arg-type]
-                raise InvalidArgumentError(f"{path}: {item!r} is not a JSON number")
+                raise InvalidArgumentError(f"{_path(name, trail)}: {item!r} is not a JSON number")
         elif isinstance(item, dict):
             if depth >= MAX_JSON_DEPTH:
-                raise InvalidArgumentError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+                raise InvalidArgumentError(
+                    f"{_path(name, trail)}: nested deeper than {MAX_JSON_DEPTH} levels"
+                )
             for key, child in item.items():
                 if type(key) is not str:
                     raise InvalidArgumentError(
-                        f"{path}: key {safe_repr(key)} is a {type(key).__name__}; JSON object "
-                        "keys must be strings"
+                        f"{_path(name, trail)}: key {echo(key)} is a {type(key).__name__}; JSON "
+                        "object keys must be strings"
                     )
-                _check_json_str(key, f"{path}: key {key!r}")
-                push((child, f"{path}[{key!r}]", depth + 1))
+                if (problem := _str_problem(key)) is not None:
+                    raise InvalidArgumentError(
+                        f"{_path(name, trail)}: key {echo(key, _PATH_KEY_LIMIT)}: {problem}"
+                    )
+                push((child, (trail, key), depth + 1))
         elif isinstance(item, list | tuple):
             if depth >= MAX_JSON_DEPTH:
-                raise InvalidArgumentError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+                raise InvalidArgumentError(
+                    f"{_path(name, trail)}: nested deeper than {MAX_JSON_DEPTH} levels"
+                )
             for index, child in enumerate(item):
-                push((child, f"{path}[{index}]", depth + 1))
+                push((child, (trail, index), depth + 1))
         else:
-            _check_json_other(item, path)
+            _check_json_other(item, name, trail)
 
 
-def _check_json_str(text: str, path: str) -> None:
-    # NUL is checked in every string: it was checked in ASCII strings only, so "\xe9\x00" got
-    # through to a DatabaseError (SQLSTATE 22P05) on PostgreSQL while the in-memory provider
-    # stored it (reliability suite, tests/reliability/test_hostile_input.py).
+_Trail = tuple[Any, str | int] | None
+
+
+def _path(name: str, trail: _Trail) -> str:
+    """``name['key'][0]...`` for an error message, at most about _PATH_LIMIT characters."""
+    steps: list[str] = []
+    while trail is not None:
+        trail, step = trail
+        steps.append(f"[{step}]" if type(step) is int else f"[{echo(step, _PATH_KEY_LIMIT)}]")
+    path = name + "".join(reversed(steps))
+    if len(path) <= _PATH_LIMIT:
+        return path
+    keep = _PATH_LIMIT // 3
+    return f"{path[:keep]}...{path[len(path) - 2 * keep :]}"
+
+
+def _str_problem(text: str) -> str | None:
+    # NUL is checked in every string, not only ASCII ones: jsonb refuses it anywhere.
     if "\x00" in text:
-        raise InvalidArgumentError(f"{path}: strings stored as jsonb cannot contain NUL (\\u0000)")
+        return "strings stored as jsonb cannot contain NUL (\\u0000)"
     if text.isascii():
-        return
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidArgumentError(
-            f"{path}: string contains an unpaired surrogate and is not valid Unicode"
-        ) from None
+        return "string contains an unpaired surrogate and is not valid Unicode"
+    return None
 
 
-def _check_json_int(item: int, path: str) -> None:
-    # json.dumps (in asyncpg's codec) raised a plain ValueError for an int longer than Python's
-    # int-to-str limit, while the in-memory provider stored it (reliability suite,
-    # test_hostile_input.py).
+def _check_json_int(item: int, name: str, trail: _Trail) -> None:
+    # json.dumps (in asyncpg's codec) cannot write an int longer than Python's int-to-str limit.
     try:
         int.__repr__(item)
     except ValueError:
         raise InvalidArgumentError(
-            f"{path}: integer of {item.bit_length()} bits is too long to write as JSON "
-            "(Python's int-to-str limit, sys.set_int_max_str_digits)"
+            f"{_path(name, trail)}: integer of {item.bit_length()} bits is too long to write as "
+            "JSON (Python's int-to-str limit, sys.set_int_max_str_digits)"
         ) from None
 
 
-def _check_json_other(item: Any, path: str) -> None:
+def _check_json_other(item: Any, name: str, trail: _Trail) -> None:
     # Subclasses of the scalar JSON types (IntEnum, a str subclass) encode as their base type.
     if isinstance(item, bool):
         return
     if isinstance(item, int):
         if not -_LONG_INT < item < _LONG_INT:
-            _check_json_int(item, path)
+            _check_json_int(item, name, trail)
         return
     if isinstance(item, float):
         if not math.isfinite(item):
-            raise InvalidArgumentError(f"{path}: {safe_repr(item)} is not a JSON number")
+            raise InvalidArgumentError(f"{_path(name, trail)}: {echo(item)} is not a JSON number")
         return
     if isinstance(item, str):
-        _check_json_str(item, path)
+        if (problem := _str_problem(item)) is not None:
+            raise InvalidArgumentError(f"{_path(name, trail)}: {problem}")
         return
     raise InvalidArgumentError(
-        f"{path}: {type(item).__name__} value {_short_repr(item)} is not JSON "
+        f"{_path(name, trail)}: {type(item).__name__} value {echo(item, 60)} is not JSON "
         "(allowed: dict, list, str, int, float, bool, None)"
     )
-
-
-def _short_repr(item: object) -> str:
-    text = safe_repr(item)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -444,13 +444,13 @@ PAY = ["states", "awaiting_payment", "events", "pay"]
             _with(
                 ["states", "awaiting_payment", "events", "expire", "timeout", "afterHours"], "24"
             ),
-            "states.awaiting_payment.events.expire.timeout.afterHours must be a number",
+            "states.awaiting_payment.events.expire.timeout.afterHours must be a number, got '24'",
         ),
         (
             _with(
                 ["states", "awaiting_payment", "events", "expire", "timeout", "afterHours"], True
             ),
-            "states.awaiting_payment.events.expire.timeout.afterHours must be a number",
+            "states.awaiting_payment.events.expire.timeout.afterHours must be a number, got True",
         ),
         (_with(["states", "paid", "onEnter"], []), "states.paid.onEnter must be an object"),
         (
@@ -490,7 +490,7 @@ def test_from_dict_reports_every_shape_problem_at_once() -> None:
     )
     assert problems_of(info.value) == [
         'versionPolicy must be "pinned" or "latest", got \'sometimes\'',
-        "states.draft.events.submit.timeout.afterDays must be a number",
+        "states.draft.events.submit.timeout.afterDays must be a number, got '1'",
         "states.awaiting_payment.events.pay.targetState must be a string",
     ]
 
@@ -691,7 +691,7 @@ def _state_with_events(**events: Event) -> dict[str, State]:
                     go=Event(target_state="b", timeout=Timeout(hours=-1, minutes=5))
                 )
             ),
-            ['state "a" event "go": timeout hours must be a finite, non-negative number, got -1'],
+            ['state "a" event "go": timeout hours must be non-negative, got -1'],
             id="timeout-negative",
         ),
         pytest.param(
@@ -700,10 +700,7 @@ def _state_with_events(**events: Event) -> dict[str, State]:
                     go=Event(target_state="b", timeout=Timeout(minutes=math.nan))
                 )
             ),
-            [
-                'state "a" event "go": timeout minutes must be a finite, non-negative number, '
-                "got nan"
-            ],
+            ['state "a" event "go": timeout minutes must be a finite number, got nan'],
             id="timeout-nan",
         ),
         pytest.param(
@@ -712,7 +709,7 @@ def _state_with_events(**events: Event) -> dict[str, State]:
                     go=Event(target_state="b", timeout=Timeout(days=math.inf))
                 )
             ),
-            ['state "a" event "go": timeout days must be a finite, non-negative number, got inf'],
+            ['state "a" event "go": timeout days must be a finite number, got inf'],
             id="timeout-inf",
         ),
         pytest.param(
@@ -721,14 +718,17 @@ def _state_with_events(**events: Event) -> dict[str, State]:
                     go=Event(target_state="b", timeout=Timeout(days="1"))  # type: ignore[arg-type]
                 )
             ),
-            ['state "a" event "go": timeout days must be a finite, non-negative number, got \'1\''],
+            ['state "a" event "go": timeout days must be a number, got \'1\''],
             id="timeout-str",
         ),
         pytest.param(
             simple(
                 states=_state_with_events(go=Event(target_state="b", timeout=Timeout(days=1e12)))
             ),
-            ['state "a" event "go": timeout is too long to represent'],
+            [
+                'state "a" event "go": timeout days must be at most 100 years (36525 days), '
+                "got 1000000000000.0"
+            ],
             id="timeout-overflow",
         ),
         pytest.param(
@@ -1163,3 +1163,222 @@ def test_canonical_text_and_hash_match_javascript() -> None:
         data.pop("versionPolicy", None)
         assert _canonical_json(data) == result["text"], definition.name
         assert definition.content_hash() == result["hash"], definition.name
+
+
+# ------------------------------------------------------------------------------------------------
+# Bounds: deep documents, long chains, long durations and long names
+
+HUGE = 20_000_090
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        (["states", "paid", "metadata"], "states.paid.metadata"),
+        (["states", "paid", "context"], "states.paid.context"),
+        (["states", "paid", "onEnter", "metadata"], "states.paid.onEnter.metadata"),
+        (
+            ["states", "draft", "events", "submit", "metadata"],
+            "states.draft.events.submit.metadata",
+        ),
+        (
+            ["states", "draft", "events", "submit", "guard", "metadata"],
+            "states.draft.events.submit.guard.metadata",
+        ),
+        (
+            ["states", "paid", "onEnter", "commands", 0, "metadata"],
+            "states.paid.onEnter.commands[0].metadata",
+        ),
+    ],
+)
+def test_from_dict_refuses_a_document_nested_5000_deep_and_names_where(
+    path: list[str | int], where: str
+) -> None:
+    data = _with(path, _nested(5000))
+    with pytest.raises(WorkflowDefinitionError) as info:
+        WorkflowDefinition.from_dict(data)
+    (problem,) = problems_of(info.value)
+    assert problem.startswith(f"{where}['k']['k']")
+    assert problem.endswith(": nested deeper than 200 levels")
+    assert len(str(info.value)) < 1024
+
+
+def test_from_dict_reads_a_document_200_levels_deep() -> None:
+    ok = _nested(199)  # 200 objects in all
+    definition = WorkflowDefinition.from_dict(_with(["states", "paid", "metadata"], ok))
+    assert definition.states["paid"].metadata == ok
+
+
+def _chain(length: int, *, back_to: int | None = None) -> WorkflowDefinition:
+    names = [f"s{i}" for i in range(length)]
+    states = {
+        name: State(on_enter=OnEnter(target_state=names[i + 1]))
+        for i, name in enumerate(names[:-1])
+    }
+    last = OnEnter(target_state=names[back_to]) if back_to is not None else None
+    states[names[-1]] = State(on_enter=last)
+    return WorkflowDefinition(name="chain", initial_state="s0", states=states)
+
+
+def test_an_on_enter_chain_of_2000_states_validates() -> None:
+    assert validate_definition(_chain(2000)) == []
+
+
+def test_a_cycle_of_2000_states_is_reported_briefly() -> None:
+    (problem,) = invalid(_chain(2000, back_to=0))
+    assert problem == (
+        "Cycle detected in onEnter chain: s0 -> s1 -> s2 -> s3 -> s4 -> ... (1991 more) -> "
+        "s1996 -> s1997 -> s1998 -> s1999 -> s0"
+    )
+
+
+def _timeout_definition(timeout: Timeout) -> WorkflowDefinition:
+    return simple(states=_state_with_events(go=Event(target_state="b", timeout=timeout)))
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [
+        Timeout(days=36525),
+        Timeout(hours=36525 * 24),
+        Timeout(minutes=36525 * 24 * 60),
+        Timeout(days=36524, hours=23, minutes=60),
+    ],
+)
+def test_a_timeout_of_100_years_is_accepted(timeout: Timeout) -> None:
+    assert validate_definition(_timeout_definition(timeout)) == []
+    assert timeout.to_timedelta() == timedelta(days=36525)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "problem"),
+    [
+        (Timeout(days=3e6), "timeout days must be at most 100 years (36525 days), got 3000000.0"),
+        (
+            Timeout(minutes=1e300),
+            "timeout minutes must be at most 100 years (36525 days), got 1e+300",
+        ),
+        (
+            Timeout(hours=10**400),
+            "timeout hours must be at most 100 years (36525 days), got <int of 1329 bits>",
+        ),
+        (Timeout(days=-(10**400)), "timeout days must be non-negative, got <int of 1329 bits>"),
+        (Timeout(days=True), "timeout days must be a number, got True"),
+        (
+            Timeout(days=36525, minutes=1),
+            "timeout must be at most 100 years (36525 days) in all, got 36525 days",
+        ),
+        (
+            Timeout(days=20000, hours=20000 * 24),
+            "timeout must be at most 100 years (36525 days) in all, got 40000 days",
+        ),
+    ],
+)
+def test_a_timeout_longer_than_100_years_is_refused_at_registration(
+    timeout: Timeout, problem: str
+) -> None:
+    assert invalid(_timeout_definition(timeout)) == [f'state "a" event "go": {problem}']
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        (Timeout(days=3e6), "Timeout days must be at most 100 years"),
+        (Timeout(days=10**400), "Timeout days must be at most 100 years"),
+        (Timeout(hours=math.nan), "Timeout hours must be a finite number"),
+        (Timeout(minutes=-1), "Timeout minutes must be non-negative"),
+        (Timeout(days=36525, minutes=1), "Timeout must be at most 100 years"),
+    ],
+)
+def test_to_timedelta_of_a_timeout_registration_refuses_names_the_part(
+    timeout: Timeout, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        timeout.to_timedelta()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (3e6, "afterDays must be at most 100 years (36525 days), got 3000000.0"),
+        (math.inf, "afterDays must be a finite number, got inf"),
+        (-1, "afterDays must be non-negative, got -1"),
+    ],
+)
+def test_from_dict_bounds_timeout_parts(value: object, problem: str) -> None:
+    data = _with(
+        ["states", "awaiting_payment", "events", "expire", "timeout"], {"afterDays": value}
+    )
+    with pytest.raises(WorkflowDefinitionError) as info:
+        WorkflowDefinition.from_dict(data)
+    assert problems_of(info.value) == [f"states.awaiting_payment.events.expire.timeout.{problem}"]
+
+
+def test_long_state_names_are_cut_in_validation_messages() -> None:
+    long = "s" * HUGE
+    definition = simple(
+        initial_state=long,
+        states={"a": State(events={"go": Event(target_state=long + "x")}), "b": State()},
+    )
+    with pytest.raises(WorkflowDefinitionError) as info:
+        validate_definition(definition)
+    problems = problems_of(info.value)
+    assert len(problems) == 2
+    assert all(len(problem) < 400 for problem in problems)
+    assert problems[0].startswith('initial state "sss')
+    assert problems[0].endswith(f'... ({HUGE} characters)" is not defined in states')
+    assert f"({HUGE + 1} characters)" in problems[1]
+    assert len(str(info.value)) < 1024
+
+
+def test_a_long_state_name_is_cut_in_from_dict_paths_and_timeout_event() -> None:
+    long = "p" * HUGE
+    data = copy.deepcopy(ORDER_DICT)
+    data["states"][long] = {"events": {"e" * HUGE: {"targetState": 5}}}
+    with pytest.raises(WorkflowDefinitionError) as info:
+        WorkflowDefinition.from_dict(data)
+    (problem,) = problems_of(info.value)
+    assert problem.endswith(f"({HUGE} characters).targetState must be a string")
+    assert len(problem) < 1024
+    with pytest.raises(WorkflowDefinitionError) as missing:
+        order_workflow().timeout_event(long)
+    assert len(str(missing.value)) < 1024
+    assert f"({HUGE} characters)" in str(missing.value)
+
+
+def test_a_long_workflow_name_and_unknown_key_are_cut() -> None:
+    data = copy.deepcopy(ORDER_DICT)
+    data["name"] = "n" * HUGE
+    data["k" * HUGE] = 1
+    with pytest.raises(WorkflowDefinitionError) as info:
+        WorkflowDefinition.from_dict(data)
+    assert info.value.workflow_name == "n" * HUGE  # the attribute keeps the full name
+    assert len(str(info.value)) < 1024
+    assert str(info.value).count(f"({HUGE} characters)") == 2
+
+
+def test_an_error_lists_at_most_100_problems() -> None:
+    states = {f"s{i}": State(events={"go": Event(target_state="nowhere")}) for i in range(250)}
+    definition = WorkflowDefinition(name="many", initial_state="s0", states=states)
+    with pytest.raises(WorkflowDefinitionError) as info:
+        validate_definition(definition)
+    lines = str(info.value).split("\n")
+    assert lines[0] == 'Workflow "many": invalid definition (250 problems):'
+    assert len(lines) == 1 + 100 + 1
+    assert lines[-1] == "  - ... and 150 more"
+
+
+def test_a_state_with_many_timeout_events_names_five() -> None:
+    events = {f"e{i}": Event(target_state="b", timeout=Timeout(minutes=1)) for i in range(1000)}
+    (problem,) = invalid(simple(states={"a": State(events=events), "b": State()}))
+    assert problem == (
+        'state "a": at most one event per state may have a timeout, found 1000 '
+        '("e0", "e1", "e2", "e3", "e4", ...)'
+    )

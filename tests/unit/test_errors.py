@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -11,14 +12,20 @@ import pytest
 import duraflows_pg_async
 from duraflows_pg_async import errors
 from duraflows_pg_async.errors import (
+    CommandFailureError,
     ConfigurationError,
     ConnectionLostError,
     DatabaseError,
+    InvalidEventError,
     LockTimeoutError,
+    OnEnterDepthExceededError,
     OptimisticLockError,
     StatementTimeoutError,
     TransactionConflictError,
+    WorkflowDefinitionError,
     WorkflowError,
+    WorkflowInstanceNotFoundError,
+    echo,
     map_db_errors,
 )
 
@@ -114,3 +121,137 @@ def test_optimistic_lock_message_names_instance_and_version() -> None:
 
 def test_default_message_is_the_docstring() -> None:
     assert str(DatabaseError()) == DatabaseError.__doc__
+
+
+# ------------------------------------------------------------------------------------------------
+# What a message repeats of the caller's input is bounded
+
+HUGE = 20_000_090
+
+
+class EvilRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class HugeRepr:
+    def __repr__(self) -> str:
+        return "r" * HUGE
+
+
+def _nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ship", "'ship'"),
+        ("x" * 200, repr("x" * 200)),
+        ("x" * 201, f"{'x' * 200!r}... (201 characters)"),
+        ("x" * HUGE, f"{'x' * 200!r}... ({HUGE} characters)"),
+        (b"y" * 1000, f"{b'y' * 200!r}... (1000 bytes)"),
+        (42, "42"),
+        (None, "None"),
+        (True, "True"),
+        (10**5000, "<int of 16610 bits>"),
+        (list(range(10**6)), "[0, 1, 2, 3, 4, 5, ...] (1000000 items)"),
+        ({"a": 1}, "{'a': 1}"),
+    ],
+    ids=lambda value: type(value).__name__,
+)
+def test_echo_repeats_a_bounded_repr_with_the_full_size(value: object, expected: str) -> None:
+    assert echo(value) == expected
+
+
+def test_echo_raw_gives_text_and_uuids_as_themselves() -> None:
+    instance_uuid = uuid4()
+    assert echo("ship", raw=True) == "ship"
+    assert echo(instance_uuid, raw=True) == str(instance_uuid)
+    assert echo("z" * HUGE, raw=True) == "z" * 200 + f"... ({HUGE} characters)"
+    assert echo(5, raw=True) == "5"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\U0001ffff" * HUGE,  # repr() makes each 10 characters long
+        "\x00" * 150,
+        HugeRepr(),
+        EvilRepr(),
+        _nested_list(5000),
+        [["a" * HUGE] * 10] * 10,
+        {("k" * HUGE,): HugeRepr()},
+    ],
+    ids=lambda value: type(value).__name__,
+)
+def test_echo_never_raises_and_stays_short(value: object) -> None:
+    assert len(echo(value)) < 300
+    assert len(echo(value, raw=True)) < 300
+    assert len(echo(value, 20)) < 60
+
+
+def test_echo_of_an_unprintable_value_names_its_type() -> None:
+    assert echo(EvilRepr()).startswith("<EvilRepr instance at ")
+
+
+def test_echo_of_a_str_subclass_uses_the_text() -> None:
+    class Name(str):
+        def __repr__(self) -> str:
+            raise RuntimeError("hostile")
+
+        def __getitem__(self, item: Any) -> str:
+            raise RuntimeError("hostile")
+
+    assert echo(Name("ship")) == "'ship'"
+    assert echo(Name("ship"), raw=True) == "ship"
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    assert len(text) < 1024, len(text)
+    assert f"({HUGE} characters)" in text
+    return text
+
+
+def test_error_messages_bound_caller_input_and_attributes_keep_it() -> None:
+    instance_uuid = uuid4()
+    long = "n" * HUGE
+
+    invalid_event = InvalidEventError(instance_uuid, long, long)
+    assert _short(invalid_event).startswith('Event "nnnn')
+    assert str(instance_uuid) in str(invalid_event)
+    assert invalid_event.event_name == long
+    assert invalid_event.state == long
+
+    not_found = WorkflowInstanceNotFoundError(long)
+    assert _short(not_found).startswith('Workflow instance "nnnn')
+    assert not_found.instance_uuid == long
+
+    definition = WorkflowDefinitionError(long, "Workflow not found in registry")
+    assert _short(definition).endswith(f'... ({HUGE} characters)": Workflow not found in registry')
+    assert definition.workflow_name == long
+
+    class Result:
+        message = "m" * HUGE
+
+    failure = CommandFailureError(instance_uuid, long, long, Result())
+    assert _short(failure).count(f"({HUGE} characters)") == 3
+    assert failure.command_name == long
+
+    depth = OnEnterDepthExceededError(instance_uuid, long, 10)
+    assert _short(depth).endswith(f'... ({HUGE} characters)"')
+
+
+def test_short_input_is_repeated_unchanged() -> None:
+    instance_uuid = uuid4()
+    assert str(InvalidEventError(instance_uuid, "draft", "ship")) == (
+        f'Event "ship" is not available on state "draft" for instance "{instance_uuid}"'
+    )
+    assert str(WorkflowInstanceNotFoundError(instance_uuid)) == (
+        f'Workflow instance "{instance_uuid}" not found'
+    )
+    assert str(WorkflowDefinitionError("order", "boom")) == 'Workflow "order": boom'

@@ -346,3 +346,72 @@ def test_registries_feed_the_definition_cross_check() -> None:
     commands.register("notify", notify)
     definitions.register(workflow(), command_names=commands.names(), guard_names=guards.names())
     assert definitions.get("order") == workflow()
+
+
+# ------------------------------------------------------------------------------------------------
+# Messages repeat a bounded part of the input
+
+HUGE = 20_000_090
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    assert len(text) < 1024, len(text)
+    assert f"({HUGE} characters)" in text
+    return text
+
+
+def test_lookups_of_huge_names_give_short_messages() -> None:
+    long = "n" * HUGE
+    definitions = DefinitionRegistry()
+    definitions.register(workflow())
+    with pytest.raises(WorkflowDefinitionError) as info:
+        definitions.get(long)
+    assert _short(info.value).endswith('": Workflow not found in registry')
+    assert info.value.workflow_name == long
+    with pytest.raises(WorkflowError) as command:
+        CommandRegistry().get(long)
+    assert _short(command.value).startswith('Command "nnn')
+    with pytest.raises(WorkflowError) as guard:
+        GuardRegistry().get(long)
+    assert _short(guard.value).startswith('Guard "nnn')
+
+
+def test_registrations_with_huge_names_give_short_messages() -> None:
+    long = "n" * HUGE
+    commands, guards = CommandRegistry(), GuardRegistry()
+    commands.register(long, charge)
+    guards.register(long, has_items)
+    with pytest.raises(WorkflowError) as duplicate:
+        commands.register(long, charge)
+    _short(duplicate.value)
+    with pytest.raises(WorkflowError) as duplicate_guard:
+        guards.register(long, has_items)
+    _short(duplicate_guard.value)
+    with pytest.raises(InvalidArgumentError) as not_callable:
+        commands.register(long + "x", None)  # type: ignore[arg-type]
+    assert len(str(not_callable.value)) < 1024
+    with pytest.raises(InvalidArgumentError) as bad_flag:
+        commands.register("c", charge, best_effort="y" * HUGE)  # type: ignore[arg-type]
+    _short(bad_flag.value)
+
+
+@pytest.mark.parametrize("name", [["order"], {"order": 1}, None, 5])
+def test_a_workflow_name_that_is_not_a_string_is_refused(name: Any) -> None:
+    definitions = DefinitionRegistry()
+    definitions.register(workflow())
+    with pytest.raises(InvalidArgumentError, match="workflow name must be a string"):
+        definitions.get(name)
+    with pytest.raises(InvalidArgumentError, match="workflow name must be a string"):
+        definitions.find(name)
+
+
+def test_a_huge_version_gives_a_short_message() -> None:
+    definitions = DefinitionRegistry()
+    definitions.register(workflow())
+    with pytest.raises(WorkflowDefinitionError, match="<int of 16610 bits>") as info:
+        definitions.get("order", 10**5000)
+    assert len(str(info.value)) < 200
+    with pytest.raises(InvalidArgumentError) as bad:
+        definitions.get("order", "1" * HUGE)  # type: ignore[arg-type]
+    _short(bad.value)
