@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from ._codecs import decoded
+from ._json_numbers import UnreadableJsonError
 from ._model import TimeoutRetry, WorkflowInstance
 from ._runner import AnyConnection
 from ._store_base import PgStore
@@ -98,7 +99,10 @@ def _is_decode_error(exc: BaseException) -> bool:
     """Whether ``exc``, raised while asyncpg read rows, came from the JSON decoder.
 
     The server sent the rows, so such an error leaves the connection and transaction usable.
+    A decoder of the user's own may raise anything; ours raises UnreadableJsonError.
     """
+    if isinstance(exc, UnreadableJsonError):
+        return True
     return not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | WorkflowError)
 
 
@@ -383,19 +387,20 @@ class PgWorkflowInstanceStore(PgStore):
 
     async def release_claims(
         self, instance_uuids: Sequence[UUID | str], claim_until: datetime
-    ) -> None:
+    ) -> list[UUID]:
         """End the claims that ``find_expired(claim_until=...)`` took on these instances and that
-        were not used. Claims renewed since, and rows another transaction holds, are left alone
-        (never waited for)."""
+        were not used; claims renewed or ended since are left alone. Never waits for a row:
+        returns the instances still claimed because another transaction holds them."""
         keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
         require_aware(claim_until, "claim_until")
         if not keys:
-            return
+            return []
         executor = self._executor()
         try:
-            await executor.execute(self._q.release_claims, keys, claim_until)
+            rows = await executor.fetch(self._q.release_claims, keys, claim_until)
         except Exception as exc:
             raise_mapped(exc, "release_claims", executor)
+        return [row[0] for row in rows]
 
     async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool:
         """Make the instance's timeout due no earlier than ``until`` without recording anything:

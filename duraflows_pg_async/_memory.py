@@ -894,13 +894,15 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
 
     async def release_claims(
         self, instance_uuids: Sequence[UUID | str], claim_until: datetime
-    ) -> None:
-        """End unused sweep claims taken with ``find_expired(claim_until=...)``; never waits."""
+    ) -> list[UUID]:
+        """End unused sweep claims taken with ``find_expired(claim_until=...)``. Claims live
+        outside transactions here, so a row's lock never keeps one: returns an empty list."""
         keys = [coerce_uuid(u, "instance_uuids[]") for u in instance_uuids]
         require_aware(claim_until, "claim_until")
         for key in keys:
             if self._database._claims.get(key) == claim_until:
                 del self._database._claims[key]
+        return []
 
     async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool:
         """Make the instance's timeout due no earlier than ``until`` without recording anything

@@ -36,6 +36,13 @@ _DUE = (
 )
 
 
+# The due time as migration 100's index spells it. Equal to _DUE_AT wherever _DUE holds (it
+# needs expires_at), but a different expression: 005's index cannot give rows in this order, so
+# the planner cannot pick it and walk other workflows' due rows one by one (it cannot tell that
+# the lateral name is selective), and the index of 100 is the only way in.
+_WORKFLOW_DUE_AT = "coalesce(timeout_retry_at, expires_at, 'infinity'::timestamptz)"
+
+
 def _due_of(instances: str, names: str) -> str:
     """uuid and due_at of up to $1 due rows of the workflows in ``names``, locked SKIP LOCKED.
 
@@ -45,9 +52,10 @@ def _due_of(instances: str, names: str) -> str:
     """
     return (
         f"SELECT d.uuid, d.due_at FROM unnest({names}::text[]) AS w(name) CROSS JOIN LATERAL "
-        f"(SELECT uuid, {_DUE_AT} AS due_at FROM {instances} "
-        f"WHERE workflow_name = w.name AND {_DUE} "
-        f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED) AS d ORDER BY d.due_at LIMIT $1"
+        f"(SELECT uuid, {_WORKFLOW_DUE_AT} AS due_at FROM {instances} "
+        f"WHERE workflow_name = w.name AND {_DUE} AND {_WORKFLOW_DUE_AT} < $2 "
+        f"ORDER BY {_WORKFLOW_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED) AS d "
+        "ORDER BY d.due_at LIMIT $1"
     )
 
 
@@ -162,12 +170,15 @@ def render_queries(schema: str | None) -> Queries:
         select_context=f"SELECT context_json FROM {instances} WHERE uuid = $1",
         select_metadata=f"SELECT metadata_json FROM {instances} WHERE uuid = $1",
         # $1=uuids $2=claim_until: hand back claims a sweep did not use. Rows another transaction
-        # holds are left alone rather than waited for: their holder writes them (which ends the
-        # claim) or the claim runs out at $2.
+        # holds are not waited for: their uuids are returned, for a later try.
         release_claims=(
-            f"UPDATE {instances} SET timeout_retry_at = NULL WHERE uuid IN (SELECT uuid FROM "
-            f"{instances} WHERE uuid = ANY ($1::uuid[]) AND timeout_attempts = 0 "
-            "AND timeout_retry_at = $2 FOR UPDATE SKIP LOCKED)"
+            f"WITH mine AS (SELECT uuid FROM {instances} WHERE uuid = ANY ($1::uuid[]) "
+            "AND timeout_attempts = 0 AND timeout_retry_at = $2), "
+            f"free AS (SELECT uuid FROM {instances} WHERE uuid IN (SELECT uuid FROM mine) "
+            "FOR UPDATE SKIP LOCKED), "
+            f"released AS (UPDATE {instances} SET timeout_retry_at = NULL "
+            "WHERE uuid IN (SELECT uuid FROM free) RETURNING uuid) "
+            "SELECT uuid FROM mine EXCEPT ALL SELECT uuid FROM released"
         ),
         # $1=uuid $2=until. The next attempt no earlier than $2 (a claim for a row without retry
         # state, the retry time otherwise), without recording a failure; never waits for a lock.

@@ -986,7 +986,7 @@ class WorkflowRuntime:
                 batches.setdefault(claim_until, []).append(instance_uuid)
         for claim_until, uuids in list(batches.items()):
             try:
-                await self.persistence.instance_store.release_claims(uuids, claim_until)
+                held = await self.persistence.instance_store.release_claims(uuids, claim_until)
             except BaseException as exc:
                 # Kept for the next sweep, also when cancelled here (releasing twice is harmless).
                 self._unreleased_claims.extend(
@@ -996,6 +996,9 @@ class WorkflowRuntime:
                     return
                 raise
             del batches[claim_until]
+            # Held by another transaction: tried again by the next sweep, until it is let go
+            # (then due at once) or written (which ends the claim), or the claim runs out.
+            self._unreleased_claims.extend((u, claim_until) for u in held)
 
     def _still_due(self, instance: WorkflowInstance, now: datetime) -> bool:
         retry = instance.timeout_retry

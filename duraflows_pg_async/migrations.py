@@ -368,7 +368,8 @@ CREATE INDEX workflow_instances_definition_version_idx
     ON {instances} (workflow_name, definition_version);
 
 CREATE INDEX workflow_instances_workflow_due_idx
-    ON {instances} (workflow_name, (coalesce(timeout_retry_at, expires_at)))
+    ON {instances}
+    (workflow_name, (coalesce(timeout_retry_at, expires_at, 'infinity'::timestamptz)))
     WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL;
 
 CREATE TABLE {history} (
