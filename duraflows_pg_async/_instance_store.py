@@ -311,17 +311,16 @@ class PgWorkflowInstanceStore(PgStore):
         conn = self._transaction_connection("find_expired")
         if names is not None and not names:
             return []
-        q = self._q
         with map_db_errors("find_expired", conn):
             if claim_until is None:
                 if names is None:
-                    keys = await conn.fetch(q.find_expired, limit, now)
+                    keys = await conn.fetch(self._q.find_expired, limit, now)
                 else:
-                    keys = await conn.fetch(q.find_expired_of, limit, now, names)
+                    keys = await conn.fetch(self._q.find_expired_of, limit, now, names)
             elif names is None:
-                keys = await conn.fetch(q.claim_expired, limit, now, claim_until)
+                keys = await conn.fetch(self._q.claim_expired, limit, now, claim_until)
             else:
-                keys = await conn.fetch(q.claim_expired_of, limit, now, claim_until, names)
+                keys = await conn.fetch(self._q.claim_expired_of, limit, now, claim_until, names)
         return await self._read_due(conn, [k[0] for k in keys], now)
 
     async def _read_due(
