@@ -422,8 +422,10 @@ class InstanceStoreConformance:
         # Each sweep took a disjoint part of the due work, oldest due first.
         assert [i.uuid for i in first] == oldest_first[:3]
         assert [i.uuid for i in second] == oldest_first[3:]
-        # The claim does not show in the model: these instances have no retry state.
+        # The claim shows as claimed_until; these instances still have no retry state.
         assert all(i.timeout_retry is None for i in first + second)
+        assert all(i.claimed_until == claim_until for i in first + second)
+        assert (await _find(conformance_provider, first[0].uuid)).claimed_until == claim_until
         async with runner.transaction():
             assert await store.find_expired(10, now) == []
             # Claims run out: a crashed sweeper's batch falls due again.
@@ -431,7 +433,7 @@ class InstanceStoreConformance:
             assert sorted(i.uuid for i in later) == sorted(oldest_first)
 
         # Unused claims can be handed back (a sweep that stops early); others stay claimed.
-        await store.release_claims([second[0].uuid, second[1].uuid], claim_until)
+        assert await store.release_claims([second[0].uuid, second[1].uuid], claim_until) == []
         await store.release_claims([first[1].uuid], claim_until + timedelta(seconds=1))
         async with runner.transaction():
             released = await store.find_expired(10, now)
@@ -452,6 +454,63 @@ class InstanceStoreConformance:
             ]
             with pytest.raises(InvalidArgumentError, match="claim_until"):
                 await store.find_expired(10, now, claim_until=now)
+
+    async def test_find_expired_takes_only_the_named_workflows(
+        self, conformance_provider: WorkflowPersistenceProvider
+    ) -> None:
+        store = conformance_provider.instance_store
+        runner = conformance_provider.transaction_runner
+        alpha = [
+            make_instance(workflow_name="alpha", expires_at=_NOW - timedelta(minutes=m))
+            for m in (5, 1)
+        ]
+        beta = make_instance(workflow_name="beta", expires_at=_NOW - timedelta(minutes=3))
+        gamma = make_instance(workflow_name="gamma", expires_at=_NOW - timedelta(minutes=9))
+        await _create(conformance_provider, *alpha, beta, gamma)
+        claim_until = _NOW + timedelta(seconds=20)
+        async with runner.transaction():
+            assert await store.find_expired(10, _NOW, workflow_names=[]) == []
+            found = await store.find_expired(10, _NOW, workflow_names=["alpha", "beta"])
+        # Oldest due first across the named workflows; gamma is never looked at.
+        assert _uuids(found) == [alpha[0].uuid, beta.uuid, alpha[1].uuid]
+        async with runner.transaction():
+            claimed = await store.find_expired(
+                2, _NOW, claim_until=claim_until, workflow_names=("beta", "alpha")
+            )
+        assert _uuids(claimed) == [alpha[0].uuid, beta.uuid]
+        assert (await _find(conformance_provider, gamma.uuid)).claimed_until is None
+        with pytest.raises(InvalidArgumentError, match="workflow_names"):
+            async with runner.transaction():
+                await store.find_expired(10, _NOW, workflow_names="alpha")
+
+    async def test_postpone_timeout_defers_without_recording(
+        self, conformance_provider: WorkflowPersistenceProvider
+    ) -> None:
+        store = conformance_provider.instance_store
+        runner = conformance_provider.transaction_runner
+        fresh = make_instance(expires_at=_NOW - timedelta(minutes=1))
+        retrying = make_instance(
+            expires_at=_NOW - timedelta(minutes=1),
+            timeout_retry=TimeoutRetry(attempts=2, last_error="boom", retry_at=_NOW),
+        )
+        await _create(conformance_provider, fresh, retrying)
+        until = _NOW + timedelta(minutes=10)
+        assert await store.postpone_timeout(fresh.uuid, until) is True
+        assert await store.postpone_timeout(retrying.uuid, until) is True
+        # Already due later: nothing to do.
+        assert await store.postpone_timeout(fresh.uuid, _NOW) is False
+        assert await store.postpone_timeout(uuid4(), until) is False
+        stored_fresh = await _find(conformance_provider, fresh.uuid)
+        stored_retrying = await _find(conformance_provider, retrying.uuid)
+        assert (stored_fresh.version, stored_fresh.timeout_retry) == (0, None)
+        assert stored_fresh.claimed_until == until
+        assert stored_retrying.timeout_retry == TimeoutRetry(
+            attempts=2, last_error="boom", retry_at=until
+        )
+        async with runner.transaction():
+            assert await store.find_expired(10, _NOW + timedelta(minutes=5)) == []
+            due = await store.find_expired(10, until + timedelta(seconds=1))
+        assert sorted(_uuids(due)) == sorted([fresh.uuid, retrying.uuid])
 
     async def test_find_expired_respects_limit(
         self, conformance_provider: WorkflowPersistenceProvider
