@@ -1,0 +1,199 @@
+"""A worker killed mid-batch: its claims are bounded by the lease, nothing is lost or done twice.
+
+The lease defaults to a short one so that the test runs in seconds; run it with
+``DURAFLOWS_KILL_TEST_LEASE=20`` to measure the stall with the default lease (docs/reliability.md
+gives the figure). The stall is printed, never asserted: the machine may be slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from duraflows_pg_async import (
+    CommandRef,
+    CommandRegistry,
+    DefinitionRegistry,
+    Event,
+    ExecutionContext,
+    State,
+    Timeout,
+    TimeoutWorker,
+    WorkflowDefinition,
+    WorkflowRuntime,
+    create_pool,
+    pg_workflow_providers,
+)
+
+INSTANCES = 200
+LEASE = float(os.environ.get("DURAFLOWS_KILL_TEST_LEASE", "3"))
+
+DEFINITION = WorkflowDefinition(
+    name="sweep",
+    initial_state="waiting",
+    states={
+        "waiting": State(
+            events={
+                "fire": Event(
+                    target_state="fired", commands=(CommandRef("log"),), timeout=Timeout(minutes=1)
+                )
+            }
+        ),
+        "fired": State(),
+    },
+)
+
+# The worker that gets killed: its third instance never finishes.
+DOOMED_WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from duraflows_pg_async import (CommandRegistry, DefinitionRegistry, TimeoutWorker,
+        WorkflowRuntime, create_pool, pg_workflow_providers)
+    from tests.reliability.test_worker_kill import DEFINITION, log_in_transaction
+
+    async def main(dsn, lease):
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        done = 0
+        providers = pg_workflow_providers(pool)
+
+        async def log(subject, ctx):
+            nonlocal done
+            await log_in_transaction(providers, ctx, "doomed")
+            done += 1
+            if done == 3:
+                print("stuck", flush=True)
+                await asyncio.Event().wait()
+
+        definitions = DefinitionRegistry()
+        definitions.register(DEFINITION)
+        commands = CommandRegistry()
+        commands.register("log", log)
+        runtime = WorkflowRuntime(definitions=definitions, commands=commands,
+            persistence=providers, sweep_lease=lease)
+        await TimeoutWorker(runtime, batch_size=int(sys.argv[3])).run()
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    """
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def log_in_transaction(providers: Any, ctx: ExecutionContext, worker: str) -> None:
+    """One sweep_log row per transition, in the transition's own transaction."""
+    conn = providers.transaction_runner.connection()
+    await conn.execute(
+        "INSERT INTO sweep_log (transition_uuid, worker) VALUES ($1, $2)",
+        ctx.transition_uuid,
+        worker,
+    )
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    pool = await create_pool(database, min_size=1, max_size=4)
+    doomed: asyncio.subprocess.Process | None = None
+    try:
+        await conn.execute(
+            "CREATE TABLE sweep_log (transition_uuid uuid PRIMARY KEY, worker text NOT NULL)"
+        )
+        providers = pg_workflow_providers(pool)
+        taken_over = asyncio.Event()
+        first_takeover: list[float] = []
+        logged = 0
+
+        async def log(subject: Any, ctx: ExecutionContext) -> None:
+            nonlocal logged
+            await log_in_transaction(providers, ctx, "survivor")
+            if not first_takeover:
+                first_takeover.append(time.monotonic())
+            logged += 1
+            if logged == INSTANCES - 2:
+                taken_over.set()
+
+        definitions = DefinitionRegistry()
+        definitions.register(DEFINITION)
+        commands = CommandRegistry()
+        commands.register("log", log)
+        survivor = WorkflowRuntime(
+            definitions=definitions, commands=commands, persistence=providers, sweep_lease=LEASE
+        )
+        await survivor.initialize()
+        await conn.execute(
+            "INSERT INTO workflow_instances (uuid, workflow_name, current_state, "
+            "definition_version, expires_at) SELECT gen_random_uuid(), 'sweep', 'waiting', 1, "
+            "now() - interval '1 minute' - (g || ' milliseconds')::interval "
+            "FROM generate_series(1, $1::int) g",
+            INSTANCES,
+        )
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DOOMED_WORKER,
+            database,
+            str(LEASE),
+            str(INSTANCES),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert doomed.stdout is not None
+        async with asyncio.timeout(120):
+            line = await doomed.stdout.readline()
+        assert line.strip() == b"stuck", line
+        claimed_at = datetime.now(UTC)
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        killed = time.monotonic()
+
+        # Whatever it had claimed is claimed for at most the lease.
+        claims = await conn.fetchrow(
+            "SELECT count(*) AS n, max(timeout_retry_at) AS until FROM workflow_instances "
+            "WHERE timeout_attempts = 0 AND timeout_retry_at IS NOT NULL"
+        )
+        assert claims["n"] == INSTANCES - 2
+        assert claims["until"] <= claimed_at + timedelta(seconds=LEASE)
+
+        worker = TimeoutWorker(survivor, batch_size=50, poll_interval=0.2)
+        task = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(LEASE + 120):
+                await taken_over.wait()
+        finally:
+            worker.stop()
+            await task
+        stall = first_takeover[0] - killed
+        print(
+            f"\nlease {LEASE:g} s: first instance of the killed worker's batch after {stall:.1f} s"
+        )
+
+        # Nothing lost, nothing twice: one history row and one log row per instance.
+        per_instance = await conn.fetch(
+            "SELECT workflow_instance_uuid, count(*) AS n FROM workflow_history GROUP BY 1"
+        )
+        assert len(per_instance) == INSTANCES
+        assert {row["n"] for row in per_instance} == {1}
+        workers = dict(await conn.fetch("SELECT worker, count(*) FROM sweep_log GROUP BY worker"))
+        assert workers == {"doomed": 2, "survivor": INSTANCES - 2}
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM workflow_instances WHERE current_state <> 'fired'"
+            )
+            == 0
+        )
+    finally:
+        if doomed is not None and doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+        await pool.close()
+        await conn.close()
