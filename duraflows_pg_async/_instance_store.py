@@ -31,6 +31,7 @@ from .errors import (
     OptimisticLockError,
     UnreadableRowError,
     WorkflowError,
+    echo,
     map_db_errors,
     raise_mapped,
 )
@@ -160,7 +161,7 @@ def checked_count_arguments(
         exclude_states, Sequence | set | frozenset
     ):
         raise InvalidArgumentError(
-            f"exclude_states must be a sequence of state names, got {exclude_states!r}"
+            f"exclude_states must be a sequence of state names, got {echo(exclude_states)}"
         )
     return [require_str(s, "exclude_states[]") for s in exclude_states]
 

@@ -207,7 +207,7 @@ class WorkflowRuntime:
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(event)`` (sync or async) for every state entered, after COMMIT."""
         if not callable(observer):
-            raise InvalidArgumentError(f"observer must be callable, got {observer!r}")
+            raise InvalidArgumentError(f"observer must be callable, got {echo(observer)}")
         self._observers.append(observer)
 
     async def initialize(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +11,7 @@ import anyio
 
 from ._execution import ProcessExpiredResult
 from ._runtime import WorkflowRuntime, checked_lease
-from ._validate import require_int
+from ._validate import require_duration, require_int
 from .errors import InvalidArgumentError
 
 __all__ = ["TimeoutWorker", "WorkerStats"]
@@ -73,17 +72,9 @@ class TimeoutWorker:
             raise InvalidArgumentError("runtime must be a WorkflowRuntime")
         self.runtime = runtime
         self.batch_size = require_int(batch_size, "batch_size", minimum=1)
-        interval: object = poll_interval
-        if (
-            not isinstance(interval, int | float)
-            or isinstance(interval, bool)
-            or not math.isfinite(interval)
-            or interval <= 0
-        ):
-            raise InvalidArgumentError(
-                f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
-            )
-        self.poll_interval = float(interval)
+        self.poll_interval = require_duration(
+            poll_interval, "poll_interval", timedelta_ok=False, positive=True
+        )
         self.workflow_names = (
             None if workflow_names is None else runtime._sweep_names(workflow_names)
         )

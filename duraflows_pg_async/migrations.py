@@ -28,7 +28,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ._validate import require_identifier
-from .errors import ConfigurationError, InvalidArgumentError, map_db_errors
+from .errors import ConfigurationError, InvalidArgumentError, echo, map_db_errors
 
 __all__ = [
     "Migration",
@@ -212,7 +212,7 @@ async def rollback(conn: _Connection, *, steps: int = 1) -> list[Migration]:
     ``schema_migrations`` that this package does not ship (your own dbmate files) are never touched.
     """
     if type(steps) is not int or steps < 1:
-        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+        raise InvalidArgumentError(f"steps must be a positive integer, got {echo(steps)}")
     table, exists = await _version_table(conn)
     if not exists:
         return []
@@ -257,7 +257,7 @@ def _index_of(migrations: tuple[Migration, ...], version: object, argument: str)
         if migration.version == version:
             return index
     known = ", ".join(repr(m.version) for m in migrations)
-    raise InvalidArgumentError(f"{argument} must be one of {known}, got {version!r}")
+    raise InvalidArgumentError(f"{argument} must be one of {known}, got {echo(version)}")
 
 
 async def _version_table(conn: _Connection) -> tuple[str, bool]:
@@ -311,7 +311,7 @@ def generate_migration_sql(
     """
     if uuid_strategy not in UUID_STRATEGIES:
         allowed = " or ".join(repr(s) for s in UUID_STRATEGIES)
-        raise InvalidArgumentError(f"uuid_strategy must be {allowed}, got {uuid_strategy!r}")
+        raise InvalidArgumentError(f"uuid_strategy must be {allowed}, got {echo(uuid_strategy)}")
     if schema is not None:
         require_identifier(schema, "schema")
     # The tuple's own string, so a str subclass never reaches the SQL or the cache key.

@@ -29,6 +29,7 @@ from duraflows_pg_async import (
     migrations,
     pg_workflow_providers,
 )
+from duraflows_pg_async._validate import require_duration
 
 __all__ = ["BuildRuntime", "WorkflowService", "workflow_service"]
 
@@ -122,12 +123,9 @@ async def workflow_service(
     w_options = _check_options(worker_options, "worker_options")
     p_options = _check_options(pool_options, "pool_options")
     s_options = _check_options(persistence_options, "persistence_options")
-    limit: object = shutdown_timeout
-    if not isinstance(limit, int | float) or isinstance(limit, bool) or not limit > 0:
-        raise InvalidArgumentError(
-            f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout!r}"
-        )
-    timeout = float(shutdown_timeout)
+    timeout = require_duration(
+        shutdown_timeout, "shutdown_timeout", timedelta_ok=False, positive=True
+    )
 
     pool = await create_pool(dsn, **p_options)
     service: WorkflowService | None = None
