@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -144,6 +145,7 @@ async def _throughput(
     with tempfile.TemporaryDirectory(prefix="duraflows-bench-") as work:
         script = Path(work) / "transition.sql"
         script.write_text(sql.pgbench_script(), encoding="utf-8")
+        password = unquote(urlsplit(dsn).password or "") or None
 
         async def pgbench(clients: int, seconds: int, tag: str) -> Any:
             return await run_pgbench(
@@ -152,6 +154,7 @@ async def _throughput(
                 host="127.0.0.1",
                 port=server.port,
                 user="postgres",
+                password=password,
                 database=DATABASE,
                 clients=clients,
                 seconds=seconds,

@@ -3,7 +3,8 @@
 The parent has already allocated and freed a lot (the throughput rounds keep every latency), and
 CPython keeps freed memory for reuse: a leak would first fill those holes and not show in the
 parent's RSS. So each surface runs in a new interpreter (``python -m bench.memory``) that does
-nothing else, and reports on stdout as JSON. Besides RSS it reports the growth of CPython's
+nothing else (its DSN in the ``DURAFLOWS_BENCH_DSN`` environment variable, never on its command
+line), and reports on stdout as JSON. Besides RSS it reports the growth of CPython's
 allocated blocks (``sys.getallocatedblocks``) and of the objects the GC tracks, which show a leak
 of Python objects long before it moves the RSS by a page.
 """
@@ -15,6 +16,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ MB = 1_000_000  # decimal megabytes, as in the target "≤ 10 MB"
 SURFACES = ("runtime", "adapter")
 # The directory holding the bench package: the child runs `python -m bench.memory` from there.
 _REPOSITORY = Path(__file__).resolve().parent.parent
+# The child reads its DSN from this environment variable: the DSN carries the server's password,
+# and a command line is readable by every user of the machine (``ps``), an environment is not.
+DSN_VARIABLE = "DURAFLOWS_BENCH_DSN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +121,16 @@ async def measure_in_child(
     dsn: str, surface: str, *, tasks: int, warmup: int, count: int, codec: str
 ) -> MemoryResult:
     """Run :func:`measure_growth` for ``surface`` in a fresh interpreter."""
-    process = await asyncio.create_subprocess_exec(
+    argv = [
         sys.executable, "-m", "bench.memory",
-        "--dsn", dsn, "--surface", surface, "--tasks", str(tasks),
+        "--surface", surface, "--tasks", str(tasks),
         "--warmup", str(warmup), "--count", str(count), "--codec", codec,
+    ]  # fmt: skip
+    assert not any(dsn in arg for arg in argv)  # the DSN and its password: environment only
+    process = await asyncio.create_subprocess_exec(
+        *argv,
         cwd=_REPOSITORY,
+        env={**os.environ, DSN_VARIABLE: dsn},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -138,14 +148,16 @@ async def measure_in_child(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memory")
-    parser.add_argument("--dsn", required=True)
     parser.add_argument("--surface", choices=SURFACES, required=True)
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5_000)
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--codec", choices=("default", "stdlib", "orjson"), default="default")
     args = parser.parse_args(argv)
-    asyncio.run(_child(args.dsn, args.surface, args.tasks, args.warmup, args.count, args.codec))
+    dsn = os.environ.get(DSN_VARIABLE)
+    if not dsn:
+        parser.error(f"the DSN comes from the {DSN_VARIABLE} environment variable, which is unset")
+    asyncio.run(_child(dsn, args.surface, args.tasks, args.warmup, args.count, args.codec))
 
 
 if __name__ == "__main__":

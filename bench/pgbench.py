@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ async def run_pgbench(
     host: str,
     port: int,
     user: str,
+    password: str | None,
     database: str,
     clients: int,
     seconds: int,
@@ -115,7 +117,9 @@ async def run_pgbench(
 ) -> PgbenchResult:
     """Run ``pgbench -n -f script -c N -j N -T seconds -M prepared -l`` and parse its results.
 
-    The log files (``<log_prefix>.<pid>[.<thread>]``) are read and deleted.
+    The password goes to pgbench in its environment (``PGPASSWORD``), never on its command line,
+    which every user of the machine can read (``ps``). The log files
+    (``<log_prefix>.<pid>[.<thread>]``) are read and deleted.
     """
     argv = [
         str(pgbench), "-n", "-f", str(script),
@@ -123,12 +127,17 @@ async def run_pgbench(
         "-l", f"--log-prefix={log_prefix}",
         "-h", host, "-p", str(port), "-U", user, database,
     ]  # fmt: skip
+    env = dict(os.environ)
+    if password is not None:
+        assert not any(password in arg for arg in argv)  # the password: environment only
+        env["PGPASSWORD"] = password
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=log_prefix.parent,
+        env=env,
     )
     out, err = await process.communicate()
     stdout = out.decode(errors="replace")

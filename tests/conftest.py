@@ -23,7 +23,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -41,7 +41,7 @@ from duraflows_pg_async import (
 class PgServer:
     """Where the tests' server is and how it was obtained."""
 
-    admin_dsn: str
+    admin_dsn: str = field(repr=False)  # it carries the server's password
     source: str
     version: str = ""
     version_num: int = 0

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
@@ -610,11 +611,33 @@ def dbmate_binary() -> str:
     return binary
 
 
-async def _run(argv: list[str], cwd: Path) -> str:
-    """Run a command with DBMATE_* and DATABASE_URL unset; its output, once it exited 0."""
+# A URL's password: what lies between "scheme://user:" and the "@" before the host.
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^@/?#\s]*@")
+
+
+def _redact(text: str, *secrets: str) -> str:
+    """``text`` with the password of every URL in it, and each of ``secrets``, shown as ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+async def _run(argv: list[str], cwd: Path, *, database_url: str | None = None) -> str:
+    """Run a command with DBMATE_* unset and DATABASE_URL set to ``database_url`` (unset when
+    None); its output, once it exited 0.
+
+    The URL, password and all, goes to the command in its environment only: a command line is
+    readable by every user of the machine (``ps``). A failure's message redacts the password.
+    """
+    password = unquote(urlsplit(database_url).password or "") if database_url else ""
+    if password and any(password in arg for arg in argv):
+        pytest.fail("a password in argv", pytrace=False)  # not an assert: it would show argv
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("DBMATE_") and k != "DATABASE_URL"
     }
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,  # an empty directory: no stray .env for dbmate to load
@@ -623,7 +646,10 @@ async def _run(argv: list[str], cwd: Path) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
-    assert process.returncode == 0, (argv[1:], out.decode(), err.decode())
+    if process.returncode != 0:
+        # pytrace=False: no traceback, so no local variable (the URL) in the report, even with -l.
+        report = f"{argv[1:]} exited with {process.returncode}\n{out.decode()}\n{err.decode()}"
+        pytest.fail(_redact(report, password), pytrace=False)
     return out.decode()
 
 
@@ -633,19 +659,24 @@ class Tools:
     def __init__(self, dbmate: str, dsn: str, cwd: Path) -> None:
         self.dbmate_binary, self.dsn, self.cwd = dbmate, dsn, cwd
 
+    def __repr__(self) -> str:
+        return f"Tools(dsn={_redact(self.dsn)!r})"
+
     async def dbmate(self, *args: str) -> str:
+        # dbmate reads its URL from DATABASE_URL (its --env default) when --url is not given.
         url = self.dsn + ("&" if "?" in self.dsn else "?") + "sslmode=disable"
         migrations_dir = str(REPO / "migrations")
         return await _run(
-            [self.dbmate_binary, "--url", url, "--migrations-dir", migrations_dir,
-             "--no-dump-schema", *args],
+            [self.dbmate_binary, "--migrations-dir", migrations_dir, "--no-dump-schema", *args],
             self.cwd,
-        )  # fmt: skip
+            database_url=url,
+        )
 
     async def cli(self, *args: str) -> str:
+        # duraflows-pg reads DATABASE_URL when --database-url is not given.
         script = Path(sys.executable).with_name("duraflows-pg")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "duraflows_pg_async"]
-        return await _run([*command, "migrate", *args, "--database-url", self.dsn], self.cwd)
+        return await _run([*command, "migrate", *args], self.cwd, database_url=self.dsn)
 
     async def dbmate_status(self) -> dict[str, bool]:
         """``dbmate status``: file name -> applied."""
@@ -673,6 +704,23 @@ class Tools:
 @pytest.fixture
 def tools(dbmate_binary: str, empty_database: str, tmp_path: Path) -> Tools:
     return Tools(dbmate_binary, empty_database, tmp_path)
+
+
+async def test_a_failing_dbmate_or_cli_run_shows_no_password(tmp_path: Path) -> None:
+    url = "postgresql://postgres:Pw-0f_the-server@127.0.0.1:1/db?sslmode=disable"
+    echo = "import os, sys; print(os.environ['DATABASE_URL']); sys.exit(os.environ['DATABASE_URL'])"
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await _run([sys.executable, "-c", echo], tmp_path, database_url=url)
+    message = str(failed.value)
+    assert "Pw-0f_the-server" not in message
+    assert message.count("postgresql://postgres:***@127.0.0.1:1/db") == 2  # stdout and stderr
+    # The URL reaches the command in its environment, never on its command line.
+    with pytest.raises(pytest.fail.Exception, match="a password in argv"):
+        await _run([sys.executable, "-c", "pass", url], tmp_path, database_url=url)
+    assert _redact("postgresql://u:p:w@h/d and postgres://v:x@h") == (
+        "postgresql://u:***@h/d and postgres://v:***@h"
+    )
+    assert "Pw-0f" not in repr(Tools("dbmate", url, tmp_path))
 
 
 async def test_dbmate_applies_and_duraflows_pg_agrees(

@@ -124,7 +124,7 @@ async def test_64_concurrent_events_on_one_instance_lose_nothing(database: str) 
 
 WORKER_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     from datetime import UTC, datetime
     from duraflows_pg_async import (
         CommandRef, CommandRegistry, DefinitionRegistry, Event, State, Timeout, TimeoutWorker,
@@ -148,7 +148,7 @@ WORKER_SCRIPT = textwrap.dedent(
             conn = persistence.transaction_runner.connection()
             await conn.execute(
                 "INSERT INTO sweep_log (transition_uuid, worker) VALUES ($1, $2)",
-                ctx.transition_uuid, sys.argv[2])
+                ctx.transition_uuid, sys.argv[1])
 
         commands.register("log", log)
         runtime = WorkflowRuntime(definitions=definitions, commands=commands,
@@ -166,7 +166,7 @@ WORKER_SCRIPT = textwrap.dedent(
         print(sum(w.stats.processed for w in workers))
         await pool.close()
 
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(os.environ["DATABASE_URL"]))
     """
 )
 
@@ -211,11 +211,12 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
             "now() - interval '1 minute' - (g || ' milliseconds')::interval "
             "FROM generate_series(1, 5000) g"
         )
-        env = {**os.environ}
+        # The DSN (and the server's password) in the environment: a command line is public.
+        env = {**os.environ, "DATABASE_URL": database}
 
         def run(name: str) -> subprocess.Popen[str]:
             return subprocess.Popen(
-                [sys.executable, "-c", WORKER_SCRIPT, database, name],
+                [sys.executable, "-c", WORKER_SCRIPT, name],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

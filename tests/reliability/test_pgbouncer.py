@@ -1,7 +1,9 @@
 """The provider and the runtime behind pgbouncer (Debian's package), in transaction mode.
 
 One pgbouncer per module runs in front of the session's PostgreSQL server, started from a
-temporary directory as an unprivileged user (pgbouncer refuses to run as root). Every database
+temporary directory as an unprivileged user (pgbouncer refuses to run as root). Its
+configuration holds the server's password: the directory is 0700 and the files in it 0600, all
+owned by the user pgbouncer runs as, and the password is on no command line. Every database
 gets a pool of ``POOL_SIZE`` server connections, fewer than the clients the tests open, so clients
 really do share server connections between transactions. The pools are created the documented
 way, ``create_pool(dsn, statement_cache_size=0)`` (docs/operations-pgbouncer.md).
@@ -18,6 +20,7 @@ import asyncio
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -80,6 +83,8 @@ class Bouncer:
     port: int
     session_db: str
     statement_db: str
+    pid: int
+    workdir: Path  # pgbouncer.ini (with the server's password) and pgbouncer.log
 
     def dsn(self, database: str) -> str:
         # auth_type = any: the user name is ignored; pgbouncer logs in as the server's user.
@@ -97,10 +102,15 @@ def _pgbouncer_binary() -> str | None:
     return None
 
 
-def _unprivileged_user() -> dict[str, Any]:
-    """Popen arguments that drop root (pgbouncer refuses to run as root); none otherwise."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return {}
+def _as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _pgbouncer_user() -> tuple[int, int]:
+    """(uid, gid) pgbouncer runs as: an unprivileged user when root (pgbouncer refuses to run
+    as root), the current user otherwise."""
+    if not _as_root():
+        return os.geteuid(), os.getegid()
     import pwd
 
     # duraflows-pg is the user the embedded server runs as; nobody exists everywhere else.
@@ -109,8 +119,25 @@ def _unprivileged_user() -> dict[str, Any]:
             entry = pwd.getpwnam(name)
         except KeyError:
             continue
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        return entry.pw_uid, entry.pw_gid
     pytest.fail("running as root, and neither a duraflows-pg nor a nobody user exists")
+
+
+def _unprivileged_user() -> dict[str, Any]:
+    """Popen arguments that drop root (pgbouncer refuses to run as root); none otherwise."""
+    if not _as_root():
+        return {}
+    uid, gid = _pgbouncer_user()
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
+def _private_file(path: Path) -> int:
+    """Open ``path`` for writing (truncated), 0600 and owned by the user pgbouncer runs as."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    if _as_root():
+        os.fchown(fd, *_pgbouncer_user())
+    return fd
 
 
 def _free_port() -> int:
@@ -181,11 +208,13 @@ def _start(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start pgbouncer on a free port (its log goes to workdir); returns (process, port)."""
     log_file = workdir / "pgbouncer.log"
+    os.close(_private_file(log_file))
     for _attempt in range(3):  # another process may take the free port before pgbouncer binds
         port = _free_port()
         ini = workdir / "pgbouncer.ini"
-        ini.write_text(_config(port, upstream, session_db, statement_db, version))
-        ini.chmod(0o644)
+        # The [databases] lines hold the server's password: 0600, pgbouncer's user's.
+        with os.fdopen(_private_file(ini), "w", encoding="utf-8") as config:
+            config.write(_config(port, upstream, session_db, statement_db, version))
         with log_file.open("ab") as log:
             process = subprocess.Popen(
                 [binary, str(ini)],
@@ -248,14 +277,16 @@ def bouncer(pg_server: Any, pg_template: str) -> Iterator[Bouncer]:
     suffix = uuid.uuid4().hex[:8]
     session_db, statement_db = f"duraflows_pgb_session_{suffix}", f"duraflows_pgb_stmt_{suffix}"
     asyncio.run(_create_databases(pg_server.admin_dsn, pg_template, [session_db, statement_db]))
-    workdir = Path(tempfile.mkdtemp(prefix="duraflows-pgbouncer-"))
-    workdir.chmod(0o755)  # readable by the unprivileged user pgbouncer runs as
+    workdir = Path(tempfile.mkdtemp(prefix="duraflows-pgbouncer-"))  # 0700
+    workdir.chmod(0o700)
+    if _as_root():  # pgbouncer, run as another user, reads its configuration from here
+        os.chown(workdir, *_pgbouncer_user())
     process = None
     try:
         process, port = _start(
             binary, version, _upstream(pg_server.admin_dsn), workdir, session_db, statement_db
         )
-        yield Bouncer(version, port, session_db, statement_db)
+        yield Bouncer(version, port, session_db, statement_db, process.pid, workdir)
     finally:
         if process is not None:
             _stop(process)
@@ -265,6 +296,36 @@ def bouncer(pg_server: Any, pg_template: str) -> Iterator[Bouncer]:
 
 def _name_of(dsn: str) -> str:
     return urlsplit(dsn).path.lstrip("/")
+
+
+def test_the_server_password_stays_private(bouncer: Bouncer, pg_server: Any) -> None:
+    """Only the user pgbouncer runs as (and root) can read its configuration, which holds the
+    server's password; the password is on no command line, in no log and in no repr()."""
+    uid, _gid = _pgbouncer_user()
+    ini, log = bouncer.workdir / "pgbouncer.ini", bouncer.workdir / "pgbouncer.log"
+    for path, mode in ((bouncer.workdir, 0o700), (ini, 0o600), (log, 0o600)):
+        info = path.stat()
+        assert (path.name, oct(stat.S_IMODE(info.st_mode)), info.st_uid) == (
+            path.name,
+            oct(mode),
+            uid,
+        )
+    proc = Path(f"/proc/{bouncer.pid}")
+    if proc.is_dir():
+        status = (proc / "status").read_text()
+        assert f"\nUid:\t{uid}\t" in status  # runs as the files' owner
+    password = unquote(urlsplit(pg_server.admin_dsn).password or "")
+    if not password:
+        return  # a DURAFLOWS_TEST_DSN without one: nothing more to hide
+    # Booleans only: an assertion on the texts themselves would print the password.
+    in_config = password in ini.read_text(encoding="utf-8")
+    assert in_config  # what makes the modes above matter
+    on_command_line = proc.is_dir() and password.encode() in (proc / "cmdline").read_bytes()
+    assert not on_command_line
+    in_log = password in log.read_text(errors="replace")
+    assert not in_log
+    in_repr = password in repr(pg_server) or password in repr(bouncer)
+    assert not in_repr
 
 
 @pytest.fixture
