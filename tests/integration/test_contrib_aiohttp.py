@@ -14,7 +14,7 @@ import io
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -57,7 +57,7 @@ class Served:
     client: TestClient[web.Request, web.Application]
     clock: MovableClock
     app: web.Application
-    dsn: str
+    dsn: str = field(repr=False)  # it carries the server's password
 
 
 async def app_connections(dsn: str) -> int:

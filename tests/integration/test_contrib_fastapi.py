@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -56,7 +56,7 @@ class Served:
     clock: MovableClock
     server: Any  # uvicorn.Server
     task: asyncio.Task[None]
-    dsn: str
+    dsn: str = field(repr=False)  # it carries the server's password
     port: int
 
     async def shutdown(self) -> None:

@@ -56,7 +56,7 @@ DEFINITION = WorkflowDefinition(
 # The worker that gets killed: its third instance never finishes.
 DOOMED_WORKER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     from duraflows_pg_async import (CommandRegistry, DefinitionRegistry, TimeoutWorker,
         WorkflowRuntime, create_pool, pg_workflow_providers)
     from tests.reliability.test_worker_kill import DEFINITION, log_in_transaction
@@ -80,9 +80,9 @@ DOOMED_WORKER = textwrap.dedent(
         commands.register("log", log)
         runtime = WorkflowRuntime(definitions=definitions, commands=commands,
             persistence=providers, sweep_lease=lease)
-        await TimeoutWorker(runtime, batch_size=int(sys.argv[3])).run()
+        await TimeoutWorker(runtime, batch_size=int(sys.argv[2])).run()
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(main(os.environ["DATABASE_URL"], float(sys.argv[1])))
     """
 )
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,11 +140,11 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
             sys.executable,
             "-c",
             DOOMED_WORKER,
-            database,
             str(LEASE),
             str(INSTANCES),
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            # The DSN carries the server's password: never on a command line.
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database},
             stdout=asyncio.subprocess.PIPE,
         )
         assert doomed.stdout is not None
