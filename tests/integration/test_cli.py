@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,7 +127,7 @@ async def test_migrate_status_text_and_json(empty_database: str) -> None:
     assert text.stdout.splitlines() == [f"[X] {m.version}_{m.name}" for m in packaged]
     after = await cli("migrate", "status", "--json", url=empty_database)
     assert all(entry["applied"] for entry in json.loads(after.stdout))
-    down = await cli("migrate", "down", url=empty_database)
+    down = await cli("migrate", "down", "--yes", url=empty_database)
     assert down.returncode == 0, down.stderr
     assert f"rolled back {packaged[-1].version}_{packaged[-1].name}" in down.stdout
 
@@ -225,6 +226,49 @@ async def test_rearm_clears_the_parked_state(
 
     unknown = uuid.uuid4()
     assert_clean_error(await cli("rearm", str(unknown), url=database), 1, str(unknown))
+
+
+async def claim(database: str, instance_uuid: uuid.UUID, until: timedelta) -> None:
+    """Give the instance a sweep's claim ending at ``now() + until`` (no retry state)."""
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute(
+            "UPDATE workflow_instances SET expires_at = now() - interval '1 hour', "
+            "timeout_retry_at = now() + $2 WHERE uuid = $1",
+            instance_uuid,
+            until,
+        )
+    finally:
+        await conn.close()
+
+
+async def test_inspect_shows_and_rearm_ends_a_sweep_claim(
+    database: str, providers: WorkflowPersistenceProvider
+) -> None:
+    instance = await make_instance(providers, history=False)
+    await claim(database, instance.uuid, timedelta(minutes=5))
+    text = await cli("inspect", str(instance.uuid), url=database)
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^sweep claim +claimed by a sweep until \S+ \S+$", text.stdout, re.M)
+    assert re.search(r"^timeout retry +none$", text.stdout, re.M)
+    as_json = json.loads((await cli("inspect", str(instance.uuid), "--json", url=database)).stdout)
+    stored = await providers.instance_store.find_by_uuid(instance.uuid)
+    assert stored is not None
+    assert stored.claimed_until is not None
+    assert as_json["instance"]["claimed_until"] == stored.claimed_until.isoformat()
+
+    await claim(database, instance.uuid, timedelta(minutes=-1))
+    lapsed = await cli("inspect", str(instance.uuid), url=database)
+    assert "(lapsed: due again)" in lapsed.stdout
+
+    rearm = await cli("rearm", str(instance.uuid), url=database)
+    assert rearm.returncode == 0, rearm.stderr
+    assert f"rearmed {instance.uuid} (was: claimed by a sweep until" in rearm.stdout
+    stored = await providers.instance_store.find_by_uuid(instance.uuid)
+    assert stored is not None
+    assert (stored.claimed_until, stored.timeout_retry, stored.version) == (None, None, 2)
+    again = await cli("rearm", str(instance.uuid), url=database)
+    assert "nothing to rearm" in again.stdout
 
 
 # --- worker -------------------------------------------------------------------------------------
@@ -435,10 +479,13 @@ async def test_no_database_url(args: list[str]) -> None:
     assert_clean_error(result, 2, "give --database-url or set DATABASE_URL")
 
 
-@pytest.mark.parametrize("url", [UNREACHABLE, "notaurl"])
 @pytest.mark.parametrize("args", [["migrate", "status"], ["parked"]])
-async def test_unreachable_server_or_bad_url(url: str, args: list[str]) -> None:
-    assert_clean_error(await cli(*args, url=url), 1, "cannot reach the database: ")
+async def test_refused_connection_and_bad_url(args: list[str]) -> None:
+    refused = await cli(*args, url=UNREACHABLE)
+    assert_clean_error(
+        refused, 1, "cannot connect to the database at 127.0.0.1:1: connection refused"
+    )
+    assert_clean_error(await cli(*args, url="notaurl"), 2, "invalid database URL: ")
 
 
 async def test_missing_schema(empty_database: str, tmp_path: Path) -> None:

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from typing import Any
+
+import asyncpg
+
+from duraflows_pg_async import HistoryRecord, WorkflowPersistenceProvider
+from duraflows_pg_async.testing import make_instance
+
+DEMO = [sys.executable, "-m", "duraflows_pg_async", "demo"]
 
 
-async def test_demo_runs_on_a_given_database(empty_database: str) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "duraflows_pg_async", "demo"],
-        env={**os.environ, "DATABASE_URL": empty_database},
+def run_demo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DEMO, *args],
+        env={**os.environ, "DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+
+
+def assert_demo_output(out: str) -> None:
     assert "migrations applied now: 001, 002, 003, 004, 005, 006" in out
     assert "4 orders cancelled, each exactly once" in out
     states = dict(re.findall(r"Order #(\d+) .* state=(\S+)", out))
@@ -37,16 +48,115 @@ async def test_demo_runs_on_a_given_database(empty_database: str) -> None:
     assert "CARD_DECLINED: card declined by issuer" in out
 
 
+async def test_demo_runs_on_a_given_database(empty_database: str) -> None:
+    result = await asyncio.to_thread(run_demo, empty_database)
+    assert result.returncode == 0, result.stderr
+    assert_demo_output(result.stdout)
+
+
+async def snapshot(url: str) -> dict[str, Any]:
+    """Every row of the public tables and the names of every schema."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = {
+            table: [
+                tuple(r)
+                for r in await conn.fetch(f"SELECT * FROM public.{table} AS t ORDER BY t::text")
+            ]
+            for table in (
+                "workflow_instances",
+                "workflow_history",
+                "workflow_definitions",
+                "schema_migrations",
+            )
+        }
+        schemas = [r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")]
+    finally:
+        await conn.close()
+    return {"tables": tables, "schemas": schemas}
+
+
+async def test_demo_leaves_a_shared_database_alone(
+    database: str, providers: WorkflowPersistenceProvider
+) -> None:
+    signup = make_instance(workflow_name="signup", current_state="waiting")
+    async with providers.transaction_runner.transaction():
+        await providers.instance_store.create(signup)
+        await providers.history_store.append(
+            HistoryRecord(
+                workflow_instance_uuid=signup.uuid,
+                from_state=None,
+                event_name="__create__",
+                to_state="waiting",
+                outcome="success",
+            )
+        )
+    before = await snapshot(database)
+    assert before["tables"]["workflow_instances"]
+    assert not before["tables"]["workflow_definitions"]
+
+    result = await asyncio.to_thread(run_demo, database)
+    assert result.returncode == 0, result.stderr
+    assert_demo_output(result.stdout)
+    schema = re.search(r"schema of its own, (duraflows_demo_[0-9a-f]+)", result.stdout)
+    assert schema is not None, result.stdout
+    # Same rows (no orders, no definition, no future timestamps) and no schema left behind.
+    assert await snapshot(database) == before
+
+    as_json = await asyncio.to_thread(run_demo, database, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert {o["order_no"]: o["state"] for o in report["orders"]}[1001] == "shipped"
+    assert report["schema"].startswith("duraflows_demo_")
+    assert await snapshot(database) == before
+
+
+async def test_demo_drops_its_schema_when_interrupted(database: str) -> None:
+    # Every migrator takes the same advisory lock: holding it stops the demo inside its
+    # migrations, after it has created its schema.
+    lock_key = int.from_bytes(b"duraflow", "big")
+    holder = await asyncpg.connect(database)
+    watcher = await asyncpg.connect(database)  # outside the holder's transaction: fresh stats
+    proc: subprocess.Popen[str] | None = None
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
+            DEMO,
+            env={**os.environ, "DATABASE_URL": database},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event = 'advisory'"
+        ):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the demo never reached its migrations"
+            await asyncio.sleep(0.05)
+        demo_schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'duraflows_demo_%'"
+        assert await holder.fetchval(demo_schemas) == 1
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert proc.returncode == 130, (out, err)
+        assert "interrupted" in err
+        assert "Traceback" not in err
+        await holder.execute("ROLLBACK")
+        assert await holder.fetchval(demo_schemas) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        await holder.close()
+        await watcher.close()
+
+
 async def test_demo_reports_an_unreachable_server() -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "duraflows_pg_async", "demo"],
-        env={**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await asyncio.to_thread(run_demo, "postgresql://nobody@127.0.0.1:1/none")
     assert result.returncode == 1
-    assert result.stderr.startswith("duraflows-pg: ")
+    assert result.stderr.startswith("duraflows-pg: cannot connect to the database at 127.0.0.1:1")
+    assert "connection refused" in result.stderr
     assert "Traceback" not in result.stderr
