@@ -14,6 +14,7 @@ from duraflows_pg_async import HistoryRecord, TimeoutRetry, WorkflowPersistenceP
 from duraflows_pg_async.testing import make_instance
 
 OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
+CLAIM_AGO = timedelta(minutes=10)
 
 
 def sql_blocks() -> list[str]:
@@ -32,8 +33,9 @@ def test_the_page_has_the_queries_this_module_checks() -> None:
 
 
 @pytest.fixture
-async def seeded(providers: WorkflowPersistenceProvider) -> None:
-    """2 due, 1 not yet due, 1 retrying (due), 1 retrying (later), 2 parked, 1 with no deadline."""
+async def seeded(providers: WorkflowPersistenceProvider, pool: asyncpg.Pool) -> None:
+    """2 due, 1 not yet due, 1 retrying (due), 1 retrying (later), 2 parked, 1 with no deadline,
+    1 due and claimed by a sweep, 1 due whose claim ended 10 minutes ago (stalled)."""
     now = datetime.now(UTC)
     hour = timedelta(hours=1)
     instances = [
@@ -63,6 +65,13 @@ async def seeded(providers: WorkflowPersistenceProvider) -> None:
         ),
         make_instance(workflow_name="signup", current_state="done"),
     ]
+    claimed = make_instance(
+        workflow_name="order", current_state="awaiting", expires_at=now - timedelta(minutes=20)
+    )
+    stalled = make_instance(
+        workflow_name="order", current_state="awaiting", expires_at=now - timedelta(minutes=30)
+    )
+    instances += [claimed, stalled]
     async with providers.transaction_runner.transaction():
         for instance in instances:
             await providers.instance_store.create(instance)
@@ -77,14 +86,43 @@ async def seeded(providers: WorkflowPersistenceProvider) -> None:
                     rejected_by="has_items" if outcome == "guard-rejected" else None,
                 )
             )
+    # A sweep's claim: timeout_retry_at without retry state (attempts 0).
+    for instance, claim_end in ((claimed, now + timedelta(minutes=10)), (stalled, now - CLAIM_AGO)):
+        await pool.execute(
+            "UPDATE workflow_instances SET timeout_retry_at = $2 WHERE uuid = $1",
+            instance.uuid,
+            claim_end,
+        )
 
 
 @pytest.mark.usefixtures("seeded")
 async def test_due_backlog_counts_due_rows_and_the_oldest_lag(pool: asyncpg.Pool) -> None:
     row = await pool.fetchrow(block_after("Due timeouts not yet fired"))
     assert row is not None
-    assert row["due"] == 3  # two plain deadlines and one retry whose time has come
+    # Two plain deadlines, one retry whose time has come, and the two claimed instances.
+    assert row["due"] == 5
     assert timedelta(hours=1, minutes=59) < row["oldest_lag"] < timedelta(hours=2, minutes=5)
+    assert (row["claimed"], row["stalled_claims"]) == (2, 1)
+    assert CLAIM_AGO <= row["oldest_stalled_claim"] < CLAIM_AGO + timedelta(minutes=5)
+
+
+async def test_due_backlog_lag_of_a_claim_runs_from_its_deadline(
+    pool: asyncpg.Pool, providers: WorkflowPersistenceProvider
+) -> None:
+    now = datetime.now(UTC)
+    stalled = make_instance(expires_at=now - timedelta(minutes=30))
+    async with providers.transaction_runner.transaction():
+        await providers.instance_store.create(stalled)
+    await pool.execute(
+        "UPDATE workflow_instances SET timeout_retry_at = $2 WHERE uuid = $1",
+        stalled.uuid,
+        now - CLAIM_AGO,
+    )
+    row = await pool.fetchrow(block_after("Due timeouts not yet fired"))
+    assert row is not None
+    assert (row["due"], row["claimed"], row["stalled_claims"]) == (1, 1, 1)
+    # From its deadline, 30 minutes ago; not from the end of its claim, 10 minutes ago.
+    assert timedelta(minutes=29) < row["oldest_lag"] < timedelta(minutes=35)
 
 
 @pytest.mark.usefixtures("seeded")
@@ -97,7 +135,7 @@ async def test_retrying_and_parked(pool: asyncpg.Pool) -> None:
 @pytest.mark.usefixtures("seeded")
 async def test_instances_per_state(pool: asyncpg.Pool) -> None:
     rows = await pool.fetch(block_after("Instances per workflow and state"))
-    assert [tuple(r) for r in rows] == [("order", "awaiting", 7), ("signup", "done", 1)]
+    assert [tuple(r) for r in rows] == [("order", "awaiting", 9), ("signup", "done", 1)]
 
 
 @pytest.mark.usefixtures("seeded")
