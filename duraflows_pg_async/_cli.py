@@ -161,7 +161,7 @@ def _notice(message: str, as_json: bool, **fields: object) -> None:
     if as_json:
         _stderr(json_text({"message": message, **fields}, indent=None))
     else:
-        _stderr(safe_text(f"{PROG}: {message}"))
+        _stderr(safe_text(f"{PROG} {message}"))
 
 
 def _fail(error: CliError, as_json: bool) -> int:
@@ -764,14 +764,17 @@ def _migrate(args: argparse.Namespace) -> int:
         return int(_run(_migrate_status(target, schema, args.json)))
     newest: str | None = _run(_newest_applied(target, schema))
     if newest is not None and not args.yes:
-        place = f'schema "{schema}"' if schema else where(target.url)
+        place = f"the database at {where(target.url)}"
+        if schema:
+            place = f'schema "{schema}" of {place}'
+
         if not sys.stdin.isatty():
             raise CliError(
-                f"migrate down rolls back {newest} in {place}, dropping what it created and the "
-                "data in it: pass --yes to confirm (standard input is not a terminal)",
+                f"migrate down rolls back {newest} in {place}, dropping what it created, data "
+                "included: pass --yes to confirm (standard input is not a terminal)",
                 2,
             )
-        if not _confirm(f"{PROG}: roll back {newest} in {place}? Its tables and data are dropped."):
+        if not _confirm(f"{PROG}: roll back {newest} in {place}? What it created is dropped."):
             raise CliError("not confirmed: nothing rolled back")
     return int(_run(_migrate_down(target, schema, newest, args.json)))
 

@@ -19,10 +19,15 @@ import asyncpg
 import pytest
 
 from duraflows_pg_async import (
+    CommandRegistry,
     CommandResult,
+    DefinitionRegistry,
     HistoryRecord,
+    State,
+    WorkflowDefinition,
     WorkflowInstance,
     WorkflowPersistenceProvider,
+    WorkflowRuntime,
     migrations,
 )
 
@@ -75,16 +80,16 @@ async def make_instance(
         await providers.history_store.append(
             HistoryRecord(
                 workflow_instance_uuid=instance.uuid,
-                from_state=None,
-                event_name="__create__",
-                to_state="cart",
+                from_state="cart",
+                event_name="checkout",
+                to_state="awaiting_payment",
                 outcome="success",
             )
         )
         await providers.history_store.append(
             HistoryRecord(
                 workflow_instance_uuid=instance.uuid,
-                from_state="cart",
+                from_state="awaiting_payment",
                 event_name="pay",
                 to_state="payment_failed",
                 outcome="failure",
@@ -157,10 +162,10 @@ async def test_inspect_shows_the_instance_and_its_history(
     assert "workflow            order" in out
     assert "history (2 rows, oldest first):" in out
     lines = out.splitlines()
-    create_line = next(i for i, line in enumerate(lines) if "__create__" in line)
+    checkout_line = next(i for i, line in enumerate(lines) if " checkout " in line)
     pay_line = next(i for i, line in enumerate(lines) if " pay " in line)
-    assert create_line < pay_line
-    assert "cart -> payment_failed" in lines[pay_line]
+    assert checkout_line < pay_line
+    assert "awaiting_payment -> payment_failed" in lines[pay_line]
     assert "CARD_DECLINED" in lines[pay_line]
     assert "card declined by issuer" in lines[pay_line]
 
@@ -168,8 +173,26 @@ async def test_inspect_shows_the_instance_and_its_history(
     data = json.loads(as_json.stdout)
     assert data["instance"]["uuid"] == str(instance.uuid)
     assert data["instance"]["context"] == {"order_no": 7}
-    assert [h["event_name"] for h in data["history"]] == ["__create__", "pay"]
+    assert [h["event_name"] for h in data["history"]] == ["checkout", "pay"]
     assert data["history"][1]["command_results"] == [{"ok": False, "code": "CARD_DECLINED"}]
+
+
+async def test_a_new_instance_has_no_history_and_the_docs_say_so(
+    database: str, providers: WorkflowPersistenceProvider
+) -> None:
+    definitions = DefinitionRegistry()
+    definitions.register(
+        WorkflowDefinition(name="note", initial_state="open", states={"open": State()})
+    )
+    runtime = WorkflowRuntime(
+        definitions=definitions, commands=CommandRegistry(), persistence=providers
+    )
+    instance = await runtime.create_instance("note")
+    result = await cli("inspect", str(instance.uuid), url=database)
+    assert result.returncode == 0, result.stderr
+    assert "history (0 rows, oldest first):" in result.stdout
+    # So the documented inspect output shows no creation row either.
+    assert "__create__" not in (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
 
 
 async def test_inspect_unknown_and_malformed_uuid(database: str) -> None:
