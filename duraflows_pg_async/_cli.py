@@ -43,7 +43,12 @@ from ._model import HistoryRecord, WorkflowInstance
 from ._providers import pg_workflow_providers
 from ._runtime import WorkflowRuntime
 from ._validate import coerce_uuid, require_identifier
-from .errors import InvalidArgumentError, WorkflowError, WorkflowInstanceNotFoundError
+from .errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    WorkflowError,
+    WorkflowInstanceNotFoundError,
+)
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -509,7 +514,9 @@ def _classify(exc: BaseException, schema: str | None, url: str | None) -> CliErr
         return CliError(f"cannot connect to the database at {where(url or '')}: connection refused")
     if any(isinstance(e, TimeoutError) for e in chain):
         return CliError(f"the database did not answer in time: {_root_message(exc)}")
-    if any(isinstance(e, OSError | asyncpg.PostgresConnectionError) for e in chain):
+    # Only errors of a connection: a FileNotFoundError from an APP is not a database problem.
+    lost = ConnectionLostError | asyncpg.PostgresConnectionError | ConnectionError
+    if any(isinstance(e, lost | asyncpg.ConnectionDoesNotExistError) for e in chain):
         return CliError(f"lost the connection to the database: {_root_message(exc)}")
     if isinstance(exc, WorkflowError | asyncpg.PostgresError | asyncpg.InterfaceError):
         return CliError(str(exc))
@@ -767,7 +774,6 @@ def _migrate(args: argparse.Namespace) -> int:
         place = f"the database at {where(target.url)}"
         if schema:
             place = f'schema "{schema}" of {place}'
-
         if not sys.stdin.isatty():
             raise CliError(
                 f"migrate down rolls back {newest} in {place}, dropping what it created, data "

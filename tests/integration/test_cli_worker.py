@@ -64,6 +64,11 @@ def not_a_runtime(persistence):
     return 42
 
 
+def needs_a_file(persistence):
+    with open("/nonexistent/duraflows-settings.toml") as settings:
+        return settings.read()
+
+
 READY = build(memory_workflow_providers())
 """
 
@@ -292,3 +297,14 @@ async def test_worker_options_are_checked(
         extra_env={**env, "PYTHONPATH": str(tmp_path)},
     )
     assert_clean_error(result, 2, text)
+
+
+async def test_an_os_error_of_the_app_is_not_a_database_error(
+    database: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_app.py").write_text(APP)
+    result = await cli(
+        "worker", "cli_app:needs_a_file", url=database, extra_env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert_clean_error(result, 1, "FileNotFoundError: [Errno 2] No such file or directory")
+    assert "database" not in result.stderr
