@@ -1,4 +1,4 @@
-"""Benchmarks of duraflows-pg-async against hand-written asyncpg and pgbench (issue 4).
+"""Benchmarks of duraflows-pg-async against hand-written asyncpg and pgbench.
 
 Run ``python -m bench`` (or ``python3 scripts/dev.py bench``, ``nox -s bench``); ``--smoke`` is the
 few-second version CI runs; ``--help`` lists the options. See docs/performance.md for what each

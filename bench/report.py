@@ -397,7 +397,7 @@ def render_markdown(results: Results) -> str:
         "",
         memory_table(results),
         "",
-        "### Targets (issue 4)",
+        "### Targets",
         "",
         targets_table(results),
         "",
