@@ -436,8 +436,7 @@ def _seconds(
     return seconds
 
 
-def _target(args: argparse.Namespace) -> _Target:
-    url = _database_url(args)
+def _connect_timeout(args: argparse.Namespace) -> float:
     timeout = _seconds(
         args.connect_timeout,
         "--connect-timeout",
@@ -446,7 +445,11 @@ def _target(args: argparse.Namespace) -> _Target:
         default=DEFAULT_CONNECT_TIMEOUT,
     )
     assert timeout is not None
-    return _Target(url, timeout)
+    return timeout
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    return _Target(_database_url(args), _connect_timeout(args))
 
 
 def _schema(value: str | None) -> str | None:
@@ -1108,14 +1111,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ._demo import DemoConnectError, run_demo
 
     url = args.database_url or os.environ.get("DATABASE_URL") or None
-    timeout = _seconds(
-        args.connect_timeout,
-        "--connect-timeout",
-        "DURAFLOWS_CONNECT_TIMEOUT",
-        zero_ok=False,
-        default=DEFAULT_CONNECT_TIMEOUT,
-    )
-    assert timeout is not None
+    timeout = _connect_timeout(args)
     as_json: bool = args.json
     try:
         report = _run(
