@@ -2,9 +2,10 @@
 
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
 missing, an unknown instance, the output cannot be written), 2 a usage error (no database URL, a
-malformed argument), 130 interrupted, 141 standard output closed early (a broken pipe, reported
-like a tool killed by SIGPIPE, and quietly). Errors go to stderr as one ``duraflows-pg: ...`` line,
-or with ``--json`` as one JSON object ``{"error": ..., "exit_code": ...}``, never as a traceback.
+malformed argument), 130 interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
+early (a broken pipe, reported like a tool killed by SIGPIPE, and quietly). Errors go to stderr
+as one ``duraflows-pg: ...`` line, or with ``--json`` as one JSON object ``{"error": ...,
+"exit_code": ...}``, never as a traceback.
 
 Text read from the database (states, event names, errors, context) can hold terminal control
 sequences; every human-readable line shows them as visible escapes (``\\x1b``), and JSON output
@@ -1146,9 +1147,46 @@ def _sql(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the command was cancelled and its clean-up has run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _run(coro: Awaitable[Any]) -> Any:
+    """Run ``coro``; SIGINT and SIGTERM cancel it, so that its ``finally`` blocks (the demo's
+    schema, the pool) run, whatever signal disposition the process inherited: a process started
+    in the background inherits SIGINT ignored, and a container stop sends SIGTERM. A command
+    that installs handlers of its own (the worker) replaces these."""
+
     async def wrapped() -> Any:
-        return await coro
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, int(sig))
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
+                pass
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if received:
+                raise _Interrupted(received[0]) from None
+            raise
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
 
     return asyncio.run(wrapped())
 
@@ -1200,6 +1238,8 @@ def _main(argv: list[str], as_json: bool) -> int:
         return _fail(exc, as_json)
     except KeyboardInterrupt:
         return _fail(CliError("interrupted", EXIT_INTERRUPTED), as_json)
+    except _Interrupted as exc:
+        return _fail(CliError(f"interrupted ({exc})", 128 + exc.signum), as_json)
     except Exception as exc:
         url = args.database_url or os.environ.get("DATABASE_URL")
         return _fail(_classify(exc, getattr(args, "schema", None), url), as_json)

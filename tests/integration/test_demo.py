@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from duraflows_pg_async import HistoryRecord, WorkflowPersistenceProvider
 from duraflows_pg_async.testing import make_instance
@@ -139,7 +140,29 @@ async def test_demo_leaves_a_shared_database_alone(
     assert await snapshot(database) == before
 
 
-async def test_demo_drops_its_schema_when_interrupted(database: str) -> None:
+# A process started in the background (`cmd &` in a script, some CI runners) inherits SIGINT
+# ignored: the demo must clean up on the signal whatever disposition it inherited.
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+    *DEMO[1:],
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "signum", "exit_code"),
+    [
+        (DEMO, signal.SIGINT, 130),
+        (IGNORING_SIGINT, signal.SIGINT, 130),
+        (DEMO, signal.SIGTERM, 143),
+    ],
+    ids=["sigint", "sigint-inherited-ignored", "sigterm"],
+)
+async def test_demo_drops_its_schema_when_interrupted(
+    database: str, command: list[str], signum: int, exit_code: int
+) -> None:
     # Every migrator takes the same advisory lock: holding it stops the demo inside its
     # migrations, after it has created its schema.
     lock_key = int.from_bytes(b"duraflow", "big")
@@ -151,7 +174,7 @@ async def test_demo_drops_its_schema_when_interrupted(database: str) -> None:
         await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
         proc = await asyncio.to_thread(
             subprocess.Popen,
-            DEMO,
+            command,
             env={**os.environ, "DATABASE_URL": database},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -167,9 +190,9 @@ async def test_demo_drops_its_schema_when_interrupted(database: str) -> None:
             await asyncio.sleep(0.05)
         demo_schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'duraflows_demo_%'"
         assert await holder.fetchval(demo_schemas) == 1
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = await asyncio.to_thread(proc.communicate, timeout=30)
-        assert proc.returncode == 130, (out, err)
+        assert proc.returncode == exit_code, (out, err)
         assert "interrupted" in err
         assert "Traceback" not in err
         await holder.execute("ROLLBACK")
