@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._codecs import create_pool, register_codecs
-from ._contract import (
+from ._core.contract import (
     Clock,
     SystemClock,
     WorkflowDefinitionStore,
@@ -19,8 +18,15 @@ from ._contract import (
     WorkflowPersistenceProvider,
     WorkflowTransactionRunner,
 )
-from ._definition_store import PgWorkflowDefinitionStore
-from ._definitions import (
+from ._core.model import (
+    CommandResult,
+    HistoryOutcome,
+    HistoryRecord,
+    StoredWorkflowDefinition,
+    TimeoutRetry,
+    WorkflowInstance,
+)
+from ._definitions.model import (
     CommandRef,
     Event,
     GuardRef,
@@ -31,7 +37,30 @@ from ._definitions import (
     WorkflowDefinition,
     validate_definition,
 )
-from ._execution import (
+from ._definitions.registries import (
+    CommandFunction,
+    CommandRegistry,
+    DefinitionRegistry,
+    GuardFunction,
+    GuardRegistry,
+    RegisteredCommand,
+    RegisteredGuard,
+)
+from ._memory.provider import (
+    MemoryDatabase,
+    MemoryTransactionRunner,
+    MemoryWorkflowDefinitionStore,
+    MemoryWorkflowHistoryStore,
+    MemoryWorkflowInstanceStore,
+    memory_workflow_providers,
+)
+from ._pg.codecs import create_pool, register_codecs
+from ._pg.definition_store import PgWorkflowDefinitionStore
+from ._pg.history_store import PgWorkflowHistoryStore
+from ._pg.instance_store import PgWorkflowInstanceStore
+from ._pg.providers import pg_workflow_providers
+from ._pg.runner import PgTransactionRunner
+from ._runtime.execution import (
     AvailableEvent,
     BusinessFailure,
     ExecutionContext,
@@ -43,37 +72,8 @@ from ._execution import (
     TimeoutFailure,
     TimeoutRetryPolicy,
 )
-from ._history_store import PgWorkflowHistoryStore
-from ._instance_store import PgWorkflowInstanceStore
-from ._memory import (
-    MemoryDatabase,
-    MemoryTransactionRunner,
-    MemoryWorkflowDefinitionStore,
-    MemoryWorkflowHistoryStore,
-    MemoryWorkflowInstanceStore,
-    memory_workflow_providers,
-)
-from ._model import (
-    CommandResult,
-    HistoryOutcome,
-    HistoryRecord,
-    StoredWorkflowDefinition,
-    TimeoutRetry,
-    WorkflowInstance,
-)
-from ._providers import pg_workflow_providers
-from ._registries import (
-    CommandFunction,
-    CommandRegistry,
-    DefinitionRegistry,
-    GuardFunction,
-    GuardRegistry,
-    RegisteredCommand,
-    RegisteredGuard,
-)
-from ._runner import PgTransactionRunner
-from ._runtime import Observer, WorkflowHandle, WorkflowRuntime
-from ._worker import TimeoutWorker, WorkerStats
+from ._runtime.runtime import Observer, WorkflowHandle, WorkflowRuntime
+from ._runtime.worker import TimeoutWorker, WorkerStats
 from .errors import (
     CommandFailureError,
     CommitRolledBackError,

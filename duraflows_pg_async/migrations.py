@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from ._validate import require_identifier
+from ._core.validate import require_identifier
 from .errors import ConfigurationError, InvalidArgumentError, echo, map_db_errors
 
 __all__ = [

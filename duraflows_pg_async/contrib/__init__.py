@@ -29,7 +29,7 @@ from duraflows_pg_async import (
     migrations,
     pg_workflow_providers,
 )
-from duraflows_pg_async._validate import require_duration
+from duraflows_pg_async._core.validate import require_duration
 
 __all__ = ["BuildRuntime", "WorkflowService", "workflow_service"]
 

@@ -32,8 +32,8 @@ from duraflows_pg_async import (
     WorkflowRuntime,
     pg_workflow_providers,
 )
-from duraflows_pg_async._runtime import DEFAULT_SWEEP_LEASE
-from duraflows_pg_async._text import storable_text
+from duraflows_pg_async._core.text import storable_text
+from duraflows_pg_async._runtime.runtime import DEFAULT_SWEEP_LEASE
 
 
 class Clock:

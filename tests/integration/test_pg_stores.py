@@ -24,7 +24,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
     register_codecs,
 )
-from duraflows_pg_async._queries import render_queries
+from duraflows_pg_async._pg.queries import render_queries
 from duraflows_pg_async.testing import make_instance
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

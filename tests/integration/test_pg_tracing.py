@@ -42,10 +42,10 @@ from duraflows_pg_async import (
     WorkflowPersistenceProvider,
     WorkflowRuntime,
     __version__,
-    _tracing,
     create_pool,
     pg_workflow_providers,
 )
+from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async.testing import make_instance
 
 DOC = Path(__file__).parents[2] / "docs" / "tracing.md"
@@ -433,8 +433,9 @@ import asyncio, os, sys
 sys.modules["opentelemetry"] = None  # as if it were not installed
 from duraflows_pg_async import (
     CommandRegistry, DefinitionRegistry, Event, State, WorkflowDefinition, WorkflowRuntime,
-    _tracing, create_pool, pg_workflow_providers,
+    create_pool, pg_workflow_providers,
 )
+from duraflows_pg_async._core import tracing as _tracing
 
 async def main():
     pool = await create_pool(os.environ["DATABASE_URL"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from duraflows_pg_async._definitions import (
+from duraflows_pg_async._definitions.model import (
     CommandRef,
     Event,
     GuardRef,
@@ -520,7 +520,7 @@ def test_the_docs_example_and_its_json_agree() -> None:
     # The page imports from the package root; the names live in _definitions.
     exec(
         python_block.replace(
-            "from duraflows_pg_async import", "from duraflows_pg_async._definitions import"
+            "from duraflows_pg_async import", "from duraflows_pg_async._definitions.model import"
         ),
         namespace,
     )

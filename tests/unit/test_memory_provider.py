@@ -33,7 +33,7 @@ from duraflows_pg_async import (
     WorkflowPersistenceProvider,
     memory_workflow_providers,
 )
-from duraflows_pg_async._contract import (
+from duraflows_pg_async._core.contract import (
     WorkflowDefinitionStore,
     WorkflowHistoryStore,
     WorkflowInstanceStore,

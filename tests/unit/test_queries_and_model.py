@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from duraflows_pg_async import CommandResult, InvalidArgumentError
-from duraflows_pg_async._queries import Queries, render_queries
+from duraflows_pg_async._pg.queries import Queries, render_queries
 
 PACKAGE = Path(__file__).parents[2] / "duraflows_pg_async"
 
@@ -39,7 +39,7 @@ def test_parameters_are_numbered_without_gaps() -> None:
 
 
 def test_every_query_is_used_by_a_store() -> None:
-    sources = "".join(p.read_text() for p in PACKAGE.glob("_*store*.py"))
+    sources = "".join(p.read_text() for p in (PACKAGE / "_pg").glob("*store*.py"))
     for field in fields(Queries):
         assert f"self._q.{field.name}" in sources, f"query {field.name} is never used"
 

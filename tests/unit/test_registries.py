@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from duraflows_pg_async._definitions import (
+from duraflows_pg_async._core.model import CommandResult
+from duraflows_pg_async._definitions.model import (
     CommandRef,
     Event,
     GuardRef,
@@ -17,8 +18,7 @@ from duraflows_pg_async._definitions import (
     State,
     WorkflowDefinition,
 )
-from duraflows_pg_async._model import CommandResult
-from duraflows_pg_async._registries import (
+from duraflows_pg_async._definitions.registries import (
     CommandRegistry,
     DefinitionRegistry,
     GuardRegistry,

@@ -39,9 +39,9 @@ from duraflows_pg_async import (
     WorkflowInstanceNotFoundError,
     WorkflowRuntime,
     __version__,
-    _tracing,
     memory_workflow_providers,
 )
+from duraflows_pg_async._core import tracing as _tracing
 
 ORDER = WorkflowDefinition(
     name="order",
@@ -152,7 +152,7 @@ WITHOUT_OTEL = """
 import asyncio, json, sys
 sys.modules["opentelemetry"] = None
 import duraflows_pg_async
-from duraflows_pg_async import _tracing
+from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async import (
     DefinitionRegistry, CommandRegistry, Event, State, Timeout, WorkflowDefinition,
     WorkflowRuntime, memory_workflow_providers,

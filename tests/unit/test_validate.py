@@ -12,8 +12,8 @@ from uuid import UUID, uuid4
 import pytest
 
 from duraflows_pg_async import InvalidArgumentError, TimeoutRetryPolicy
-from duraflows_pg_async._model import TimeoutRetry
-from duraflows_pg_async._validate import (
+from duraflows_pg_async._core.model import TimeoutRetry
+from duraflows_pg_async._core.validate import (
     MAX_DURATION,
     MAX_JSON_DEPTH,
     check_json,

@@ -10,9 +10,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 from uuid import UUID
 
-from ._model import CommandResult, TimeoutRetry
-from ._validate import require_duration
-from .errors import InvalidArgumentError, echo
+from duraflows_pg_async._core.model import CommandResult, TimeoutRetry
+from duraflows_pg_async._core.validate import require_duration
+from duraflows_pg_async.errors import InvalidArgumentError, echo
 
 __all__ = [
     "AvailableEvent",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from .errors import InvalidArgumentError, echo
+from duraflows_pg_async.errors import InvalidArgumentError, echo
 
 # jsonb itself accepts deeper documents, but a context nested this deep is a bug, and refusing it
 # here keeps both our check and the encoders far from Python's recursion limit.

@@ -18,8 +18,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ._validate import check_json
-from .errors import DatabaseError
+from duraflows_pg_async._core.validate import check_json
+from duraflows_pg_async.errors import DatabaseError
 
 __all__ = [
     "UnreadableJsonError",

@@ -19,10 +19,9 @@ from typing import Any, TypeAlias, TypeVar, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from . import _tracing
-from ._codecs import PooledConnection
-from ._validate import timeout_ms
-from .errors import (
+from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.validate import timeout_ms
+from duraflows_pg_async.errors import (
     CommitRolledBackError,
     InvalidArgumentError,
     NoActiveTransactionError,
@@ -30,6 +29,8 @@ from .errors import (
     map_db_errors,
     raise_mapped,
 )
+
+from .codecs import PooledConnection
 
 __all__ = ["PgTransactionRunner", "ambient_connection"]
 

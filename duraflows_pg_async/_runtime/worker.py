@@ -9,10 +9,11 @@ from datetime import timedelta
 
 import anyio
 
-from ._execution import ProcessExpiredResult
-from ._runtime import WorkflowRuntime, checked_lease
-from ._validate import require_duration, require_int
-from .errors import InvalidArgumentError
+from duraflows_pg_async._core.validate import require_duration, require_int
+from duraflows_pg_async.errors import InvalidArgumentError
+
+from .execution import ProcessExpiredResult
+from .runtime import WorkflowRuntime, checked_lease
 
 __all__ = ["TimeoutWorker", "WorkerStats"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ._validate import require_identifier
+from duraflows_pg_async._core.validate import require_identifier
 
 # Column order of every instance SELECT; the store maps rows by these positions.
 INSTANCE_COLUMNS = (

@@ -13,10 +13,44 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from . import _tracing
-from ._contract import Clock, SystemClock, WorkflowPersistenceProvider
-from ._definitions import Event, OnEnter, State, WorkflowDefinition, validate_definition
-from ._execution import (
+from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
+from duraflows_pg_async._core.model import CommandResult, HistoryRecord, WorkflowInstance
+from duraflows_pg_async._core.text import storable_json, storable_text
+from duraflows_pg_async._core.validate import (
+    check_json,
+    coerce_uuid,
+    require_aware,
+    require_duration,
+    require_int,
+    require_str,
+)
+from duraflows_pg_async._definitions.model import (
+    Event,
+    OnEnter,
+    State,
+    WorkflowDefinition,
+    validate_definition,
+)
+from duraflows_pg_async._definitions.registries import (
+    CommandRegistry,
+    DefinitionRegistry,
+    GuardRegistry,
+)
+from duraflows_pg_async.errors import (
+    CommandFailureError,
+    DatabaseError,
+    IncompatibleDefinitionError,
+    InvalidArgumentError,
+    InvalidEventError,
+    OnEnterDepthExceededError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowInstanceNotFoundError,
+    echo,
+)
+
+from .execution import (
     AvailableEvent,
     BusinessFailure,
     ExecutionContext,
@@ -29,29 +63,6 @@ from ._execution import (
     TimeoutRetryPolicy,
     freeze,
     json_clone,
-)
-from ._model import CommandResult, HistoryRecord, WorkflowInstance
-from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
-from ._text import storable_json, storable_text
-from ._validate import (
-    check_json,
-    coerce_uuid,
-    require_aware,
-    require_duration,
-    require_int,
-    require_str,
-)
-from .errors import (
-    CommandFailureError,
-    DatabaseError,
-    IncompatibleDefinitionError,
-    InvalidArgumentError,
-    InvalidEventError,
-    OnEnterDepthExceededError,
-    WorkflowDefinitionError,
-    WorkflowError,
-    WorkflowInstanceNotFoundError,
-    echo,
 )
 
 __all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]

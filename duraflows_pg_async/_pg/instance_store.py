@@ -10,12 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
-from ._codecs import decoded
-from ._json_numbers import UnreadableJsonError
-from ._model import TimeoutRetry, WorkflowInstance
-from ._runner import AnyConnection
-from ._store_base import PgStore
-from ._validate import (
+from duraflows_pg_async._core.model import TimeoutRetry, WorkflowInstance
+from duraflows_pg_async._core.validate import (
     INT4_MAX,
     check_json,
     coerce_uuid,
@@ -25,7 +21,7 @@ from ._validate import (
     require_int,
     require_str,
 )
-from .errors import (
+from duraflows_pg_async.errors import (
     InstanceAlreadyExistsError,
     InvalidArgumentError,
     OptimisticLockError,
@@ -35,6 +31,11 @@ from .errors import (
     map_db_errors,
     raise_mapped,
 )
+
+from .codecs import decoded
+from .json_numbers import UnreadableJsonError
+from .runner import AnyConnection
+from .store_base import PgStore
 
 __all__ = ["PgWorkflowInstanceStore"]
 

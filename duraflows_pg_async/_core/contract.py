@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
-from ._model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
+from .model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
 
 __all__ = [
     "Clock",

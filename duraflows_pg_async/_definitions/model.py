@@ -21,8 +21,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from ._validate import MAX_DURATION, check_json, require_duration
-from .errors import InvalidArgumentError, WorkflowDefinitionError, echo
+from duraflows_pg_async._core.validate import MAX_DURATION, check_json, require_duration
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError, echo
 
 __all__ = [
     "CommandRef",

@@ -10,8 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from ._json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
-from .errors import ConfigurationError, InvalidArgumentError, map_db_errors
+from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError, map_db_errors
+
+from .json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
 
 __all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
 

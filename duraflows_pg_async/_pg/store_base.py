@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 
-from ._queries import Queries, render_queries
-from ._runner import AnyConnection, ambient_connection
-from ._validate import require_identifier
-from .errors import InvalidArgumentError, NoActiveTransactionError
+from duraflows_pg_async._core.validate import require_identifier
+from duraflows_pg_async.errors import InvalidArgumentError, NoActiveTransactionError
+
+from .queries import Queries, render_queries
+from .runner import AnyConnection, ambient_connection
 
 
 class PgStore:

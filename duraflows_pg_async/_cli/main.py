@@ -37,14 +37,14 @@ from uuid import UUID
 
 import asyncpg
 
-from . import __version__, migrations
-from ._codecs import create_pool
-from ._contract import WorkflowPersistenceProvider
-from ._model import HistoryRecord, WorkflowInstance
-from ._providers import pg_workflow_providers
-from ._runtime import WorkflowRuntime
-from ._validate import coerce_uuid, require_identifier
-from .errors import (
+from duraflows_pg_async import __version__, migrations
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+from duraflows_pg_async._core.model import HistoryRecord, WorkflowInstance
+from duraflows_pg_async._core.validate import coerce_uuid, require_identifier
+from duraflows_pg_async._pg.codecs import create_pool
+from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._runtime.runtime import WorkflowRuntime
+from duraflows_pg_async.errors import (
     ConnectionLostError,
     InvalidArgumentError,
     WorkflowError,
@@ -974,7 +974,7 @@ def _setup_logging(level_name: str, as_json: bool) -> None:
 
 
 async def _worker(target: _Target, args: argparse.Namespace) -> int:
-    from ._worker import TimeoutWorker
+    from duraflows_pg_async._runtime.worker import TimeoutWorker
 
     options = _worker_options(args)
     schema = _schema(args.schema)
@@ -1109,7 +1109,7 @@ async def _worker(target: _Target, args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoConnectError, run_demo
+    from .demo import DemoConnectError, run_demo
 
     url = args.database_url or os.environ.get("DATABASE_URL") or None
     timeout = _connect_timeout(args)

@@ -6,11 +6,12 @@ from typing import Any
 
 import asyncpg
 
-from ._codecs import decoded
-from ._model import StoredWorkflowDefinition
-from ._store_base import PgStore
-from ._validate import INT4_MAX, check_json, require_int, require_str
-from .errors import InvalidArgumentError, WorkflowError, map_db_errors
+from duraflows_pg_async._core.model import StoredWorkflowDefinition
+from duraflows_pg_async._core.validate import INT4_MAX, check_json, require_int, require_str
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowError, map_db_errors
+
+from .codecs import decoded
+from .store_base import PgStore
 
 __all__ = ["PgWorkflowDefinitionStore"]
 

@@ -1,0 +1,1 @@
+"""The ``duraflows-pg`` command line and its demo."""

@@ -1,0 +1,1 @@
+"""Workflow definitions: the dataclasses, their JSON form, validation and the registries."""

@@ -1,0 +1,1 @@
+"""The workflow runtime: events, sweeps of due timeouts and the worker loop."""
