@@ -17,12 +17,13 @@ __all__ = ["PgWorkflowDefinitionStore"]
 
 
 def _definition_from_row(row: asyncpg.Record) -> StoredWorkflowDefinition:
+    # By column name: the SELECT list (queries.DEFINITION_COLUMNS) may change order freely.
     return StoredWorkflowDefinition(
-        workflow_name=row[0],
-        version=row[1],
-        content_hash=row[2],
-        definition_json=decoded(row[3], "workflow_definitions.definition_json"),
-        registered_at=row[4],
+        workflow_name=row["workflow_name"],
+        version=row["version"],
+        content_hash=row["content_hash"],
+        definition_json=decoded(row["definition_json"], "workflow_definitions.definition_json"),
+        registered_at=row["registered_at"],
     )
 
 

@@ -33,20 +33,23 @@ __all__ = ["PgWorkflowHistoryStore"]
 
 
 def _record_from_row(row: asyncpg.Record) -> HistoryRecord:
-    results = decoded(row[7], "workflow_history.command_results_json")
+    # By column name: the SELECT list (queries.HISTORY_COLUMNS) may change order freely.
+    results = decoded(row["command_results_json"], "workflow_history.command_results_json")
     return HistoryRecord(
-        uuid=row[0],
-        workflow_instance_uuid=row[1],
-        from_state=row[2],
-        event_name=row[3],
-        to_state=row[4],
-        outcome=row[5],
-        error_message=row[6],
+        uuid=row["uuid"],
+        workflow_instance_uuid=row["workflow_instance_uuid"],
+        from_state=row["from_state"],
+        event_name=row["event_name"],
+        to_state=row["to_state"],
+        outcome=row["outcome"],
+        error_message=row["error_message"],
         command_results=[CommandResult.from_json(item) for item in results],
-        trigger_metadata=decoded(row[8], "workflow_history.trigger_metadata_json"),
-        rejected_by=row[9],
-        definition_version=row[10],
-        created_at=row[11],
+        trigger_metadata=decoded(
+            row["trigger_metadata_json"], "workflow_history.trigger_metadata_json"
+        ),
+        rejected_by=row["rejected_by"],
+        definition_version=row["definition_version"],
+        created_at=row["created_at"],
     )
 
 

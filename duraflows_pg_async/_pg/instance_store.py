@@ -43,26 +43,28 @@ logger = logging.getLogger("duraflows_pg_async")
 
 
 def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
-    attempts = row[11]
-    retry_at = row[12]
+    # By column name: the SELECT list (queries.INSTANCE_COLUMNS) may change order freely.
+    key = row["uuid"]
+    attempts = row["timeout_attempts"]
+    retry_at = row["timeout_retry_at"]
     return WorkflowInstance(
-        uuid=row[0],
-        workflow_name=row[1],
-        current_state=row[2],
-        version=row[3],
-        expires_at=row[4],
-        last_transition_at=row[5],
-        context=_json_object(row[6], row[0], CONTEXT_COLUMN),
-        metadata=_json_object(row[7], row[0], METADATA_COLUMN),
-        created_at=row[8],
-        updated_at=row[9],
-        definition_version=row[10],
+        uuid=key,
+        workflow_name=row["workflow_name"],
+        current_state=row["current_state"],
+        version=row["version"],
+        expires_at=row["expires_at"],
+        last_transition_at=row["last_transition_at"],
+        context=_json_object(row["context_json"], key, CONTEXT_COLUMN),
+        metadata=_json_object(row["metadata_json"], key, METADATA_COLUMN),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        definition_version=row["definition_version"],
         timeout_retry=(
             TimeoutRetry(
                 attempts=attempts,
-                last_error=row[13] or "",
+                last_error=row["timeout_last_error"] or "",
                 retry_at=retry_at,
-                parked_at=row[14],
+                parked_at=row["timeout_parked_at"],
             )
             if attempts
             else None
@@ -323,7 +325,7 @@ class PgWorkflowInstanceStore(PgStore):
                 keys = await conn.fetch(self._q.claim_expired, limit, now, claim_until)
             else:
                 keys = await conn.fetch(self._q.claim_expired_of, limit, now, claim_until, names)
-        return await self._read_due(conn, [k[0] for k in keys], now)
+        return await self._read_due(conn, [k["uuid"] for k in keys], now)
 
     async def _read_due(
         self, conn: AnyConnection, keys: list[UUID], now: datetime
@@ -334,7 +336,7 @@ class PgWorkflowInstanceStore(PgStore):
         try:
             with map_db_errors("find_expired", conn):
                 rows = await conn.fetch(self._q.select_instances, keys)
-            by_uuid = {row[0]: _instance_from_row(row) for row in rows}
+            by_uuid = {row["uuid"]: _instance_from_row(row) for row in rows}
         except UnreadableRowError:
             by_uuid = {}
         except Exception as exc:
@@ -401,7 +403,7 @@ class PgWorkflowInstanceStore(PgStore):
             rows = await executor.fetch(self._q.release_claims, keys, claim_until)
         except Exception as exc:
             raise_mapped(exc, "release_claims", executor)
-        return [row[0] for row in rows]
+        return [row["uuid"] for row in rows]
 
     async def postpone_timeout(self, instance_uuid: UUID | str, until: datetime) -> bool:
         """Make the instance's timeout due no earlier than ``until`` without recording anything:

@@ -11,7 +11,8 @@ from functools import lru_cache
 
 from duraflows_pg_async._core.validate import require_identifier
 
-# Column order of every instance SELECT; the store maps rows by these positions.
+# The columns of every instance SELECT; the stores read rows by column name, so order is free
+# (the INSERT lists its values in this order).
 INSTANCE_COLUMNS = (
     "uuid, workflow_name, current_state, version, expires_at, last_transition_at, context_json, "
     "metadata_json, created_at, updated_at, definition_version, timeout_attempts, "
