@@ -6,8 +6,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, runtime_checkable
 from uuid import UUID
+
+from typing_extensions import TypeVar
 
 from .model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
 
@@ -126,11 +128,23 @@ class SystemClock:
         return datetime.now(UTC)
 
 
+# A default (PEP 696, typing_extensions until Python 3.13) keeps a bare annotation valid
+# under mypy --strict.
+RunnerT = TypeVar(
+    "RunnerT", bound=WorkflowTransactionRunner, covariant=True, default=WorkflowTransactionRunner
+)
+
+
 @dataclass(frozen=True, slots=True)
-class WorkflowPersistenceProvider:
-    """The four persistence parts a runtime needs, built together over one database."""
+class WorkflowPersistenceProvider(Generic[RunnerT]):
+    """The four persistence parts a runtime needs, built together over one database.
+
+    Generic in its runner, so that ``pg_workflow_providers(pool).transaction_runner`` is typed
+    as a ``PgTransactionRunner`` (``connection()`` and ``bind()`` need no cast); a bare
+    ``WorkflowPersistenceProvider`` annotation accepts any provider.
+    """
 
     instance_store: WorkflowInstanceStore
     history_store: WorkflowHistoryStore
-    transaction_runner: WorkflowTransactionRunner
+    transaction_runner: RunnerT
     definition_store: WorkflowDefinitionStore

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
@@ -18,9 +20,9 @@ def pg_workflow_providers(
     pool: asyncpg.Pool,
     *,
     schema: str | None = None,
-    lock_timeout: object = None,
-    statement_timeout: object = None,
-) -> WorkflowPersistenceProvider:
+    lock_timeout: timedelta | float | None = None,
+    statement_timeout: timedelta | float | None = None,
+) -> WorkflowPersistenceProvider[PgTransactionRunner]:
     """Stores and a transaction runner over ``pool``; fresh objects on every call.
 
     ``schema`` qualifies the table names (an identifier; otherwise search_path decides).
