@@ -43,6 +43,13 @@ from duraflows_pg_async._core.model import (
     TimeoutRetry,
     WorkflowInstance,
 )
+from duraflows_pg_async._core.store_checks import (
+    check_ensure_arguments,
+    checked_count_arguments,
+    checked_instance,
+    checked_record,
+    checked_workflow_names,
+)
 from duraflows_pg_async._core.validate import (
     INT4_MAX,
     coerce_uuid,
@@ -50,13 +57,6 @@ from duraflows_pg_async._core.validate import (
     require_int,
     require_str,
     timeout_ms,
-)
-from duraflows_pg_async._pg.definition_store import check_ensure_arguments
-from duraflows_pg_async._pg.history_store import checked_record
-from duraflows_pg_async._pg.instance_store import (
-    _checked,
-    checked_count_arguments,
-    checked_workflow_names,
 )
 from duraflows_pg_async._pg.runner import _run_callbacks
 from duraflows_pg_async.errors import (
@@ -722,7 +722,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError (after waiting
         for another transaction's uncommitted instance with that uuid)."""
-        inst = _checked(instance, "create")
+        inst = checked_instance(instance, "create")
         key = coerce_uuid(inst.uuid, "instance.uuid")
         row = WorkflowInstance(
             uuid=key,
@@ -793,7 +793,7 @@ class MemoryWorkflowInstanceStore(_MemoryStore):
         OptimisticLockError. Waits for another transaction's lock on the row, like UPDATE.
         ``metadata``, ``workflow_name`` and ``created_at`` are never written.
         """
-        inst = _checked(instance, "update", create=False)
+        inst = checked_instance(instance, "update", create=False)
         require_int(
             inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
         )

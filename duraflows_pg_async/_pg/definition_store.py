@@ -7,8 +7,9 @@ from typing import Any
 import asyncpg
 
 from duraflows_pg_async._core.model import StoredWorkflowDefinition
-from duraflows_pg_async._core.validate import INT4_MAX, check_json, require_int, require_str
-from duraflows_pg_async.errors import InvalidArgumentError, WorkflowError, map_db_errors
+from duraflows_pg_async._core.store_checks import check_ensure_arguments
+from duraflows_pg_async._core.validate import INT4_MAX, require_int, require_str
+from duraflows_pg_async.errors import WorkflowError, map_db_errors
 
 from .codecs import decoded
 from .store_base import PgStore
@@ -25,19 +26,6 @@ def _definition_from_row(row: asyncpg.Record) -> StoredWorkflowDefinition:
         definition_json=decoded(row["definition_json"], "workflow_definitions.definition_json"),
         registered_at=row["registered_at"],
     )
-
-
-def check_ensure_arguments(
-    workflow_name: object, version: object, content_hash: object, definition_json: object
-) -> None:
-    """Validate ``ensure``'s arguments before any write."""
-    require_str(workflow_name, "workflow_name")
-    # workflow_definitions.version is an integer column: a larger value cannot be bound.
-    require_int(version, "version", minimum=1, maximum=INT4_MAX)
-    require_str(content_hash, "content_hash")
-    if not isinstance(definition_json, dict):
-        raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
-    check_json(definition_json, "definition_json")
 
 
 class PgWorkflowDefinitionStore(PgStore):

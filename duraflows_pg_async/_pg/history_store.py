@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from duraflows_pg_async._core.model import HISTORY_OUTCOMES, CommandResult, HistoryRecord
-from duraflows_pg_async._core.validate import (
-    INT4_MAX,
-    check_json,
-    coerce_uuid,
-    optional_int,
-    optional_str,
-    require_int,
-    require_str,
-    safe_repr,
-)
+from duraflows_pg_async._core.model import CommandResult, HistoryRecord
+from duraflows_pg_async._core.store_checks import checked_record
+from duraflows_pg_async._core.validate import coerce_uuid, require_int
 from duraflows_pg_async.errors import (
-    InvalidArgumentError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
     map_db_errors,
@@ -51,56 +41,6 @@ def _record_from_row(row: asyncpg.Record) -> HistoryRecord:
         definition_version=row["definition_version"],
         created_at=row["created_at"],
     )
-
-
-def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, Any]]:
-    results = record.command_results
-    if not isinstance(results, list | tuple):
-        raise InvalidArgumentError(f"{label}: command_results must be a list of CommandResult")
-    out = []
-    for index, result in enumerate(results):
-        if not isinstance(result, CommandResult):
-            raise InvalidArgumentError(
-                f"{label}: command_results[{index}] must be a CommandResult, "
-                f"got {type(result).__name__}"
-            )
-        out.append(result.to_json())
-    check_json(out, f"{label}: command_results")
-    return out
-
-
-def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
-    """Validate a history record before any write; returns (instance uuid, results JSON,
-    trigger metadata)."""
-    if not isinstance(record, HistoryRecord):
-        raise InvalidArgumentError(
-            f"append: record must be a HistoryRecord, got {type(record).__name__}"
-        )
-    instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
-    label = f"append: history of instance {instance_uuid}"
-    optional_str(record.from_state, f"{label}: from_state")
-    require_str(record.event_name, f"{label}: event_name")
-    require_str(record.to_state, f"{label}: to_state")
-    # isinstance first: an unhashable outcome (a list) raised TypeError from the set lookup, and
-    # a hostile repr escaped from the message (reliability suite, test_hostile_input.py).
-    outcome: object = record.outcome
-    if not isinstance(outcome, str) or outcome not in HISTORY_OUTCOMES:
-        raise InvalidArgumentError(
-            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {safe_repr(outcome)}"
-        )
-    optional_str(record.error_message, f"{label}: error_message")
-    optional_str(record.rejected_by, f"{label}: rejected_by")
-    results = _command_results_json(record, label)
-    trigger_metadata = record.trigger_metadata
-    if trigger_metadata is None:
-        trigger_metadata = {}
-    if not isinstance(trigger_metadata, dict):
-        raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
-    check_json(trigger_metadata, f"{label}: trigger_metadata")
-    optional_int(
-        record.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
-    )
-    return instance_uuid, results, trigger_metadata
 
 
 class PgWorkflowHistoryStore(PgStore):

@@ -11,12 +11,14 @@ from uuid import UUID
 import asyncpg
 
 from duraflows_pg_async._core.model import TimeoutRetry, WorkflowInstance
+from duraflows_pg_async._core.store_checks import (
+    checked_count_arguments,
+    checked_instance,
+    checked_workflow_names,
+)
 from duraflows_pg_async._core.validate import (
     INT4_MAX,
-    check_json,
     coerce_uuid,
-    optional_aware,
-    optional_int,
     require_aware,
     require_int,
     require_str,
@@ -27,7 +29,6 @@ from duraflows_pg_async.errors import (
     OptimisticLockError,
     UnreadableRowError,
     WorkflowError,
-    echo,
     map_db_errors,
     raise_mapped,
 )
@@ -110,77 +111,6 @@ def _is_decode_error(exc: BaseException) -> bool:
     return not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | WorkflowError)
 
 
-def _checked(instance: object, method: str, *, create: bool = True) -> WorkflowInstance:
-    """Validate every field a write sends, so a bad one fails before any SQL.
-
-    ``update`` (``create=False``) never writes metadata, workflow_name or created_at, so those
-    are not checked again on the hot path.
-    """
-    if not isinstance(instance, WorkflowInstance):
-        raise InvalidArgumentError(
-            f"{method}: instance must be a WorkflowInstance, got {type(instance).__name__}"
-        )
-    # The uuid is checked before it is formatted into the label: formatting a hostile value
-    # (an int too long to print, an object whose __str__ raises) escaped as a raw error
-    # (reliability suite, tests/reliability/test_hostile_input.py).
-    label = f"{method}: instance {coerce_uuid(instance.uuid, f'{method}: instance.uuid')}"
-    if create:
-        require_str(instance.workflow_name, f"{label}: workflow_name")
-    require_str(instance.current_state, f"{label}: current_state")
-    # Integer columns: a larger value cannot be bound (see INT4_MAX).
-    require_int(instance.version, f"{label}: version", minimum=0, maximum=INT4_MAX)
-    if not isinstance(instance.context, dict):
-        raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
-    check_json(instance.context, f"{label}: context")
-    if create:
-        if not isinstance(instance.metadata, dict):
-            raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
-        check_json(instance.metadata, f"{label}: metadata")
-        require_aware(instance.created_at, f"{label}: created_at")
-    optional_aware(instance.expires_at, f"{label}: expires_at")
-    require_aware(instance.last_transition_at, f"{label}: last_transition_at")
-    require_aware(instance.updated_at, f"{label}: updated_at")
-    optional_int(
-        instance.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
-    )
-    retry = instance.timeout_retry
-    if retry is not None:
-        if not isinstance(retry, TimeoutRetry):
-            raise InvalidArgumentError(f"{label}: timeout_retry must be a TimeoutRetry or None")
-        require_int(retry.attempts, f"{label}: timeout_retry.attempts", minimum=1, maximum=INT4_MAX)
-        require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
-        optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
-        optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
-    return instance
-
-
-def checked_count_arguments(
-    workflow_name: object, definition_version: object, exclude_states: object
-) -> list[str]:
-    """Validate ``count_instances``'s arguments; returns the excluded states as a list."""
-    require_str(workflow_name, "workflow_name")
-    require_int(definition_version, "definition_version", minimum=1, maximum=INT4_MAX)
-    if isinstance(exclude_states, str) or not isinstance(
-        exclude_states, Sequence | set | frozenset
-    ):
-        raise InvalidArgumentError(
-            f"exclude_states must be a sequence of state names, got {echo(exclude_states)}"
-        )
-    return [require_str(s, "exclude_states[]") for s in exclude_states]
-
-
-def checked_workflow_names(workflow_names: object) -> list[str]:
-    """Validate a ``workflow_names`` argument; returns the distinct names as a list."""
-    if isinstance(workflow_names, str) or not isinstance(
-        workflow_names, Sequence | set | frozenset
-    ):
-        raise InvalidArgumentError(
-            "workflow_names must be a sequence of workflow names, got "
-            f"{type(workflow_names).__name__}"
-        )
-    return list(dict.fromkeys(require_str(n, "workflow_names[]") for n in workflow_names))
-
-
 def _retry_columns(
     retry: TimeoutRetry | None,
 ) -> tuple[int, datetime | None, str | None, datetime | None]:
@@ -200,7 +130,7 @@ class PgWorkflowInstanceStore(PgStore):
 
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError."""
-        inst = _checked(instance, "create")
+        inst = checked_instance(instance, "create")
         instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
         args: tuple[Any, ...] = (
             instance_uuid,
@@ -262,7 +192,7 @@ class PgWorkflowInstanceStore(PgStore):
         raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
         written.
         """
-        inst = _checked(instance, "update", create=False)
+        inst = checked_instance(instance, "update", create=False)
         require_int(
             inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
         )

@@ -1,0 +1,168 @@
+"""The argument checks of the store methods, shared by every provider.
+
+Each runs before any write, so a bad argument raises InvalidArgumentError on every provider
+alike instead of failing in a driver or halfway through a statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from duraflows_pg_async.errors import InvalidArgumentError, echo
+
+from .model import HISTORY_OUTCOMES, CommandResult, HistoryRecord, TimeoutRetry, WorkflowInstance
+from .validate import (
+    INT4_MAX,
+    check_json,
+    coerce_uuid,
+    optional_aware,
+    optional_int,
+    optional_str,
+    require_aware,
+    require_int,
+    require_str,
+    safe_repr,
+)
+
+__all__ = [
+    "check_ensure_arguments",
+    "checked_count_arguments",
+    "checked_instance",
+    "checked_record",
+    "checked_workflow_names",
+]
+
+
+def checked_instance(instance: object, method: str, *, create: bool = True) -> WorkflowInstance:
+    """Validate every field a write sends, so a bad one fails before any SQL.
+
+    ``update`` (``create=False``) never writes metadata, workflow_name or created_at, so those
+    are not checked again on the hot path.
+    """
+    if not isinstance(instance, WorkflowInstance):
+        raise InvalidArgumentError(
+            f"{method}: instance must be a WorkflowInstance, got {type(instance).__name__}"
+        )
+    # The uuid is checked before it is formatted into the label: a hostile value (an int too long
+    # to print, an object whose __str__ raises) must raise InvalidArgumentError, not its own error.
+    label = f"{method}: instance {coerce_uuid(instance.uuid, f'{method}: instance.uuid')}"
+    if create:
+        require_str(instance.workflow_name, f"{label}: workflow_name")
+    require_str(instance.current_state, f"{label}: current_state")
+    # Integer columns: a larger value cannot be bound (see INT4_MAX).
+    require_int(instance.version, f"{label}: version", minimum=0, maximum=INT4_MAX)
+    if not isinstance(instance.context, dict):
+        raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
+    check_json(instance.context, f"{label}: context")
+    if create:
+        if not isinstance(instance.metadata, dict):
+            raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
+        check_json(instance.metadata, f"{label}: metadata")
+        require_aware(instance.created_at, f"{label}: created_at")
+    optional_aware(instance.expires_at, f"{label}: expires_at")
+    require_aware(instance.last_transition_at, f"{label}: last_transition_at")
+    require_aware(instance.updated_at, f"{label}: updated_at")
+    optional_int(
+        instance.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
+    )
+    retry = instance.timeout_retry
+    if retry is not None:
+        if not isinstance(retry, TimeoutRetry):
+            raise InvalidArgumentError(f"{label}: timeout_retry must be a TimeoutRetry or None")
+        require_int(retry.attempts, f"{label}: timeout_retry.attempts", minimum=1, maximum=INT4_MAX)
+        require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
+        optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
+        optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
+    return instance
+
+
+def checked_count_arguments(
+    workflow_name: object, definition_version: object, exclude_states: object
+) -> list[str]:
+    """Validate ``count_instances``'s arguments; returns the excluded states as a list."""
+    require_str(workflow_name, "workflow_name")
+    require_int(definition_version, "definition_version", minimum=1, maximum=INT4_MAX)
+    if isinstance(exclude_states, str) or not isinstance(
+        exclude_states, Sequence | set | frozenset
+    ):
+        raise InvalidArgumentError(
+            f"exclude_states must be a sequence of state names, got {echo(exclude_states)}"
+        )
+    return [require_str(s, "exclude_states[]") for s in exclude_states]
+
+
+def checked_workflow_names(workflow_names: object) -> list[str]:
+    """Validate a ``workflow_names`` argument; returns the distinct names as a list."""
+    if isinstance(workflow_names, str) or not isinstance(
+        workflow_names, Sequence | set | frozenset
+    ):
+        raise InvalidArgumentError(
+            "workflow_names must be a sequence of workflow names, got "
+            f"{type(workflow_names).__name__}"
+        )
+    return list(dict.fromkeys(require_str(n, "workflow_names[]") for n in workflow_names))
+
+
+def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
+    """Validate a history record before any write; returns (instance uuid, results JSON,
+    trigger metadata)."""
+    if not isinstance(record, HistoryRecord):
+        raise InvalidArgumentError(
+            f"append: record must be a HistoryRecord, got {type(record).__name__}"
+        )
+    instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
+    label = f"append: history of instance {instance_uuid}"
+    optional_str(record.from_state, f"{label}: from_state")
+    require_str(record.event_name, f"{label}: event_name")
+    require_str(record.to_state, f"{label}: to_state")
+    # isinstance before the set lookup, and safe_repr in the message: an unhashable or hostile
+    # outcome must raise InvalidArgumentError like any other bad value.
+    outcome: object = record.outcome
+    if not isinstance(outcome, str) or outcome not in HISTORY_OUTCOMES:
+        raise InvalidArgumentError(
+            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {safe_repr(outcome)}"
+        )
+    optional_str(record.error_message, f"{label}: error_message")
+    optional_str(record.rejected_by, f"{label}: rejected_by")
+    results = _command_results_json(record, label)
+    trigger_metadata = record.trigger_metadata
+    if trigger_metadata is None:
+        trigger_metadata = {}
+    if not isinstance(trigger_metadata, dict):
+        raise InvalidArgumentError(f"{label}: trigger_metadata must be a dict")
+    check_json(trigger_metadata, f"{label}: trigger_metadata")
+    optional_int(
+        record.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
+    )
+    return instance_uuid, results, trigger_metadata
+
+
+def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, Any]]:
+    results = record.command_results
+    if not isinstance(results, list | tuple):
+        raise InvalidArgumentError(f"{label}: command_results must be a list of CommandResult")
+    out = []
+    for index, result in enumerate(results):
+        if not isinstance(result, CommandResult):
+            raise InvalidArgumentError(
+                f"{label}: command_results[{index}] must be a CommandResult, "
+                f"got {type(result).__name__}"
+            )
+        out.append(result.to_json())
+    check_json(out, f"{label}: command_results")
+    return out
+
+
+def check_ensure_arguments(
+    workflow_name: object, version: object, content_hash: object, definition_json: object
+) -> None:
+    """Validate a definition store's ``ensure`` arguments before any write."""
+    require_str(workflow_name, "workflow_name")
+    # workflow_definitions.version is an integer column: a larger value cannot be bound.
+    require_int(version, "version", minimum=1, maximum=INT4_MAX)
+    require_str(content_hash, "content_hash")
+    if not isinstance(definition_json, dict):
+        raise InvalidArgumentError("definition_json must be a dict (a JSON object)")
+    check_json(definition_json, "definition_json")
