@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from duraflows_pg_async.errors import InvalidArgumentError, echo
@@ -115,20 +115,45 @@ def optional_int(value: object, name: str, *, minimum: int, maximum: int = INT8_
     return None if value is None else require_int(value, name, minimum=minimum, maximum=maximum)
 
 
+TextProblem = Literal["NUL", "unpaired surrogate"]
+"""Why PostgreSQL cannot store a string (see ``text_problem``)."""
+
+
+def text_problem(text: str) -> TextProblem | None:
+    """What keeps ``text`` out of PostgreSQL, or None: a NUL or an unpaired surrogate.
+
+    text and jsonb refuse NUL, and UTF-8 (hence asyncpg) cannot encode an unpaired surrogate.
+    The one rule behind every string check: names, text columns and the strings inside JSON.
+    """
+    # NUL is looked for in every string, ASCII ones too.
+    if "\x00" in text:
+        return "NUL"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unpaired surrogate"
+    return None
+
+
+# How each check words a text problem.
+_STR_PROBLEMS: dict[TextProblem, str] = {
+    "NUL": "must not contain NUL characters",
+    "unpaired surrogate": "contains an unpaired surrogate and is not valid Unicode",
+}
+_JSON_PROBLEMS: dict[TextProblem, str] = {
+    "NUL": "strings stored as jsonb cannot contain NUL (\\u0000)",
+    "unpaired surrogate": "string contains an unpaired surrogate and is not valid Unicode",
+}
+
+
 def require_str(value: object, name: str, *, non_empty: bool = True) -> str:
     if not isinstance(value, str) or (non_empty and not value):
         raise InvalidArgumentError(f"{name} must be a non-empty string, got {echo(value)}")
-    if "\x00" in value:
-        raise InvalidArgumentError(f"{name} must not contain NUL characters, got {echo(value)}")
-    if not value.isascii():
-        # PostgreSQL text is UTF-8 and asyncpg cannot encode an unpaired surrogate: refused here,
-        # on every provider, before the bind.
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgumentError(
-                f"{name} contains an unpaired surrogate and is not valid Unicode, got {echo(value)}"
-            ) from None
+    # Refused here, on every provider, before asyncpg's bind would fail.
+    if (problem := text_problem(value)) is not None:
+        raise InvalidArgumentError(f"{name} {_STR_PROBLEMS[problem]}, got {echo(value)}")
     return value
 
 
@@ -222,8 +247,8 @@ def check_json(value: object, name: str) -> None:
         item, trail, depth = pop()
         kind = type(item)
         if kind is str:
-            if (problem := _str_problem(item)) is not None:  # type: ignore[arg-type]
-                raise InvalidArgumentError(f"{_path(name, trail)}: {problem}")
+            if (problem := text_problem(item)) is not None:  # type: ignore[arg-type]
+                raise InvalidArgumentError(f"{_path(name, trail)}: {_JSON_PROBLEMS[problem]}")
         elif kind is int:
             if not -_LONG_INT < item < _LONG_INT:  # type: ignore[operator]
                 _check_json_int(item, name, trail)  # type: ignore[arg-type]
@@ -243,9 +268,10 @@ def check_json(value: object, name: str) -> None:
                         f"{_path(name, trail)}: key {echo(key)} is a {type(key).__name__}; JSON "
                         "object keys must be strings"
                     )
-                if (problem := _str_problem(key)) is not None:
+                if (problem := text_problem(key)) is not None:
                     raise InvalidArgumentError(
-                        f"{_path(name, trail)}: key {echo(key, _PATH_KEY_LIMIT)}: {problem}"
+                        f"{_path(name, trail)}: key {echo(key, _PATH_KEY_LIMIT)}: "
+                        f"{_JSON_PROBLEMS[problem]}"
                     )
                 push((child, (trail, key), depth + 1))
         elif isinstance(item, list | tuple):
@@ -275,19 +301,6 @@ def _path(name: str, trail: _Trail) -> str:
     return f"{path[:keep]}...{path[len(path) - 2 * keep :]}"
 
 
-def _str_problem(text: str) -> str | None:
-    # NUL is checked in every string, not only ASCII ones: jsonb refuses it anywhere.
-    if "\x00" in text:
-        return "strings stored as jsonb cannot contain NUL (\\u0000)"
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "string contains an unpaired surrogate and is not valid Unicode"
-    return None
-
-
 def _check_json_int(item: int, name: str, trail: _Trail) -> None:
     # json.dumps (in asyncpg's codec) cannot write an int longer than Python's int-to-str limit.
     try:
@@ -312,8 +325,8 @@ def _check_json_other(item: Any, name: str, trail: _Trail) -> None:
             raise InvalidArgumentError(f"{_path(name, trail)}: {echo(item)} is not a JSON number")
         return
     if isinstance(item, str):
-        if (problem := _str_problem(item)) is not None:
-            raise InvalidArgumentError(f"{_path(name, trail)}: {problem}")
+        if (problem := text_problem(item)) is not None:
+            raise InvalidArgumentError(f"{_path(name, trail)}: {_JSON_PROBLEMS[problem]}")
         return
     raise InvalidArgumentError(
         f"{_path(name, trail)}: {type(item).__name__} value {echo(item, 60)} is not JSON "
