@@ -35,7 +35,6 @@ from ._definitions.model import (
     Timeout,
     VersionPolicy,
     WorkflowDefinition,
-    validate_definition,
 )
 from ._definitions.registries import (
     CommandFunction,
@@ -46,6 +45,7 @@ from ._definitions.registries import (
     RegisteredCommand,
     RegisteredGuard,
 )
+from ._definitions.validation import validate_definition
 from ._memory.provider import (
     MemoryDatabase,
     MemoryTransactionRunner,

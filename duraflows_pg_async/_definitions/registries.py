@@ -16,7 +16,8 @@ from duraflows_pg_async.errors import (
     echo,
 )
 
-from .model import WorkflowDefinition, validate_definition
+from .model import WorkflowDefinition
+from .validation import validate_definition
 
 __all__ = [
     "CommandFunction",

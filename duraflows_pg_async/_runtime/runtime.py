@@ -30,13 +30,13 @@ from duraflows_pg_async._definitions.model import (
     OnEnter,
     State,
     WorkflowDefinition,
-    validate_definition,
 )
 from duraflows_pg_async._definitions.registries import (
     CommandRegistry,
     DefinitionRegistry,
     GuardRegistry,
 )
+from duraflows_pg_async._definitions.validation import validate_definition
 from duraflows_pg_async.errors import (
     CommandFailureError,
     DatabaseError,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from duraflows_pg_async._definitions.canonical_json import canonical_json as _canonical_json
 from duraflows_pg_async._definitions.model import (
     CommandRef,
     Event,
@@ -24,9 +25,8 @@ from duraflows_pg_async._definitions.model import (
     State,
     Timeout,
     WorkflowDefinition,
-    _canonical_json,
-    validate_definition,
 )
+from duraflows_pg_async._definitions.validation import validate_definition
 from duraflows_pg_async.errors import (
     InvalidArgumentError,
     WorkflowDefinitionError,
