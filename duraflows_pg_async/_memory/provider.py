@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from contextvars import ContextVar, Token
+from contextvars import Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,6 +43,7 @@ from duraflows_pg_async._core.model import (
     TimeoutRetry,
     WorkflowInstance,
 )
+from duraflows_pg_async._core.scope import TaskOwned, TaskScopes, run_callbacks
 from duraflows_pg_async._core.store_checks import (
     check_ensure_arguments,
     checked_count_arguments,
@@ -58,7 +59,6 @@ from duraflows_pg_async._core.validate import (
     require_str,
     timeout_ms,
 )
-from duraflows_pg_async._pg.runner import _run_callbacks
 from duraflows_pg_async.errors import (
     CommitRolledBackError,
     DatabaseError,
@@ -68,7 +68,6 @@ from duraflows_pg_async.errors import (
     NoActiveTransactionError,
     OptimisticLockError,
     TransactionConflictError,
-    TransactionTaskError,
     WorkflowInstanceNotFoundError,
 )
 
@@ -225,29 +224,18 @@ class _RowLock:
         self.released: asyncio.Event | None = None
 
 
-class _Root:
+class _Root(TaskOwned):
     """One transaction: opened by a runner, or a single statement run outside one."""
 
-    __slots__ = (
-        "closed",
-        "database",
-        "held",
-        "lock_timeout",
-        "savepoints",
-        "started_at",
-        "task",
-        "waiting",
-    )
+    __slots__ = ("held", "lock_timeout", "savepoints", "started_at", "waiting")
 
-    def __init__(self, database: MemoryDatabase, lock_timeout: float | None) -> None:
-        self.database = database
-        self.task = asyncio.current_task()
+    def __init__(self, lock_timeout: float | None) -> None:
+        super().__init__()
         self.lock_timeout = lock_timeout
         self.started_at = datetime.now(UTC)
         self.held: dict[Hashable, int] = {}
         self.waiting: tuple[Hashable, int] | None = None
         self.savepoints = 0
-        self.closed = False
 
 
 class _Level:
@@ -490,7 +478,7 @@ class MemoryDatabase:
 
     async def _autocommit(self, op: Callable[[_Level], Awaitable[T]]) -> T:
         """Run one statement outside a transaction (no lock_timeout, as on the pool)."""
-        level = _Level(_Root(self, None), None, None)
+        level = _Level(_Root(None), None, None)
         try:
             result = await op(level)
         except BaseException:
@@ -504,37 +492,7 @@ class MemoryDatabase:
 # Transaction scopes
 # --------------------------------------------------------------------------------------------
 
-_SCOPES: ContextVar[dict[MemoryDatabase, _Level] | None] = ContextVar(
-    "duraflows_pg_async_memory_scopes", default=None
-)
-
-
-def _task_name(task: asyncio.Task[Any] | None) -> str:
-    return "no task" if task is None else f"task {task.get_name()!r}"
-
-
-def _scope_for(database: MemoryDatabase) -> _Level | None:
-    """This task's innermost level on ``database``; one inherited from another task is an error."""
-    scopes = _SCOPES.get()
-    level = None if scopes is None else scopes.get(database)
-    if level is None:
-        return None
-    root = level.root
-    if root.task is not asyncio.current_task() or root.closed:
-        raise TransactionTaskError(
-            "this task inherited a duraflows transaction from the task that opened it "
-            f"({_task_name(root.task)}); it cannot be shared. Open a transaction of its own in "
-            "this task, or await the call in the task that owns the transaction"
-        )
-    return level
-
-
-def _own_scope(database: MemoryDatabase) -> _Level | None:
-    scopes = _SCOPES.get()
-    level = None if scopes is None else scopes.get(database)
-    if level is None or level.root.task is not asyncio.current_task() or level.root.closed:
-        return None
-    return level
+_SCOPES: TaskScopes[MemoryDatabase, _Level] = TaskScopes("duraflows_pg_async_memory_scopes")
 
 
 # Errors PostgreSQL raises from a failed statement, which abort the transaction.
@@ -554,7 +512,7 @@ async def _statement(
     requires_transaction: str | None = None,
 ) -> T:
     """Run ``op`` in this task's transaction on ``database``, else as its own transaction."""
-    level = _scope_for(database)
+    level = _SCOPES.current(database)
     if level is None:
         if requires_transaction is not None:
             raise NoActiveTransactionError(f"{requires_transaction} requires an active transaction")
@@ -570,7 +528,7 @@ async def _statement(
 
 def _reading_level(database: MemoryDatabase, what: str) -> _Level | None:
     """The level a read sees (None: committed rows only)."""
-    level = _scope_for(database)
+    level = _SCOPES.current(database)
     if level is not None and level.aborted:
         raise DatabaseError(f"{what}: {_ABORTED}")
     return level
@@ -590,7 +548,7 @@ class _MemoryTransaction:
         if self._level is not None:
             raise InvalidArgumentError("a transaction() context cannot be entered twice")
         database = self._runner._database
-        parent = _own_scope(database)
+        parent = _SCOPES.owned(database)
         if parent is not None:
             root = parent.root
             root.savepoints += 1
@@ -599,12 +557,9 @@ class _MemoryTransaction:
                 raise DatabaseError(f"SAVEPOINT {name}: {_ABORTED}")
             level = _Level(root, parent, name)
         else:
-            level = _Level(_Root(database, self._runner._lock_timeout), None, None)
+            level = _Level(_Root(self._runner._lock_timeout), None, None)
         self._level = level
-        current = _SCOPES.get()
-        self._token = _SCOPES.set(
-            {database: level} if current is None else {**current, database: level}
-        )
+        self._token = _SCOPES.push(database, level)
 
     async def __aexit__(
         self,
@@ -639,7 +594,7 @@ class _MemoryTransaction:
             raise CommitRolledBackError()
         database._end(level, commit=True)
         if level.callbacks:
-            await _run_callbacks(level.callbacks)
+            await run_callbacks(level.callbacks)
 
 
 class MemoryTransactionRunner:
@@ -684,14 +639,14 @@ class MemoryTransactionRunner:
         """
         if not callable(callback):
             raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
-        level = _scope_for(self._database)
+        level = _SCOPES.current(self._database)
         if level is None:
             raise NoActiveTransactionError("after_commit requires an active transaction")
         level.callbacks.append(callback)
 
     def is_transaction_active(self) -> bool:
         """Whether the current task is inside a transaction of this runner's database."""
-        return _own_scope(self._database) is not None
+        return _SCOPES.owned(self._database) is not None
 
 
 # --------------------------------------------------------------------------------------------

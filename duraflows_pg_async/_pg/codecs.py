@@ -13,6 +13,7 @@ import asyncpg
 from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError, map_db_errors
 
 from .json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
+from .session_reset import PooledConnection, reset_session
 
 __all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
 
@@ -33,39 +34,6 @@ def _text_encoder(dumps: JsonDumps) -> Callable[[Any], str]:
         return out.decode() if isinstance(out, bytes) else out
 
     return encode
-
-
-class PooledConnection(asyncpg.Connection):
-    """The connection class of pools made by ``create_pool``.
-
-    It lets the transaction runner send asyncpg's release-time session reset in the same round
-    trip as its COMMIT, after which the pool's ``reset`` hook has nothing left to do: one round
-    trip fewer per transaction.
-    """
-
-    __slots__ = ("_session_reset_done",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._session_reset_done = False
-
-    def duraflows_commit_sql(self) -> str:
-        """The session reset statements followed by COMMIT (the last status tag is COMMIT's)."""
-        reset = self.get_reset_query()
-        return f"{reset}\nCOMMIT" if reset else "COMMIT"
-
-    def duraflows_mark_session_reset(self) -> None:
-        self._session_reset_done = True
-
-
-async def _reset_session(conn: asyncpg.Connection) -> None:
-    """The pool's ``reset`` hook: asyncpg's reset query, unless the COMMIT already ran it."""
-    if isinstance(conn, PooledConnection) and conn._session_reset_done:
-        conn._session_reset_done = False
-        return
-    query = conn.get_reset_query()
-    if query:
-        await conn.execute(query)
 
 
 def _check_functions(json_dumps: object, json_loads: object) -> tuple[JsonDumps, JsonLoads]:
@@ -138,9 +106,10 @@ async def create_pool(
         if init is not None:
             await init(conn)
 
+    # The runner folds the session reset into its COMMIT on these connections (session_reset).
     if "connection_class" not in asyncpg_kwargs and "reset" not in asyncpg_kwargs:
         asyncpg_kwargs["connection_class"] = PooledConnection
-        asyncpg_kwargs["reset"] = _reset_session
+        asyncpg_kwargs["reset"] = reset_session
     with map_db_errors("create_pool"):
         pool: asyncpg.Pool = await asyncpg.create_pool(dsn, init=_init, **asyncpg_kwargs)
     return pool

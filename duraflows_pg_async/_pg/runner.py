@@ -1,36 +1,36 @@
 """The transaction runner: one asyncpg connection per transaction, found through a ContextVar.
 
-The ContextVar maps each pool to the innermost transaction scope of the current task, so that
-stores called inside ``async with runner.transaction():`` share its connection, and two pools never
-see each other's transaction. It is set only inside a runner scope and reset by token on exit.
+The ContextVar (``_core.scope.TaskScopes``) maps each pool to the innermost transaction scope of
+the current task, so that stores called inside ``async with runner.transaction():`` share its
+connection, and two pools never see each other's transaction. It is set only inside a runner
+scope and reset by token on exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar, Token
+from contextvars import Token
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.scope import TaskOwned, TaskScopes, run_callbacks
 from duraflows_pg_async._core.validate import timeout_ms
 from duraflows_pg_async.errors import (
     CommitRolledBackError,
     InvalidArgumentError,
     NoActiveTransactionError,
-    TransactionTaskError,
     map_db_errors,
     raise_mapped,
 )
 
-from .codecs import PooledConnection
+from . import session_reset
 
 __all__ = ["PgTransactionRunner", "ambient_connection"]
 
@@ -44,16 +44,15 @@ logger = logging.getLogger("duraflows_pg_async")
 CLEANUP_TIMEOUT = 10.0
 
 
-class _Root:
+class _Root(TaskOwned):
     """One database transaction: owned (BEGIN/COMMIT here) or bound (the caller's)."""
 
-    __slots__ = ("closed", "connection", "savepoints", "task")
+    __slots__ = ("connection", "savepoints")
 
-    def __init__(self, connection: AnyConnection, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, connection: AnyConnection) -> None:
+        super().__init__()
         self.connection = connection
-        self.task = task
         self.savepoints = 0
-        self.closed = False
 
 
 class _Scope:
@@ -66,53 +65,13 @@ class _Scope:
         self.callbacks: list[Callable[[], Any]] = []
 
 
-_SCOPES: ContextVar[dict[asyncpg.Pool, _Scope] | None] = ContextVar(
-    "duraflows_pg_async_scopes", default=None
-)
-
-
-def _scope_for(pool: asyncpg.Pool) -> _Scope | None:
-    """This task's scope on ``pool``; a scope inherited from another task is an error."""
-    scopes = _SCOPES.get()
-    if scopes is None:
-        return None
-    scope = scopes.get(pool)
-    if scope is None:
-        return None
-    root = scope.root
-    if root.task is not asyncio.current_task() or root.closed:
-        raise TransactionTaskError(
-            "this task inherited a duraflows transaction from the task that opened it "
-            f"({_task_name(root.task)}); its connection cannot be shared. Open a transaction of "
-            "its own in this task, or await the call in the task that owns the transaction"
-        )
-    return scope
-
-
-def _own_scope(pool: asyncpg.Pool) -> _Scope | None:
-    """Like ``_scope_for`` but treats another task's inherited scope as absent."""
-    scopes = _SCOPES.get()
-    if scopes is None:
-        return None
-    scope = scopes.get(pool)
-    if scope is None or scope.root.task is not asyncio.current_task() or scope.root.closed:
-        return None
-    return scope
+_SCOPES: TaskScopes[asyncpg.Pool, _Scope] = TaskScopes("duraflows_pg_async_scopes")
 
 
 def ambient_connection(pool: asyncpg.Pool) -> AnyConnection | None:
     """The connection of this task's transaction on ``pool``, or None outside one."""
-    scope = _scope_for(pool)
+    scope = _SCOPES.current(pool)
     return None if scope is None else scope.root.connection
-
-
-def _task_name(task: asyncio.Task[Any] | None) -> str:
-    return "no task" if task is None else f"task {task.get_name()!r}"
-
-
-def _push(pool: asyncpg.Pool, scope: _Scope) -> Token[dict[asyncpg.Pool, _Scope] | None]:
-    current = _SCOPES.get()
-    return _SCOPES.set({pool: scope} if current is None else {**current, pool: scope})
 
 
 async def _settle(awaitable: Awaitable[None]) -> None:
@@ -153,20 +112,6 @@ async def _close_owned(
     await pool.release(conn)
 
 
-async def _run_callbacks(callbacks: list[Callable[[], Any]]) -> None:
-    # Index loop: callbacks registered while draining (by a callback) run too.
-    index = 0
-    while index < len(callbacks):
-        callback = callbacks[index]
-        index += 1
-        try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.warning("duraflows: after_commit callback %r failed", callback, exc_info=True)
-
-
 class _Transaction:
     """``async with runner.transaction():`` — an owned transaction or a savepoint in one."""
 
@@ -185,7 +130,7 @@ class _Transaction:
             raise InvalidArgumentError("a transaction() context cannot be entered twice")
         runner = self._runner
         pool = runner._pool
-        parent = _own_scope(pool)
+        parent = _SCOPES.owned(pool)
         if _tracing.ENABLED:
             # Started before acquire(): time spent waiting for a pooled connection shows here.
             self._span = (
@@ -214,7 +159,7 @@ class _Transaction:
                     if isinstance(exc, Exception):
                         raise_mapped(exc, "BEGIN", conn)
                     raise
-                root = _Root(conn, asyncio.current_task())
+                root = _Root(conn)
         except BaseException as exc:
             if self._span is not None:
                 self._span.end(exc)
@@ -228,7 +173,7 @@ class _Transaction:
             )
         scope = _Scope(root)
         self._scope = scope
-        self._token = _push(pool, scope)
+        self._token = _SCOPES.push(pool, scope)
 
     async def __aexit__(
         self,
@@ -256,7 +201,7 @@ class _Transaction:
             # belong to the caller's span, not to a transaction that is over.
             self._end_span(span, scope, exc)
         if self._savepoint is None and exc is None and scope.callbacks:
-            await _run_callbacks(scope.callbacks)
+            await run_callbacks(scope.callbacks)
 
     def _end_span(self, span: _tracing.Span, scope: _Scope, error: BaseException | None) -> None:
         if span.recording:
@@ -311,20 +256,10 @@ class _Transaction:
         if exc is not None:
             await _settle(_close_owned(pool, conn, exc))
             return
-        # On a create_pool() connection the session reset that asyncpg runs at release rides
-        # along with COMMIT: one round trip fewer. The last status tag is still COMMIT's.
-        # (The proxy forwards the subclass's methods to the connection it wraps.)
-        pooled = cast(PooledConnection, conn)
-        folds_reset = getattr(conn, "duraflows_commit_sql", None) is not None
         try:
-            if not folds_reset:
-                status: str = await conn.execute("COMMIT")
-            else:
-                status = await conn.execute(pooled.duraflows_commit_sql())
-                if status != "ROLLBACK":
-                    pooled.duraflows_mark_session_reset()
+            status = await session_reset.commit(conn)
         except asyncpg.InFailedSQLTransactionError as aborted:
-            # The reset statements ahead of COMMIT meet the aborted transaction first.
+            # The session reset statements ahead of COMMIT meet the aborted transaction first.
             await _settle(_close_owned(pool, conn, aborted))
             raise CommitRolledBackError() from aborted
         except BaseException as commit_error:
@@ -359,7 +294,7 @@ class _Bound:
     async def __aenter__(self) -> AnyConnection:
         conn = self._conn
         pool = self._runner._pool
-        if _own_scope(pool) is not None:
+        if _SCOPES.owned(pool) is not None:
             raise InvalidArgumentError(
                 "bind() was called inside a transaction of this runner's pool; workflow calls "
                 "already join that transaction"
@@ -370,8 +305,8 @@ class _Bound:
                 "bind(conn) needs an asyncpg connection inside a transaction (start one with "
                 "conn.transaction() first); the caller owns BEGIN and COMMIT"
             )
-        self._scope = _Scope(_Root(conn, asyncio.current_task()))
-        self._token = _push(pool, self._scope)
+        self._scope = _Scope(_Root(conn))
+        self._token = _SCOPES.push(pool, self._scope)
         return conn
 
     async def __aexit__(
@@ -388,7 +323,7 @@ class _Bound:
             # The caller's COMMIT is out of sight: callbacks run when the block succeeds, still
             # inside the bound scope, so workflow calls they make join the caller's transaction.
             if exc is None and scope.callbacks:
-                await _run_callbacks(scope.callbacks)
+                await run_callbacks(scope.callbacks)
         finally:
             scope.root.closed = True
             _SCOPES.reset(token)
@@ -450,21 +385,21 @@ class PgTransactionRunner:
         """
         if not callable(callback):
             raise InvalidArgumentError(f"callback must be callable, got {callback!r}")
-        scope = _scope_for(self._pool)
+        scope = _SCOPES.current(self._pool)
         if scope is None:
             raise NoActiveTransactionError("after_commit requires an active transaction")
         scope.callbacks.append(callback)
 
     def is_transaction_active(self) -> bool:
         """Whether the current task is inside a transaction of this runner's pool."""
-        return _own_scope(self._pool) is not None
+        return _SCOPES.owned(self._pool) is not None
 
     def connection(self) -> AnyConnection:
         """The current transaction's connection, so your own SQL joins the workflow transaction.
 
         Use it only from this task and only until the transaction ends.
         """
-        scope = _scope_for(self._pool)
+        scope = _SCOPES.current(self._pool)
         if scope is None:
             raise NoActiveTransactionError("connection() requires an active transaction")
         return scope.root.connection
