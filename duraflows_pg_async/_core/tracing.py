@@ -1,8 +1,8 @@
 """Optional OpenTelemetry spans for transactions, events and sweeps (docs/tracing.md).
 
 OpenTelemetry is an optional dependency, so it is looked for once, here, at import. Callers test
-``_tracing.ENABLED`` before anything else: without the API a transaction or an event costs one
-attribute lookup more, and no span, closure or context manager object is made. With the API but
+``_tracing.ENABLED`` before anything else (``traced`` does it for them): without the API a
+transaction or an event costs a flag test (and a call) more, and no span is made. With the API but
 no SDK, the API's no-op tracer hands back an invalid span; ``start`` then returns None at once,
 so the callers skip attributes and context changes as when the API is absent. Attributes are only
 computed for spans that record (a sampler may drop a span and still want it propagated).
@@ -14,7 +14,7 @@ transaction it describes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Span",
     "connection_attributes",
     "start",
+    "traced",
 ]
 
 logger = logging.getLogger("duraflows_pg_async")
@@ -192,3 +193,38 @@ def connection_attributes(conn: Any) -> dict[str, Value]:
     elif isinstance(address, str):  # a Unix-domain socket path
         attributes["server.address"] = address
     return attributes
+
+
+def traced(
+    name: str,
+    run: Callable[[Span | None], Awaitable[T]],
+    attributes: Callable[[], Mapping[str, Value]] | None = None,
+    outcome: Callable[[T], Mapping[str, Value]] | None = None,
+) -> Awaitable[T]:
+    """``run(span)`` inside span ``name``, or ``run(None)`` when no span is started.
+
+    ``attributes()`` describes the span at its start and ``outcome(result)`` at its end, both
+    only when it records. If ``run`` raises, the span ends failed by the error. Without tracing
+    this is one flag test: ``run(None)`` is handed back as it is.
+    """
+    if not ENABLED:
+        return run(None)
+    return _traced(name, run, attributes, outcome)
+
+
+async def _traced(
+    name: str,
+    run: Callable[[Span | None], Awaitable[T]],
+    attributes: Callable[[], Mapping[str, Value]] | None,
+    outcome: Callable[[T], Mapping[str, Value]] | None,
+) -> T:
+    span = start(name)
+    if span is None:
+        return await run(None)
+    if attributes is not None and span.recording:
+        span.update(attributes())
+    result = await span.watch(run(span))
+    if outcome is not None and span.recording:
+        span.update(outcome(result))
+    span.end()
+    return result
