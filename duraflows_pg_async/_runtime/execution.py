@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,6 +56,11 @@ def json_clone(value: Any) -> Any:
     if kind is str or kind is int or kind is float or kind is bool or value is None:
         return value
     return copy.deepcopy(value)
+
+
+async def maybe_await(value: Any) -> Any:
+    """``value``, awaited if awaitable: commands, guards and observers may be sync or async."""
+    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ from duraflows_pg_async._core.validate import require_duration, require_int
 from duraflows_pg_async.errors import InvalidArgumentError
 
 from .execution import ProcessExpiredResult
-from .runtime import WorkflowRuntime, checked_lease
+from .runtime import WorkflowRuntime
+from .sweeper import checked_lease, sweep_names
 
 __all__ = ["TimeoutWorker", "WorkerStats"]
 
@@ -77,7 +78,7 @@ class TimeoutWorker:
             poll_interval, "poll_interval", timedelta_ok=False, positive=True
         )
         self.workflow_names = (
-            None if workflow_names is None else runtime._sweep_names(workflow_names)
+            None if workflow_names is None else sweep_names(runtime.definitions, workflow_names)
         )
         self.lease = None if lease is None else checked_lease(lease, "lease")
         self.stats = WorkerStats()

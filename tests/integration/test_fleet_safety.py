@@ -33,7 +33,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 from duraflows_pg_async._core.text import storable_text
-from duraflows_pg_async._runtime.runtime import DEFAULT_SWEEP_LEASE
+from duraflows_pg_async._runtime.sweeper import DEFAULT_SWEEP_LEASE
 
 
 class Clock:
