@@ -1,0 +1,147 @@
+"""``inspect`` (one instance and its history), ``parked`` (exhausted timeouts) and ``rearm``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from uuid import UUID
+
+from duraflows_pg_async._core.validate import coerce_uuid
+from duraflows_pg_async._pg.providers import pg_workflow_providers
+
+from .database import Target, pool, schema_option, target_from
+from .exits import EXIT_USAGE, CliError
+from .output import emit, emit_json, one_line, safe_text, table
+from .records import history_json, instance_json, instance_text, retry_text, when
+from .signals import run
+
+__all__ = ["inspect_command", "parked_command", "rearm_command"]
+
+
+def _limit(args: argparse.Namespace) -> int:
+    limit: int = args.limit
+    if limit < 1:
+        raise CliError(f"--limit must be at least 1, got {limit}", EXIT_USAGE)
+    return limit
+
+
+async def _inspect(db: Target, key: UUID, limit: int, schema: str | None, as_json: bool) -> int:
+    async with pool(db) as opened:
+        providers = pg_workflow_providers(opened, schema=schema)
+        instance = await providers.instance_store.find_by_uuid(key)
+        if instance is None:
+            raise CliError(f"no workflow instance {key}")
+        history = await providers.history_store.find_by_instance_uuid(key, limit, 0)
+    history.reverse()  # the store gives newest first; a table reads best oldest first
+    if as_json:
+        emit_json(
+            {"instance": instance_json(instance), "history": [history_json(r) for r in history]}
+        )
+        return 0
+    emit(instance_text(instance))
+    emit()
+    emit(f"history ({len(history)} rows, oldest first):")
+    rows = []
+    for record in history:
+        detail = record.error_message or (
+            f"rejected by {record.rejected_by}" if record.rejected_by else ""
+        )
+        codes = ",".join(r.code or ("ok" if r.ok else "failed") for r in record.command_results)
+        rows.append(
+            [
+                when(record.created_at),
+                record.event_name,
+                f"{record.from_state or '∅'} -> {record.to_state}",
+                record.outcome,
+                codes,
+                one_line(detail, 50),
+            ]
+        )
+    emit(table(["at", "event", "transition", "outcome", "commands", "detail"], rows))
+    return 0
+
+
+async def _parked(
+    db: Target, limit: int, workflow: str | None, schema: str | None, as_json: bool
+) -> int:
+    async with pool(db) as opened:
+        providers = pg_workflow_providers(opened, schema=schema)
+        found = await providers.instance_store.find_parked_timeouts(
+            limit=limit, workflow_name=workflow
+        )
+    if as_json:
+        emit_json([instance_json(i) for i in found])
+        return 0
+    if not found:
+        emit("no parked timeouts")
+        return 0
+    rows = [
+        [
+            str(i.uuid),
+            i.workflow_name,
+            i.current_state,
+            str(i.timeout_retry.attempts if i.timeout_retry else 0),
+            when(i.timeout_retry.parked_at if i.timeout_retry else None),
+            one_line(i.timeout_retry.last_error if i.timeout_retry else None, 50),
+        ]
+        for i in found
+    ]
+    emit(table(["uuid", "workflow", "state", "attempts", "parked at", "last error"], rows))
+    return 0
+
+
+async def _rearm(db: Target, key: UUID, schema: str | None, as_json: bool) -> int:
+    async with pool(db) as opened:
+        providers = pg_workflow_providers(opened, schema=schema)
+        store = providers.instance_store
+        changed = False
+        async with providers.transaction_runner.transaction():
+            instance = await store.lock_by_uuid(key)
+            if instance is None:
+                raise CliError(f"no workflow instance {key}")
+            previous = retry_text(instance)
+            if instance.timeout_retry is not None or instance.claimed_until is not None:
+                # update() writes the retry columns from the model, which ends a claim too.
+                instance.timeout_retry = None
+                instance.claimed_until = None
+                instance.version += 1
+                instance.updated_at = datetime.now(UTC)
+                await store.update(instance)
+                changed = True
+    if as_json:
+        emit_json({"rearmed": changed, "instance": instance_json(instance)})
+    elif changed:
+        emit(
+            safe_text(
+                f"rearmed {key} (was: {previous}); state={instance.current_state} "
+                f"version={instance.version} expires_at={when(instance.expires_at)}"
+            )
+        )
+    else:
+        emit(f"{key} has no timeout retry, parked state or sweep claim: nothing to rearm")
+    return 0
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    """``inspect UUID``: the instance's fields and its newest ``--limit`` history rows."""
+    key = coerce_uuid(args.uuid, "uuid")
+    limit = _limit(args)
+    db = target_from(args)
+    schema = schema_option(args.schema)
+    return int(run(_inspect(db, key, limit, schema, args.json)))
+
+
+def parked_command(args: argparse.Namespace) -> int:
+    """``parked``: instances whose timeout retries are exhausted."""
+    limit = _limit(args)
+    db = target_from(args)
+    schema = schema_option(args.schema)
+    return int(run(_parked(db, limit, args.workflow, schema, args.json)))
+
+
+def rearm_command(args: argparse.Namespace) -> int:
+    """``rearm UUID``: clear a timeout retry, parked state or sweep claim."""
+    key = coerce_uuid(args.uuid, "uuid")
+    db = target_from(args)
+    schema = schema_option(args.schema)
+    return int(run(_rearm(db, key, schema, args.json)))

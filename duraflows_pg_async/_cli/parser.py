@@ -1,0 +1,211 @@
+"""The command line's grammar: the commands and their options, --json anywhere, usage errors.
+
+argparse's own exits and messages are routed back to ``main()``, so that a usage error is
+reported like any other (as text or JSON) and --help into a closed pipe ends like any output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from duraflows_pg_async import __version__
+
+from .database import DEFAULT_CONNECT_TIMEOUT
+from .exits import EXIT_USAGE, CliError
+from .output import PROG, emit, json_text, stderr
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
+__all__ = ["UsageError", "build_parser", "wants_json"]
+
+
+class UsageError(CliError):
+    """argparse refused the command line; ``parser`` is the (sub)parser that did."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message, EXIT_USAGE)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors come back to main(), which reports them as text or JSON."""
+
+    json_mode = False
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self)
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops write errors; --help into a closed pipe must end like any other output.
+        if not message:
+            return
+        if file is None or file is sys.stdout:
+            emit(message.removesuffix("\n"))
+        else:
+            stderr(message.removesuffix("\n"))
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(parser, _Parser) and parser.json_mode:
+            emit(json_text({"version": __version__}))
+        else:
+            emit(f"{PROG} {__version__}")
+        parser.exit()
+
+
+# Options every command takes, before or after the command name. The copies on the subcommands
+# default to SUPPRESS so that they do not overwrite a value given before the command.
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    default: Any = argparse.SUPPRESS
+    parser.add_argument(
+        "--database-url",
+        default=None if top else default,
+        help="PostgreSQL URL (default: $DATABASE_URL; the demo starts an embedded server if unset)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        default=None if top else default,
+        metavar="SECONDS",
+        help="give up connecting after this long (default: $DURAFLOWS_CONNECT_TIMEOUT, else "
+        f"{DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else default,
+        help="print JSON: results on stdout, errors as one object on stderr",
+    )
+
+
+def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``json_mode``, --version prints JSON."""
+    common = _Parser(add_help=False)
+    _global_options(common, top=False)
+    parser = _Parser(prog=PROG, description="duraflows-pg-async: PostgreSQL workflow persistence")
+    parser.json_mode = json_mode
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    _global_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run the demo end to end and print what it stored (on $DATABASE_URL it uses a "
+        "temporary schema of its own, dropped afterwards)",
+    )
+
+    sql = commands.add_parser(
+        "sql", parents=[common], help="print the fresh-install schema (generator output)"
+    )
+    sql.add_argument("--uuid-strategy", default="gen_random_uuid", help="gen_random_uuid|uuidv7")
+    sql.add_argument("--schema", default=None, help="schema to create the tables in")
+    sql.add_argument("--down", action="store_true", help="print the down (drop) script instead")
+
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="apply, roll back or list the dbmate migrations"
+    )
+    migrate.add_argument("action", choices=["up", "down", "status"])
+    migrate.add_argument(
+        "--schema",
+        default=None,
+        help="schema of the tables and of schema_migrations (created by `up` if missing)",
+    )
+    migrate.add_argument(
+        "--yes", action="store_true", help="`down`: roll back without asking for confirmation"
+    )
+
+    insp = commands.add_parser(
+        "inspect", parents=[common], help="show one instance and its history"
+    )
+    insp.add_argument("uuid", help="the instance's uuid")
+    insp.add_argument("--limit", type=int, default=50, help="history rows to show (default 50)")
+    insp.add_argument("--schema", default=None, help="schema of the tables")
+
+    parked = commands.add_parser(
+        "parked", parents=[common], help="list instances whose timeout retries are exhausted"
+    )
+    parked.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    parked.add_argument("--workflow", default=None, help="only this workflow name")
+    parked.add_argument("--schema", default=None, help="schema of the tables")
+
+    rearm = commands.add_parser(
+        "rearm",
+        parents=[common],
+        help="clear an instance's timeout retry, parked state or sweep claim",
+    )
+    rearm.add_argument("uuid", help="the instance's uuid")
+    rearm.add_argument("--schema", default=None, help="schema of the tables")
+
+    worker = commands.add_parser(
+        "worker", parents=[common], help="run timeout workers until SIGINT/SIGTERM"
+    )
+    worker.add_argument(
+        "app",
+        metavar="APP",
+        help="module:attr of a runtime factory (called with the persistence provider, "
+        "sync or async) or of a WorkflowRuntime",
+    )
+    worker.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="look for APP's module in DIR first (default: the current directory)",
+    )
+    worker.add_argument("--workers", type=int, default=1, help="concurrent workers (default 1)")
+    worker.add_argument("--batch-size", type=int, default=100, help="per sweep (default 100)")
+    worker.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between sweeps (default 1)"
+    )
+    worker.add_argument(
+        "--lease",
+        default=None,
+        metavar="SECONDS",
+        help="how long a sweep claims its batch (default: $DURAFLOWS_WORKER_LEASE, else the "
+        "runtime's sweep lease)",
+    )
+    worker.add_argument(
+        "--workflow",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="sweep only this workflow's timeouts (repeatable; must be registered in the runtime)",
+    )
+    worker.add_argument(
+        "--lock-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="lock_timeout of the worker's transactions (default: $DURAFLOWS_LOCK_TIMEOUT, else "
+        "none); only for a factory APP: a ready WorkflowRuntime keeps its own persistence",
+    )
+    worker.add_argument(
+        "--statement-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="statement_timeout of the worker's transactions (default: "
+        "$DURAFLOWS_STATEMENT_TIMEOUT, else none); only for a factory APP",
+    )
+    worker.add_argument("--schema", default=None, help="schema of the tables")
+    worker.add_argument(
+        "--log-level", default="INFO", help="logging level of the worker (default INFO)"
+    )
+    return parser
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether --json was asked for, before the command line is parsed (for its own errors)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    return "--json" in argv[:end]

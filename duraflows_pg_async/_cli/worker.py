@@ -1,0 +1,239 @@
+"""``worker APP``: timeout workers on the APP's runtime until SIGINT or SIGTERM.
+
+The first signal lets the workers finish the instances in hand (exit 0), a second cancels them
+(exit 1). Progress goes to stdout, logs to stderr; with --json both are one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._runtime.runtime import WorkflowRuntime
+from duraflows_pg_async._runtime.worker import TimeoutWorker
+
+from .app import build_runtime, load_app, use_app_dir
+from .database import Target, pool, schema_option, seconds, target_from
+from .exits import EXIT_USAGE, CliError
+from .output import PROG, emit, json_text, notice, safe_text
+from .signals import run
+
+__all__ = ["worker_command"]
+
+
+class _SafeLogFormatter(logging.Formatter):
+    """Log lines with stored text (command errors) escaped; tracebacks keep their line breaks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record), keep_newlines=True)
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record, for ``worker --json``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json_text(data, indent=None)
+
+
+@dataclass(frozen=True)
+class _WorkerOptions:
+    """The worker's options that can also come from the environment, checked."""
+
+    lock_timeout: float | None
+    statement_timeout: float | None
+    lease: float | None
+    workflows: tuple[str, ...] | None
+
+
+def _worker_options(args: argparse.Namespace) -> _WorkerOptions:
+    """The worker's options, or a usage error."""
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
+    workflows = None
+    if args.workflow is not None:
+        empty = [name for name in args.workflow if not name]
+        if empty:
+            raise CliError("--workflow needs a workflow name", EXIT_USAGE)
+        workflows = tuple(dict.fromkeys(args.workflow))
+    return _WorkerOptions(
+        lock_timeout=seconds(
+            args.lock_timeout, "--lock-timeout", "DURAFLOWS_LOCK_TIMEOUT", zero_ok=True
+        ),
+        statement_timeout=seconds(
+            args.statement_timeout,
+            "--statement-timeout",
+            "DURAFLOWS_STATEMENT_TIMEOUT",
+            zero_ok=True,
+        ),
+        lease=seconds(args.lease, "--lease", "DURAFLOWS_WORKER_LEASE", zero_ok=False),
+        workflows=workflows,
+    )
+
+
+def _setup_logging(level_name: str, as_json: bool) -> None:
+    """Log to stderr at ``level_name``: escaped text, or one JSON object a record."""
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise CliError(f"--log-level must be a logging level name, got {level_name!r}", EXIT_USAGE)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLogFormatter()
+        if as_json
+        else _SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+async def _worker(db: Target, args: argparse.Namespace) -> int:
+    options = _worker_options(args)
+    schema = schema_option(args.schema)
+    as_json: bool = args.json
+    _setup_logging(str(args.log_level), as_json)
+    use_app_dir(args.app_dir)
+    app = load_app(args.app)
+    async with pool(db, max_size=args.workers + 2) as opened:
+        providers = pg_workflow_providers(
+            opened,
+            schema=schema,
+            lock_timeout=options.lock_timeout,
+            statement_timeout=options.statement_timeout,
+        )
+        if isinstance(app, WorkflowRuntime):
+            for given, option in (
+                (options.lock_timeout, "--lock-timeout"),
+                (options.statement_timeout, "--statement-timeout"),
+            ):
+                if given is not None:
+                    notice(
+                        f"worker: {option} has no effect: {args.app} is a ready WorkflowRuntime "
+                        "that uses its own persistence",
+                        as_json,
+                        level="warning",
+                    )
+        runtime: WorkflowRuntime = await build_runtime(app, args.app, providers)
+        if options.workflows is not None:
+            unknown = [name for name in options.workflows if name not in runtime.definitions]
+            if unknown:
+                known = ", ".join(sorted(runtime.definitions.names())) or "none"
+                raise CliError(
+                    f"--workflow {', '.join(unknown)}: not registered in {args.app} "
+                    f"(registered: {known})",
+                    EXIT_USAGE,
+                )
+        await runtime.initialize()
+        # Fail now, with a clear message, rather than in every sweep's log line.
+        await runtime.persistence.instance_store.find_parked_timeouts(limit=1)
+        workers = [
+            TimeoutWorker(
+                runtime,
+                batch_size=args.batch_size,
+                poll_interval=args.poll_interval,
+                workflow_names=options.workflows,
+                lease=options.lease,
+            )
+            for _ in range(args.workers)
+        ]
+        tasks = [
+            asyncio.create_task(w.run(), name=f"duraflows-worker-{n}")
+            for n, w in enumerate(workers)
+        ]
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                name = signal.Signals(signum).name
+                notice(
+                    f"worker: {name}: stopping after the instances in hand (send again to abort "
+                    "them)",
+                    as_json,
+                    event="stopping",
+                    signal=name,
+                )
+                for w in workers:
+                    w.stop()
+            else:
+                for t in tasks:
+                    t.cancel()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, int(sig))
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
+                pass
+        try:
+            if as_json:
+                emit(
+                    json_text(
+                        {
+                            "event": "started",
+                            "workers": args.workers,
+                            "batch_size": args.batch_size,
+                            "poll_interval": args.poll_interval,
+                            "lease": options.lease,
+                            "workflows": options.workflows,
+                        },
+                        indent=None,
+                    ),
+                    flush=True,
+                )
+            else:
+                scope = f"; workflows {', '.join(options.workflows)}" if options.workflows else ""
+                emit(
+                    f"{PROG} worker: {args.workers} worker(s) running "
+                    f"(batch size {args.batch_size}, poll interval {args.poll_interval}s{scope}); "
+                    "stop with SIGINT or SIGTERM",
+                    flush=True,
+                )
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        processed = sum(w.stats.processed for w in workers)
+        failed = sum(w.stats.failed for w in workers)
+        parked = sum(w.stats.parked for w in workers)
+        # A second signal cancels the instances in hand (rolled back, retried by a later sweep);
+        # the exit status tells a supervisor that the stop was not clean.
+        how = "aborted" if signals > 1 else "stopped"
+        code = 1 if signals > 1 else 0
+        if as_json:
+            stats = {"processed": processed, "failed": failed, "parked": parked}
+            emit(json_text({"event": how, **stats, "exit_code": code}, indent=None), flush=True)
+        else:
+            emit(
+                f"{PROG} worker: {how}; {processed} timeouts processed, {failed} failed, "
+                f"{parked} parked",
+                flush=True,
+            )
+    return code
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """``worker APP``; its usage errors are reported before a connection is attempted."""
+    _worker_options(args)
+    return int(run(_worker(target_from(args), args)))
