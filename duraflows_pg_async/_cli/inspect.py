@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from uuid import UUID
 
 from duraflows_pg_async._core.validate import coerce_uuid
+from duraflows_pg_async._definitions.registries import CommandRegistry, DefinitionRegistry
 from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 
 from .database import Target, pool, schema_option, target_from
 from .exits import EXIT_USAGE, CliError
@@ -93,21 +94,20 @@ async def _parked(
 async def _rearm(db: Target, key: UUID, schema: str | None, as_json: bool) -> int:
     async with pool(db) as opened:
         providers = pg_workflow_providers(opened, schema=schema)
-        store = providers.instance_store
-        changed = False
+        # rearm_timeout reads no definition, and with empty registries initialize() stores and
+        # checks nothing: the rule of what a rearm clears stays in the runtime alone.
+        runtime = WorkflowRuntime(
+            definitions=DefinitionRegistry(), commands=CommandRegistry(), persistence=providers
+        )
+        # The lock taken here holds until COMMIT (the runtime's transaction is a savepoint inside
+        # this one), so the state reported as "was" is the one the runtime cleared.
         async with providers.transaction_runner.transaction():
-            instance = await store.lock_by_uuid(key)
-            if instance is None:
+            before = await providers.instance_store.lock_by_uuid(key)
+            if before is None:
                 raise CliError(f"no workflow instance {key}")
-            previous = retry_text(instance)
-            if instance.timeout_retry is not None or instance.claimed_until is not None:
-                # update() writes the retry columns from the model, which ends a claim too.
-                instance.timeout_retry = None
-                instance.claimed_until = None
-                instance.version += 1
-                instance.updated_at = datetime.now(UTC)
-                await store.update(instance)
-                changed = True
+            previous, previous_version = retry_text(before), before.version
+            instance = await runtime.rearm_timeout(key)
+    changed = instance.version != previous_version
     if as_json:
         emit_json({"rearmed": changed, "instance": instance_json(instance)})
     elif changed:
