@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async._runtime.worker import TimeoutWorker
@@ -100,11 +101,137 @@ def _setup_logging(level_name: str, as_json: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+async def _runtime_of(
+    app: object,
+    args: argparse.Namespace,
+    options: _WorkerOptions,
+    providers: WorkflowPersistenceProvider,
+) -> WorkflowRuntime:
+    """The APP's runtime on ``providers``, its --workflow names checked against it."""
+    if isinstance(app, WorkflowRuntime):
+        for given, option in (
+            (options.lock_timeout, "--lock-timeout"),
+            (options.statement_timeout, "--statement-timeout"),
+        ):
+            if given is not None:
+                notice(
+                    f"worker: {option} has no effect: {args.app} is a ready WorkflowRuntime "
+                    "that uses its own persistence",
+                    args.json,
+                    level="warning",
+                )
+    runtime = await build_runtime(app, args.app, providers)
+    if options.workflows is not None:
+        unknown = [name for name in options.workflows if name not in runtime.definitions]
+        if unknown:
+            known = ", ".join(sorted(runtime.definitions.names())) or "none"
+            raise CliError(
+                f"--workflow {', '.join(unknown)}: not registered in {args.app} "
+                f"(registered: {known})",
+                EXIT_USAGE,
+            )
+    return runtime
+
+
+def _announce_start(args: argparse.Namespace, options: _WorkerOptions) -> None:
+    if args.json:
+        started = {
+            "event": "started",
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "poll_interval": args.poll_interval,
+            "lease": options.lease,
+            "workflows": options.workflows,
+        }
+        emit(json_text(started, indent=None), flush=True)
+    else:
+        scope = f"; workflows {', '.join(options.workflows)}" if options.workflows else ""
+        emit(
+            f"{PROG} worker: {args.workers} worker(s) running "
+            f"(batch size {args.batch_size}, poll interval {args.poll_interval}s{scope}); "
+            "stop with SIGINT or SIGTERM",
+            flush=True,
+        )
+
+
+async def _run_until_stopped(
+    workers: list[TimeoutWorker], args: argparse.Namespace, options: _WorkerOptions
+) -> int:
+    """Run the workers, once started say so, and wait until they stop; returns how many stop
+    signals arrived.
+
+    The first SIGINT/SIGTERM lets each worker finish the instances in hand, a second cancels
+    them (rolled back, retried by a later sweep).
+    """
+    tasks = [
+        asyncio.create_task(w.run(), name=f"duraflows-worker-{n}") for n, w in enumerate(workers)
+    ]
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            name = signal.Signals(signum).name
+            notice(
+                f"worker: {name}: stopping after the instances in hand (send again to abort them)",
+                args.json,
+                event="stopping",
+                signal=name,
+            )
+            for w in workers:
+                w.stop()
+        else:
+            for t in tasks:
+                t.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, int(sig))
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
+            pass
+    try:
+        _announce_start(args, options)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+    return signals
+
+
+def _announce_end(workers: list[TimeoutWorker], signals: int, as_json: bool) -> int:
+    """Print the totals; returns the exit code."""
+    processed = sum(w.stats.processed for w in workers)
+    failed = sum(w.stats.failed for w in workers)
+    parked = sum(w.stats.parked for w in workers)
+    # A second signal cancelled the instances in hand: the exit status tells a supervisor that
+    # the stop was not clean.
+    how = "aborted" if signals > 1 else "stopped"
+    code = 1 if signals > 1 else 0
+    if as_json:
+        stats = {"processed": processed, "failed": failed, "parked": parked}
+        emit(json_text({"event": how, **stats, "exit_code": code}, indent=None), flush=True)
+    else:
+        emit(
+            f"{PROG} worker: {how}; {processed} timeouts processed, {failed} failed, "
+            f"{parked} parked",
+            flush=True,
+        )
+    return code
+
+
 async def _worker(db: Target, args: argparse.Namespace) -> int:
     options = _worker_options(args)
     schema = schema_option(args.schema)
-    as_json: bool = args.json
-    _setup_logging(str(args.log_level), as_json)
+    _setup_logging(str(args.log_level), args.json)
     use_app_dir(args.app_dir)
     app = load_app(args.app)
     async with pool(db, max_size=args.workers + 2) as opened:
@@ -114,28 +241,7 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
             lock_timeout=options.lock_timeout,
             statement_timeout=options.statement_timeout,
         )
-        if isinstance(app, WorkflowRuntime):
-            for given, option in (
-                (options.lock_timeout, "--lock-timeout"),
-                (options.statement_timeout, "--statement-timeout"),
-            ):
-                if given is not None:
-                    notice(
-                        f"worker: {option} has no effect: {args.app} is a ready WorkflowRuntime "
-                        "that uses its own persistence",
-                        as_json,
-                        level="warning",
-                    )
-        runtime: WorkflowRuntime = await build_runtime(app, args.app, providers)
-        if options.workflows is not None:
-            unknown = [name for name in options.workflows if name not in runtime.definitions]
-            if unknown:
-                known = ", ".join(sorted(runtime.definitions.names())) or "none"
-                raise CliError(
-                    f"--workflow {', '.join(unknown)}: not registered in {args.app} "
-                    f"(registered: {known})",
-                    EXIT_USAGE,
-                )
+        runtime = await _runtime_of(app, args, options, providers)
         await runtime.initialize()
         # Fail now, with a clear message, rather than in every sweep's log line.
         await runtime.persistence.instance_store.find_parked_timeouts(limit=1)
@@ -149,88 +255,8 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
             )
             for _ in range(args.workers)
         ]
-        tasks = [
-            asyncio.create_task(w.run(), name=f"duraflows-worker-{n}")
-            for n, w in enumerate(workers)
-        ]
-        loop = asyncio.get_running_loop()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                name = signal.Signals(signum).name
-                notice(
-                    f"worker: {name}: stopping after the instances in hand (send again to abort "
-                    "them)",
-                    as_json,
-                    event="stopping",
-                    signal=name,
-                )
-                for w in workers:
-                    w.stop()
-            else:
-                for t in tasks:
-                    t.cancel()
-
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal, int(sig))
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
-                pass
-        try:
-            if as_json:
-                emit(
-                    json_text(
-                        {
-                            "event": "started",
-                            "workers": args.workers,
-                            "batch_size": args.batch_size,
-                            "poll_interval": args.poll_interval,
-                            "lease": options.lease,
-                            "workflows": options.workflows,
-                        },
-                        indent=None,
-                    ),
-                    flush=True,
-                )
-            else:
-                scope = f"; workflows {', '.join(options.workflows)}" if options.workflows else ""
-                emit(
-                    f"{PROG} worker: {args.workers} worker(s) running "
-                    f"(batch size {args.batch_size}, poll interval {args.poll_interval}s{scope}); "
-                    "stop with SIGINT or SIGTERM",
-                    flush=True,
-                )
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
-        processed = sum(w.stats.processed for w in workers)
-        failed = sum(w.stats.failed for w in workers)
-        parked = sum(w.stats.parked for w in workers)
-        # A second signal cancels the instances in hand (rolled back, retried by a later sweep);
-        # the exit status tells a supervisor that the stop was not clean.
-        how = "aborted" if signals > 1 else "stopped"
-        code = 1 if signals > 1 else 0
-        if as_json:
-            stats = {"processed": processed, "failed": failed, "parked": parked}
-            emit(json_text({"event": how, **stats, "exit_code": code}, indent=None), flush=True)
-        else:
-            emit(
-                f"{PROG} worker: {how}; {processed} timeouts processed, {failed} failed, "
-                f"{parked} parked",
-                flush=True,
-            )
-    return code
+        signals = await _run_until_stopped(workers, args, options)
+        return _announce_end(workers, signals, args.json)
 
 
 def worker_command(args: argparse.Namespace) -> int:
