@@ -6,7 +6,7 @@ import copy
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from duraflows_pg_async._core.model import CommandResult
 from duraflows_pg_async.errors import (
@@ -18,6 +18,10 @@ from duraflows_pg_async.errors import (
 
 from .model import WorkflowDefinition
 from .validation import validate_definition
+
+if TYPE_CHECKING:
+    # For the signatures only: the runtime, which builds the context, depends on this package.
+    from duraflows_pg_async._runtime.execution import ExecutionContext
 
 __all__ = [
     "CommandFunction",
@@ -31,11 +35,13 @@ __all__ = [
 
 logger = logging.getLogger("duraflows_pg_async")
 
-CommandFunction = Callable[[Any, Any], CommandResult | Awaitable[CommandResult | None] | None]
+CommandFunction = Callable[
+    [Any, "ExecutionContext"], CommandResult | Awaitable[CommandResult | None] | None
+]
 """``fn(subject, ctx)``, sync or async; returns a
 [`CommandResult`][duraflows_pg_async.CommandResult] (``None`` = success)."""
 
-GuardFunction = Callable[[Any, Any], bool | Awaitable[bool]]
+GuardFunction = Callable[[Any, "ExecutionContext"], bool | Awaitable[bool]]
 """``fn(subject, ctx)``, sync or async; returns True to let the event through."""
 
 _CommandT = TypeVar("_CommandT", bound=CommandFunction)

@@ -88,6 +88,8 @@ def build_runtime(persistence: WorkflowPersistenceProvider) -> WorkflowRuntime:
     commands = CommandRegistry()
     commands.register("pay", pay)
     commands.register("audit", audit, best_effort=True)
+    # A lambda's ctx is an ExecutionContext too: a misspelt attribute fails type checking.
+    commands.register("trace", lambda subject, ctx: print(ctx.from_state, ctx.to_state))
     guards = GuardRegistry()
     guards.register("within_budget", within_budget)
     return WorkflowRuntime(
