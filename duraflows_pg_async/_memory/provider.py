@@ -23,6 +23,8 @@ Use one provider from one event loop at a time.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 
 from .database import MemoryDatabase
@@ -42,7 +44,9 @@ __all__ = [
 ]
 
 
-def memory_workflow_providers(*, lock_timeout: object = None) -> WorkflowPersistenceProvider:
+def memory_workflow_providers(
+    *, lock_timeout: timedelta | float | None = None
+) -> WorkflowPersistenceProvider[MemoryTransactionRunner]:
     """A runner and three stores over a new, empty in-memory database (one per call).
 
     Same semantics and errors as ``pg_workflow_providers``; see this module's docstring.

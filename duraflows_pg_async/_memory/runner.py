@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextvars import Token
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -110,7 +111,9 @@ class MemoryTransactionRunner:
 
     __slots__ = ("_database", "_lock_timeout", "lock_timeout_ms")
 
-    def __init__(self, database: MemoryDatabase, *, lock_timeout: object = None) -> None:
+    def __init__(
+        self, database: MemoryDatabase, *, lock_timeout: timedelta | float | None = None
+    ) -> None:
         if not isinstance(database, MemoryDatabase):
             raise InvalidArgumentError(
                 f"database must be a MemoryDatabase, got {type(database).__name__}"

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import Token
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
 
@@ -344,8 +345,8 @@ class PgTransactionRunner:
         self,
         pool: asyncpg.Pool,
         *,
-        lock_timeout: object = None,
-        statement_timeout: object = None,
+        lock_timeout: timedelta | float | None = None,
+        statement_timeout: timedelta | float | None = None,
     ) -> None:
         if not isinstance(pool, asyncpg.Pool):
             raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
