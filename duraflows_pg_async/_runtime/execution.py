@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from duraflows_pg_async._core.model import CommandResult, TimeoutRetry
@@ -218,6 +218,16 @@ class TimeoutRetryPolicy:
     initial_delay: timedelta = timedelta(minutes=1)
     max_delay: timedelta = timedelta(hours=1)
     max_attempts: int = 10
+
+    if TYPE_CHECKING:
+        # The constructor takes seconds too (__post_init__ turns them into a timedelta); the
+        # fields, once built, are timedeltas.
+        def __init__(
+            self,
+            initial_delay: timedelta | float = timedelta(minutes=1),
+            max_delay: timedelta | float = timedelta(hours=1),
+            max_attempts: int = 10,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         object.__setattr__(
