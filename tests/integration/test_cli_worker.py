@@ -246,6 +246,7 @@ async def test_worker_sweeps_only_the_named_workflows_with_its_lease(
         worker.kill()
         await conn.close()
     assert timedelta(seconds=200) < claim_left <= timedelta(seconds=300)
+    assert nudge_row is not None
     assert tuple(nudge_row) == (1, None)  # never claimed, never touched
     assert code == 1, err
     assert json.loads(out.splitlines()[-1]) == {

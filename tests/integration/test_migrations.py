@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -19,6 +19,9 @@ import pytest
 
 from duraflows_pg_async import DatabaseError, InvalidArgumentError, generate_migration_sql
 from duraflows_pg_async.migrations import Migration, apply, list_migrations, rollback, status
+
+if TYPE_CHECKING:
+    from conftest import MakeDatabase, PgServer
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "100"]
@@ -36,7 +39,7 @@ async def conn(empty_database: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def other_empty_database(make_database: Any) -> str:
+async def other_empty_database(make_database: MakeDatabase) -> str:
     """A second empty database (``empty_database`` gives one per test)."""
     return await make_database()
 
@@ -554,7 +557,7 @@ async def test_generator_with_a_schema(empty_database: str, other_empty_database
         await qualified.close()
 
 
-async def test_uuidv7_generator_output(pg_server: Any, conn: asyncpg.Connection) -> None:
+async def test_uuidv7_generator_output(pg_server: PgServer, conn: asyncpg.Connection) -> None:
     # Gated on the server itself: uuidv7() is there exactly from PostgreSQL 18 on, so this runs
     # on every 18 and skips (saying why) on older ones only.
     has_uuidv7 = await conn.fetchval("SELECT to_regprocedure('uuidv7()') IS NOT NULL")

@@ -26,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanContext, StatusCode
 
 from duraflows_pg_async import (
     CommandRegistry,
@@ -36,6 +36,7 @@ from duraflows_pg_async import (
     Event,
     GuardRef,
     GuardRegistry,
+    PgTransactionRunner,
     State,
     Timeout,
     WorkflowDefinition,
@@ -132,9 +133,14 @@ def parent_id(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
+def span_context(span: ReadableSpan) -> SpanContext:
+    context = span.get_span_context()
+    assert context is not None
+    return context
+
+
 def span_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.span_id
+    return span_context(span).span_id
 
 
 # --- transactions --------------------------------------------------------------------------------
@@ -183,6 +189,7 @@ async def test_commit_answered_with_rollback_is_an_error(
     spans: Spans, providers: WorkflowPersistenceProvider
 ) -> None:
     runner = providers.transaction_runner
+    assert isinstance(runner, PgTransactionRunner)
     with pytest.raises(CommitRolledBackError):
         async with runner.transaction():
             # A SQL error swallowed without a savepoint: PostgreSQL answers COMMIT with ROLLBACK.
@@ -322,7 +329,7 @@ async def test_the_transaction_is_a_child_of_the_event(
     transaction = spans.one("duraflows.transaction")
     observer_span = spans.one("observer")
     assert parent_id(transaction) == span_id(event)
-    assert transaction.context.trace_id == event.context.trace_id  # type: ignore[union-attr]
+    assert span_context(transaction).trace_id == span_context(event).trace_id
     # Observers run after COMMIT: under the event, not under the transaction that is over.
     assert parent_id(observer_span) == span_id(event)
     assert transaction.end_time is not None

@@ -59,6 +59,7 @@ async def test_store_example_runs_as_written(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
         row = await conn.fetchrow("SELECT current_state, version FROM workflow_instances")
+        assert row is not None
         assert tuple(row) == ("paid", 1)
     finally:
         await conn.close()

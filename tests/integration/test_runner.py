@@ -205,9 +205,9 @@ async def test_zero_timeout_is_accepted_and_fractions_round_up(database: str) ->
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "3s", True, timedelta(-1)])
 def test_invalid_timeouts_are_refused_at_construction(pool: asyncpg.Pool, bad: object) -> None:
     with pytest.raises(InvalidArgumentError, match="lock_timeout"):
-        PgTransactionRunner(pool, lock_timeout=bad)
+        PgTransactionRunner(pool, lock_timeout=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="statement_timeout"):
-        pg_workflow_providers(pool, statement_timeout=bad)
+        pg_workflow_providers(pool, statement_timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_lock_timeout_fails_fast_and_leaves_nothing(

@@ -27,7 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
@@ -55,6 +55,9 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 from duraflows_pg_async.testing import make_instance
+
+if TYPE_CHECKING:
+    from conftest import PgServer
 
 # The pools under test tag their backends, so that the server side can be checked too.
 APP = "duraflows-connection-loss"
@@ -235,7 +238,7 @@ async def admin(database: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def proxy(pg_server: Any) -> AsyncIterator[TcpProxy]:
+async def proxy(pg_server: PgServer) -> AsyncIterator[TcpProxy]:
     p = await TcpProxy(*_server_address(pg_server.admin_dsn)).start()
     try:
         yield p
@@ -263,7 +266,7 @@ async def direct_pool(database: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def _proxied_pool(
-    database: str, pg_server: Any, proxy: TcpProxy, command_timeout: float
+    database: str, pg_server: PgServer, proxy: TcpProxy, command_timeout: float
 ) -> AsyncIterator[asyncpg.Pool]:
     pool = await _make_pool(
         _via_proxy(database, pg_server.admin_dsn, proxy.port), command_timeout=command_timeout
@@ -278,7 +281,7 @@ async def _proxied_pool(
 
 @pytest.fixture
 async def proxied_pool(
-    database: str, pg_server: Any, proxy: TcpProxy
+    database: str, pg_server: PgServer, proxy: TcpProxy
 ) -> AsyncIterator[asyncpg.Pool]:
     """Through the proxy; the command timeout is only a safety net here."""
     async for pool in _proxied_pool(database, pg_server, proxy, 5.0):
@@ -287,7 +290,7 @@ async def proxied_pool(
 
 @pytest.fixture
 async def stalling_pool(
-    database: str, pg_server: Any, proxy: TcpProxy
+    database: str, pg_server: PgServer, proxy: TcpProxy
 ) -> AsyncIterator[asyncpg.Pool]:
     """Through the proxy, with the short command timeout the black-hole tests rely on."""
     async for pool in _proxied_pool(database, pg_server, proxy, COMMAND_TIMEOUT):

@@ -101,6 +101,13 @@ SELECT
 """
 
 
+async def database_snapshot(conn: asyncpg.Connection) -> tuple[Any, ...]:
+    """SNAPSHOT_SQL's one row (counts and digests of the tables, sessions idle in transaction)."""
+    row = await conn.fetchrow(SNAPSHOT_SQL)
+    assert row is not None
+    return tuple(row)
+
+
 def note(subject: Any, ctx: ExecutionContext) -> None:
     ctx.context["noted"] = True
 
@@ -167,7 +174,7 @@ class World:
             runner = self.persistence.transaction_runner
             assert isinstance(runner, PgTransactionRunner)
             in_use = runner.pool.get_size() - runner.pool.get_idle_size()
-            return (*await self.raw.fetchrow(SNAPSHOT_SQL), in_use)
+            return (*await database_snapshot(self.raw), in_use)
         store = self.persistence.instance_store
         assert isinstance(store, MemoryWorkflowInstanceStore)
         db = store._database
@@ -774,10 +781,10 @@ def _is_identifier(value: object) -> bool:
 async def test_injection_like_schema_names_are_refused(
     pool: asyncpg.Pool, raw_connection: asyncpg.Connection, schema: Any
 ) -> None:
-    before = tuple(await raw_connection.fetchrow(SNAPSHOT_SQL))
+    before = await database_snapshot(raw_connection)
     with pytest.raises(InvalidArgumentError, match="schema"):
         pg_workflow_providers(pool, schema=schema)
-    assert tuple(await raw_connection.fetchrow(SNAPSHOT_SQL)) == before
+    assert await database_snapshot(raw_connection) == before
 
 
 @HOSTILE

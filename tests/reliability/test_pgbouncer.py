@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
@@ -65,6 +65,9 @@ from duraflows_pg_async.testing import (
     TransactionRunnerConformance,
     make_instance,
 )
+
+if TYPE_CHECKING:
+    from conftest import PgServer
 
 # Server connections pgbouncer keeps per database: fewer than the clients of most tests here.
 POOL_SIZE = 3
@@ -265,7 +268,7 @@ async def _drop_databases(admin_dsn: str, names: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def bouncer(pg_server: Any, pg_template: str) -> Iterator[Bouncer]:
+def bouncer(pg_server: PgServer, pg_template: str) -> Iterator[Bouncer]:
     """pgbouncer in front of the session's server, for this module."""
     binary = _pgbouncer_binary()
     if binary is None:
@@ -298,7 +301,7 @@ def _name_of(dsn: str) -> str:
     return urlsplit(dsn).path.lstrip("/")
 
 
-def test_the_server_password_stays_private(bouncer: Bouncer, pg_server: Any) -> None:
+def test_the_server_password_stays_private(bouncer: Bouncer, pg_server: PgServer) -> None:
     """Only the user pgbouncer runs as (and root) can read its configuration, which holds the
     server's password; the password is on no command line, in no log and in no repr()."""
     uid, _gid = _pgbouncer_user()
@@ -457,7 +460,7 @@ class Parcels:
 
 
 async def test_clients_share_server_connections_between_transactions(
-    bouncer: Bouncer, bouncer_dsn: str, pg_server: Any
+    bouncer: Bouncer, bouncer_dsn: str, pg_server: PgServer
 ) -> None:
     a, b = [await asyncpg.connect(bouncer_dsn, statement_cache_size=0) for _ in range(2)]
     try:
@@ -826,7 +829,7 @@ async def test_timeout_workers_process_each_due_instance_once(
 
 
 async def test_concurrent_events_on_one_instance_through_fewer_server_connections(
-    bouncer_dsn: str, pg_server: Any, raw_connection: asyncpg.Connection
+    bouncer_dsn: str, pg_server: PgServer, raw_connection: asyncpg.Connection
 ) -> None:
     # An audit of every version change, written by the server itself in each transaction.
     await raw_connection.execute(

@@ -88,11 +88,13 @@ def best_effort_boom(subject: Any, ctx: ExecutionContext) -> None:
 
 
 def even(subject: Any, ctx: ExecutionContext) -> bool:
-    return ctx.context.get("n", 0) % 2 == 0
+    n: int = ctx.context.get("n", 0)
+    return n % 2 == 0
 
 
 def odd(subject: Any, ctx: ExecutionContext) -> bool:
-    return ctx.context.get("n", 0) % 2 == 1
+    n: int = ctx.context.get("n", 0)
+    return n % 2 == 1
 
 
 def short_trail(subject: Any, ctx: ExecutionContext) -> bool:
@@ -127,7 +129,9 @@ def registries() -> tuple[CommandRegistry, GuardRegistry]:
 COMMAND_LISTS = st.lists(st.sampled_from(COMMANDS), max_size=3).map(
     lambda names: tuple(CommandRef(name) for name in names)
 )
-STATE_CONTEXTS = st.sampled_from([{}, {"n": 0}, {"mark": "declared"}])
+STATE_CONTEXTS: st.SearchStrategy[dict[str, Any]] = st.sampled_from(
+    [{}, {"n": 0}, {"mark": "declared"}]
+)
 
 
 @st.composite
@@ -371,7 +375,8 @@ async def test_random_event_sequences_agree_on_both_providers(
 def label(outcome: Outcome) -> str:
     """For hypothesis' statistics (--hypothesis-show-statistics): what the steps did."""
     if outcome[0] == "error":
-        return outcome[1][0].__name__
+        error_type: type[BaseException] = outcome[1][0]
+        return error_type.__name__
     if outcome[0] == "result":
         return str(outcome[1][0])
     return "created"

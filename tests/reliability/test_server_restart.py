@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -50,6 +50,9 @@ from duraflows_pg_async import (
     migrations,
     pg_workflow_providers,
 )
+
+if TYPE_CHECKING:
+    from duraflows_pg_async.embedded import EmbeddedPostgres
 
 REQUESTERS = 8
 DUE = 1500
@@ -99,7 +102,7 @@ async def _migrate(dsn: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def restart_server() -> Iterator[Any]:
+def restart_server() -> Iterator[EmbeddedPostgres]:
     """A server of this module's own, which the test may stop and start."""
     from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres, EmbeddedPostgresError
 
@@ -162,7 +165,7 @@ def _runtime(pool: asyncpg.Pool, load: Load) -> WorkflowRuntime:
 
 
 @pytest.fixture
-async def restart_pool(restart_server: Any) -> AsyncIterator[asyncpg.Pool]:
+async def restart_pool(restart_server: EmbeddedPostgres) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(restart_server.dsn(), min_size=2, max_size=12)
     try:
         yield pool
@@ -188,7 +191,7 @@ async def _wait_until_none_left(remaining: Callable[[], Awaitable[int]], what: s
 # Last resort only: the waits below fail first, and with a message, if progress stops.
 @pytest.mark.timeout(600)
 async def test_restart_under_load_loses_nothing_and_processes_nothing_twice(
-    restart_server: Any,
+    restart_server: EmbeddedPostgres,
     restart_pool: asyncpg.Pool,
     caplog: pytest.LogCaptureFixture,
     request: pytest.FixtureRequest,
@@ -217,7 +220,7 @@ async def test_restart_under_load_loses_nothing_and_processes_nothing_twice(
 
     stopping = asyncio.Event()
 
-    async def request(instance_uuid: UUID) -> None:
+    async def requester(instance_uuid: UUID) -> None:
         while not stopping.is_set():
             phase = load.phase
             try:
@@ -250,7 +253,7 @@ async def test_restart_under_load_loses_nothing_and_processes_nothing_twice(
         done = load.successes_in(phase)
         return sum(max(0, 3 - done[u]) for u in pings)
 
-    requests = [asyncio.create_task(request(u)) for u in pings]
+    requests = [asyncio.create_task(requester(u)) for u in pings]
     sweepers = [asyncio.create_task(w.run()) for w in workers]
     try:
         # Load is flowing: every requester succeeded, the sweep is under way (and held by

@@ -161,6 +161,7 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
             "SELECT count(*) AS n, max(timeout_retry_at) AS until FROM workflow_instances "
             "WHERE timeout_attempts = 0 AND timeout_retry_at IS NOT NULL"
         )
+        assert claims is not None
         assert claims["n"] == INSTANCES - 2
         assert claims["until"] <= claimed_at + timedelta(seconds=LEASE)
 
@@ -183,7 +184,10 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
         )
         assert len(per_instance) == INSTANCES
         assert {row["n"] for row in per_instance} == {1}
-        workers = dict(await conn.fetch("SELECT worker, count(*) FROM sweep_log GROUP BY worker"))
+        workers: dict[str, int] = {
+            row["worker"]: row["n"]
+            for row in await conn.fetch("SELECT worker, count(*) AS n FROM sweep_log GROUP BY 1")
+        }
         assert workers == {"doomed": 2, "survivor": INSTANCES - 2}
         assert (
             await conn.fetchval(

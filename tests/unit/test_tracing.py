@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from duraflows_pg_async import (
     CommandRef,
@@ -140,9 +140,14 @@ def parent_id(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
+def span_context(span: ReadableSpan) -> SpanContext:
+    context = span.get_span_context()
+    assert context is not None
+    return context
+
+
 def span_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return span.context.span_id
+    return span_context(span).span_id
 
 
 # --- without OpenTelemetry ---------------------------------------------------------------------
@@ -323,8 +328,7 @@ async def test_spans_nest_under_the_callers_span_and_observers_under_the_event(
     observer_span = spans.one("observer")
     assert parent_id(event) == span_id(request)
     assert parent_id(observer_span) == span_id(event)  # observers run after COMMIT, in the call
-    assert event.context is not None
-    assert event.context.trace_id == request.context.trace_id  # type: ignore[union-attr]
+    assert span_context(event).trace_id == span_context(request).trace_id
     assert trace.get_current_span() is trace.INVALID_SPAN  # the context was restored
 
 
