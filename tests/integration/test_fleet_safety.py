@@ -22,6 +22,7 @@ from duraflows_pg_async import (
     Event,
     ExecutionContext,
     InvalidArgumentError,
+    PgWorkflowInstanceStore,
     State,
     Timeout,
     TimeoutRetryPolicy,
@@ -145,6 +146,7 @@ async def test_runtimes_of_different_workflows_sweep_side_by_side(
     sent: list[str] = []
 
     def send(subject: Any, ctx: ExecutionContext) -> None:
+        assert ctx.from_state is not None  # a timeout's event, not a creation
         sent.append(ctx.from_state)
         if len(sent) == 80:
             all_reminded.set()
@@ -206,8 +208,9 @@ async def test_the_claim_query_is_served_by_the_per_workflow_index(pool: asyncpg
             now,
         )
         await conn.execute("ANALYZE workflow_instances")
-        providers = pg_workflow_providers(pool)
-        queries = providers.instance_store._q  # type: ignore[attr-defined]
+        store = pg_workflow_providers(pool).instance_store
+        assert isinstance(store, PgWorkflowInstanceStore)
+        queries = store._q
         async with conn.transaction():
             # Generic plans too: asyncpg prepares the statement, and PostgreSQL switches to a
             # generic plan after five executions.
@@ -264,13 +267,16 @@ async def test_an_unreadable_row_is_parked_and_the_batch_fires(
     assert result.processed == 4
     for key in keys:
         if key != bad:
-            assert (await runtime.get_instance(key)).current_state == "reminded"  # type: ignore[union-attr]
+            swept = await runtime.get_instance(key)
+            assert swept is not None
+            assert swept.current_state == "reminded"
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT timeout_parked_at, timeout_last_error, timeout_attempts, "
             "context_json::text AS context FROM workflow_instances WHERE uuid = $1",
             bad,
         )
+    assert row is not None
     assert row["timeout_parked_at"] == clock.current
     assert "workflow_instances.context_json" in row["timeout_last_error"]
     assert str(bad) in row["timeout_last_error"]
@@ -482,7 +488,9 @@ async def test_claims_are_visible_and_rearm_releases_them(
     assert (await runtime.process_expired_workflows()).processed == 0  # claimed: not ours now
     rearmed = await runtime.rearm_timeout(key)
     assert rearmed.claimed_until is None
-    assert (await runtime.get_instance(key)).claimed_until is None  # type: ignore[union-attr]
+    seen = await runtime.get_instance(key)
+    assert seen is not None
+    assert seen.claimed_until is None
     assert (await runtime.process_expired_workflows()).processed == 1
 
 

@@ -76,9 +76,9 @@ async def test_find_expired_returns_rows_in_due_order(
     await create_due(providers, 3, due=False)
     async with providers.transaction_runner.transaction():
         rows = await providers.instance_store.find_expired(100, NOW)
-    due_times = [r.expires_at for r in rows]
-    assert len(rows) == 5
-    assert due_times == sorted(due_times)  # type: ignore[type-var]
+    due_times = [r.expires_at for r in rows if r.expires_at is not None]
+    assert len(due_times) == len(rows) == 5
+    assert due_times == sorted(due_times)
 
 
 def plan_nodes(plan: Any) -> list[dict[str, Any]]:
@@ -230,6 +230,7 @@ async def test_stored_json_shapes_match_the_typescript_adapter(
         "SELECT command_results_json::text AS results, trigger_metadata_json::text AS meta "
         "FROM workflow_history"
     )
+    assert row is not None
     assert json.loads(row["results"]) == [{"ok": True}, {"ok": False, "code": "DECLINED"}]
     assert json.loads(row["meta"]) == {"actorUuid": "u-1", "type": "user"}
     stored = await raw_connection.fetchval("SELECT context_json::text FROM workflow_instances")
