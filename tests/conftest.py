@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pytest
@@ -59,7 +59,7 @@ def _with_database(dsn: str, database: str) -> str:
 
 def _docker_available() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env().ping()
     except Exception:
@@ -143,7 +143,10 @@ def pg_template(pg_server: PgServer) -> Iterator[str]:
         asyncio.run(_drop_database(pg_server, name))
 
 
-MakeDatabase = Callable[..., Awaitable[str]]
+class MakeDatabase(Protocol):
+    """The ``make_database`` fixture: the DSN of a new database (a copy of ``template``)."""
+
+    def __call__(self, template: str | None = None) -> Awaitable[str]: ...
 
 
 @pytest.fixture
