@@ -22,9 +22,8 @@ class PgStore:
             raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
         self._pool = pool
         if schema is not None:
-            # Checked before render_queries, whose lru_cache raised TypeError for an unhashable
-            # schema (a list) instead of InvalidArgumentError (reliability suite,
-            # tests/reliability/test_hostile_input.py).
+            # Checked before render_queries: its lru_cache needs a hashable key, and any bad
+            # schema must be an InvalidArgumentError.
             require_identifier(schema, "schema")
         self._q: Queries = render_queries(schema)
 
