@@ -66,6 +66,9 @@ from duraflows_pg_async.testing import (
     make_instance,
 )
 
+# One pgbouncer (the `bouncer` fixture) serves the whole module: with xdist, one worker runs it.
+pytestmark = pytest.mark.xdist_group("pgbouncer")
+
 # Server connections pgbouncer keeps per database: fewer than the clients of most tests here.
 POOL_SIZE = 3
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)

@@ -51,6 +51,9 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 
+# The module's own server (`restart_server`), which its tests stop and start: one worker runs them.
+pytestmark = pytest.mark.xdist_group("server_restart")
+
 REQUESTERS = 8
 DUE = 1500
 BATCH = 20
