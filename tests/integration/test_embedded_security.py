@@ -32,6 +32,9 @@ import pytest
 
 from duraflows_pg_async.embedded import TEST_SETTINGS, EmbeddedPostgres, EmbeddedPostgresError
 
+# The module's server (`server_and_modes`) serves all its tests: with xdist, one worker runs them.
+pytestmark = pytest.mark.xdist_group("embedded_security")
+
 REPO = Path(__file__).parents[2]
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 BIN_DIR = os.environ.get("DURAFLOWS_TEST_PG_BIN") or None

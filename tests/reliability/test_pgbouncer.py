@@ -69,6 +69,9 @@ from duraflows_pg_async.testing import (
 if TYPE_CHECKING:
     from conftest import PgServer
 
+# One pgbouncer (the `bouncer` fixture) serves the whole module: with xdist, one worker runs it.
+pytestmark = pytest.mark.xdist_group("pgbouncer")
+
 # Server connections pgbouncer keeps per database: fewer than the clients of most tests here.
 POOL_SIZE = 3
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)

@@ -54,6 +54,9 @@ from duraflows_pg_async import (
 if TYPE_CHECKING:
     from duraflows_pg_async.embedded import EmbeddedPostgres
 
+# The module's own server (`restart_server`), which its tests stop and start: one worker runs them.
+pytestmark = pytest.mark.xdist_group("server_restart")
+
 REQUESTERS = 8
 DUE = 1500
 BATCH = 20

@@ -11,12 +11,14 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "dev.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "dev.py"
 
 
 @pytest.fixture
@@ -108,28 +110,205 @@ def test_install_needed_when_the_stamp_is_missing(dev: ModuleType, repo: Path) -
 
 def test_no_install_when_the_stamp_matches(dev: ModuleType, repo: Path) -> None:
     _fake_venv(dev, repo)
-    dev.write_stamp(repo)
+    dev.write_stamp(repo, ("embedded", "orjson"), ("test",), "uv")
     assert dev.stamp_path(repo) == repo / ".venv" / ".duraflows-installed"
-    assert dev.stamp_path(repo).read_text(encoding="utf-8").strip() == dev.pyproject_hash(repo)
-    assert not dev.needs_install(repo)
+    stamp = dev.read_stamp(repo)
+    assert stamp["inputs"] == dev.inputs_hash(repo)
+    assert stamp["extras"] == ["embedded", "orjson"]
+    assert stamp["groups"] == ["test"]
+    assert not dev.needs_install(repo, ("embedded", "orjson"), ("test",))
+    assert dev.install_reason(repo, ("embedded",), ()) is None  # less than was installed
     assert dev.install_reason(repo) is None
 
 
-def test_install_needed_when_pyproject_changed(dev: ModuleType, repo: Path) -> None:
+def test_install_needed_when_a_command_needs_more(dev: ModuleType, repo: Path) -> None:
+    _fake_venv(dev, repo)
+    dev.write_stamp(repo, ("embedded",), (), "uv")  # what `demo` installs
+    assert dev.install_reason(repo, ("embedded", "orjson"), ("test",)) == (
+        "this command needs the extra 'orjson', group 'test'"
+    )
+    assert dev.install_reason(repo, (), ("lint",)) == "this command needs the group 'lint'"
+
+
+@pytest.mark.parametrize("changed", ["pyproject.toml", "uv.lock", "requirements-dev.txt"])
+def test_install_needed_when_pyproject_or_the_lock_changed(
+    dev: ModuleType, repo: Path, changed: str
+) -> None:
     _fake_venv(dev, repo)
     dev.write_stamp(repo)
-    pyproject = repo / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text(encoding="utf-8") + 'version = "2"\n', "utf-8")
+    path = repo / changed
+    path.write_text((path.read_text("utf-8") if path.exists() else "") + "# changed\n", "utf-8")
     assert dev.needs_install(repo)
-    assert "pyproject.toml changed" in dev.install_reason(repo)
+    assert "changed" in dev.install_reason(repo)
     dev.write_stamp(repo)
     assert not dev.needs_install(repo)
 
 
-def test_install_needed_when_the_stamp_is_garbage(dev: ModuleType, repo: Path) -> None:
+@pytest.mark.parametrize("text", ["not a hash\n", "0" * 64 + "\n", "[]", '{"inputs": 3}'])
+def test_install_needed_when_the_stamp_is_garbage_or_of_an_older_dev_py(
+    dev: ModuleType, repo: Path, text: str
+) -> None:
     _fake_venv(dev, repo)
-    dev.stamp_path(repo).write_text("not a hash\n", encoding="utf-8")
+    dev.stamp_path(repo).write_text(text, encoding="utf-8")
     assert dev.needs_install(repo)
+
+
+def test_each_command_needs_only_its_own_extras_and_groups(dev: ModuleType) -> None:
+    # The demo needs the embedded server and nothing of the development tools.
+    assert dev.NEEDS["demo"] == (("embedded",), ())
+    assert dev.NEEDS["test"] == (("embedded", "orjson"), ("test",))
+    assert dev.NEEDS["test-pg"] == dev.NEEDS["test"]
+    assert dev.NEEDS["lint"] == ((), ("lint",))
+    assert dev.NEEDS["docs"] == ((), ("docs",))
+    assert dev.NEEDS["bench"] == (("embedded", "orjson"), ("bench",))
+    assert set(dev.NEEDS) | {"lock"} == set(dev.COMMANDS)
+
+
+# --- installing: uv, or pip from the same pins ---------------------------------------------------
+
+
+@pytest.fixture
+def installs(dev: ModuleType, repo: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The set-up commands ensure_env() runs (none is run); a working virtualenv is assumed."""
+    _fake_venv(dev, repo)
+    calls: list[list[str]] = []
+
+    def run_quiet(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+        calls.append(argv)
+
+    monkeypatch.setattr(dev, "_python_works", lambda python: True)
+    monkeypatch.setattr(dev, "_has_pip", lambda python: True)
+    monkeypatch.setattr(dev, "_run_quiet", run_quiet)
+    return calls
+
+
+def test_uv_syncs_the_locked_extras_and_groups(
+    dev: ModuleType, repo: Path, installs: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dev, "find_uv", lambda: (Path("/opt/uv"), ""))
+    dev.ensure_env(repo, ("embedded",), ())
+    sync = ["/opt/uv", "sync", "--locked", "--no-default-groups"]
+    python = str(dev.venv_python(repo))
+    assert installs == [[*sync, "--python", python, "--extra=embedded"]]
+    assert dev.read_stamp(repo)["installer"] == "uv"
+    assert not dev.needs_install(repo, ("embedded",), ())
+    dev.ensure_env(repo, ("embedded",), ())  # installed: nothing to do
+    assert len(installs) == 1
+    # A command that needs more syncs what was there and what it adds.
+    dev.ensure_env(repo, ("embedded", "orjson"), ("test",))
+    assert installs[1] == [
+        *sync, "--python", python, "--extra=embedded", "--extra=orjson", "--group=test"
+    ]  # fmt: skip
+    dev.ensure_env(repo, (), ("lint",))
+    assert installs[2][-4:] == [
+        "--extra=embedded",
+        "--extra=orjson",
+        "--group=lint",
+        "--group=test",
+    ]
+    assert not dev.needs_install(repo, ("embedded",), ("test", "lint"))
+
+
+def test_without_uv_pip_installs_the_same_pins(
+    dev: ModuleType, repo: Path, installs: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[dependency-groups]\n'
+        'bench = ["psutil>=5"]\ntest = ["pytest>=8", {include-group = "bench"}]\n',
+        encoding="utf-8",
+    )
+    (repo / "requirements-dev.txt").write_text("pytest==9.0\npsutil==7.0\n", encoding="utf-8")
+    monkeypatch.setattr(dev, "find_uv", lambda: (None, "no pip"))
+    dev.ensure_env(repo, ("embedded", "orjson"), ("test",))
+    assert installs == [
+        [
+            str(dev.venv_python(repo)), "-m", "pip", "install", "--quiet",
+            "--constraint", "requirements-dev.txt",
+            "--editable", ".[embedded,orjson]", "pytest>=8", "psutil>=5",
+        ]
+    ]  # fmt: skip
+    assert dev.read_stamp(repo)["installer"] == "pip"
+    assert not dev.needs_install(repo, ("embedded", "orjson"), ("test",))
+
+
+def test_the_installer_can_be_forced_to_pip(
+    dev: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURAFLOWS_DEV_INSTALLER", "pip")
+    assert dev.find_uv() == (None, "DURAFLOWS_DEV_INSTALLER=pip")
+
+
+def test_lock_without_uv_fails_and_installs_nothing(
+    dev: ModuleType, repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(dev, "find_uv", lambda: (None, "no pip"))
+    assert dev.main(["lock"]) == 1
+    assert "needs uv" in capsys.readouterr().err
+    assert not (repo / ".venv").exists()
+
+
+def test_dependency_groups_expand_their_includes(dev: ModuleType) -> None:
+    pyproject = {
+        "dependency-groups": {
+            "a": ["x>=1", {"include-group": "b"}],
+            "b": ["y", {"include-group": "c"}, "x>=1"],
+            "c": ["z"],
+            "loop": [{"include-group": "loop"}],
+        }
+    }
+    assert dev.dependency_group(pyproject, "a") == ["x>=1", "y", "z"]
+    with pytest.raises(KeyError):
+        dev.dependency_group(pyproject, "missing")
+    with pytest.raises(ValueError, match="includes itself"):
+        dev.dependency_group(pyproject, "loop")
+
+
+# --- the repository's own pyproject.toml and locks ------------------------------------------------
+
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_development_requirements_are_dependency_groups_not_extras(dev: ModuleType) -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    groups = PYPROJECT["dependency-groups"]
+    # What users install stays published; the tools of this repository do not.
+    assert {"orjson", "embedded", "otel", "fastapi", "aiohttp"} <= set(extras)
+    assert not {"dev", "test", "docs", "bench", "lint"} & set(extras)
+    assert {"dev", "test", "docs", "bench", "lint"} <= set(groups)
+    for command, (needed_extras, needed_groups) in dev.NEEDS.items():
+        assert set(needed_extras) <= set(extras), command
+        assert set(needed_groups) <= set(groups), command
+
+
+def _locked_versions() -> dict[str, set[str]]:
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    versions: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        if package["name"] != PYPROJECT["project"]["name"]:
+            versions.setdefault(package["name"], set()).add(package["version"])
+    return versions
+
+
+def test_the_pip_pins_are_the_lock_s_versions() -> None:
+    """requirements-dev.txt is `uv export` of uv.lock (`python3 scripts/dev.py lock` writes both):
+    the same packages at the same versions, so pip and uv install the same environment."""
+    pins: dict[str, set[str]] = {}
+    for line in (REPO / "requirements-dev.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = line.split(";", 1)[0].strip()
+        name, sep, version = requirement.partition("==")
+        assert sep, f"not pinned: {line}"
+        pins.setdefault(name.strip().lower(), set()).add(version.strip())
+    assert pins == _locked_versions()
+
+
+def test_the_lock_covers_every_dependency_group() -> None:
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    (project,) = [p for p in lock["package"] if p["name"] == PYPROJECT["project"]["name"]]
+    locked_groups = project["metadata"]["requires-dev"]
+    assert set(locked_groups) == set(PYPROJECT["dependency-groups"])
 
 
 # --- what the commands run (set-up and execution stubbed out) ------------------------------------
@@ -144,7 +323,7 @@ def ran(dev: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(argv)
         return 0
 
-    monkeypatch.setattr(dev, "ensure_env", lambda root=None: None)
+    monkeypatch.setattr(dev, "ensure_env", lambda *args: None)
     monkeypatch.setattr(dev, "_exec", record)
     monkeypatch.setattr(dev, "_call", record)
     return calls
@@ -191,22 +370,16 @@ def test_bench_without_arguments_runs_the_full_benchmark(
     assert ran == [[str(dev.venv_python(repo)), "-m", "bench"]]
 
 
-def test_the_environment_gets_the_dev_and_bench_extras(
-    dev: ModuleType, repo: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["demo", "test", "lint", "docs", "bench"])
+def test_each_command_sets_up_what_it_needs_first(
+    dev: ModuleType, repo: Path, ran: list[list[str]], monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    _fake_venv(dev, repo)
-    installs: list[list[str]] = []
-
-    def run_quiet(argv: list[str], what: str) -> None:
-        installs.append(argv)
-
-    monkeypatch.setattr(dev, "_python_works", lambda python: True)
-    monkeypatch.setattr(dev, "_run_quiet", run_quiet)
-    dev.ensure_env(repo)
-    assert installs == [
-        [str(dev.venv_python(repo)), "-m", "pip", "install", "--quiet", "-e", ".[dev,bench]"]
-    ]
-    assert not dev.needs_install(repo)
+    set_up: list[tuple[object, ...]] = []
+    monkeypatch.setattr(dev, "ensure_env", lambda *args: set_up.append(args))
+    monkeypatch.setenv("NO_MKDOCS_2_WARNING", "1")  # which `docs` sets
+    assert dev.main([command]) == 0
+    assert set_up == [(repo, *dev.NEEDS[command])]
+    assert len(ran) >= 1
 
 
 def test_lint_runs_ruff_check_ruff_format_and_mypy(
