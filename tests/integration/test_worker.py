@@ -163,24 +163,50 @@ async def test_stop_finishes_the_instance_in_hand() -> None:
     assert (await runtime.process_expired_workflows()).processed == 10 - done_before_stop
 
 
+def record_sleeps(worker: TimeoutWorker, enough: int) -> tuple[list[float], asyncio.Event]:
+    """Record the worker's sleeps between sweeps; the event is set at the ``enough``-th."""
+    sleeps: list[float] = []
+    reached = asyncio.Event()
+    sleep = worker._sleep
+
+    async def recording(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) >= enough:
+            reached.set()
+        await sleep(seconds)
+
+    worker._sleep = recording  # type: ignore[method-assign]
+    return sleeps, reached
+
+
 async def test_idle_worker_sleeps_and_wakes_on_stop() -> None:
     runtime = make_runtime(memory_workflow_providers(), Clock(), [])
     worker = TimeoutWorker(runtime, poll_interval=30)
+    sleeps, asleep = record_sleeps(worker, 1)
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.1)
-    assert worker.stats.sweeps == 1  # nothing due: one sweep, then asleep (not spinning)
+    await asyncio.wait_for(asleep.wait(), 10)
+    # Nothing due: one sweep, then asleep for the poll interval (not spinning).
+    assert (worker.stats.sweeps, sleeps) == (1, [30.0])
     worker.stop()
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, 10)  # woken at once, not after 30 s
 
 
 async def test_cancelling_the_worker_rolls_back_the_instance_in_hand() -> None:
     clock = Clock()
-    sent: list[UUID] = []
-    runtime = make_runtime(memory_workflow_providers(), clock, sent, delay=10)
+    runtime = make_runtime(memory_workflow_providers(), clock, [])
+    started = asyncio.Event()
+
+    async def stuck(subject: Any, ctx: ExecutionContext) -> None:
+        ctx.context["sent"] = True
+        started.set()
+        await asyncio.Event().wait()
+
+    runtime.commands = CommandRegistry()
+    runtime.commands.register("send", stuck)
     instance = await runtime.create_instance("reminder")
     clock.current += timedelta(minutes=6)
     task = asyncio.create_task(TimeoutWorker(runtime).run())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(started.wait(), 10)  # the command is in hand
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -192,8 +218,10 @@ async def test_cancelling_the_worker_rolls_back_the_instance_in_hand() -> None:
 async def test_a_poisoned_instance_does_not_make_the_worker_spin() -> None:
     clock = Clock()
     runtime = make_runtime(memory_workflow_providers(), clock, [])
+    calls: list[UUID] = []
 
     def broken(subject: Any, ctx: ExecutionContext) -> None:
+        calls.append(ctx.transition_uuid)
         raise RuntimeError("always fails")
 
     runtime.commands = CommandRegistry()
@@ -201,13 +229,17 @@ async def test_a_poisoned_instance_does_not_make_the_worker_spin() -> None:
     await runtime.create_instance("reminder")
     clock.current += timedelta(minutes=6)
     worker = TimeoutWorker(runtime, poll_interval=0.05)
+    sleeps, slept = record_sleeps(worker, 5)
     task = asyncio.create_task(worker.run())
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(slept.wait(), 30)
     worker.stop()
     await task
-    # One failed attempt, then the instance waits for its retry time (a minute away).
+    # One failed attempt, then the instance waits for its retry time (a minute away): every
+    # sweep, the failing one included, is followed by the poll interval's sleep.
     assert worker.stats.failed == 1
-    assert worker.stats.sweeps < 20
+    assert len(calls) == 1
+    assert set(sleeps) == {0.05}
+    assert worker.stats.sweeps == len(sleeps)
 
 
 def test_worker_arguments_are_validated() -> None:
