@@ -156,7 +156,11 @@ def test_install_needed_when_pyproject_or_the_lock_changed(
     assert not dev.needs_install(repo)
 
 
-@pytest.mark.parametrize("text", ["not a hash\n", "0" * 64 + "\n", "[]", '{"inputs": 3}'])
+@pytest.mark.parametrize(
+    "text",
+    ["not a hash\n", "0" * 64 + "\n", "[]", '{"inputs": 3}'],
+    ids=["garbage", "old-format", "not-a-dict", "bad-inputs"],
+)
 def test_install_needed_when_the_stamp_is_garbage_or_of_an_older_dev_py(
     dev: ModuleType, repo: Path, text: str
 ) -> None:
