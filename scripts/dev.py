@@ -143,7 +143,9 @@ def install_reason(
     if stamp["inputs"] != inputs_hash(root):
         return "pyproject.toml or the lock changed since the last install"
     missing = [f"extra {e!r}" for e in extras if e not in _names(stamp, "extras")]
-    missing += [f"group {g!r}" for g in groups if g not in _names(stamp, "groups")]
+    installed = _names(stamp, "groups")
+    installed |= {g for group in installed for g in _included_groups(root, group)}
+    missing += [f"group {g!r}" for g in groups if g not in installed]
     if missing:
         return f"this command needs the {', '.join(missing)}"
     return None
@@ -166,6 +168,23 @@ def write_stamp(
     }
     tmp.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _included_groups(root: Path, name: str) -> set[str]:
+    """The groups that group ``name`` includes, directly or not (installed along with it)."""
+    try:
+        pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    groups = pyproject.get("dependency-groups")
+    found: set[str] = set()
+    todo = [name]
+    while isinstance(groups, dict) and todo:
+        for item in groups.get(todo.pop(), []):
+            if isinstance(item, dict) and item.get("include-group") not in found:
+                found.add(str(item["include-group"]))
+                todo.append(str(item["include-group"]))
+    return found
 
 
 def dependency_group(pyproject: dict[str, object], name: str) -> list[str]:

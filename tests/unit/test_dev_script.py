@@ -130,6 +130,18 @@ def test_install_needed_when_a_command_needs_more(dev: ModuleType, repo: Path) -
     assert dev.install_reason(repo, (), ("lint",)) == "this command needs the group 'lint'"
 
 
+def test_a_group_included_in_an_installed_one_is_installed(dev: ModuleType, repo: Path) -> None:
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[dependency-groups]\nbench = ["psutil"]\n'
+        'test = ["pytest", {include-group = "bench"}]\nlint = ["ruff"]\n',
+        encoding="utf-8",
+    )
+    _fake_venv(dev, repo)
+    dev.write_stamp(repo, (), ("test",), "uv")
+    assert dev.install_reason(repo, (), ("bench",)) is None
+    assert dev.install_reason(repo, (), ("lint",)) == "this command needs the group 'lint'"
+
+
 @pytest.mark.parametrize("changed", ["pyproject.toml", "uv.lock", "requirements-dev.txt"])
 def test_install_needed_when_pyproject_or_the_lock_changed(
     dev: ModuleType, repo: Path, changed: str
@@ -144,7 +156,11 @@ def test_install_needed_when_pyproject_or_the_lock_changed(
     assert not dev.needs_install(repo)
 
 
-@pytest.mark.parametrize("text", ["not a hash\n", "0" * 64 + "\n", "[]", '{"inputs": 3}'])
+@pytest.mark.parametrize(
+    "text",
+    ["not a hash\n", "0" * 64 + "\n", "[]", '{"inputs": 3}'],
+    ids=["garbage", "old-format", "not-a-dict", "bad-inputs"],
+)
 def test_install_needed_when_the_stamp_is_garbage_or_of_an_older_dev_py(
     dev: ModuleType, repo: Path, text: str
 ) -> None:
