@@ -3,29 +3,24 @@
 Build a pool with [`create_pool()`][duraflows_pg_async.create_pool], the stores and transaction
 runner with [`pg_workflow_providers()`][duraflows_pg_async.pg_workflow_providers], and apply the
 schema with [`duraflows_pg_async.migrations`][duraflows_pg_async.migrations].
+
+The top level holds what an application uses every day. The rest lives in public modules:
+[`errors`][duraflows_pg_async.errors] (every error), [`types`][duraflows_pg_async.types] (values
+the runtime hands back), [`stores`][duraflows_pg_async.stores] (the persistence contract and the
+PostgreSQL stores), [`memory`][duraflows_pg_async.memory] (the in-memory provider),
+[`migrations`][duraflows_pg_async.migrations], [`testing`][duraflows_pg_async.testing],
+[`embedded`][duraflows_pg_async.embedded] and [`contrib`][duraflows_pg_async.contrib].
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from ._core.contract import (
-    Clock,
-    SystemClock,
-    WorkflowDefinitionStore,
-    WorkflowHistoryStore,
-    WorkflowInstanceStore,
-    WorkflowPersistenceProvider,
-    WorkflowTransactionRunner,
-)
-from ._core.model import (
-    CommandResult,
-    HistoryOutcome,
-    HistoryRecord,
-    StoredWorkflowDefinition,
-    TimeoutRetry,
-    WorkflowInstance,
-)
+from ._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
+from ._core.model import CommandResult, HistoryRecord, TimeoutRetry, WorkflowInstance
 from ._definitions.model import (
     CommandRef,
     Event,
@@ -42,61 +37,20 @@ from ._definitions.registries import (
     DefinitionRegistry,
     GuardFunction,
     GuardRegistry,
-    RegisteredCommand,
-    RegisteredGuard,
 )
 from ._definitions.validation import validate_definition
-from ._memory.provider import (
-    MemoryDatabase,
-    MemoryTransactionRunner,
-    MemoryWorkflowDefinitionStore,
-    MemoryWorkflowHistoryStore,
-    MemoryWorkflowInstanceStore,
-    memory_workflow_providers,
-)
+from ._memory.provider import memory_workflow_providers
 from ._pg.codecs import create_pool, register_codecs
-from ._pg.definition_store import PgWorkflowDefinitionStore
-from ._pg.history_store import PgWorkflowHistoryStore
-from ._pg.instance_store import PgWorkflowInstanceStore
 from ._pg.providers import pg_workflow_providers
 from ._pg.runner import PgTransactionRunner
 from ._runtime.execution import (
-    AvailableEvent,
-    BusinessFailure,
     ExecutionContext,
-    ExecutionOutcome,
     ExecutionResult,
-    ParkedTimeout,
-    ProcessExpiredResult,
     StateEnterEvent,
-    TimeoutFailure,
     TimeoutRetryPolicy,
 )
 from ._runtime.runtime import Observer, WorkflowHandle, WorkflowRuntime
-from ._runtime.worker import TimeoutWorker, WorkerStats
-from .errors import (
-    CommandFailureError,
-    CommitRolledBackError,
-    ConfigurationError,
-    ConnectionLostError,
-    DatabaseError,
-    IncompatibleDefinitionError,
-    InstanceAlreadyExistsError,
-    InvalidArgumentError,
-    InvalidEventError,
-    LockTimeoutError,
-    NoActiveTransactionError,
-    OnEnterDepthExceededError,
-    OptimisticLockError,
-    StatementTimeoutError,
-    TransactionConflictError,
-    TransactionTaskError,
-    UnreadableRowError,
-    WorkflowDefinitionError,
-    WorkflowError,
-    WorkflowInstanceNotFoundError,
-)
-from .migrations import MigrationSql, generate_migration_sql
+from ._runtime.worker import TimeoutWorker
 
 try:
     __version__ = version("duraflows-pg-async")
@@ -108,25 +62,11 @@ __all__ = [
     "WorkflowRuntime",
     "WorkflowHandle",
     "TimeoutWorker",
-    "WorkerStats",
     "TimeoutRetryPolicy",
     "Observer",
     "ExecutionContext",
     "ExecutionResult",
-    "ExecutionOutcome",
     "StateEnterEvent",
-    "AvailableEvent",
-    "ProcessExpiredResult",
-    "BusinessFailure",
-    "TimeoutFailure",
-    "ParkedTimeout",
-    # in-memory provider
-    "memory_workflow_providers",
-    "MemoryDatabase",
-    "MemoryTransactionRunner",
-    "MemoryWorkflowInstanceStore",
-    "MemoryWorkflowHistoryStore",
-    "MemoryWorkflowDefinitionStore",
     # definitions and registries
     "WorkflowDefinition",
     "State",
@@ -140,57 +80,22 @@ __all__ = [
     "DefinitionRegistry",
     "CommandRegistry",
     "GuardRegistry",
-    "RegisteredCommand",
-    "RegisteredGuard",
     "CommandFunction",
     "GuardFunction",
-    # pool and codecs
-    "create_pool",
-    "register_codecs",
-    # PostgreSQL adapter
-    "pg_workflow_providers",
-    "PgTransactionRunner",
-    "PgWorkflowInstanceStore",
-    "PgWorkflowHistoryStore",
-    "PgWorkflowDefinitionStore",
-    "generate_migration_sql",
-    "MigrationSql",
-    # model
+    # records
     "WorkflowInstance",
     "TimeoutRetry",
     "HistoryRecord",
-    "HistoryOutcome",
     "CommandResult",
-    "StoredWorkflowDefinition",
-    # contract
-    "WorkflowInstanceStore",
-    "WorkflowHistoryStore",
-    "WorkflowTransactionRunner",
-    "WorkflowDefinitionStore",
+    # providers
+    "create_pool",
+    "register_codecs",
+    "pg_workflow_providers",
+    "PgTransactionRunner",
+    "memory_workflow_providers",
     "WorkflowPersistenceProvider",
     "Clock",
     "SystemClock",
-    # errors
-    "WorkflowError",
-    "InvalidArgumentError",
-    "ConfigurationError",
-    "NoActiveTransactionError",
-    "TransactionTaskError",
-    "CommitRolledBackError",
-    "OptimisticLockError",
-    "WorkflowInstanceNotFoundError",
-    "InstanceAlreadyExistsError",
-    "DatabaseError",
-    "LockTimeoutError",
-    "StatementTimeoutError",
-    "TransactionConflictError",
-    "ConnectionLostError",
-    "WorkflowDefinitionError",
-    "IncompatibleDefinitionError",
-    "InvalidEventError",
-    "CommandFailureError",
-    "OnEnterDepthExceededError",
-    "UnreadableRowError",
     "__version__",
 ]
 
@@ -199,3 +104,87 @@ for _name in __all__:
     if isinstance(_obj, type) and _obj.__module__.startswith("duraflows_pg_async._"):
         _obj.__module__ = "duraflows_pg_async"
 del _name, _obj
+
+# Names that development builds before 0.1.0 exported from the top level and that now live in a
+# public module. They still import from here, with a DeprecationWarning, until 1.0; type checkers
+# see only the names imported above, so they point at the new path.
+_MOVED: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "WorkflowError",
+            "InvalidArgumentError",
+            "ConfigurationError",
+            "NoActiveTransactionError",
+            "TransactionTaskError",
+            "CommitRolledBackError",
+            "OptimisticLockError",
+            "WorkflowInstanceNotFoundError",
+            "InstanceAlreadyExistsError",
+            "DatabaseError",
+            "LockTimeoutError",
+            "StatementTimeoutError",
+            "TransactionConflictError",
+            "ConnectionLostError",
+            "WorkflowDefinitionError",
+            "IncompatibleDefinitionError",
+            "InvalidEventError",
+            "CommandFailureError",
+            "OnEnterDepthExceededError",
+            "UnreadableRowError",
+        ],
+        "duraflows_pg_async.errors",
+    ),
+    **dict.fromkeys(
+        [
+            "ExecutionOutcome",
+            "AvailableEvent",
+            "ProcessExpiredResult",
+            "BusinessFailure",
+            "TimeoutFailure",
+            "ParkedTimeout",
+            "WorkerStats",
+            "RegisteredCommand",
+            "RegisteredGuard",
+        ],
+        "duraflows_pg_async.types",
+    ),
+    **dict.fromkeys(
+        [
+            "WorkflowInstanceStore",
+            "WorkflowHistoryStore",
+            "WorkflowTransactionRunner",
+            "WorkflowDefinitionStore",
+            "PgWorkflowInstanceStore",
+            "PgWorkflowHistoryStore",
+            "PgWorkflowDefinitionStore",
+            "StoredWorkflowDefinition",
+            "HistoryOutcome",
+        ],
+        "duraflows_pg_async.stores",
+    ),
+    **dict.fromkeys(
+        [
+            "MemoryDatabase",
+            "MemoryTransactionRunner",
+            "MemoryWorkflowInstanceStore",
+            "MemoryWorkflowHistoryStore",
+            "MemoryWorkflowDefinitionStore",
+        ],
+        "duraflows_pg_async.memory",
+    ),
+    **dict.fromkeys(("generate_migration_sql", "MigrationSql"), "duraflows_pg_async.migrations"),
+}
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _MOVED.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        warnings.warn(
+            f"duraflows_pg_async.{name} moved to {module}.{name}; import it from there "
+            "(the old path goes away in 1.0)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), name)

@@ -5,9 +5,9 @@ the source of truth. [`apply()`][duraflows_pg_async.migrations.apply],
 [`rollback()`][duraflows_pg_async.migrations.rollback] and
 [`status()`][duraflows_pg_async.migrations.status] record what is applied in dbmate's own
 ``schema_migrations`` table, so this module and the ``dbmate`` tool can take turns on one database.
-[`generate_migration_sql()`][duraflows_pg_async.generate_migration_sql] renders the same end state
-as one script, for tools that want a single fresh-install migration (Alembic, a hand-written dbmate
-file).
+[`generate_migration_sql()`][duraflows_pg_async.migrations.generate_migration_sql] renders the
+same end state as one script, for tools that want a single fresh-install migration (Alembic, a
+hand-written dbmate file).
 
 Every function taking ``conn`` uses the asyncpg connection (or pool connection) it is given and
 never closes it. Run them outside a transaction: each migration then commits on its own. Inside a
@@ -27,8 +27,11 @@ from typing import Any, NamedTuple, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async._pg.error_mapping import map_db_errors
+
 from ._core.validate import require_identifier
-from .errors import ConfigurationError, InvalidArgumentError, echo, map_db_errors
+from .errors import ConfigurationError, InvalidArgumentError
 
 __all__ = [
     "Migration",

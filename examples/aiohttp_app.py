@@ -55,18 +55,20 @@ from duraflows_pg_async import (
     ExecutionContext,
     ExecutionResult,
     HistoryRecord,
-    InvalidArgumentError,
-    InvalidEventError,
     PgTransactionRunner,
     State,
     Timeout,
     WorkflowDefinition,
     WorkflowInstance,
-    WorkflowInstanceNotFoundError,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
 )
 from duraflows_pg_async.contrib.aiohttp import POOL_KEY, RUNTIME_KEY, workflow_cleanup_ctx
+from duraflows_pg_async.errors import (
+    InvalidArgumentError,
+    InvalidEventError,
+    WorkflowInstanceNotFoundError,
+)
 
 ORDER = WorkflowDefinition(
     name="order",

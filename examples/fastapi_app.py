@@ -57,18 +57,20 @@ from duraflows_pg_async import (
     ExecutionContext,
     ExecutionResult,
     HistoryRecord,
-    InvalidArgumentError,
-    InvalidEventError,
     PgTransactionRunner,
     State,
     Timeout,
     WorkflowDefinition,
     WorkflowInstance,
-    WorkflowInstanceNotFoundError,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
 )
 from duraflows_pg_async.contrib.fastapi import get_pool, get_runtime, workflow_lifespan
+from duraflows_pg_async.errors import (
+    InvalidArgumentError,
+    InvalidEventError,
+    WorkflowInstanceNotFoundError,
+)
 
 RuntimeDep = Annotated[WorkflowRuntime, Depends(get_runtime)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]

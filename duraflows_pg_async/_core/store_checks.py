@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from duraflows_pg_async.errors import InvalidArgumentError, echo
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 from .model import HISTORY_OUTCOMES, CommandResult, HistoryRecord, TimeoutRetry, WorkflowInstance
 from .validate import (
@@ -23,7 +24,6 @@ from .validate import (
     require_aware,
     require_int,
     require_str,
-    safe_repr,
 )
 
 __all__ = [
@@ -117,12 +117,12 @@ def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str
     optional_str(record.from_state, f"{label}: from_state")
     require_str(record.event_name, f"{label}: event_name")
     require_str(record.to_state, f"{label}: to_state")
-    # isinstance before the set lookup, and safe_repr in the message: an unhashable or hostile
+    # isinstance before the set lookup, and echo in the message: an unhashable or hostile
     # outcome must raise InvalidArgumentError like any other bad value.
     outcome: object = record.outcome
     if not isinstance(outcome, str) or outcome not in HISTORY_OUTCOMES:
         raise InvalidArgumentError(
-            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {safe_repr(outcome)}"
+            f"{label}: outcome must be one of {sorted(HISTORY_OUTCOMES)}, got {echo(outcome)}"
         )
     optional_str(record.error_message, f"{label}: error_message")
     optional_str(record.rejected_by, f"{label}: rejected_by")

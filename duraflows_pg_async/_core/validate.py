@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from duraflows_pg_async.errors import InvalidArgumentError, echo
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 # jsonb itself accepts deeper documents, but a context nested this deep is a bug, and refusing it
 # here keeps both our check and the encoders far from Python's recursion limit.
@@ -47,9 +48,6 @@ _UNIT_SECONDS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400
 # much of a path (its start and its end), so that hostile keys cannot make a message huge.
 _PATH_KEY_LIMIT = 100
 _PATH_LIMIT = 600
-
-safe_repr = echo
-"""The bounded repr() of errors.echo, under the name older callers import."""
 
 
 def coerce_uuid(value: object, name: str) -> UUID:

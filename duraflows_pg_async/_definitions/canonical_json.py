@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 
-from duraflows_pg_async.errors import InvalidArgumentError, echo
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 # JavaScript's Number.MAX_SAFE_INTEGER: a larger int is a double in JavaScript.
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from duraflows_pg_async.errors import echo
+from duraflows_pg_async._core.echo import echo
 
 # An error lists at most this many problems (and a message names at most LISTED of a list of
 # names): a generated definition with thousands of bad states still gives a readable message.
@@ -11,7 +11,7 @@ LISTED = 5
 
 
 def quoted(name: object) -> str:
-    """A name as messages quote it, ``"ship"``, cut if long (errors.echo)."""
+    """A name as messages quote it, ``"ship"``, cut if long (echo)."""
     return f'"{echo(name, raw=True)}"'
 
 

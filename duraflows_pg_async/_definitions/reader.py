@@ -6,8 +6,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.validate import check_json, require_duration
-from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError, echo
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError
 
 from .model import (
     VERSION_POLICIES,

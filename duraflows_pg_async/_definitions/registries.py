@@ -8,13 +8,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import CommandResult
-from duraflows_pg_async.errors import (
-    InvalidArgumentError,
-    WorkflowDefinitionError,
-    WorkflowError,
-    echo,
-)
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError, WorkflowError
 
 from .model import WorkflowDefinition
 from .validation import validate_definition

@@ -6,8 +6,9 @@ from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.validate import TextProblem, check_json, text_problem
-from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError, echo
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError
 
 from .canonical_json import MAX_SAFE_INTEGER
 from .model import (

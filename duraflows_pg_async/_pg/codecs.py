@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError, map_db_errors
+from duraflows_pg_async._pg.error_mapping import map_db_errors
+from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError
 
 from .json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
 from .session_reset import PooledConnection, reset_session

@@ -9,7 +9,8 @@ import asyncpg
 from duraflows_pg_async._core.model import StoredWorkflowDefinition
 from duraflows_pg_async._core.store_checks import check_ensure_arguments
 from duraflows_pg_async._core.validate import INT4_MAX, require_int, require_str
-from duraflows_pg_async.errors import WorkflowError, map_db_errors
+from duraflows_pg_async._pg.error_mapping import map_db_errors
+from duraflows_pg_async.errors import WorkflowError
 
 from .codecs import decoded
 from .store_base import PgStore

@@ -9,12 +9,8 @@ import asyncpg
 from duraflows_pg_async._core.model import CommandResult, HistoryRecord
 from duraflows_pg_async._core.store_checks import checked_record
 from duraflows_pg_async._core.validate import coerce_uuid, require_int
-from duraflows_pg_async.errors import (
-    WorkflowError,
-    WorkflowInstanceNotFoundError,
-    map_db_errors,
-    raise_mapped,
-)
+from duraflows_pg_async._pg.error_mapping import map_db_errors, raise_mapped
+from duraflows_pg_async.errors import WorkflowError, WorkflowInstanceNotFoundError
 
 from .codecs import decoded
 from .store_base import PgStore

@@ -23,14 +23,13 @@ from duraflows_pg_async._core.validate import (
     require_int,
     require_str,
 )
+from duraflows_pg_async._pg.error_mapping import map_db_errors, raise_mapped
 from duraflows_pg_async.errors import (
     InstanceAlreadyExistsError,
     InvalidArgumentError,
     OptimisticLockError,
     UnreadableRowError,
     WorkflowError,
-    map_db_errors,
-    raise_mapped,
 )
 
 from .codecs import decoded

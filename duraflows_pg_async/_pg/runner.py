@@ -23,12 +23,11 @@ from asyncpg.pool import PoolConnectionProxy
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.scope import TaskOwned, TaskScopes, run_callbacks
 from duraflows_pg_async._core.validate import timeout_ms
+from duraflows_pg_async._pg.error_mapping import map_db_errors, raise_mapped
 from duraflows_pg_async.errors import (
     CommitRolledBackError,
     InvalidArgumentError,
     NoActiveTransactionError,
-    map_db_errors,
-    raise_mapped,
 )
 
 from . import session_reset

@@ -11,9 +11,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import CommandResult, TimeoutRetry
 from duraflows_pg_async._core.validate import require_duration
-from duraflows_pg_async.errors import InvalidArgumentError, echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 __all__ = [
     "AvailableEvent",

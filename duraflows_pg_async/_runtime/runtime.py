@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import HistoryRecord, WorkflowInstance
 from duraflows_pg_async._core.validate import (
     check_json,
@@ -36,7 +37,6 @@ from duraflows_pg_async.errors import (
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
-    echo,
 )
 
 from .execution import (

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import WorkflowInstance
 from duraflows_pg_async._core.validate import require_duration, require_str
 from duraflows_pg_async._definitions.registries import DefinitionRegistry
-from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError, echo
+from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 
 from .execution import BusinessFailure, ParkedTimeout, ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version, utc_now

@@ -21,7 +21,6 @@ from typing import Any
 import asyncpg
 
 from duraflows_pg_async import (
-    InvalidArgumentError,
     TimeoutWorker,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
@@ -30,6 +29,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 from duraflows_pg_async._core.validate import require_duration
+from duraflows_pg_async.errors import InvalidArgumentError
 
 __all__ = ["BuildRuntime", "WorkflowService", "workflow_service"]
 

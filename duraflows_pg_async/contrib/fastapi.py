@@ -26,8 +26,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 import asyncpg
 
-from duraflows_pg_async import ConfigurationError, TimeoutWorker, WorkflowRuntime
+from duraflows_pg_async import TimeoutWorker, WorkflowRuntime
 from duraflows_pg_async.contrib import BuildRuntime, workflow_service
+from duraflows_pg_async.errors import ConfigurationError
 
 __all__ = ["get_pool", "get_runtime", "get_worker", "workflow_lifespan"]
 

@@ -29,7 +29,7 @@ pytest.importorskip("aiohttp")
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from duraflows_pg_async import InvalidArgumentError
+from duraflows_pg_async.errors import InvalidArgumentError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "aiohttp_app.py"
 APP_NAME = "duraflows-aiohttp-example"

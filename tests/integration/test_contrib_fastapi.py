@@ -404,8 +404,8 @@ async def test_get_runtime_without_lifespan_is_a_configuration_error() -> None:
     from fastapi import FastAPI
     from starlette.requests import Request
 
-    from duraflows_pg_async import ConfigurationError
     from duraflows_pg_async.contrib.fastapi import get_pool, get_runtime
+    from duraflows_pg_async.errors import ConfigurationError
 
     app = FastAPI()
     request = Request({"type": "http", "app": app, "headers": []})
@@ -429,7 +429,7 @@ async def test_failed_startup_closes_the_pool(database: str) -> None:
         build_runtime=build_runtime,
         pool_options={"server_settings": {"application_name": APP_NAME}},
     )
-    from duraflows_pg_async import InvalidArgumentError
+    from duraflows_pg_async.errors import InvalidArgumentError
 
     with pytest.raises(InvalidArgumentError, match="WorkflowRuntime"):
         async with lifespan(FastAPI()):

@@ -21,13 +21,10 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    InvalidArgumentError,
-    PgWorkflowInstanceStore,
     State,
     Timeout,
     TimeoutRetryPolicy,
     TimeoutWorker,
-    UnreadableRowError,
     WorkflowDefinition,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
@@ -35,6 +32,8 @@ from duraflows_pg_async import (
 )
 from duraflows_pg_async._core.text import storable_text
 from duraflows_pg_async._runtime.sweeper import DEFAULT_SWEEP_LEASE
+from duraflows_pg_async.errors import InvalidArgumentError, UnreadableRowError
+from duraflows_pg_async.stores import PgWorkflowInstanceStore
 
 
 class Clock:

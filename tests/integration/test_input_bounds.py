@@ -9,22 +9,24 @@ from typing import Any
 import pytest
 
 from duraflows_pg_async import (
-    CommandFailureError,
     CommandRef,
     CommandRegistry,
     CommandResult,
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    InvalidArgumentError,
-    InvalidEventError,
     State,
     Timeout,
     TimeoutRetryPolicy,
     WorkflowDefinition,
-    WorkflowDefinitionError,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
+)
+from duraflows_pg_async.errors import (
+    CommandFailureError,
+    InvalidArgumentError,
+    InvalidEventError,
+    WorkflowDefinitionError,
 )
 
 HUGE = 20_000_090

@@ -22,7 +22,6 @@ import pytest
 
 from duraflows_pg_async import (
     CommandResult,
-    DatabaseError,
     HistoryRecord,
     WorkflowPersistenceProvider,
     create_pool,
@@ -30,6 +29,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
     register_codecs,
 )
+from duraflows_pg_async.errors import DatabaseError
 from duraflows_pg_async.testing import make_instance
 
 # (label, the value written, what jsonb gives back), as measured on PostgreSQL 13 and 18.

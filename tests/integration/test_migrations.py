@@ -17,8 +17,15 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import pytest
 
-from duraflows_pg_async import DatabaseError, InvalidArgumentError, generate_migration_sql
-from duraflows_pg_async.migrations import Migration, apply, list_migrations, rollback, status
+from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
+from duraflows_pg_async.migrations import (
+    Migration,
+    apply,
+    generate_migration_sql,
+    list_migrations,
+    rollback,
+    status,
+)
 
 if TYPE_CHECKING:
     from conftest import MakeDatabase, PgServer

@@ -14,17 +14,19 @@ import pytest
 
 from duraflows_pg_async import (
     CommandResult,
-    ConfigurationError,
     HistoryRecord,
-    InstanceAlreadyExistsError,
-    InvalidArgumentError,
-    OptimisticLockError,
     WorkflowPersistenceProvider,
     create_pool,
     pg_workflow_providers,
     register_codecs,
 )
 from duraflows_pg_async._pg.queries import render_queries
+from duraflows_pg_async.errors import (
+    ConfigurationError,
+    InstanceAlreadyExistsError,
+    InvalidArgumentError,
+    OptimisticLockError,
+)
 from duraflows_pg_async.testing import make_instance
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

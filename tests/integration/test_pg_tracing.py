@@ -30,8 +30,6 @@ from opentelemetry.trace import SpanContext, StatusCode
 
 from duraflows_pg_async import (
     CommandRegistry,
-    CommitRolledBackError,
-    DatabaseError,
     DefinitionRegistry,
     Event,
     GuardRef,
@@ -47,6 +45,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async.errors import CommitRolledBackError, DatabaseError
 from duraflows_pg_async.testing import make_instance
 
 DOC = Path(__file__).parents[2] / "docs" / "tracing.md"

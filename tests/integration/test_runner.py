@@ -13,16 +13,14 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from duraflows_pg_async import (
+from duraflows_pg_async import PgTransactionRunner, create_pool, pg_workflow_providers
+from duraflows_pg_async.errors import (
     CommitRolledBackError,
     DatabaseError,
     InvalidArgumentError,
     LockTimeoutError,
     NoActiveTransactionError,
-    PgTransactionRunner,
     TransactionTaskError,
-    create_pool,
-    pg_workflow_providers,
 )
 from duraflows_pg_async.testing import make_instance
 

@@ -11,7 +11,6 @@ from uuid import UUID, uuid4
 import pytest
 
 from duraflows_pg_async import (
-    CommandFailureError,
     CommandRef,
     CommandRegistry,
     CommandResult,
@@ -20,19 +19,22 @@ from duraflows_pg_async import (
     ExecutionContext,
     GuardRef,
     GuardRegistry,
-    InvalidArgumentError,
-    InvalidEventError,
     OnEnter,
-    OnEnterDepthExceededError,
     State,
     StateEnterEvent,
     Timeout,
     TimeoutRetryPolicy,
     WorkflowDefinition,
-    WorkflowDefinitionError,
-    WorkflowInstanceNotFoundError,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
+)
+from duraflows_pg_async.errors import (
+    CommandFailureError,
+    InvalidArgumentError,
+    InvalidEventError,
+    OnEnterDepthExceededError,
+    WorkflowDefinitionError,
+    WorkflowInstanceNotFoundError,
 )
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -17,7 +17,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    InvalidArgumentError,
     State,
     Timeout,
     TimeoutWorker,
@@ -28,6 +27,7 @@ from duraflows_pg_async import (
     memory_workflow_providers,
     pg_workflow_providers,
 )
+from duraflows_pg_async.errors import InvalidArgumentError
 
 REMINDER = WorkflowDefinition(
     name="reminder",

@@ -20,7 +20,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    LockTimeoutError,
     OnEnter,
     State,
     Timeout,
@@ -29,6 +28,7 @@ from duraflows_pg_async import (
     create_pool,
     pg_workflow_providers,
 )
+from duraflows_pg_async.errors import LockTimeoutError
 
 START = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
 

@@ -37,8 +37,6 @@ import pytest
 from duraflows_pg_async import (
     CommandRef,
     CommandRegistry,
-    ConnectionLostError,
-    DatabaseError,
     DefinitionRegistry,
     Event,
     ExecutionContext,
@@ -46,13 +44,17 @@ from duraflows_pg_async import (
     OnEnter,
     PgTransactionRunner,
     State,
-    StatementTimeoutError,
     Timeout,
     WorkflowDefinition,
-    WorkflowError,
     WorkflowRuntime,
     create_pool,
     pg_workflow_providers,
+)
+from duraflows_pg_async.errors import (
+    ConnectionLostError,
+    DatabaseError,
+    StatementTimeoutError,
+    WorkflowError,
 )
 from duraflows_pg_async.testing import make_instance
 

@@ -39,22 +39,24 @@ from duraflows_pg_async import (
     GuardRef,
     GuardRegistry,
     HistoryRecord,
-    InvalidArgumentError,
-    InvalidEventError,
-    MemoryWorkflowInstanceStore,
-    OptimisticLockError,
     PgTransactionRunner,
     State,
     TimeoutRetry,
     WorkflowDefinition,
-    WorkflowDefinitionError,
     WorkflowInstance,
-    WorkflowInstanceNotFoundError,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
     memory_workflow_providers,
     pg_workflow_providers,
 )
+from duraflows_pg_async.errors import (
+    InvalidArgumentError,
+    InvalidEventError,
+    OptimisticLockError,
+    WorkflowDefinitionError,
+    WorkflowInstanceNotFoundError,
+)
+from duraflows_pg_async.memory import MemoryWorkflowInstanceStore
 from duraflows_pg_async.testing import make_instance
 
 # Function-scoped fixtures are shared by the examples of one test: every example either writes

@@ -39,13 +39,10 @@ import pytest
 from duraflows_pg_async import (
     CommandRef,
     CommandRegistry,
-    ConnectionLostError,
-    DatabaseError,
     DefinitionRegistry,
     Event,
     ExecutionContext,
     HistoryRecord,
-    LockTimeoutError,
     OnEnter,
     PgTransactionRunner,
     State,
@@ -58,6 +55,7 @@ from duraflows_pg_async import (
     migrations,
     pg_workflow_providers,
 )
+from duraflows_pg_async.errors import ConnectionLostError, DatabaseError, LockTimeoutError
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
     HistoryStoreConformance,

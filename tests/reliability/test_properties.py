@@ -39,7 +39,6 @@ from duraflows_pg_async import (
     GuardRef,
     GuardRegistry,
     HistoryRecord,
-    InvalidEventError,
     OnEnter,
     State,
     WorkflowDefinition,
@@ -48,6 +47,7 @@ from duraflows_pg_async import (
     WorkflowRuntime,
     memory_workflow_providers,
 )
+from duraflows_pg_async.errors import InvalidEventError
 
 EVENT_NAMES = ["a", "b", "c"]
 UNKNOWN_EVENT = "zz"  # never defined

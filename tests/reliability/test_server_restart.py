@@ -44,12 +44,12 @@ from duraflows_pg_async import (
     TimeoutRetryPolicy,
     TimeoutWorker,
     WorkflowDefinition,
-    WorkflowError,
     WorkflowRuntime,
     create_pool,
     migrations,
     pg_workflow_providers,
 )
+from duraflows_pg_async.errors import WorkflowError
 
 if TYPE_CHECKING:
     from duraflows_pg_async.embedded import EmbeddedPostgres

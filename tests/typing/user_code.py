@@ -24,7 +24,6 @@ from duraflows_pg_async import (
     GuardRef,
     GuardRegistry,
     PgTransactionRunner,
-    ProcessExpiredResult,
     State,
     StateEnterEvent,
     Timeout,
@@ -38,6 +37,7 @@ from duraflows_pg_async import (
     memory_workflow_providers,
     pg_workflow_providers,
 )
+from duraflows_pg_async.types import ProcessExpiredResult
 
 
 @dataclass

@@ -19,6 +19,9 @@ REFERENCE = ROOT / "docs" / "reference"
 PUBLIC_MODULES = [
     "duraflows_pg_async",
     "duraflows_pg_async.errors",
+    "duraflows_pg_async.types",
+    "duraflows_pg_async.stores",
+    "duraflows_pg_async.memory",
     "duraflows_pg_async.migrations",
     "duraflows_pg_async.embedded",
     "duraflows_pg_async.testing",

@@ -9,8 +9,9 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-import duraflows_pg_async
 from duraflows_pg_async import errors
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async._pg.error_mapping import map_db_errors
 from duraflows_pg_async.errors import (
     CommandFailureError,
     ConfigurationError,
@@ -25,8 +26,6 @@ from duraflows_pg_async.errors import (
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
-    echo,
-    map_db_errors,
 )
 
 
@@ -47,11 +46,6 @@ def test_every_error_is_a_workflow_error_with_a_one_line_docstring() -> None:
         assert doc, cls
         assert "\n" not in doc, cls
         assert cls.__module__ == "duraflows_pg_async.errors"
-
-
-def test_every_error_is_reexported_from_the_package_root() -> None:
-    for cls in public_error_classes():
-        assert getattr(duraflows_pg_async, cls.__name__) is cls
 
 
 def test_tree_in_the_docstring_lists_every_class() -> None:

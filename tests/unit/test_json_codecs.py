@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from duraflows_pg_async import DatabaseError, InvalidArgumentError
 from duraflows_pg_async._pg.codecs import _check_functions
+from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 
 ORJSON_DUMPS, ORJSON_LOADS = _check_functions(orjson.dumps, orjson.loads)
 STDLIB_DUMPS, STDLIB_LOADS = _check_functions(None, None)

@@ -13,23 +13,8 @@ from uuid import UUID, uuid4
 import pytest
 
 from duraflows_pg_async import (
-    CommitRolledBackError,
-    DatabaseError,
     HistoryRecord,
-    InstanceAlreadyExistsError,
-    InvalidArgumentError,
-    LockTimeoutError,
-    MemoryDatabase,
-    MemoryTransactionRunner,
-    MemoryWorkflowDefinitionStore,
-    MemoryWorkflowHistoryStore,
-    MemoryWorkflowInstanceStore,
-    NoActiveTransactionError,
-    OptimisticLockError,
-    TransactionConflictError,
-    TransactionTaskError,
     WorkflowInstance,
-    WorkflowInstanceNotFoundError,
     WorkflowPersistenceProvider,
     memory_workflow_providers,
 )
@@ -38,6 +23,25 @@ from duraflows_pg_async._core.contract import (
     WorkflowHistoryStore,
     WorkflowInstanceStore,
     WorkflowTransactionRunner,
+)
+from duraflows_pg_async.errors import (
+    CommitRolledBackError,
+    DatabaseError,
+    InstanceAlreadyExistsError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    NoActiveTransactionError,
+    OptimisticLockError,
+    TransactionConflictError,
+    TransactionTaskError,
+    WorkflowInstanceNotFoundError,
+)
+from duraflows_pg_async.memory import (
+    MemoryDatabase,
+    MemoryTransactionRunner,
+    MemoryWorkflowDefinitionStore,
+    MemoryWorkflowHistoryStore,
+    MemoryWorkflowInstanceStore,
 )
 from duraflows_pg_async.testing import make_instance
 

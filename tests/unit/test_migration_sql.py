@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from duraflows_pg_async import InvalidArgumentError, MigrationSql, generate_migration_sql
-from duraflows_pg_async.errors import ConfigurationError
+from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError
 from duraflows_pg_async.migrations import (
     Migration,
+    MigrationSql,
     _load_directory,
     _migrations_directory,
     _parse_migration,
+    generate_migration_sql,
     list_migrations,
 )
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from duraflows_pg_async import CommandResult, InvalidArgumentError
+from duraflows_pg_async import CommandResult
 from duraflows_pg_async._pg.queries import Queries, render_queries
+from duraflows_pg_async.errors import InvalidArgumentError
 
 PACKAGE = Path(__file__).parents[2] / "duraflows_pg_async"
 

@@ -32,16 +32,15 @@ from duraflows_pg_async import (
     ExecutionContext,
     GuardRef,
     GuardRegistry,
-    InvalidEventError,
     State,
     Timeout,
     WorkflowDefinition,
-    WorkflowInstanceNotFoundError,
     WorkflowRuntime,
     __version__,
     memory_workflow_providers,
 )
 from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async.errors import InvalidEventError, WorkflowInstanceNotFoundError
 
 ORDER = WorkflowDefinition(
     name="order",

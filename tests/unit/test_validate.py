@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from duraflows_pg_async import InvalidArgumentError, TimeoutRetryPolicy
+from duraflows_pg_async import TimeoutRetryPolicy
 from duraflows_pg_async._core.model import TimeoutRetry
 from duraflows_pg_async._core.validate import (
     MAX_DURATION,
@@ -25,6 +25,7 @@ from duraflows_pg_async._core.validate import (
     require_str,
     timeout_ms,
 )
+from duraflows_pg_async.errors import InvalidArgumentError
 
 
 class Level(IntEnum):

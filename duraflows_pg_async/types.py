@@ -1,0 +1,37 @@
+"""Types of the values the runtime, the worker and the registries hand back.
+
+Import them to annotate: code rarely builds one. The everyday ones
+([`ExecutionResult`][duraflows_pg_async.ExecutionResult],
+[`StateEnterEvent`][duraflows_pg_async.StateEnterEvent]) are at the top level.
+"""
+
+from __future__ import annotations
+
+from ._definitions.registries import RegisteredCommand, RegisteredGuard
+from ._runtime.execution import (
+    AvailableEvent,
+    BusinessFailure,
+    ExecutionOutcome,
+    ParkedTimeout,
+    ProcessExpiredResult,
+    TimeoutFailure,
+)
+from ._runtime.worker import WorkerStats
+
+__all__ = [
+    "ExecutionOutcome",
+    "AvailableEvent",
+    "ProcessExpiredResult",
+    "BusinessFailure",
+    "TimeoutFailure",
+    "ParkedTimeout",
+    "WorkerStats",
+    "RegisteredCommand",
+    "RegisteredGuard",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj
