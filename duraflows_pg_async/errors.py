@@ -20,7 +20,10 @@ WorkflowError
 ├── InvalidEventError
 ├── CommandFailureError
 ├── OnEnterDepthExceededError
-└── UnreadableRowError
+├── UnreadableRowError
+├── IdempotencyConflictError
+├── IdempotencyInProgressError
+└── IdempotencyNotSupportedError
 ```
 
 Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
@@ -55,6 +58,9 @@ __all__ = [
     "CommandFailureError",
     "OnEnterDepthExceededError",
     "UnreadableRowError",
+    "IdempotencyConflictError",
+    "IdempotencyInProgressError",
+    "IdempotencyNotSupportedError",
 ]
 
 
@@ -207,6 +213,45 @@ class UnreadableRowError(WorkflowError):
         self.column = column
         self.reason = reason
         super().__init__(f'Workflow instance "{instance_uuid}" cannot be read: {column} {reason}')
+
+
+class IdempotencyConflictError(WorkflowError):
+    """An idempotency key was reused for another event or with another fingerprint."""
+
+    def __init__(
+        self, instance_uuid: UUID, key: str, event_name: str, recorded_event_name: str, why: str
+    ) -> None:
+        self.instance_uuid = instance_uuid
+        self.key = key
+        self.event_name = event_name
+        self.recorded_event_name = recorded_event_name
+        super().__init__(
+            f'Idempotency key "{echo(key, raw=True)}" of workflow instance "{instance_uuid}" '
+            f'was first used for event "{echo(recorded_event_name, raw=True)}" {why}; '
+            f'event "{echo(event_name, raw=True)}" cannot reuse it (a new request needs a new key)'
+        )
+
+
+class IdempotencyInProgressError(WorkflowError):
+    """The same idempotency key is being executed by an unfinished call in this transaction."""
+
+    def __init__(self, instance_uuid: UUID, key: str) -> None:
+        self.instance_uuid = instance_uuid
+        self.key = key
+        super().__init__(
+            f'Idempotency key "{echo(key, raw=True)}" of workflow instance "{instance_uuid}" is '
+            "reserved by a call that has not finished in this transaction"
+        )
+
+
+class IdempotencyNotSupportedError(WorkflowError):
+    """An idempotency key was given to a runtime whose provider has no idempotency store."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "idempotency_key needs a provider built with idempotency=True "
+            "(pg_workflow_providers(pool, idempotency=True) and migration 007)"
+        )
 
 
 for _name in __all__:

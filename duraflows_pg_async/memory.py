@@ -13,6 +13,7 @@ from ._memory.provider import (
     MemoryTransactionRunner,
     MemoryWorkflowDefinitionStore,
     MemoryWorkflowHistoryStore,
+    MemoryWorkflowIdempotencyStore,
     MemoryWorkflowInstanceStore,
     memory_workflow_providers,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "MemoryWorkflowInstanceStore",
     "MemoryWorkflowHistoryStore",
     "MemoryWorkflowDefinitionStore",
+    "MemoryWorkflowIdempotencyStore",
 ]
 
 for _name in __all__:

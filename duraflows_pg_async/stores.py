@@ -11,12 +11,15 @@ from __future__ import annotations
 from ._core.contract import (
     WorkflowDefinitionStore,
     WorkflowHistoryStore,
+    WorkflowIdempotencyStore,
     WorkflowInstanceStore,
     WorkflowTransactionRunner,
 )
+from ._core.idempotency import IdempotencyRecord
 from ._core.model import HistoryOutcome, StoredWorkflowDefinition
 from ._pg.definition_store import PgWorkflowDefinitionStore
 from ._pg.history_store import PgWorkflowHistoryStore
+from ._pg.idempotency_store import PgWorkflowIdempotencyStore
 from ._pg.instance_store import PgWorkflowInstanceStore
 
 __all__ = [
@@ -24,11 +27,14 @@ __all__ = [
     "WorkflowHistoryStore",
     "WorkflowTransactionRunner",
     "WorkflowDefinitionStore",
+    "WorkflowIdempotencyStore",
     "PgWorkflowInstanceStore",
     "PgWorkflowHistoryStore",
     "PgWorkflowDefinitionStore",
+    "PgWorkflowIdempotencyStore",
     "StoredWorkflowDefinition",
     "HistoryOutcome",
+    "IdempotencyRecord",
 ]
 
 for _name in __all__:

@@ -11,6 +11,7 @@ from uuid import UUID
 
 from typing_extensions import TypeVar
 
+from .idempotency import IdempotencyRecord
 from .model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "SystemClock",
     "WorkflowDefinitionStore",
     "WorkflowHistoryStore",
+    "WorkflowIdempotencyStore",
     "WorkflowInstanceStore",
     "WorkflowPersistenceProvider",
     "WorkflowTransactionRunner",
@@ -113,6 +115,31 @@ class WorkflowDefinitionStore(Protocol):
 
 
 @runtime_checkable
+class WorkflowIdempotencyStore(Protocol):
+    """Receipts of keyed events, by (instance, key).
+
+    Every method runs in the transaction that holds the instance's row lock, so a receipt commits
+    or rolls back (savepoints included) with the transition it records. ``reserve`` never
+    overwrites a receipt; ``complete`` records the result of a reservation exactly once.
+    """
+
+    async def find(self, instance_uuid: UUID | str, key: str) -> IdempotencyRecord | None: ...
+
+    async def reserve(
+        self,
+        instance_uuid: UUID | str,
+        key: str,
+        *,
+        event_name: str,
+        fingerprint: str | None = None,
+    ) -> None: ...
+
+    async def complete(
+        self, instance_uuid: UUID | str, key: str, result: dict[str, Any]
+    ) -> None: ...
+
+
+@runtime_checkable
 class Clock(Protocol):
     """A source of the current time; ``now()`` returns a timezone-aware datetime."""
 
@@ -137,7 +164,9 @@ RunnerT = TypeVar(
 
 @dataclass(frozen=True, slots=True)
 class WorkflowPersistenceProvider(Generic[RunnerT]):
-    """The four persistence parts a runtime needs, built together over one database.
+    """The persistence parts a runtime needs, built together over one database.
+
+    ``idempotency_store`` is None unless the provider was built with ``idempotency=True``.
 
     Generic in its runner, so that ``pg_workflow_providers(pool).transaction_runner`` is typed
     as a ``PgTransactionRunner`` (``connection()`` and ``bind()`` need no cast); a bare
@@ -148,3 +177,4 @@ class WorkflowPersistenceProvider(Generic[RunnerT]):
     history_store: WorkflowHistoryStore
     transaction_runner: RunnerT
     definition_store: WorkflowDefinitionStore
+    idempotency_store: WorkflowIdempotencyStore | None = None

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
 
+from duraflows_pg_async._core.idempotency import IdempotencyRecord
 from duraflows_pg_async._core.model import StoredWorkflowDefinition, WorkflowInstance
 
 from .locks import LockTable
@@ -37,12 +38,14 @@ class MemoryDatabase:
         "_instances",
         "_last_history_at",
         "_locks",
+        "_receipts",
     )
 
     def __init__(self) -> None:
         self._instances: dict[UUID, WorkflowInstance] = {}
         self._history: dict[UUID, list[HistoryRow]] = {}
         self._definitions: dict[tuple[str, int], StoredWorkflowDefinition] = {}
+        self._receipts: dict[tuple[UUID, str], IdempotencyRecord] = {}
         self._locks = LockTable()
         # Sweep claims (find_expired(claim_until=...)), kept outside the transactional state.
         self._claims: dict[UUID, datetime] = {}
@@ -98,6 +101,14 @@ class MemoryDatabase:
                 view.update(each.definitions)
         return view
 
+    def _receipt(self, level: Level | None, key: tuple[UUID, str]) -> IdempotencyRecord | None:
+        while level is not None:
+            row = level.receipts.get(key)
+            if row is not None:
+                return row
+            level = level.parent
+        return self._receipts.get(key)
+
     def _next_history_at(self) -> datetime:
         # Strictly increasing, so rows read back in the order they were written.
         now = max(datetime.now(UTC), self._last_history_at + _ONE_MICROSECOND)
@@ -112,6 +123,7 @@ class MemoryDatabase:
         parent.instances.update(level.instances)
         parent.history.extend(level.history)
         parent.definitions.update(level.definitions)
+        parent.receipts.update(level.receipts)
         for key, mode in level.locks.items():
             if mode > parent.locks.get(key, 0):
                 parent.locks[key] = mode
@@ -127,6 +139,7 @@ class MemoryDatabase:
             for row in level.history:
                 self._history.setdefault(row.workflow_instance_uuid, []).append(row)
             self._definitions.update(level.definitions)
+            self._receipts.update(level.receipts)
         self._locks.release_all(level.root)
 
     async def _autocommit(self, op: Callable[[Level], Awaitable[T]]) -> T:

@@ -26,10 +26,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 from .database import MemoryDatabase
 from .definition_store import MemoryWorkflowDefinitionStore
 from .history_store import MemoryWorkflowHistoryStore
+from .idempotency_store import MemoryWorkflowIdempotencyStore
 from .instance_store import MemoryWorkflowInstanceStore
 from .runner import MemoryTransactionRunner
 
@@ -39,24 +42,29 @@ __all__ = [
     "MemoryTransactionRunner",
     "MemoryWorkflowDefinitionStore",
     "MemoryWorkflowHistoryStore",
+    "MemoryWorkflowIdempotencyStore",
     "MemoryWorkflowInstanceStore",
     "memory_workflow_providers",
 ]
 
 
 def memory_workflow_providers(
-    *, lock_timeout: timedelta | float | None = None
+    *, lock_timeout: timedelta | float | None = None, idempotency: bool = False
 ) -> WorkflowPersistenceProvider[MemoryTransactionRunner]:
     """A runner and three stores over a new, empty in-memory database (one per call).
 
     Same semantics and errors as ``pg_workflow_providers``; see this module's docstring.
     ``lock_timeout`` (a ``timedelta`` or seconds) bounds lock waits inside the runner's
-    transactions with LockTimeoutError; bad values raise InvalidArgumentError here.
+    transactions with LockTimeoutError; ``idempotency=True`` adds the idempotency store that
+    keyed ``trigger_event`` calls need. Bad values raise InvalidArgumentError here.
     """
+    if type(idempotency) is not bool:
+        raise InvalidArgumentError(f"idempotency must be True or False, got {echo(idempotency)}")
     database = MemoryDatabase()
     return WorkflowPersistenceProvider(
         instance_store=MemoryWorkflowInstanceStore(database),
         history_store=MemoryWorkflowHistoryStore(database),
         transaction_runner=MemoryTransactionRunner(database, lock_timeout=lock_timeout),
         definition_store=MemoryWorkflowDefinitionStore(database),
+        idempotency_store=MemoryWorkflowIdempotencyStore(database) if idempotency else None,
     )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from duraflows_pg_async._core.idempotency import IdempotencyRecord
 from duraflows_pg_async._core.model import StoredWorkflowDefinition, WorkflowInstance
 from duraflows_pg_async._core.scope import TaskOwned
 
@@ -50,6 +51,7 @@ class Level:
         "instances",
         "locks",
         "parent",
+        "receipts",
         "root",
         "savepoint",
     )
@@ -62,6 +64,7 @@ class Level:
         self.history: list[HistoryRow] = []
         self.definitions: dict[tuple[str, int], StoredWorkflowDefinition] = {}
         self.locks: dict[Hashable, int] = {}
+        self.receipts: dict[tuple[UUID, str], IdempotencyRecord] = {}
         self.callbacks: list[Callable[[], Any]] = []
         self.aborted = False
 

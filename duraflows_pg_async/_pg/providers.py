@@ -7,9 +7,12 @@ from datetime import timedelta
 import asyncpg
 
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
 
 from .definition_store import PgWorkflowDefinitionStore
 from .history_store import PgWorkflowHistoryStore
+from .idempotency_store import PgWorkflowIdempotencyStore
 from .instance_store import PgWorkflowInstanceStore
 from .runner import PgTransactionRunner
 
@@ -22,15 +25,20 @@ def pg_workflow_providers(
     schema: str | None = None,
     lock_timeout: timedelta | float | None = None,
     statement_timeout: timedelta | float | None = None,
+    idempotency: bool = False,
 ) -> WorkflowPersistenceProvider[PgTransactionRunner]:
     """Stores and a transaction runner over ``pool``; fresh objects on every call.
 
     ``schema`` qualifies the table names (an identifier; otherwise search_path decides).
     ``lock_timeout`` and ``statement_timeout`` are a ``timedelta`` or seconds, applied with
-    SET LOCAL to every transaction the runner opens. Bad values raise InvalidArgumentError here.
+    SET LOCAL to every transaction the runner opens. ``idempotency=True`` adds the idempotency
+    store that keyed ``trigger_event`` calls need (migration 007). Bad values raise
+    InvalidArgumentError here.
     The pool should come from ``create_pool()`` (or carry ``register_codecs``); it is never closed
     by this package.
     """
+    if type(idempotency) is not bool:
+        raise InvalidArgumentError(f"idempotency must be True or False, got {echo(idempotency)}")
     runner = PgTransactionRunner(
         pool, lock_timeout=lock_timeout, statement_timeout=statement_timeout
     )
@@ -39,4 +47,5 @@ def pg_workflow_providers(
         history_store=PgWorkflowHistoryStore(pool, schema=schema),
         transaction_runner=runner,
         definition_store=PgWorkflowDefinitionStore(pool, schema=schema),
+        idempotency_store=PgWorkflowIdempotencyStore(pool, schema=schema) if idempotency else None,
     )

@@ -26,6 +26,10 @@ HISTORY_COLUMNS = (
 
 DEFINITION_COLUMNS = "workflow_name, version, content_hash, definition_json, registered_at"
 
+RECEIPT_COLUMNS = (
+    "workflow_instance_uuid, idempotency_key, event_name, fingerprint, result_json, created_at"
+)
+
 
 # A due timeout: a deadline and, if retrying, a retry time before $2, not parked. The coalesce()
 # predicate repeats the others so that the partial indexes on coalesce(timeout_retry_at,
@@ -96,6 +100,9 @@ class Queries:
     ensure_definition: str
     select_definition: str
     list_definitions: str
+    select_receipt: str
+    insert_receipt: str
+    complete_receipt: str
 
 
 def qualify(schema: str | None, table: str) -> str:
@@ -110,6 +117,7 @@ def render_queries(schema: str | None) -> Queries:
     instances = qualify(schema, "workflow_instances")
     history = qualify(schema, "workflow_history")
     definitions = qualify(schema, "workflow_definitions")
+    receipts = qualify(schema, "workflow_event_idempotency")
     return Queries(
         # $1=uuid $2=workflow_name $3=current_state $4=version $5=expires_at
         # $6=last_transition_at $7=context $8=metadata $9=created_at $10=updated_at
@@ -247,5 +255,22 @@ def render_queries(schema: str | None) -> Queries:
         list_definitions=(
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
             "ORDER BY version"
+        ),
+        # $1=workflow_instance_uuid $2=idempotency_key
+        select_receipt=(
+            f"SELECT {RECEIPT_COLUMNS} FROM {receipts} "
+            "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2"
+        ),
+        # $1=workflow_instance_uuid $2=idempotency_key $3=event_name $4=fingerprint.
+        # A plain INSERT: a receipt is never overwritten (the primary key refuses a second one).
+        insert_receipt=(
+            f"INSERT INTO {receipts} (workflow_instance_uuid, idempotency_key, event_name, "
+            "fingerprint) VALUES ($1, $2, $3, $4)"
+        ),
+        # $1=workflow_instance_uuid $2=idempotency_key $3=result_json. Only a reservation (no
+        # result yet) is completed, once.
+        complete_receipt=(
+            f"UPDATE {receipts} SET result_json = $3 "
+            "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2 AND result_json IS NULL"
         ),
     )

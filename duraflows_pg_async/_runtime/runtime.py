@@ -47,6 +47,7 @@ from .execution import (
     freeze,
     json_clone,
 )
+from .idempotency import checked_event_key
 from .instance_updates import deadline, next_version, utc_now
 from .observers import EnteredStates, Observer
 from .sweeper import DEFAULT_SWEEP_LEASE, Sweeper, checked_lease, sweep_names
@@ -324,6 +325,8 @@ class WorkflowRuntime:
         *,
         subject: Any = None,
         trigger_metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> ExecutionResult:
         """Fire ``event_name`` on the instance, under its row lock, in one transaction.
 
@@ -331,19 +334,33 @@ class WorkflowRuntime:
         Raises WorkflowInstanceNotFoundError, InvalidEventError, CommandFailureError (a mandatory
         command failed with no error state), or what a mandatory command raised; in every error
         case nothing is written.
+
+        With ``idempotency_key`` (needs a provider built with ``idempotency=True``), a key whose
+        call committed returns that call's result again and runs nothing; the result, first or
+        replayed, is a JSON snapshot. ``idempotency_fingerprint`` (optional) must then match too.
+        Raises IdempotencyConflictError, IdempotencyInProgressError or
+        IdempotencyNotSupportedError; see docs/idempotency.md.
         """
         key = coerce_uuid(instance_uuid, "instance_uuid")
         require_str(event_name, "event_name")
         trigger = _json_object(trigger_metadata, "trigger_metadata")
+        keyed = checked_event_key(self.persistence, idempotency_key, idempotency_fingerprint)
         await self.initialize()
 
         async def work(span: _tracing.Span | None, entered: EnteredStates) -> ExecutionResult:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
+            if keyed is not None:
+                replayed = await keyed.replay_or_reserve(key, event_name)
+                if replayed is not None:
+                    if span is not None and span.recording:
+                        span.update({"duraflows.idempotency.replayed": True})
+                    return replayed
             definition = await self._governing(instance)
             transition = Transition(self, instance, definition, entered, span)
-            return await transition.fire(event_name, subject, trigger)
+            result = await transition.fire(event_name, subject, trigger)
+            return result if keyed is None else await keyed.record(key, result)
 
         # The span starts before the transaction, so that the transaction span is its child.
         return await _tracing.traced(
@@ -475,9 +492,17 @@ class WorkflowHandle:
         *,
         subject: Any = None,
         trigger_metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> ExecutionResult:
+        """``WorkflowRuntime.trigger_event`` on this instance."""
         return await self.runtime.trigger_event(
-            self.uuid, event_name, subject=subject, trigger_metadata=trigger_metadata
+            self.uuid,
+            event_name,
+            subject=subject,
+            trigger_metadata=trigger_metadata,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
         )
 
     async def get_available_events(self) -> list[AvailableEvent]:
