@@ -8,6 +8,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from duraflows_pg_async import (
     CommandResult,
@@ -243,6 +245,27 @@ def test_non_utc_and_naive_datetimes_are_rendered_in_utc() -> None:
     assert data["createdAt"] == "2025-12-31T23:30:00.000005Z"
     assert data["updatedAt"] == "2026-01-01T12:00:00.000000Z"
     assert data["expiresAt"] == "2026-01-01T05:00:00.000000Z"
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.just(UTC)
+    ),
+    offset_minutes=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
+)
+def test_any_aware_timestamp_round_trips_to_the_microsecond(
+    moment: datetime, offset_minutes: int
+) -> None:
+    local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
+    retry = TimeoutRetry(attempts=1, last_error="", retry_at=local)
+    data = retry.to_json()
+    assert data["retryAt"] is not None
+    assert data["retryAt"].endswith("Z")
+    assert len(data["retryAt"]) == len("2026-05-01T10:01:02.118123Z")
+    back = TimeoutRetry.from_json(data).retry_at
+    assert back == moment
+    assert back is not None
+    assert back.tzinfo is UTC
 
 
 def test_a_datetime_that_overflows_in_utc_is_named() -> None:
