@@ -9,9 +9,13 @@ Routes:
 
 - ``POST /orders`` (``{"context": {...}}``): create an order, 201;
 - ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
-- ``GET /orders/{uuid}``: the instance and its history, newest first;
+- ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
   and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+
+An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
+``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
+``eventName``, ...), the shape a TypeScript duraflows service reads.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
 as a malformed uuid or body) 422, a body over 64 KiB 413. An unpaid order expires after a day:
@@ -54,12 +58,10 @@ from duraflows_pg_async import (
     Event,
     ExecutionContext,
     ExecutionResult,
-    HistoryRecord,
     PgTransactionRunner,
     State,
     Timeout,
     WorkflowDefinition,
-    WorkflowInstance,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
 )
@@ -218,27 +220,6 @@ def build_runtime_factory(
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def instance_json(instance: WorkflowInstance) -> dict[str, Any]:
-    return {
-        "uuid": str(instance.uuid),
-        "workflow": instance.workflow_name,
-        "state": instance.current_state,
-        "version": instance.version,
-        "context": instance.context,
-        "expires_at": instance.expires_at.isoformat() if instance.expires_at else None,
-    }
-
-
-def history_json(row: HistoryRecord) -> dict[str, Any]:
-    return {
-        "event": row.event_name,
-        "from_state": row.from_state,
-        "to_state": row.to_state,
-        "outcome": row.outcome,
-        "trigger_metadata": row.trigger_metadata,
-    }
-
-
 def result_json(result: ExecutionResult) -> dict[str, Any]:
     return {
         "outcome": result.outcome,
@@ -303,7 +284,7 @@ async def create_order(request: web.Request) -> web.Response:
     instance = await request.app[RUNTIME_KEY].create_instance(
         "order", context=json_field(context, "body", "context")
     )
-    return web.json_response(instance_json(instance), status=201)
+    return web.json_response(instance.to_json(), status=201)
 
 
 @routes.post("/orders/{uuid}/events/{event}")
@@ -329,9 +310,7 @@ async def show(request: web.Request) -> web.Response:
     if instance is None:
         raise WorkflowInstanceNotFoundError(uuid)
     history = await runtime.get_history(instance.uuid)
-    return web.json_response(
-        {**instance_json(instance), "history": [history_json(h) for h in history]}
-    )
+    return web.json_response({**instance.to_json(), "history": [h.to_json() for h in history]})
 
 
 @routes.post("/orders/{uuid}/pay-with-invoice")

@@ -9,9 +9,13 @@ Routes:
 
 - ``POST /orders`` (``{"context": {...}}``): create an order, 201;
 - ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
-- ``GET /orders/{uuid}``: the instance and its history, newest first;
+- ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
   and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+
+An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
+``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
+``eventName``, ...), the shape a TypeScript duraflows service reads.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
 as a malformed uuid) 422, a body over 64 KiB 413. An unpaid order expires after a day: the
@@ -56,12 +60,10 @@ from duraflows_pg_async import (
     Event,
     ExecutionContext,
     ExecutionResult,
-    HistoryRecord,
     PgTransactionRunner,
     State,
     Timeout,
     WorkflowDefinition,
-    WorkflowInstance,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
 )
@@ -277,27 +279,6 @@ def build_runtime_factory(clock: Clock | None = None) -> Any:
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def instance_json(instance: WorkflowInstance) -> dict[str, Any]:
-    return {
-        "uuid": str(instance.uuid),
-        "workflow": instance.workflow_name,
-        "state": instance.current_state,
-        "version": instance.version,
-        "context": instance.context,
-        "expires_at": instance.expires_at.isoformat() if instance.expires_at else None,
-    }
-
-
-def history_json(row: HistoryRecord) -> dict[str, Any]:
-    return {
-        "event": row.event_name,
-        "from_state": row.from_state,
-        "to_state": row.to_state,
-        "outcome": row.outcome,
-        "trigger_metadata": row.trigger_metadata,
-    }
-
-
 def result_json(result: ExecutionResult) -> dict[str, Any]:
     return {
         "outcome": result.outcome,
@@ -359,7 +340,7 @@ def create_app(
     async def create_order(runtime: RuntimeDep, body: NewOrder | None = None) -> dict[str, Any]:
         context = body.context if body is not None else {}
         instance = await runtime.create_instance("order", context=context)
-        return instance_json(instance)
+        return instance.to_json()
 
     @app.post("/orders/{order_uuid}/events/{event_name}")
     async def trigger(
@@ -380,7 +361,7 @@ def create_app(
         if instance is None:
             raise WorkflowInstanceNotFoundError(order_uuid)
         history = await runtime.get_history(instance.uuid)
-        return {**instance_json(instance), "history": [history_json(h) for h in history]}
+        return {**instance.to_json(), "history": [h.to_json() for h in history]}
 
     @app.post("/orders/{order_uuid}/pay-with-invoice")
     async def pay_with_invoice(

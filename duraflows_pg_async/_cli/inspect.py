@@ -13,7 +13,7 @@ from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from .database import Target, pool, schema_option, target_from
 from .exits import EXIT_USAGE, CliError
 from .output import emit, emit_json, one_line, safe_text, table
-from .records import history_json, instance_json, instance_text, retry_text, when
+from .records import instance_text, retry_text, when
 from .signals import run
 
 __all__ = ["inspect_command", "parked_command", "rearm_command"]
@@ -35,9 +35,7 @@ async def _inspect(db: Target, key: UUID, limit: int, schema: str | None, as_jso
         history = await providers.history_store.find_by_instance_uuid(key, limit, 0)
     history.reverse()  # the store gives newest first; a table reads best oldest first
     if as_json:
-        emit_json(
-            {"instance": instance_json(instance), "history": [history_json(r) for r in history]}
-        )
+        emit_json({"instance": instance.to_json(), "history": [r.to_json() for r in history]})
         return 0
     emit(instance_text(instance))
     emit()
@@ -71,7 +69,7 @@ async def _parked(
             limit=limit, workflow_name=workflow
         )
     if as_json:
-        emit_json([instance_json(i) for i in found])
+        emit_json([i.to_json() for i in found])
         return 0
     if not found:
         emit("no parked timeouts")
@@ -109,7 +107,7 @@ async def _rearm(db: Target, key: UUID, schema: str | None, as_json: bool) -> in
             instance = await runtime.rearm_timeout(key)
     changed = instance.version != previous_version
     if as_json:
-        emit_json({"rearmed": changed, "instance": instance_json(instance)})
+        emit_json({"rearmed": changed, "instance": instance.to_json()})
     elif changed:
         emit(
             safe_text(

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
+
+from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async.errors import InvalidArgumentError
+
+from .json_form import JsonReader, copy_json, optional_utc_text, utc_text
 
 __all__ = [
     "CommandResult",
@@ -30,6 +35,35 @@ class TimeoutRetry:
     last_error: str
     retry_at: datetime | None = None
     parked_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Upstream's ``WorkflowTimeoutRetry``: ``{attempts, lastError, retryAt, parkedAt}``.
+
+        Timestamps as in [`WorkflowInstance.to_json`][duraflows_pg_async.WorkflowInstance.to_json].
+        """
+        return {
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+            "retryAt": optional_utc_text(self.retry_at, "TimeoutRetry.retry_at"),
+            "parkedAt": optional_utc_text(self.parked_at, "TimeoutRetry.parked_at"),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TimeoutRetry:
+        """Read [`to_json`][duraflows_pg_async.TimeoutRetry.to_json]'s shape back.
+
+        A malformed field raises `InvalidArgumentError` naming it.
+        """
+        return _retry_from(JsonReader(data, "TimeoutRetry.from_json"))
+
+
+def _retry_from(read: JsonReader) -> TimeoutRetry:
+    return TimeoutRetry(
+        attempts=read.integer("attempts", minimum=1),
+        last_error=read.text("lastError", non_empty=False),
+        retry_at=read.optional_time("retryAt"),
+        parked_at=read.optional_time("parkedAt"),
+    )
 
 
 @dataclass(slots=True)
@@ -57,6 +91,62 @@ class WorkflowInstance:
     timeout_retry: TimeoutRetry | None = None
     claimed_until: datetime | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """Upstream's ``WorkflowInstance`` object, ready for ``json.dumps``.
+
+        The keys are upstream's: ``uuid``, ``workflowName``, ``currentState``, ``version``,
+        ``definitionVersion``, ``expiresAt``, ``timeoutRetry`` (see
+        [`TimeoutRetry.to_json`][duraflows_pg_async.TimeoutRetry.to_json]), ``lastTransitionAt``,
+        ``context``, ``metadata``, ``createdAt``, ``updatedAt``; and ours, ``claimedUntil``.
+        Every key is present, unset ones as ``null``. The uuid is a lowercase string. Timestamps
+        are ISO-8601 UTC strings with microseconds, ``"2026-05-01T10:01:02.118123Z"`` (a naive
+        datetime is taken as UTC), which JavaScript's ``new Date()`` reads to the millisecond.
+        ``context`` and ``metadata`` are deep copies.
+        """
+        return {
+            "uuid": str(self.uuid),
+            "workflowName": self.workflow_name,
+            "currentState": self.current_state,
+            "version": self.version,
+            "definitionVersion": self.definition_version,
+            "expiresAt": optional_utc_text(self.expires_at, "WorkflowInstance.expires_at"),
+            "timeoutRetry": None if self.timeout_retry is None else self.timeout_retry.to_json(),
+            "lastTransitionAt": utc_text(
+                self.last_transition_at, "WorkflowInstance.last_transition_at"
+            ),
+            "context": copy_json(self.context),
+            "metadata": copy_json(self.metadata),
+            "createdAt": utc_text(self.created_at, "WorkflowInstance.created_at"),
+            "updatedAt": utc_text(self.updated_at, "WorkflowInstance.updated_at"),
+            "claimedUntil": optional_utc_text(self.claimed_until, "WorkflowInstance.claimed_until"),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkflowInstance:
+        """Read [`to_json`][duraflows_pg_async.WorkflowInstance.to_json]'s shape back.
+
+        Timestamps need a time zone (``Z`` or ``+HH:MM``) and come back as UTC datetimes; a
+        missing nullable key reads as ``None``; unknown keys are ignored. A malformed field
+        raises `InvalidArgumentError` naming it.
+        """
+        read = JsonReader(data, "WorkflowInstance.from_json")
+        retry = read.child("timeoutRetry")
+        return cls(
+            uuid=read.uuid("uuid"),
+            workflow_name=read.text("workflowName"),
+            current_state=read.text("currentState"),
+            version=read.integer("version", minimum=0),
+            definition_version=read.optional_integer("definitionVersion", minimum=1),
+            expires_at=read.optional_time("expiresAt"),
+            timeout_retry=None if retry is None else _retry_from(retry),
+            last_transition_at=read.time("lastTransitionAt"),
+            context=read.json_object("context"),
+            metadata=read.json_object("metadata"),
+            created_at=read.time("createdAt"),
+            updated_at=read.time("updatedAt"),
+            claimed_until=read.optional_time("claimedUntil"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
@@ -83,6 +173,7 @@ class CommandResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CommandResult:
+        """Read the stored shape back; a missing ``ok`` reads as ``False``."""
         return cls(
             ok=bool(data.get("ok", False)),
             code=data.get("code"),
@@ -113,6 +204,84 @@ class HistoryRecord:
     uuid: UUID | None = None
     created_at: datetime | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """Upstream's ``WorkflowHistoryRecord`` object, ready for ``json.dumps``.
+
+        The keys are ``workflowInstanceUuid``, ``fromState``, ``eventName``, ``toState``,
+        ``outcome``, ``commandResultsJson`` and ``triggerMetadata``; ``errorMessage``,
+        ``rejectedBy``, ``definitionVersion``, ``createdAt`` and our ``uuid`` only when set
+        (JavaScript drops ``undefined``). ``commandResultsJson`` is upstream's property name, so
+        a TypeScript service reads the same object; it holds each
+        [`CommandResult.to_json`][duraflows_pg_async.CommandResult.to_json]. UUIDs and
+        timestamps are strings, as in
+        [`WorkflowInstance.to_json`][duraflows_pg_async.WorkflowInstance.to_json].
+        """
+        out: dict[str, Any] = {
+            "workflowInstanceUuid": str(self.workflow_instance_uuid),
+            "fromState": self.from_state,
+            "eventName": self.event_name,
+            "toState": self.to_state,
+            "outcome": self.outcome,
+        }
+        if self.error_message is not None:
+            out["errorMessage"] = self.error_message
+        if self.rejected_by is not None:
+            out["rejectedBy"] = self.rejected_by
+        out["commandResultsJson"] = [r.to_json() for r in self.command_results]
+        out["triggerMetadata"] = copy_json(self.trigger_metadata)
+        if self.definition_version is not None:
+            out["definitionVersion"] = self.definition_version
+        if self.created_at is not None:
+            out["createdAt"] = utc_text(self.created_at, "HistoryRecord.created_at")
+        if self.uuid is not None:
+            out["uuid"] = str(self.uuid)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HistoryRecord:
+        """Read [`to_json`][duraflows_pg_async.HistoryRecord.to_json]'s shape back.
+
+        A missing ``triggerMetadata`` reads as ``{}``, any other missing optional key as
+        ``None``; unknown keys are ignored. A malformed field raises `InvalidArgumentError`
+        naming it.
+        """
+        read = JsonReader(data, "HistoryRecord.from_json")
+        return cls(
+            workflow_instance_uuid=read.uuid("workflowInstanceUuid"),
+            from_state=read.optional_text("fromState"),
+            event_name=read.text("eventName"),
+            to_state=read.text("toState"),
+            outcome=_outcome_from(read),
+            error_message=read.optional_text("errorMessage"),
+            rejected_by=read.optional_text("rejectedBy"),
+            command_results=_command_results_from(read),
+            trigger_metadata=read.json_object("triggerMetadata", default_empty=True),
+            definition_version=read.optional_integer("definitionVersion", minimum=1),
+            created_at=read.optional_time("createdAt"),
+            uuid=read.optional_uuid("uuid"),
+        )
+
+
+def _outcome_from(read: JsonReader) -> HistoryOutcome:
+    outcome: object = read.required("outcome")
+    if not isinstance(outcome, str) or outcome not in HISTORY_OUTCOMES:
+        raise InvalidArgumentError(
+            f"{read.name('outcome')} must be one of {sorted(HISTORY_OUTCOMES)}, got {echo(outcome)}"
+        )
+    return cast(HistoryOutcome, outcome)
+
+
+def _command_results_from(read: JsonReader) -> list[CommandResult]:
+    results = []
+    for index, item in enumerate(read.json_list("commandResultsJson")):
+        if not isinstance(item, Mapping) or not isinstance(item.get("ok"), bool):
+            raise InvalidArgumentError(
+                f"{read.name(f'commandResultsJson[{index}]')} must be a JSON object with a "
+                f"boolean ok, got {echo(item)}"
+            )
+        results.append(CommandResult.from_json(copy_json(item)))
+    return results
+
 
 @dataclass(frozen=True, slots=True)
 class StoredWorkflowDefinition:
@@ -123,3 +292,18 @@ class StoredWorkflowDefinition:
     content_hash: str
     definition_json: dict[str, Any]
     registered_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """Upstream's ``StoredWorkflowDefinition``: ``{workflowName, version, contentHash,
+        definitionJson, registeredAt}``, ready for ``json.dumps``.
+
+        ``definitionJson`` is a copy; ``registeredAt`` as the timestamps of
+        [`WorkflowInstance.to_json`][duraflows_pg_async.WorkflowInstance.to_json].
+        """
+        return {
+            "workflowName": self.workflow_name,
+            "version": self.version,
+            "contentHash": self.content_hash,
+            "definitionJson": copy_json(self.definition_json),
+            "registeredAt": utc_text(self.registered_at, "StoredWorkflowDefinition.registered_at"),
+        }

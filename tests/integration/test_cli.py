@@ -173,8 +173,10 @@ async def test_inspect_shows_the_instance_and_its_history(
     data = json.loads(as_json.stdout)
     assert data["instance"]["uuid"] == str(instance.uuid)
     assert data["instance"]["context"] == {"order_no": 7}
-    assert [h["event_name"] for h in data["history"]] == ["checkout", "pay"]
-    assert data["history"][1]["command_results"] == [{"ok": False, "code": "CARD_DECLINED"}]
+    assert data["instance"]["workflowName"] == "order"
+    assert [h["eventName"] for h in data["history"]] == ["checkout", "pay"]
+    assert data["history"][1]["commandResultsJson"] == [{"ok": False, "code": "CARD_DECLINED"}]
+    assert data["history"][1]["createdAt"].endswith("Z")
 
 
 async def test_a_new_instance_has_no_history_and_the_docs_say_so(
@@ -221,7 +223,7 @@ async def test_parked_lists_parked_timeouts(
     as_json = await cli("parked", "--json", "--workflow", "order", "--limit", "5", url=database)
     rows = json.loads(as_json.stdout)
     assert [r["uuid"] for r in rows] == [str(parked.uuid)]
-    assert rows[0]["timeout_retry"]["attempts"] == 5
+    assert rows[0]["timeoutRetry"]["attempts"] == 5
     other = await cli("parked", "--json", "--workflow", "invoice", url=database)
     assert json.loads(other.stdout) == []
 
@@ -278,7 +280,9 @@ async def test_inspect_shows_and_rearm_ends_a_sweep_claim(
     stored = await providers.instance_store.find_by_uuid(instance.uuid)
     assert stored is not None
     assert stored.claimed_until is not None
-    assert as_json["instance"]["claimed_until"] == stored.claimed_until.isoformat()
+    assert as_json["instance"]["claimedUntil"] == stored.claimed_until.astimezone(UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
 
     await claim(database, instance.uuid, timedelta(minutes=-1))
     lapsed = await cli("inspect", str(instance.uuid), url=database)

@@ -97,13 +97,13 @@ async def test_json_output_keeps_the_values_and_no_raw_controls(
         assert result.returncode == 0, result.stderr
         assert not RAW_CONTROL.search(result.stdout), ascii(result.stdout)
     [row] = json.loads(parked.stdout)
-    assert (row["workflow_name"], row["current_state"]) == (WORKFLOW, STATE)
-    assert row["timeout_retry"]["last_error"] == LAST_ERROR
+    assert (row["workflowName"], row["currentState"]) == (WORKFLOW, STATE)
+    assert row["timeoutRetry"]["lastError"] == LAST_ERROR
     data = json.loads(inspect.stdout)
     assert data["instance"]["context"] == CONTEXT
     [history] = data["history"]
-    assert (history["event_name"], history["error_message"]) == (EVENT, HISTORY_ERROR)
-    assert history["command_results"] == [{"ok": False, "code": "E\x1bX"}]
+    assert (history["eventName"], history["errorMessage"]) == (EVENT, HISTORY_ERROR)
+    assert history["commandResultsJson"] == [{"ok": False, "code": "E\x1bX"}]
 
 
 # --- --json on every verb, and for errors -------------------------------------------------------

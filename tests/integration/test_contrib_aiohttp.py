@@ -114,7 +114,7 @@ async def create_order(client: TestClient[web.Request, web.Application], **conte
     response = await client.post("/orders", json={"context": context})
     assert response.status == 201, await response.text()
     body = await response.json()
-    assert body["state"] == "created"
+    assert body["currentState"] == "created"
     return str(body["uuid"])
 
 
@@ -134,12 +134,18 @@ async def test_create_trigger_and_read(served: Served) -> None:
     assert (await response.json())["state"] == "shipped"
 
     body = await get_json(client, f"/orders/{uuid}")
-    assert body["state"] == "shipped"
+    assert body["currentState"] == "shipped"
     assert body["context"] == {"order_id": "A-1", "paid_cents": 900}
-    assert [(h["event"], h["from_state"], h["to_state"]) for h in body["history"]] == [
+    assert [(h["eventName"], h["fromState"], h["toState"]) for h in body["history"]] == [
         ("ship", "paid", "shipped"),
         ("pay", "created", "paid"),
     ]
+    # The model's to_json(): upstream's camelCase objects.
+    assert body["workflowName"] == "order"
+    assert body["uuid"] == uuid
+    assert body["createdAt"].endswith("Z")
+    assert body["history"][1]["commandResultsJson"] == [{"ok": True, "code": "PAID"}]
+    assert body["history"][1]["workflowInstanceUuid"] == uuid
 
 
 async def test_error_mapping(served: Served) -> None:
@@ -171,7 +177,7 @@ async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
     invoices = await get_json(client, f"/invoices/{uuid}")
     assert invoices == [{"id": body["invoice_id"], "amount_cents": 1250}]
     history = (await get_json(client, f"/orders/{uuid}"))["history"]
-    assert history[0]["trigger_metadata"] == {"invoiceId": body["invoice_id"]}
+    assert history[0]["triggerMetadata"] == {"invoiceId": body["invoice_id"]}
 
     # Paying twice: "pay" is not available in "paid", so the new invoice row is rolled back.
     response = await client.post(f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 700})
@@ -201,13 +207,13 @@ async def test_cleanup_ctx_worker_sweeps_due_orders(served: Served) -> None:
 
     for _ in range(200):
         body = await get_json(client, f"/orders/{uuid}")
-        if body["state"] == "expired":
+        if body["currentState"] == "expired":
             break
         await asyncio.sleep(0.05)
-    assert body["state"] == "expired"
-    assert body["history"][0]["event"] == "expire"
-    assert body["history"][0]["trigger_metadata"] == {"source": "timeout"}
-    assert (await get_json(client, f"/orders/{paid}"))["state"] == "paid"
+    assert body["currentState"] == "expired"
+    assert body["history"][0]["eventName"] == "expire"
+    assert body["history"][0]["triggerMetadata"] == {"source": "timeout"}
+    assert (await get_json(client, f"/orders/{paid}"))["currentState"] == "paid"
 
 
 async def test_cleanup_stops_worker_and_closes_pool(served: Served) -> None:
@@ -274,7 +280,7 @@ async def test_amounts_are_bounded_by_the_integer_column(served: Served) -> None
     for body in ({"amount_cents": None}, {}):
         response = await client.post(f"/orders/{uuid}/pay-with-invoice", json=body)
         assert response.status == 422, await response.text()
-    assert (await get_json(client, f"/orders/{uuid}"))["state"] == "created"
+    assert (await get_json(client, f"/orders/{uuid}"))["currentState"] == "created"
     assert await stored_rows(served.dsn) == (1, 0)
 
     response = await client.post(

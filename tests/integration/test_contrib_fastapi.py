@@ -135,7 +135,7 @@ async def create_order(client: Any, **context: Any) -> str:
     response = await client.post("/orders", json={"context": context})
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["state"] == "created"
+    assert body["currentState"] == "created"
     return str(body["uuid"])
 
 
@@ -151,12 +151,18 @@ async def test_create_trigger_and_read(served: Served) -> None:
     response = await served.client.get(f"/orders/{uuid}")
     assert response.status_code == 200
     body = response.json()
-    assert body["state"] == "shipped"
+    assert body["currentState"] == "shipped"
     assert body["context"] == {"order_id": "A-1", "paid_cents": 900}
-    assert [(h["event"], h["from_state"], h["to_state"]) for h in body["history"]] == [
+    assert [(h["eventName"], h["fromState"], h["toState"]) for h in body["history"]] == [
         ("ship", "paid", "shipped"),
         ("pay", "created", "paid"),
     ]
+    # The model's to_json(): upstream's camelCase objects.
+    assert body["workflowName"] == "order"
+    assert body["uuid"] == uuid
+    assert body["createdAt"].endswith("Z")
+    assert body["history"][1]["commandResultsJson"] == [{"ok": True, "code": "PAID"}]
+    assert body["history"][1]["workflowInstanceUuid"] == uuid
 
 
 async def test_error_mapping(served: Served) -> None:
@@ -189,7 +195,7 @@ async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
     invoices = (await served.client.get(f"/invoices/{uuid}")).json()
     assert invoices == [{"id": invoice_id, "amount_cents": 1250}]
     history = (await served.client.get(f"/orders/{uuid}")).json()["history"]
-    assert history[0]["trigger_metadata"] == {"invoiceId": invoice_id}
+    assert history[0]["triggerMetadata"] == {"invoiceId": invoice_id}
 
     # Paying twice: "pay" is not available in "paid", so the new invoice row is rolled back.
     response = await served.client.post(
@@ -222,12 +228,12 @@ async def test_lifespan_worker_sweeps_due_orders(served: Served) -> None:
     async with asyncio.timeout(10):
         while True:
             body = (await served.client.get(f"/orders/{uuid}")).json()
-            if body["state"] == "expired":
+            if body["currentState"] == "expired":
                 break
             await asyncio.sleep(0.05)
-    assert body["history"][0]["event"] == "expire"
-    assert body["history"][0]["trigger_metadata"] == {"source": "timeout"}
-    assert (await served.client.get(f"/orders/{paid}")).json()["state"] == "paid"
+    assert body["history"][0]["eventName"] == "expire"
+    assert body["history"][0]["triggerMetadata"] == {"source": "timeout"}
+    assert (await served.client.get(f"/orders/{paid}")).json()["currentState"] == "paid"
 
 
 async def test_shutdown_stops_worker_and_closes_pool(served: Served) -> None:
@@ -293,7 +299,7 @@ async def test_amounts_are_bounded_by_the_integer_column(served: Served) -> None
     for body in ({"amount_cents": None}, {}):
         response = await client.post(f"/orders/{uuid}/pay-with-invoice", json=body)
         assert response.status_code == 422, response.text
-    assert (await client.get(f"/orders/{uuid}")).json()["state"] == "created"
+    assert (await client.get(f"/orders/{uuid}")).json()["currentState"] == "created"
     assert await stored_rows(served.dsn) == (1, 0)
 
     response = await client.post(

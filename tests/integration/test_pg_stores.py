@@ -15,6 +15,7 @@ import pytest
 from duraflows_pg_async import (
     CommandResult,
     HistoryRecord,
+    WorkflowInstance,
     WorkflowPersistenceProvider,
     create_pool,
     pg_workflow_providers,
@@ -237,6 +238,68 @@ async def test_stored_json_shapes_match_the_typescript_adapter(
     assert json.loads(row["meta"]) == {"actorUuid": "u-1", "type": "user"}
     stored = await raw_connection.fetchval("SELECT context_json::text FROM workflow_instances")
     assert json.loads(stored) == {"items": [1, 2.5, "x", None, True]}
+
+
+async def test_rows_read_back_give_upstreams_json_form(
+    providers: WorkflowPersistenceProvider,
+) -> None:
+    created = NOW.replace(microsecond=123456)
+    instance = make_instance(
+        context={"n": 1}, created_at=created, expires_at=NOW, definition_version=1
+    )
+    await providers.instance_store.create(instance)
+    await providers.history_store.append(
+        HistoryRecord(
+            instance.uuid,
+            None,
+            "pay",
+            "paid",
+            "success",
+            [CommandResult(ok=True)],
+            definition_version=1,
+        )
+    )
+    stored = await providers.instance_store.find_by_uuid(instance.uuid)
+    [record] = await providers.history_store.find_by_instance_uuid(instance.uuid)
+    assert stored is not None
+    data = json.loads(json.dumps(stored.to_json()))
+    assert list(data) == [
+        "uuid",
+        "workflowName",
+        "currentState",
+        "version",
+        "definitionVersion",
+        "expiresAt",
+        "timeoutRetry",
+        "lastTransitionAt",
+        "context",
+        "metadata",
+        "createdAt",
+        "updatedAt",
+        "claimedUntil",
+    ]
+    assert data["uuid"] == str(instance.uuid)
+    assert data["createdAt"] == "2026-06-01T12:00:00.123456Z"
+    assert data["expiresAt"] == "2026-06-01T12:00:00.000000Z"
+    assert WorkflowInstance.from_json(data) == stored
+    history = json.loads(json.dumps(record.to_json()))
+    assert sorted(history) == sorted(
+        [
+            "workflowInstanceUuid",
+            "fromState",
+            "eventName",
+            "toState",
+            "outcome",
+            "commandResultsJson",
+            "triggerMetadata",
+            "definitionVersion",
+            "createdAt",
+            "uuid",
+        ]
+    )
+    assert history["commandResultsJson"] == [{"ok": True}]
+    assert history["createdAt"].endswith("Z")
+    assert HistoryRecord.from_json(history) == record
 
 
 @pytest.mark.parametrize(
