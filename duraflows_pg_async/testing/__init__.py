@@ -2,7 +2,7 @@
 
 Every [`WorkflowPersistenceProvider`][duraflows_pg_async.WorkflowPersistenceProvider] (the
 PostgreSQL one of this package, an in-memory one, a third-party adapter) must behave the same way
-for the runtime to be correct on it. The four base classes below hold that behaviour as pytest
+for the runtime to be correct on it. The base classes below hold that behaviour as pytest
 tests. To check a provider, subclass them in one of your test modules and provide a
 ``conformance_provider`` fixture that returns a fresh provider over empty storage for every test:
 
@@ -13,6 +13,7 @@ from duraflows_pg_async import pg_workflow_providers
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
     HistoryStoreConformance,
+    IdempotencyStoreConformance,
     InstanceStoreConformance,
     TransactionRunnerConformance,
 )
@@ -20,7 +21,7 @@ from duraflows_pg_async.testing import (
 
 @pytest.fixture
 def conformance_provider(my_fresh_pool):
-    return pg_workflow_providers(my_fresh_pool)
+    return pg_workflow_providers(my_fresh_pool, idempotency=True)
 
 
 class TestInstanceStore(InstanceStoreConformance):
@@ -33,6 +34,10 @@ class TestHistoryStore(HistoryStoreConformance):
 
 class TestDefinitionStore(DefinitionStoreConformance):
     pass
+
+
+class TestIdempotencyStore(IdempotencyStoreConformance):
+    pass  # needs a provider built with idempotency=True
 
 
 class TestTransactionRunner(TransactionRunnerConformance):
@@ -64,6 +69,7 @@ from __future__ import annotations
 from .data import make_instance
 from .definitions import DefinitionStoreConformance
 from .history import HistoryStoreConformance
+from .idempotency import IdempotencyStoreConformance
 from .instances import InstanceStoreConformance
 from .runner import TransactionRunnerConformance
 
@@ -73,4 +79,5 @@ __all__ = [
     "HistoryStoreConformance",
     "DefinitionStoreConformance",
     "TransactionRunnerConformance",
+    "IdempotencyStoreConformance",
 ]

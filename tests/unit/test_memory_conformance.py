@@ -15,6 +15,7 @@ from duraflows_pg_async import (
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
     HistoryStoreConformance,
+    IdempotencyStoreConformance,
     InstanceStoreConformance,
     TransactionRunnerConformance,
     make_instance,
@@ -24,7 +25,7 @@ from duraflows_pg_async.testing import (
 @pytest.fixture
 def conformance_provider() -> WorkflowPersistenceProvider:
     """A provider over a new, empty in-memory database."""
-    return memory_workflow_providers()
+    return memory_workflow_providers(idempotency=True)
 
 
 class TestMemoryInstanceStoreConformance(InstanceStoreConformance):
@@ -36,6 +37,10 @@ class TestMemoryHistoryStoreConformance(HistoryStoreConformance):
 
 
 class TestMemoryDefinitionStoreConformance(DefinitionStoreConformance):
+    pass
+
+
+class TestMemoryIdempotencyStoreConformance(IdempotencyStoreConformance):
     pass
 
 
