@@ -413,6 +413,7 @@ async def test_a_key_of_256_utf8_bytes_is_accepted(setup: Setup) -> None:
 async def test_a_key_without_the_idempotency_store_is_refused(
     request: pytest.FixtureRequest, provider: str
 ) -> None:
+    persistence: WorkflowPersistenceProvider
     if provider == "memory":
         persistence = memory_workflow_providers()
     else:
