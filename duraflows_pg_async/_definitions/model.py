@@ -38,6 +38,17 @@ VersionPolicy = Literal["pinned", "latest"]
 VERSION_POLICIES: tuple[str, ...] = ("pinned", "latest")
 
 
+class _DefaultVersion(int):
+    """``version``'s default: 1, marked as not written by the definition's author."""
+
+    __slots__ = ()
+
+
+# A definition that does not set its version is version 1 but writes no "version" key, as
+# upstream's runtime stores such a definition: both runtimes then store the same snapshot.
+DEFAULT_VERSION: int = _DefaultVersion(1)
+
+
 def _as_dict(value: object) -> Any:
     """A fresh dict for any mapping, ``{}`` for None; anything else is left for validation."""
     if value is None:
@@ -213,11 +224,18 @@ class WorkflowDefinition:
     name: str
     initial_state: str
     states: Mapping[str, State]
-    version: int = 1
+    version: int = DEFAULT_VERSION
     version_policy: VersionPolicy = "pinned"
+    # An init field, so that dataclasses.replace() keeps it; any version but 1 was written.
+    _version_given: bool = field(default=True, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", _as_dict(self.states))
+        if type(self.version) is _DefaultVersion:
+            object.__setattr__(self, "version", 1)
+            object.__setattr__(self, "_version_given", False)
+        elif self.version != 1:
+            object.__setattr__(self, "_version_given", True)
 
     def timeout_event(self, state_name: str) -> tuple[str, Event] | None:
         """The first event of ``state_name``, in definition order, that has a timeout.
@@ -242,12 +260,15 @@ class WorkflowDefinition:
     def to_dict(self) -> dict[str, Any]:
         """The upstream camelCase JSON shape (a fresh, deep-copied dict).
 
-        ``version`` is always written; ``versionPolicy`` only when it is ``"latest"`` (upstream's
-        default is ``"pinned"``). Unset optional fields, empty ``commands``/``events``/
-        ``context``/``metadata`` and zero timeout parts are left out, so
+        ``version`` is written when the definition sets it (an unset version is 1, as upstream
+        reads it, and is left out, as upstream stores it); ``versionPolicy`` only when it is
+        ``"latest"`` (upstream's default is ``"pinned"``). Unset optional fields, empty
+        ``commands``/``events``/``context``/``metadata`` and zero timeout parts are left out, so
         ``WorkflowDefinition.from_dict(d.to_dict()) == d``.
         """
-        out: dict[str, Any] = {"name": self.name, "version": self.version}
+        out: dict[str, Any] = {"name": self.name}
+        if self._version_given:
+            out["version"] = self.version
         if self.version_policy != "pinned":
             out["versionPolicy"] = self.version_policy
         out["initialState"] = self.initial_state

@@ -11,6 +11,7 @@ from duraflows_pg_async._core.validate import check_json, require_duration
 from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError
 
 from .model import (
+    DEFAULT_VERSION,
     VERSION_POLICIES,
     CommandRef,
     Event,
@@ -123,7 +124,7 @@ class _Reader:
         initial_state = self._string(root, "initialState", "", required=True)
         version: Any = root.get("version")
         if version is None:
-            version = 1
+            version = DEFAULT_VERSION
         elif isinstance(version, bool) or not isinstance(version, int):
             self.problems.append(f"version must be an integer, got {echo(version)}")
         policy: Any = root.get("versionPolicy")

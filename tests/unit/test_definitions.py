@@ -16,6 +16,12 @@ from typing import Any
 
 import pytest
 
+from duraflows_pg_async import (
+    CommandRegistry,
+    DefinitionRegistry,
+    WorkflowRuntime,
+    memory_workflow_providers,
+)
 from duraflows_pg_async._definitions.canonical_json import canonical_json as _canonical_json
 from duraflows_pg_async._definitions.model import (
     CommandRef,
@@ -297,10 +303,42 @@ def test_to_dict_gives_the_upstream_shape_and_leaves_defaults_out() -> None:
     assert order_workflow().to_dict() == ORDER_DICT
     assert simple().to_dict() == {
         "name": "simple",
-        "version": 1,
         "initialState": "a",
         "states": {"a": {"events": {"go": {"targetState": "b"}}}, "b": {}},
     }
+
+
+def test_an_unset_version_is_1_and_left_out_of_the_json_as_upstream_stores_it() -> None:
+    unset = simple()
+    written = WorkflowDefinition(
+        name=unset.name, initial_state=unset.initial_state, states=unset.states, version=1
+    )
+    assert unset.version == written.version == 1
+    assert type(unset.version) is int
+    assert unset == written
+    assert unset.content_hash() == written.content_hash()
+    assert "version" not in unset.to_dict()
+    assert written.to_dict()["version"] == 1
+    # The JSON round trip, a copy and a replace keep whether the author wrote it.
+    assert "version" not in WorkflowDefinition.from_dict(unset.to_dict()).to_dict()
+    assert WorkflowDefinition.from_dict(written.to_dict()).to_dict()["version"] == 1
+    assert "version" not in copy.deepcopy(unset).to_dict()
+    assert "version" not in dataclasses.replace(unset, name="other").to_dict()
+    assert dataclasses.replace(unset, version=2).to_dict()["version"] == 2
+
+
+async def test_the_stored_snapshot_of_an_unversioned_definition_has_no_version_key() -> None:
+    definitions = DefinitionRegistry()
+    definitions.register(simple())
+    persistence = memory_workflow_providers()
+    runtime = WorkflowRuntime(
+        definitions=definitions, commands=CommandRegistry(), persistence=persistence
+    )
+    await runtime.create_instance("simple")
+    stored = await persistence.definition_store.find_by_name_and_version("simple", 1)
+    assert stored is not None
+    assert "version" not in stored.definition_json
+    assert stored.definition_json == simple().to_dict()
 
 
 def test_to_dict_keeps_definition_order() -> None:
@@ -1159,7 +1197,7 @@ def test_canonical_text_and_hash_match_javascript() -> None:
     assert len(results) == len(definitions)
     for definition, result in zip(definitions, results, strict=True):
         data = definition.to_dict()
-        del data["version"]
+        data.pop("version", None)
         data.pop("versionPolicy", None)
         assert _canonical_json(data) == result["text"], definition.name
         assert definition.content_hash() == result["hash"], definition.name
