@@ -35,11 +35,14 @@ __all__ = [
 ]
 
 
-def checked_instance(instance: object, method: str, *, create: bool = True) -> WorkflowInstance:
+def checked_instance(
+    instance: object, method: str, *, create: bool = True, js_safe_integers: bool = False
+) -> WorkflowInstance:
     """Validate every field a write sends, so a bad one fails before any SQL.
 
     ``update`` (``create=False``) never writes metadata, workflow_name or created_at, so those
-    are not checked again on the hot path.
+    are not checked again on the hot path. ``js_safe_integers`` refuses integers a TypeScript
+    runtime would round, in the context and the metadata.
     """
     if not isinstance(instance, WorkflowInstance):
         raise InvalidArgumentError(
@@ -55,11 +58,11 @@ def checked_instance(instance: object, method: str, *, create: bool = True) -> W
     require_int(instance.version, f"{label}: version", minimum=0, maximum=INT4_MAX)
     if not isinstance(instance.context, dict):
         raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
-    check_json(instance.context, f"{label}: context")
+    check_json(instance.context, f"{label}: context", js_safe_integers=js_safe_integers)
     if create:
         if not isinstance(instance.metadata, dict):
             raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
-        check_json(instance.metadata, f"{label}: metadata")
+        check_json(instance.metadata, f"{label}: metadata", js_safe_integers=js_safe_integers)
         require_aware(instance.created_at, f"{label}: created_at")
     optional_aware(instance.expires_at, f"{label}: expires_at")
     require_aware(instance.last_transition_at, f"{label}: last_transition_at")

@@ -32,6 +32,8 @@ INT8_MAX = 2**63 - 1
 # An int whose decimal form is longer than this may exceed Python's int-to-str limit
 # (sys.set_int_max_str_digits, at least 640 digits): json.dumps and repr() then raise ValueError.
 _LONG_INT = 10**600
+# JavaScript's Number.MAX_SAFE_INTEGER: beyond it, a JSON integer is rounded by JSON.parse.
+JS_SAFE_INTEGER = 2**53 - 1
 _UTC_MIN = datetime.min.replace(tzinfo=UTC)
 _UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
@@ -230,12 +232,14 @@ def timeout_ms(value: object, name: str) -> int | None:
     return ms
 
 
-def check_json(value: object, name: str) -> None:
+def check_json(value: object, name: str, *, js_safe_integers: bool = False) -> None:
     """Refuse anything PostgreSQL's jsonb or JSON itself cannot hold, naming the key path.
 
     Accepted: dict with str keys, list, tuple, str, int, finite float, bool and None. Strings may
-    not contain NUL or unpaired surrogates (jsonb rejects both).
+    not contain NUL or unpaired surrogates (jsonb rejects both). With ``js_safe_integers``,
+    integers beyond JavaScript's safe range (±(2**53 - 1)), which JSON.parse rounds, are refused.
     """
+    low, high = (-JS_SAFE_INTEGER - 1, JS_SAFE_INTEGER + 1) if js_safe_integers else _LONG_BOUNDS
     # An explicit stack instead of recursion: depth is bounded by MAX_JSON_DEPTH, not by Python.
     # Each entry carries its trail, (parent trail, key or index), from which the path is written
     # only when there is an error to report.
@@ -248,8 +252,8 @@ def check_json(value: object, name: str) -> None:
             if (problem := text_problem(item)) is not None:  # type: ignore[arg-type]
                 raise InvalidArgumentError(f"{_path(name, trail)}: {_JSON_PROBLEMS[problem]}")
         elif kind is int:
-            if not -_LONG_INT < item < _LONG_INT:  # type: ignore[operator]
-                _check_json_int(item, name, trail)  # type: ignore[arg-type]
+            if not low < item < high:  # type: ignore[operator]
+                _check_json_int(item, name, trail, js_safe_integers)  # type: ignore[arg-type]
         elif kind is bool or item is None:
             continue
         elif kind is float:
@@ -280,9 +284,10 @@ def check_json(value: object, name: str) -> None:
             for index, child in enumerate(item):
                 push((child, (trail, index), depth + 1))
         else:
-            _check_json_other(item, name, trail)
+            _check_json_other(item, name, trail, js_safe_integers)
 
 
+_LONG_BOUNDS = (-_LONG_INT, _LONG_INT)
 _Trail = tuple[Any, str | int] | None
 
 
@@ -299,7 +304,13 @@ def _path(name: str, trail: _Trail) -> str:
     return f"{path[:keep]}...{path[len(path) - 2 * keep :]}"
 
 
-def _check_json_int(item: int, name: str, trail: _Trail) -> None:
+def _check_json_int(item: int, name: str, trail: _Trail, js_safe_integers: bool) -> None:
+    if js_safe_integers and not -JS_SAFE_INTEGER <= item <= JS_SAFE_INTEGER:
+        raise InvalidArgumentError(
+            f"{_path(name, trail)}: {echo(item, 60)} is beyond JavaScript's safe integers "
+            "(±(2**53 - 1)), which a TypeScript runtime on this database would round "
+            "(js_safe_integers=True); store it as a string"
+        )
     # json.dumps (in asyncpg's codec) cannot write an int longer than Python's int-to-str limit.
     try:
         int.__repr__(item)
@@ -310,13 +321,13 @@ def _check_json_int(item: int, name: str, trail: _Trail) -> None:
         ) from None
 
 
-def _check_json_other(item: Any, name: str, trail: _Trail) -> None:
+def _check_json_other(item: Any, name: str, trail: _Trail, js_safe_integers: bool) -> None:
     # Subclasses of the scalar JSON types (IntEnum, a str subclass) encode as their base type.
     if isinstance(item, bool):
         return
     if isinstance(item, int):
-        if not -_LONG_INT < item < _LONG_INT:
-            _check_json_int(item, name, trail)
+        if js_safe_integers or not -_LONG_INT < item < _LONG_INT:
+            _check_json_int(item, name, trail, js_safe_integers)
         return
     if isinstance(item, float):
         if not math.isfinite(item):

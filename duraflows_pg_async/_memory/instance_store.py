@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
@@ -27,6 +28,7 @@ from duraflows_pg_async.errors import (
     OptimisticLockError,
 )
 
+from .database import MemoryDatabase
 from .locks import FOR_UPDATE, NO_KEY_UPDATE
 from .round_trip import as_jsonb, as_timestamptz, optional_timestamptz, stored_retry
 from .rows import export_instance
@@ -41,14 +43,24 @@ class MemoryWorkflowInstanceStore(MemoryStore):
 
     ``lock_by_uuid`` and ``find_expired`` need an active transaction; the other methods join one
     if present, else run as their own small transaction.
+    ``js_safe_integers=True`` (for a database shared with TypeScript services) refuses integers
+    beyond ±(2**53 - 1) in contexts and metadata with InvalidArgumentError, before any SQL.
     """
 
-    __slots__ = ()
+    __slots__ = ("_js_safe_integers",)
+
+    def __init__(self, database: MemoryDatabase, *, js_safe_integers: bool = False) -> None:
+        super().__init__(database)
+        if type(js_safe_integers) is not bool:
+            raise InvalidArgumentError(
+                f"js_safe_integers must be True or False, got {echo(js_safe_integers)}"
+            )
+        self._js_safe_integers = js_safe_integers
 
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError (after waiting
         for another transaction's uncommitted instance with that uuid)."""
-        inst = checked_instance(instance, "create")
+        inst = checked_instance(instance, "create", js_safe_integers=self._js_safe_integers)
         key = coerce_uuid(inst.uuid, "instance.uuid")
         row = WorkflowInstance(
             uuid=key,
@@ -119,7 +131,9 @@ class MemoryWorkflowInstanceStore(MemoryStore):
         OptimisticLockError. Waits for another transaction's lock on the row, like UPDATE.
         ``metadata``, ``workflow_name`` and ``created_at`` are never written.
         """
-        inst = checked_instance(instance, "update", create=False)
+        inst = checked_instance(
+            instance, "update", create=False, js_safe_integers=self._js_safe_integers
+        )
         require_int(
             inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
         )

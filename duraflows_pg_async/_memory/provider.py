@@ -49,20 +49,25 @@ __all__ = [
 
 
 def memory_workflow_providers(
-    *, lock_timeout: timedelta | float | None = None, idempotency: bool = False
+    *,
+    lock_timeout: timedelta | float | None = None,
+    idempotency: bool = False,
+    js_safe_integers: bool = False,
 ) -> WorkflowPersistenceProvider[MemoryTransactionRunner]:
     """A runner and three stores over a new, empty in-memory database (one per call).
 
     Same semantics and errors as ``pg_workflow_providers``; see this module's docstring.
     ``lock_timeout`` (a ``timedelta`` or seconds) bounds lock waits inside the runner's
     transactions with LockTimeoutError; ``idempotency=True`` adds the idempotency store that
-    keyed ``trigger_event`` calls need. Bad values raise InvalidArgumentError here.
+    keyed ``trigger_event`` calls need; ``js_safe_integers=True`` refuses integers beyond
+    ±(2**53 - 1) in contexts and metadata, as ``pg_workflow_providers`` does. Bad values raise
+    InvalidArgumentError here.
     """
     if type(idempotency) is not bool:
         raise InvalidArgumentError(f"idempotency must be True or False, got {echo(idempotency)}")
     database = MemoryDatabase()
     return WorkflowPersistenceProvider(
-        instance_store=MemoryWorkflowInstanceStore(database),
+        instance_store=MemoryWorkflowInstanceStore(database, js_safe_integers=js_safe_integers),
         history_store=MemoryWorkflowHistoryStore(database),
         transaction_runner=MemoryTransactionRunner(database, lock_timeout=lock_timeout),
         definition_store=MemoryWorkflowDefinitionStore(database),

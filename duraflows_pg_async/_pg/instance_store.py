@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import TimeoutRetry, WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
@@ -123,13 +124,25 @@ class PgWorkflowInstanceStore(PgStore):
 
     ``lock_by_uuid`` and ``find_expired`` need an active transaction of the same pool (see
     ``PgTransactionRunner``); the other methods join one if present, else run on the pool.
+    ``js_safe_integers=True`` (for a database shared with TypeScript services) refuses integers
+    beyond ±(2**53 - 1) in contexts and metadata with InvalidArgumentError, before any SQL.
     """
 
-    __slots__ = ()
+    __slots__ = ("_js_safe_integers",)
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, schema: str | None = None, js_safe_integers: bool = False
+    ) -> None:
+        super().__init__(pool, schema=schema)
+        if type(js_safe_integers) is not bool:
+            raise InvalidArgumentError(
+                f"js_safe_integers must be True or False, got {echo(js_safe_integers)}"
+            )
+        self._js_safe_integers = js_safe_integers
 
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError."""
-        inst = checked_instance(instance, "create")
+        inst = checked_instance(instance, "create", js_safe_integers=self._js_safe_integers)
         instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
         args: tuple[Any, ...] = (
             instance_uuid,
@@ -191,7 +204,9 @@ class PgWorkflowInstanceStore(PgStore):
         raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
         written.
         """
-        inst = checked_instance(instance, "update", create=False)
+        inst = checked_instance(
+            instance, "update", create=False, js_safe_integers=self._js_safe_integers
+        )
         require_int(
             inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
         )

@@ -26,14 +26,16 @@ def pg_workflow_providers(
     lock_timeout: timedelta | float | None = None,
     statement_timeout: timedelta | float | None = None,
     idempotency: bool = False,
+    js_safe_integers: bool = False,
 ) -> WorkflowPersistenceProvider[PgTransactionRunner]:
     """Stores and a transaction runner over ``pool``; fresh objects on every call.
 
     ``schema`` qualifies the table names (an identifier; otherwise search_path decides).
     ``lock_timeout`` and ``statement_timeout`` are a ``timedelta`` or seconds, applied with
     SET LOCAL to every transaction the runner opens. ``idempotency=True`` adds the idempotency
-    store that keyed ``trigger_event`` calls need (migration 007). Bad values raise
-    InvalidArgumentError here.
+    store that keyed ``trigger_event`` calls need (migration 007). ``js_safe_integers=True``, for
+    a database shared with TypeScript services, refuses integers that JavaScript would round
+    (beyond ±(2**53 - 1)) in contexts and metadata. Bad values raise InvalidArgumentError here.
     The pool should come from ``create_pool()`` (or carry ``register_codecs``); it is never closed
     by this package.
     """
@@ -43,7 +45,9 @@ def pg_workflow_providers(
         pool, lock_timeout=lock_timeout, statement_timeout=statement_timeout
     )
     return WorkflowPersistenceProvider(
-        instance_store=PgWorkflowInstanceStore(pool, schema=schema),
+        instance_store=PgWorkflowInstanceStore(
+            pool, schema=schema, js_safe_integers=js_safe_integers
+        ),
         history_store=PgWorkflowHistoryStore(pool, schema=schema),
         transaction_runner=runner,
         definition_store=PgWorkflowDefinitionStore(pool, schema=schema),

@@ -218,15 +218,17 @@ def render_queries(schema: str | None) -> Queries:
         # $1=workflow_instance_uuid $2=from_state $3=event_name $4=to_state $5=outcome
         # $6=error_message $7=rejected_by $8=command_results $9=trigger_metadata
         # $10=definition_version.
-        # now() is the same for every row of a transaction, so an event and its onEnter hops would
-        # tie and read back in random uuid order. clock_timestamp(), kept strictly after the
-        # instance's newest row, makes rows read back in the order they were written.
+        # A row is stamped with its transaction's start, now(), as the TypeScript runtime stamps
+        # its rows, kept strictly after the instance's newest row. The start precedes the row
+        # lock, so a transaction that waited for this one's lock (and stamps its own start) is
+        # never stamped before it; "newest + 1 µs" orders an event and its onEnter hops, which
+        # share one now(), in the order they were written.
         insert_history=(
             f"INSERT INTO {history} (workflow_instance_uuid, from_state, event_name, to_state, "
             "outcome, error_message, rejected_by, command_results_json, trigger_metadata_json, "
             "definition_version, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-            f"greatest(clock_timestamp(), (SELECT max(created_at) FROM {history} "
+            f"greatest(now(), (SELECT max(created_at) FROM {history} "
             "WHERE workflow_instance_uuid = $1) + interval '1 microsecond')) "
             "RETURNING uuid"
         ),
