@@ -7,7 +7,8 @@ the source of truth. [`apply()`][duraflows_pg_async.migrations.apply],
 ``schema_migrations`` table, so this module and the ``dbmate`` tool can take turns on one database.
 [`generate_migration_sql()`][duraflows_pg_async.migrations.generate_migration_sql] renders the
 same end state as one script, for tools that want a single fresh-install migration (Alembic, a
-hand-written dbmate file).
+hand-written dbmate file); the two optional migrations, 007 and 008, have standalone generators
+too.
 
 Every function taking ``conn`` uses the asyncpg connection (or pool connection) it is given and
 never closes it. Run them outside a transaction: each migration then commits on its own. Inside a
@@ -30,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._pg.error_mapping import map_db_errors
 
-from ._core.validate import require_identifier
+from ._core.validate import require_bool, require_identifier
 from .errors import ConfigurationError, InvalidArgumentError
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "rollback",
     "status",
     "generate_migration_sql",
+    "generate_idempotency_migration_sql",
+    "generate_durable_execution_migration_sql",
     "UUID_STRATEGIES",
 ]
 
@@ -301,29 +304,113 @@ def _quote_ident(name: str) -> str:
 
 
 def generate_migration_sql(
-    *, uuid_strategy: str = "gen_random_uuid", schema: str | None = None
+    *,
+    uuid_strategy: str = "gen_random_uuid",
+    schema: str | None = None,
+    include_idempotency: bool = False,
+    include_durable_execution: bool = False,
 ) -> MigrationSql:
-    """The whole schema of the packaged migrations (001-006 and 100) as one fresh-install script,
-    and its drop script.
+    """The whole schema of the packaged migrations (001-006 and 100, and with the flags the
+    optional 007 and 008) as one fresh-install script, and its drop script.
 
     ``uuid_strategy`` picks the history uuid default: ``"gen_random_uuid"`` (PostgreSQL 13+) or
     ``"uuidv7"`` (PostgreSQL 18+, time-ordered); anything else is an ``InvalidArgumentError``.
     ``schema`` (an identifier) creates the schema if needed and qualifies every table with it;
-    without it the tables go where ``search_path`` says. The ``up`` script is not idempotent: run
-    it once, on a database without these tables. It records nothing in ``schema_migrations``.
+    without it the tables go where ``search_path`` says. ``include_idempotency`` adds the table
+    of 007 and ``include_durable_execution`` that of 008 (each ``True`` or ``False``, anything
+    else is an ``InvalidArgumentError``). The ``up`` script is not idempotent: run it once, on a
+    database without these tables. It records nothing in ``schema_migrations``.
     """
     if uuid_strategy not in UUID_STRATEGIES:
         allowed = " or ".join(repr(s) for s in UUID_STRATEGIES)
         raise InvalidArgumentError(f"uuid_strategy must be {allowed}, got {echo(uuid_strategy)}")
-    if schema is not None:
-        require_identifier(schema, "schema")
+    checked_schema = _checked_schema(schema)
+    idempotency = require_bool(include_idempotency, "include_idempotency")
+    durable_execution = require_bool(include_durable_execution, "include_durable_execution")
     # The tuple's own string, so a str subclass never reaches the SQL or the cache key.
     strategy = UUID_STRATEGIES[UUID_STRATEGIES.index(uuid_strategy)]
-    return _render(strategy, schema)
+    return _render(strategy, checked_schema, idempotency, durable_execution)
+
+
+def generate_idempotency_migration_sql(*, schema: str | None = None) -> MigrationSql:
+    """Migration 007 (``workflow_event_idempotency``, needed only with ``idempotency=True``) as a
+    script and its drop script, for a database that has the tables of 001-006.
+
+    ``schema`` (an identifier) qualifies every table with it, as in
+    [`generate_migration_sql()`][duraflows_pg_async.migrations.generate_migration_sql]. It
+    records nothing in ``schema_migrations``.
+    """
+    return _optional_migration(_IDEMPOTENCY, _checked_schema(schema))
+
+
+def generate_durable_execution_migration_sql(*, schema: str | None = None) -> MigrationSql:
+    """Migration 008 (``workflow_executions``, needed only with ``durable_execution=True``) as a
+    script and its drop script, for a database that has the tables of 001-006.
+
+    ``schema`` (an identifier) qualifies every table with it, as in
+    [`generate_migration_sql()`][duraflows_pg_async.migrations.generate_migration_sql]. It
+    records nothing in ``schema_migrations``.
+    """
+    return _optional_migration(_DURABLE_EXECUTION, _checked_schema(schema))
+
+
+# The generator's DDL of the optional tables is their packaged files' text, with the table names
+# qualified when a schema is given: one source for the files and the generator.
+_IDEMPOTENCY = "007"
+_DURABLE_EXECUTION = "008"
+# A table name of this package, not yet qualified and not the start of a longer name (an index
+# such as workflow_executions_due_idx).
+_TABLE_NAME = re.compile(
+    r"(?<![\w.\"])workflow_(?:instances|history|definitions|event_idempotency|executions)\b"
+)
+
+
+def _checked_schema(schema: object) -> str | None:
+    if schema is None:
+        return None
+    # A plain str, so a str subclass never reaches the SQL or a cache key.
+    return str.__str__(require_identifier(schema, "schema"))
 
 
 @functools.lru_cache(maxsize=32)
-def _render(uuid_strategy: str, schema: str | None) -> MigrationSql:
+def _render(
+    uuid_strategy: str, schema: str | None, idempotency: bool, durable_execution: bool
+) -> MigrationSql:
+    core = _core_schema(uuid_strategy, schema)
+    optional = [
+        _optional_migration(version, schema)
+        for version, wanted in (
+            (_IDEMPOTENCY, idempotency),
+            (_DURABLE_EXECUTION, durable_execution),
+        )
+        if wanted
+    ]
+    # The optional tables reference workflow_instances: created after it, dropped before it.
+    return MigrationSql(
+        up="\n".join([core.up, *(o.up for o in optional)]),
+        down="".join([*(o.down for o in reversed(optional)), core.down]),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _optional_migration(version: str, schema: str | None) -> MigrationSql:
+    migration = {m.version: m for m in _packaged_migrations()}[version]
+    return MigrationSql(up=_qualify(migration.up, schema), down=_qualify(migration.down, schema))
+
+
+def _qualify(sql: str, schema: str | None) -> str:
+    """``sql`` with every table name qualified by ``schema``; comment lines stay as written."""
+    if schema is None:
+        return sql
+    return "".join(
+        line
+        if line.lstrip().startswith("--")
+        else _TABLE_NAME.sub(lambda name: f'"{schema}".{name.group(0)}', line)
+        for line in sql.splitlines(keepends=True)
+    )
+
+
+def _core_schema(uuid_strategy: str, schema: str | None) -> MigrationSql:
     prefix = f'"{schema}".' if schema is not None else ""
     instances = f"{prefix}workflow_instances"
     history = f"{prefix}workflow_history"

@@ -161,6 +161,13 @@ def optional_str(value: object, name: str) -> str | None:
     return None if value is None else require_str(value, name, non_empty=False)
 
 
+def require_bool(value: object, name: str) -> bool:
+    # Exactly a bool: 0, 1, None and other truthy stand-ins are refused, not interpreted.
+    if type(value) is not bool:
+        raise InvalidArgumentError(f"{name} must be True or False, got {echo(value)}")
+    return value
+
+
 def require_identifier(value: object, name: str) -> str:
     if not isinstance(value, str) or len(value) > 63 or not _IDENTIFIER.fullmatch(value):
         raise InvalidArgumentError(

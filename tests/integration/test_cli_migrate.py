@@ -37,18 +37,26 @@ async def applied(url: str, *args: str) -> list[str]:
 
 
 async def test_migrate_into_a_schema(empty_database: str) -> None:
-    packaged = [m.version for m in migrations.list_migrations()]
+    packaged_files = migrations.list_migrations()
+    packaged = [m.version for m in packaged_files]
     up = await cli("migrate", "up", "--schema", "tenant_a", url=empty_database)
     assert up.returncode == 0, up.stderr
+    assert up.stdout.splitlines() == [f"applied {m.version}_{m.name}" for m in packaged_files]
     assert await tables_by_schema(empty_database) == {
         "tenant_a": {
             "schema_migrations",
             "workflow_instances",
             "workflow_history",
             "workflow_definitions",
+            "workflow_event_idempotency",
+            "workflow_executions",
         }
     }
     assert await applied(empty_database, "--schema", "tenant_a") == packaged
+    listed = await cli("migrate", "status", "--schema", "tenant_a", url=empty_database)
+    assert listed.stdout.splitlines() == [f"[X] {m.version}_{m.name}" for m in packaged_files]
+    assert "[X] 007_event_idempotency" in listed.stdout
+    assert "[X] 008_durable_execution" in listed.stdout
     assert await applied(empty_database) == []
     # A schema that does not exist has nothing applied, and asking does not create it.
     assert await applied(empty_database, "--schema", "tenant_b") == []

@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -21,6 +21,8 @@ from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 from duraflows_pg_async.migrations import (
     Migration,
     apply,
+    generate_durable_execution_migration_sql,
+    generate_idempotency_migration_sql,
     generate_migration_sql,
     list_migrations,
     rollback,
@@ -31,8 +33,19 @@ if TYPE_CHECKING:
     from conftest import MakeDatabase, PgServer
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "100"]
+ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "007", "008", "100"]
+# The release before 007 and 008 shipped these.
+PREVIOUS_RELEASE = ["001", "002", "003", "004", "005", "006", "100"]
 MIGRATION = {m.version: m for m in list_migrations()}
+OPTIONAL_TABLES = ("workflow_event_idempotency", "workflow_executions")
+
+
+class OptionalTables(TypedDict, total=False):
+    include_idempotency: bool
+    include_durable_execution: bool
+
+
+BOTH: OptionalTables = {"include_idempotency": True, "include_durable_execution": True}
 
 
 @pytest.fixture
@@ -98,7 +111,12 @@ async def insert_instance(conn: asyncpg.Connection, schema: str = "") -> uuid.UU
 
 
 async def catalog(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
-    """Tables, columns, constraints and indexes of ``schema``, with the schema name removed."""
+    """Tables, columns, constraints and indexes of ``schema``, with the schema name removed.
+
+    Columns carry type, nullability, default and collation; constraints and indexes their
+    definitions as PostgreSQL prints them (checks, FK actions, partial index predicates).
+    Column order is left out: the generator orders the columns of 004 and 005 differently.
+    """
 
     def strip(text: str) -> str:
         return text.replace(f"{schema}.", "")
@@ -114,11 +132,13 @@ async def catalog(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
     cols = await conn.fetch(
         """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
-               a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS default
+               a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS default,
+               coll.collname AS collation
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        LEFT JOIN pg_collation coll ON coll.oid = a.attcollation
         WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
           AND a.attnum > 0 AND NOT a.attisdropped
         """,
@@ -145,13 +165,185 @@ async def catalog(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
     return {
         "tables": [r["relname"] for r in tables],
         "columns": sorted(
-            (r["relname"], r["attname"], r["type"], r["attnotnull"], r["default"]) for r in cols
+            (r["relname"], r["attname"], r["type"], r["attnotnull"], r["default"], r["collation"])
+            for r in cols
         ),
         "constraints": sorted(
             (r["relname"], r["conname"], r["contype"], strip(r["def"])) for r in constraints
         ),
         "indexes": sorted((r["tablename"], r["indexname"], strip(r["indexdef"])) for r in indexes),
     }
+
+
+def without_optional_tables(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``snapshot`` less the tables of 007 and 008 and everything on them."""
+    return {
+        key: [e for e in entries if (e if key == "tables" else e[0]) not in OPTIONAL_TABLES]
+        for key, entries in snapshot.items()
+    }
+
+
+# --- the catalog of upstream's 007 and 008 ----------------------------------------------------
+# What upstream's files (duraflows, packages/duraflows-pg/sql/dbmate) build, as PostgreSQL 13 to
+# 18 print it. Ours must build exactly this, names included, so that this package and the
+# TypeScript one can share a database: a drift in a column, collation, check, constraint name or
+# index fails here.
+
+UPSTREAM_OPTIONAL_COLUMNS = [
+    # table, column (in order), type, NOT NULL, default, collation
+    ("workflow_event_idempotency", "workflow_instance_uuid", "uuid", True, None, None),
+    ("workflow_event_idempotency", "idempotency_key", "text", True, None, "C"),
+    ("workflow_event_idempotency", "event_name", "text", True, None, "default"),
+    ("workflow_event_idempotency", "fingerprint", "text", False, None, "C"),
+    ("workflow_event_idempotency", "result_json", "jsonb", False, None, None),
+    ("workflow_event_idempotency", "created_at", "timestamp with time zone", True, "now()", None),
+    ("workflow_executions", "uuid", "uuid", True, None, None),
+    ("workflow_executions", "workflow_instance_uuid", "uuid", True, None, None),
+    ("workflow_executions", "idempotency_key", "text", True, None, "C"),
+    ("workflow_executions", "status", "text", True, None, "default"),
+    ("workflow_executions", "available_at", "timestamp with time zone", True, None, None),
+    ("workflow_executions", "lease_until", "timestamp with time zone", False, None, None),
+    ("workflow_executions", "revision", "integer", True, None, None),
+    ("workflow_executions", "execution_json", "jsonb", True, None, None),
+]
+_KEY_LENGTH = "((octet_length(idempotency_key) >= 1) AND (octet_length(idempotency_key) <= 256))"
+UPSTREAM_OPTIONAL_CONSTRAINTS = sorted(
+    [
+        # table, name, type, definition (NOT NULL constraints of PostgreSQL 18 left out)
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_pkey",
+            "p",
+            "PRIMARY KEY (workflow_instance_uuid, idempotency_key)",
+        ),
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_workflow_instance_uuid_fkey",
+            "f",
+            "FOREIGN KEY (workflow_instance_uuid) REFERENCES workflow_instances(uuid) "
+            "ON DELETE CASCADE",
+        ),
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_idempotency_key_check",
+            "c",
+            f"CHECK ({_KEY_LENGTH})",
+        ),
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_fingerprint_check",
+            "c",
+            "CHECK (((fingerprint IS NULL) OR ((octet_length(fingerprint) >= 1) AND "
+            "(octet_length(fingerprint) <= 256))))",
+        ),
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_result_json_check",
+            "c",
+            "CHECK (((result_json IS NULL) OR (jsonb_typeof(result_json) = 'object'::text)))",
+        ),
+        ("workflow_executions", "workflow_executions_pkey", "p", "PRIMARY KEY (uuid)"),
+        (
+            "workflow_executions",
+            "workflow_executions_workflow_instance_uuid_fkey",
+            "f",
+            "FOREIGN KEY (workflow_instance_uuid) REFERENCES workflow_instances(uuid) "
+            "ON DELETE CASCADE",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_workflow_instance_uuid_idempotency_key_key",
+            "u",
+            "UNIQUE (workflow_instance_uuid, idempotency_key)",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_idempotency_key_check",
+            "c",
+            f"CHECK ({_KEY_LENGTH})",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_status_check",
+            "c",
+            "CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'parked'::text, "
+            "'completed'::text, 'cancelled'::text])))",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_revision_check",
+            "c",
+            "CHECK ((revision >= 0))",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_execution_json_check",
+            "c",
+            "CHECK ((jsonb_typeof(execution_json) = 'object'::text))",
+        ),
+    ]
+)
+UPSTREAM_OPTIONAL_INDEXES = sorted(
+    [
+        (
+            "workflow_event_idempotency",
+            "workflow_event_idempotency_pkey",
+            "CREATE UNIQUE INDEX workflow_event_idempotency_pkey ON workflow_event_idempotency "
+            "USING btree (workflow_instance_uuid, idempotency_key)",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_pkey",
+            "CREATE UNIQUE INDEX workflow_executions_pkey ON workflow_executions "
+            "USING btree (uuid)",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_workflow_instance_uuid_idempotency_key_key",
+            "CREATE UNIQUE INDEX workflow_executions_workflow_instance_uuid_idempotency_key_key "
+            "ON workflow_executions USING btree (workflow_instance_uuid, idempotency_key)",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_active_idx",
+            "CREATE UNIQUE INDEX workflow_executions_active_idx ON workflow_executions "
+            "USING btree (workflow_instance_uuid) "
+            "WHERE (status = ANY (ARRAY['pending'::text, 'running'::text, 'parked'::text]))",
+        ),
+        (
+            "workflow_executions",
+            "workflow_executions_due_idx",
+            "CREATE INDEX workflow_executions_due_idx ON workflow_executions "
+            "USING btree (available_at, uuid) "
+            "WHERE (status = ANY (ARRAY['pending'::text, 'running'::text]))",
+        ),
+    ]
+)
+
+
+async def assert_upstream_optional_tables(conn: asyncpg.Connection, schema: str = "public") -> None:
+    """The tables of 007 and 008 in ``schema`` are exactly upstream's, column order included."""
+    snapshot = await catalog(conn, schema)
+    ordered = await conn.fetch(
+        """
+        SELECT c.relname, a.attname FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+          AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY c.relname, a.attnum
+        """,
+        schema,
+        list(OPTIONAL_TABLES),
+    )
+    assert [(r["relname"], r["attname"]) for r in ordered] == [
+        (c[0], c[1]) for c in UPSTREAM_OPTIONAL_COLUMNS
+    ]
+    optional = [e for e in snapshot["columns"] if e[0] in OPTIONAL_TABLES]
+    assert optional == sorted(UPSTREAM_OPTIONAL_COLUMNS)
+    constraints = [c for c in snapshot["constraints"] if c[0] in OPTIONAL_TABLES and c[2] != "n"]
+    assert constraints == UPSTREAM_OPTIONAL_CONSTRAINTS
+    assert [i for i in snapshot["indexes"] if i[0] in OPTIONAL_TABLES] == UPSTREAM_OPTIONAL_INDEXES
 
 
 # --- apply / status --------------------------------------------------------------------------
@@ -189,6 +381,7 @@ async def test_apply_on_an_empty_database_applies_every_migration(
     assert await columns(conn, "schema_migrations") == ["version"]
     for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
         assert await table_exists(conn, table)
+    await assert_upstream_optional_tables(conn)
 
 
 async def test_apply_twice_applies_nothing_the_second_time(conn: asyncpg.Connection) -> None:
@@ -206,15 +399,57 @@ async def test_apply_up_to_a_target(conn: asyncpg.Connection) -> None:
         ("004", False),
         ("005", False),
         ("006", False),
+        ("007", False),
+        ("008", False),
         ("100", False),
     ]
     assert not await table_exists(conn, "workflow_definitions")
     assert "rejected_by" in await columns(conn, "workflow_history")
     assert await apply(conn, target="002") == []  # a target never rolls back
-    assert versions(await apply(conn)) == ["004", "005", "006", "100"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100"]
 
 
-@pytest.mark.parametrize("target", ["007", "3", "000", "", "workflow_core", 3])
+async def test_target_006_stops_before_the_optional_tables(conn: asyncpg.Connection) -> None:
+    assert versions(await apply(conn, target="006")) == ALL_VERSIONS[:6]
+    assert [s.version for s in await status(conn) if not s.applied] == ["007", "008", "100"]
+    for table in OPTIONAL_TABLES:
+        assert not await table_exists(conn, table)
+    assert versions(await apply(conn, target="007")) == ["007"]
+    assert await table_exists(conn, "workflow_event_idempotency")
+    assert not await table_exists(conn, "workflow_executions")
+
+
+async def test_a_database_of_the_previous_release_gets_007_and_008(
+    conn: asyncpg.Connection, other_empty_database: str
+) -> None:
+    """001-006 and 100 applied, as the release before 007 and 008 left it: they go in between."""
+    await apply(conn, target="006")
+    await conn.execute(MIGRATION["100"].up)
+    await conn.execute("INSERT INTO schema_migrations (version) VALUES ('100')")
+    assert await applied_versions(conn) == PREVIOUS_RELEASE
+    assert [(s.version, s.name) for s in await status(conn) if not s.applied] == [
+        ("007", "event_idempotency"),
+        ("008", "durable_execution"),
+    ]
+
+    assert versions(await apply(conn)) == ["007", "008"]
+    assert await applied_versions(conn) == ALL_VERSIONS
+    await assert_upstream_optional_tables(conn)
+    fresh = await asyncpg.connect(other_empty_database)
+    try:
+        await apply(fresh)
+        assert await catalog(conn, "public") == await catalog(fresh, "public")
+    finally:
+        await fresh.close()
+
+    # Rolled back in version order: 100 first, then 008 and 007.
+    assert versions(await rollback(conn, steps=3)) == ["100", "008", "007"]
+    assert await applied_versions(conn) == ALL_VERSIONS[:6]
+    for table in OPTIONAL_TABLES:
+        assert not await table_exists(conn, table)
+
+
+@pytest.mark.parametrize("target", ["009", "3", "000", "", "workflow_core", 3])
 async def test_unknown_target_is_rejected_before_any_sql(
     conn: asyncpg.Connection, target: object
 ) -> None:
@@ -257,6 +492,12 @@ async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     await apply(conn)
     assert versions(await rollback(conn)) == ["100"]
     assert await index_count(conn, "workflow_instances_workflow_due_idx") == 0
+    assert versions(await rollback(conn)) == ["008"]
+    assert not await table_exists(conn, "workflow_executions")
+    assert await index_count(conn, "workflow_executions_due_idx") == 0
+    assert await table_exists(conn, "workflow_event_idempotency")
+    assert versions(await rollback(conn)) == ["007"]
+    assert not await table_exists(conn, "workflow_event_idempotency")
     assert versions(await rollback(conn)) == ["006"]
     assert await index_count(conn, "workflow_instances_definition_version_idx") == 0
     assert versions(await rollback(conn, steps=2)) == ["005", "004"]
@@ -265,7 +506,7 @@ async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     assert "definition_version" not in instance_columns
     assert not any(c.startswith("timeout_") for c in instance_columns)
     assert not await table_exists(conn, "workflow_definitions")
-    assert versions(await apply(conn)) == ["004", "005", "006", "100"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100"]
 
 
 @pytest.mark.parametrize("steps", [0, -1, True, 1.5, "1", None])
@@ -281,8 +522,7 @@ async def test_rollback_everything_then_apply_again(conn: asyncpg.Connection) ->
     before = await catalog(conn, "public")
     assert versions(await rollback(conn, steps=10)) == ALL_VERSIONS[::-1]
     assert await recorded_versions(conn) == []
-    for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
-        assert not await table_exists(conn, table)
+    assert (await catalog(conn, "public"))["tables"] == []
     assert await rollback(conn) == []  # nothing applied: a no-op
     assert versions(await apply(conn)) == ALL_VERSIONS
     assert await catalog(conn, "public") == before
@@ -413,7 +653,7 @@ async def test_003_down_fails_while_guard_rejected_rows_exist(conn: asyncpg.Conn
         "rejected_by) VALUES ($1, 'approve', 'new', 'guard-rejected', 'is_manager')",
         instance,
     )
-    assert versions(await rollback(conn, steps=4)) == ["100", "006", "005", "004"]
+    assert versions(await rollback(conn, steps=6)) == ["100", "008", "007", "006", "005", "004"]
     before = await catalog(conn, "public")
     with pytest.raises(DatabaseError, match="003_event_guards") as info:
         await rollback(conn)
@@ -482,27 +722,265 @@ async def test_history_uuid_defaults_and_outcome_check(raw_connection: asyncpg.C
         )
 
 
+# --- the optional tables' rules --------------------------------------------------------------
+
+
+async def insert_receipt(
+    conn: asyncpg.Connection,
+    instance: uuid.UUID,
+    key: str,
+    *,
+    fingerprint: str | None = None,
+    result_json: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO workflow_event_idempotency "
+        "(workflow_instance_uuid, idempotency_key, event_name, fingerprint, result_json) "
+        "VALUES ($1, $2, 'pay', $3, $4::jsonb)",
+        instance,
+        key,
+        fingerprint,
+        result_json,
+    )
+
+
+async def insert_execution(
+    conn: asyncpg.Connection,
+    instance: uuid.UUID,
+    key: str,
+    *,
+    status: str = "pending",
+    revision: int = 0,
+    execution_json: str = "{}",
+) -> uuid.UUID:
+    execution = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO workflow_executions (uuid, workflow_instance_uuid, idempotency_key, status, "
+        "available_at, revision, execution_json) VALUES ($1, $2, $3, $4, now(), $5, $6::jsonb)",
+        execution,
+        instance,
+        key,
+        status,
+        revision,
+        execution_json,
+    )
+    return execution
+
+
+async def test_deleting_an_instance_deletes_its_receipts_and_executions(
+    raw_connection: asyncpg.Connection,
+) -> None:
+    doomed, kept = await insert_instance(raw_connection), await insert_instance(raw_connection)
+    for instance in (doomed, kept):
+        await insert_receipt(raw_connection, instance, "k-1", result_json='{"ok": true}')
+        await insert_receipt(raw_connection, instance, "k-2")
+        await insert_execution(raw_connection, instance, "k-1", status="completed")
+        await insert_execution(raw_connection, instance, "k-2")
+    await raw_connection.execute("DELETE FROM workflow_instances WHERE uuid = $1", doomed)
+    for table in OPTIONAL_TABLES:
+        rows = await raw_connection.fetch(f"SELECT workflow_instance_uuid FROM {table}")
+        assert [r[0] for r in rows] == [kept, kept], table
+
+
+# A row of each optional table breaking one check: the row kind, what differs from a valid row,
+# the constraint that refuses it.
+REJECTED = [
+    pytest.param(
+        "receipt",
+        {"key": ""},
+        "workflow_event_idempotency_idempotency_key_check",
+        id="receipt-empty-key",
+    ),
+    pytest.param(
+        "receipt",
+        {"key": "k" * 257},
+        "workflow_event_idempotency_idempotency_key_check",
+        id="receipt-257-byte-key",
+    ),
+    pytest.param(
+        "receipt",
+        {"key": "é" * 128 + "k"},
+        "workflow_event_idempotency_idempotency_key_check",
+        id="receipt-129-char-257-byte-key",
+    ),
+    pytest.param(
+        "receipt",
+        {"fingerprint": ""},
+        "workflow_event_idempotency_fingerprint_check",
+        id="receipt-empty-fingerprint",
+    ),
+    pytest.param(
+        "receipt",
+        {"fingerprint": "f" * 257},
+        "workflow_event_idempotency_fingerprint_check",
+        id="receipt-257-byte-fingerprint",
+    ),
+    pytest.param(
+        "receipt",
+        {"result_json": "[]"},
+        "workflow_event_idempotency_result_json_check",
+        id="receipt-array-result",
+    ),
+    pytest.param(
+        "receipt",
+        {"result_json": '"done"'},
+        "workflow_event_idempotency_result_json_check",
+        id="receipt-string-result",
+    ),
+    pytest.param(
+        "receipt",
+        {"result_json": "null"},
+        "workflow_event_idempotency_result_json_check",
+        id="receipt-json-null-result",
+    ),
+    pytest.param(
+        "execution",
+        {"key": ""},
+        "workflow_executions_idempotency_key_check",
+        id="execution-empty-key",
+    ),
+    pytest.param(
+        "execution",
+        {"key": "k" * 257},
+        "workflow_executions_idempotency_key_check",
+        id="execution-257-byte-key",
+    ),
+    pytest.param(
+        "execution",
+        {"status": "done"},
+        "workflow_executions_status_check",
+        id="execution-unknown-status",
+    ),
+    pytest.param(
+        "execution",
+        {"status": "Pending"},
+        "workflow_executions_status_check",
+        id="execution-status-case",
+    ),
+    pytest.param(
+        "execution",
+        {"revision": -1},
+        "workflow_executions_revision_check",
+        id="execution-negative-revision",
+    ),
+    pytest.param(
+        "execution",
+        {"execution_json": "[1]"},
+        "workflow_executions_execution_json_check",
+        id="execution-array-json",
+    ),
+    pytest.param(
+        "execution",
+        {"execution_json": "null"},
+        "workflow_executions_execution_json_check",
+        id="execution-json-null",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "values", "constraint"), REJECTED)
+async def test_the_checks_reject(
+    raw_connection: asyncpg.Connection, kind: str, values: dict[str, Any], constraint: str
+) -> None:
+    instance = await insert_instance(raw_connection)
+    fields = dict(values)
+    key = fields.pop("key", "k")
+    with pytest.raises(asyncpg.CheckViolationError) as info:
+        if kind == "receipt":
+            await insert_receipt(raw_connection, instance, key, **fields)
+        else:
+            await insert_execution(raw_connection, instance, key, **fields)
+    assert info.value.constraint_name == constraint
+
+
+async def test_the_checks_accept_the_limits(raw_connection: asyncpg.Connection) -> None:
+    instance = await insert_instance(raw_connection)
+    longest = "é" * 128  # 128 characters, 256 bytes in UTF-8
+    assert len(longest.encode()) == 256
+    await insert_receipt(raw_connection, instance, longest, fingerprint=longest, result_json="{}")
+    await insert_receipt(raw_connection, instance, "k")  # fingerprint and result may be NULL
+    await insert_execution(raw_connection, instance, longest, status="completed", revision=0)
+    for state in ("pending", "running", "parked", "completed", "cancelled"):
+        other = await insert_instance(raw_connection)
+        await insert_execution(raw_connection, other, "k", status=state, revision=2**31 - 1)
+    keys = await raw_connection.fetch(
+        "SELECT idempotency_key FROM workflow_event_idempotency WHERE workflow_instance_uuid = $1",
+        instance,
+    )
+    assert {r[0] for r in keys} == {longest, "k"}
+
+
+async def test_keys_are_unique_per_instance_and_one_execution_is_active(
+    raw_connection: asyncpg.Connection,
+) -> None:
+    instance = await insert_instance(raw_connection)
+    await insert_receipt(raw_connection, instance, "k")
+    with pytest.raises(asyncpg.UniqueViolationError) as receipt:
+        await insert_receipt(raw_connection, instance, "k")
+    assert receipt.value.constraint_name == "workflow_event_idempotency_pkey"
+    await insert_receipt(raw_connection, await insert_instance(raw_connection), "k")
+
+    await insert_execution(raw_connection, instance, "a", status="completed")
+    with pytest.raises(asyncpg.UniqueViolationError) as execution:
+        await insert_execution(raw_connection, instance, "a", status="cancelled")
+    assert execution.value.constraint_name == (
+        "workflow_executions_workflow_instance_uuid_idempotency_key_key"
+    )
+    await insert_execution(raw_connection, instance, "b", status="parked")
+    for key, state in (("c", "pending"), ("d", "running"), ("e", "parked")):
+        with pytest.raises(asyncpg.UniqueViolationError) as active:
+            await insert_execution(raw_connection, instance, key, status=state)
+        assert active.value.constraint_name == "workflow_executions_active_idx"
+    await insert_execution(raw_connection, instance, "f", status="cancelled")
+    await raw_connection.execute(
+        "UPDATE workflow_executions SET status = 'completed' WHERE idempotency_key = 'b'"
+    )
+    await insert_execution(raw_connection, instance, "g", status="pending")
+
+
+async def test_007_and_008_down_drop_their_tables(conn: asyncpg.Connection) -> None:
+    await apply(conn, target="006")
+    before = await catalog(conn, "public")
+    await apply(conn, target="008")
+    await conn.execute(MIGRATION["008"].down)
+    await conn.execute(MIGRATION["007"].down)
+    assert await catalog(conn, "public") == before
+
+
 # --- generator vs files ----------------------------------------------------------------------
 
 
 async def test_generator_and_files_build_the_same_catalog(
-    empty_database: str, other_empty_database: str
+    empty_database: str, other_empty_database: str, make_database: MakeDatabase
 ) -> None:
     files = await asyncpg.connect(empty_database)
     generated = await asyncpg.connect(other_empty_database)
+    core_only = await asyncpg.connect(await make_database())
     try:
         await apply(files)
-        await generated.execute(generate_migration_sql().up)
+        await generated.execute(generate_migration_sql(**BOTH).up)
+        await core_only.execute(generate_migration_sql().up)
         expected = await catalog(files, "public")
         assert await catalog(generated, "public") == expected
+        # Without the flags: everything but the optional tables.
+        assert await catalog(core_only, "public") == without_optional_tables(expected)
+        await assert_upstream_optional_tables(generated)
     finally:
         await files.close()
         await generated.close()
+        await core_only.close()
 
     # Both sides equal is only worth something if they are right.
-    assert expected["tables"] == ["workflow_definitions", "workflow_history", "workflow_instances"]
+    assert expected["tables"] == [
+        "workflow_definitions",
+        "workflow_event_idempotency",
+        "workflow_executions",
+        "workflow_history",
+        "workflow_instances",
+    ]
     # PostgreSQL 18 also lists NOT NULL constraints (contype 'n'); nullability is checked above.
-    assert {c[1] for c in expected["constraints"] if c[2] != "n"} == {
+    core = without_optional_tables(expected)
+    assert {c[1] for c in core["constraints"] if c[2] != "n"} == {
         "workflow_definitions_pkey",
         "workflow_history_pkey",
         "workflow_history_workflow_instance_uuid_fkey",
@@ -511,7 +989,7 @@ async def test_generator_and_files_build_the_same_catalog(
     }
     check = next(c for c in expected["constraints"] if c[1] == "workflow_history_outcome_check")
     assert "'guard-rejected'::text" in check[3]
-    assert {i[1] for i in expected["indexes"]} == {
+    assert {i[1] for i in core["indexes"]} == {
         "workflow_definitions_pkey",
         "workflow_history_pkey",
         "workflow_history_instance_created_idx",
@@ -530,35 +1008,89 @@ async def test_generator_and_files_build_the_same_catalog(
         "workflow_instances": 15,
         "workflow_history": 12,
         "workflow_definitions": 5,
+        "workflow_event_idempotency": 6,
+        "workflow_executions": 8,
     }
     defaults = {(c[0], c[1]): c[4] for c in expected["columns"]}
     assert defaults[("workflow_history", "uuid")] == "gen_random_uuid()"
     assert defaults[("workflow_instances", "timeout_attempts")] == "0"
     assert defaults[("workflow_instances", "context_json")] == "'{}'::jsonb"
+    # Only the keys and fingerprints of the optional tables have a collation of their own.
+    assert sorted((c[0], c[1]) for c in expected["columns"] if c[5] == "C") == [
+        ("workflow_event_idempotency", "fingerprint"),
+        ("workflow_event_idempotency", "idempotency_key"),
+        ("workflow_executions", "idempotency_key"),
+    ]
 
 
-async def test_generator_down_drops_everything(conn: asyncpg.Connection) -> None:
-    sql = generate_migration_sql()
+async def test_standalone_generators_build_what_007_and_008_build(
+    empty_database: str, other_empty_database: str
+) -> None:
+    files = await asyncpg.connect(empty_database)
+    generated = await asyncpg.connect(other_empty_database)
+    try:
+        await apply(files, target="008")
+        await apply(generated, target="006")
+        before = await catalog(generated, "public")
+        idempotency = generate_idempotency_migration_sql()
+        durable = generate_durable_execution_migration_sql()
+        await generated.execute(idempotency.up)
+        await generated.execute(durable.up)
+        assert await catalog(generated, "public") == await catalog(files, "public")
+        await assert_upstream_optional_tables(generated)
+        instance = await insert_instance(generated)
+        await insert_receipt(generated, instance, "k")
+        await insert_execution(generated, instance, "k")
+        await generated.execute(durable.down)
+        await generated.execute(idempotency.down)
+        assert await catalog(generated, "public") == before
+    finally:
+        await files.close()
+        await generated.close()
+
+
+@pytest.mark.parametrize("flags", [{}, BOTH], ids=["core", "with-optional-tables"])
+async def test_generator_down_drops_everything(
+    conn: asyncpg.Connection, flags: OptionalTables
+) -> None:
+    sql = generate_migration_sql(**flags)
     await conn.execute(sql.up)
-    await insert_instance(conn)
+    instance = await insert_instance(conn)
+    if flags:
+        await insert_receipt(conn, instance, "k")
+        await insert_execution(conn, instance, "k")
     await conn.execute(sql.down)
-    assert (await catalog(conn, "public"))["tables"] == []
+    assert await catalog(conn, "public") == {
+        "tables": [], "columns": [], "constraints": [], "indexes": []
+    }  # fmt: skip
 
 
 async def test_generator_with_a_schema(empty_database: str, other_empty_database: str) -> None:
     plain = await asyncpg.connect(empty_database)
     qualified = await asyncpg.connect(other_empty_database)
     try:
-        await plain.execute(generate_migration_sql().up)
-        sql = generate_migration_sql(schema="duraflows_it")
+        await plain.execute(generate_migration_sql(**BOTH).up)
+        sql = generate_migration_sql(schema="duraflows_it", **BOTH)
         await qualified.execute(sql.up)
         assert (await catalog(qualified, "public"))["tables"] == []
         assert await catalog(qualified, "duraflows_it") == await catalog(plain, "public")
-        await insert_instance(qualified, '"duraflows_it".')
+        await assert_upstream_optional_tables(qualified, "duraflows_it")
+        instance = await insert_instance(qualified, '"duraflows_it".')
+        await qualified.execute(
+            'INSERT INTO "duraflows_it".workflow_event_idempotency '
+            "(workflow_instance_uuid, idempotency_key, event_name) VALUES ($1, 'k', 'e')",
+            instance,
+        )
         await qualified.execute(sql.down)
         assert (await catalog(qualified, "duraflows_it"))["tables"] == []
         # CREATE SCHEMA IF NOT EXISTS: a schema that already exists is fine.
-        await qualified.execute(sql.up)
+        await qualified.execute(generate_migration_sql(schema="duraflows_it").up)
+        # The standalone generators add the optional tables to it.
+        await qualified.execute(generate_idempotency_migration_sql(schema="duraflows_it").up)
+        await qualified.execute(generate_durable_execution_migration_sql(schema="duraflows_it").up)
+        assert (await catalog(qualified, "public"))["tables"] == []
+        assert await catalog(qualified, "duraflows_it") == await catalog(plain, "public")
+        await assert_upstream_optional_tables(qualified, "duraflows_it")
     finally:
         await plain.close()
         await qualified.close()
@@ -742,6 +1274,7 @@ async def test_dbmate_applies_and_duraflows_pg_agrees(
     await tools.agree(ALL_VERSIONS)
     assert "up to date" in await tools.cli("up")
     assert await recorded_versions(conn) == ALL_VERSIONS
+    await assert_upstream_optional_tables(conn)
 
     # dbmate built the schema that this package's runner builds.
     ours = await asyncpg.connect(other_empty_database)
@@ -789,4 +1322,39 @@ async def test_duraflows_pg_applies_and_dbmate_agrees(
     }  # fmt: skip
     up = await tools.cli("up")
     assert len(up.splitlines()) == len(ALL_VERSIONS)
+    await tools.agree(ALL_VERSIONS)
+
+
+async def test_dbmate_adds_007_and_008_to_a_database_of_the_previous_release(
+    tools: Tools, conn: asyncpg.Connection, other_empty_database: str
+) -> None:
+    await apply(conn, target="006")
+    await conn.execute(MIGRATION["100"].up)
+    await conn.execute("INSERT INTO schema_migrations (version) VALUES ('100')")
+    await tools.agree(PREVIOUS_RELEASE)
+
+    # dbmate applies pending files older than the newest applied one, in file order.
+    report = await tools.dbmate("up")
+    assert re.findall(r"^Applying: (\S+)$", report, re.MULTILINE) == [
+        "007_event_idempotency.sql",
+        "008_durable_execution.sql",
+    ]
+    await tools.agree(ALL_VERSIONS)
+    await assert_upstream_optional_tables(conn)
+    ours = await asyncpg.connect(other_empty_database)
+    try:
+        await apply(ours)
+        assert await catalog(conn, "public") == await catalog(ours, "public")
+    finally:
+        await ours.close()
+
+    # Both tools roll back the newest version first: 100, then 008; each finishes the other's.
+    assert "Rolling back: 100_" in await tools.dbmate("rollback")
+    assert "rolled back 008_durable_execution" in await tools.cli("down", "--yes")
+    await tools.agree(ALL_VERSIONS[:7])
+    assert not await table_exists(conn, "workflow_executions")
+    assert (await tools.cli("up")).splitlines() == [
+        "applied 008_durable_execution",
+        "applied 100_sweep_workflow_index",
+    ]
     await tools.agree(ALL_VERSIONS)

@@ -6,6 +6,7 @@ import importlib.resources
 import re
 import tomllib
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 
@@ -16,6 +17,8 @@ from duraflows_pg_async.migrations import (
     _load_directory,
     _migrations_directory,
     _parse_migration,
+    generate_durable_execution_migration_sql,
+    generate_idempotency_migration_sql,
     generate_migration_sql,
     list_migrations,
 )
@@ -28,8 +31,16 @@ EXPECTED = [
     ("004", "definition_versions"),
     ("005", "timeout_retries"),
     ("006", "definition_version_index"),
+    ("007", "event_idempotency"),
+    ("008", "durable_execution"),
     ("100", "sweep_workflow_index"),
 ]
+OPTIONAL_TABLES = ("workflow_event_idempotency", "workflow_executions")
+
+
+class OptionalTables(TypedDict, total=False):
+    include_idempotency: bool
+    include_durable_execution: bool
 
 
 def _normalise(sql: str) -> str:
@@ -71,6 +82,9 @@ def test_up_creates_the_three_tables_and_seven_indexes() -> None:
         assert f"CREATE TABLE {table} (" in up
     assert "CREATE SCHEMA" not in up
     assert "IF NOT EXISTS" not in up
+    assert "UNIQUE INDEX" not in up
+    for table in OPTIONAL_TABLES:
+        assert table not in up
     indexes = re.findall(r"CREATE INDEX (\w+) ON (\w+)", up)
     assert indexes == [
         ("workflow_instances_workflow_name_idx", "workflow_instances"),
@@ -162,9 +176,142 @@ def test_output_is_built_once_per_option_set() -> None:
     assert generate_migration_sql() is generate_migration_sql()
     assert generate_migration_sql(schema="a") is generate_migration_sql(schema="a")
     assert generate_migration_sql(schema="a") != generate_migration_sql(schema="b")
+    both: OptionalTables = {"include_idempotency": True, "include_durable_execution": True}
+    assert generate_migration_sql(**both) is generate_migration_sql(**both)
+
+
+def test_a_str_subclass_schema_reaches_the_sql_as_a_plain_str() -> None:
+    class Loud(str):
+        def __str__(self) -> str:
+            return "LOUD"
+
+        def __format__(self, spec: str) -> str:
+            return "LOUD"
+
+    sql = generate_durable_execution_migration_sql(schema=Loud("quiet"))
+    assert '"quiet".workflow_executions' in sql.up
+    assert "LOUD" not in sql.up
+    assert "LOUD" not in generate_migration_sql(schema=Loud("quiet"), include_idempotency=True).up
+
+
+# --- generator: the optional tables ------------------------------------------------------------
+
+
+def test_both_optional_tables_follow_the_core_schema_in_order() -> None:
+    core = generate_migration_sql()
+    sql = generate_migration_sql(include_idempotency=True, include_durable_execution=True)
+    by_version = {m.version: m for m in list_migrations()}
+    # The files' own text after the core schema, idempotency first, each after a blank line.
+    assert sql.up == "\n".join([core.up, by_version["007"].up, by_version["008"].up])
+    tables = re.findall(r"CREATE TABLE (\w+) \(", sql.up)
+    assert tables == [
+        "workflow_instances",
+        "workflow_history",
+        "workflow_definitions",
+        "workflow_event_idempotency",
+        "workflow_executions",
+    ]
+    assert re.findall(r"CREATE (?:UNIQUE )?INDEX (\w+) ON (\w+)", _normalise(sql.up))[-2:] == [
+        ("workflow_executions_active_idx", "workflow_executions"),
+        ("workflow_executions_due_idx", "workflow_executions"),
+    ]
+    assert "IF NOT EXISTS" not in sql.up
+    # Dependents first: the optional tables reference workflow_instances.
+    assert sql.down.splitlines() == [
+        "DROP TABLE IF EXISTS workflow_executions;",
+        "DROP TABLE IF EXISTS workflow_event_idempotency;",
+        "DROP TABLE IF EXISTS workflow_definitions;",
+        "DROP TABLE IF EXISTS workflow_history;",
+        "DROP TABLE IF EXISTS workflow_instances;",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "table"),
+    [
+        ({"include_idempotency": True}, "workflow_event_idempotency"),
+        ({"include_durable_execution": True}, "workflow_executions"),
+    ],
+)
+def test_each_optional_table_alone(flags: OptionalTables, table: str) -> None:
+    core = generate_migration_sql(uuid_strategy="uuidv7")
+    sql = generate_migration_sql(uuid_strategy="uuidv7", **flags)
+    assert sql.up.startswith(core.up + "\n")
+    assert re.findall(r"CREATE TABLE (\w+) \(", sql.up)[3:] == [table]
+    assert sql.down == f"DROP TABLE IF EXISTS {table};\n" + core.down
+
+
+def test_the_flags_default_to_off() -> None:
+    assert generate_migration_sql() == generate_migration_sql(
+        include_idempotency=False, include_durable_execution=False
+    )
+
+
+@pytest.mark.parametrize("flag", ["include_idempotency", "include_durable_execution"])
+@pytest.mark.parametrize("value", [0, 1, None, "yes", "False", 1.0])
+def test_flags_take_only_a_bool(flag: str, value: object) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"^{flag} must be True or False"):
+        generate_migration_sql(**{flag: value})  # type: ignore[arg-type]
+
+
+def test_standalone_generators_are_the_files() -> None:
+    by_version = {m.version: m for m in list_migrations()}
+    idempotency = generate_idempotency_migration_sql()
+    durable = generate_durable_execution_migration_sql()
+    assert isinstance(idempotency, MigrationSql)
+    assert idempotency == (by_version["007"].up, by_version["007"].down)
+    assert durable == (by_version["008"].up, by_version["008"].down)
+    assert idempotency.down == "DROP TABLE IF EXISTS workflow_event_idempotency;\n"
+    assert durable.down == "DROP TABLE IF EXISTS workflow_executions;\n"
+    assert generate_idempotency_migration_sql() is idempotency
+
+
+def test_standalone_generators_with_a_schema() -> None:
+    for generate, table in (
+        (generate_idempotency_migration_sql, "workflow_event_idempotency"),
+        (generate_durable_execution_migration_sql, "workflow_executions"),
+    ):
+        sql = generate(schema="tenant_a")
+        assert "CREATE SCHEMA" not in sql.up
+        assert f'CREATE TABLE "tenant_a".{table} (' in sql.up
+        assert 'REFERENCES "tenant_a".workflow_instances (uuid) ON DELETE CASCADE' in sql.up
+        assert sql.down == f'DROP TABLE IF EXISTS "tenant_a".{table};\n'
+        _assert_fully_qualified(sql.up, "tenant_a")
+
+
+@pytest.mark.parametrize(
+    "generate", [generate_idempotency_migration_sql, generate_durable_execution_migration_sql]
+)
+@pytest.mark.parametrize("schema", ["a;drop", "", 'quo"te', 3])
+def test_standalone_generators_reject_bad_schema_names(generate: Any, schema: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="schema"):
+        generate(schema=schema)
+
+
+def test_optional_files_say_what_needs_them() -> None:
+    first_lines = {
+        path.name[:3]: path.read_text(encoding="utf-8").splitlines()[0]
+        for path in (REPO / "migrations").glob("00[78]_*.sql")
+    }
+    assert "optional" in first_lines["007"]
+    assert "idempotency=True" in first_lines["007"]
+    assert "optional" in first_lines["008"]
+    assert "durable_execution=True" in first_lines["008"]
 
 
 # --- generator: schema -------------------------------------------------------------------------
+
+
+def _assert_fully_qualified(sql: str, schema: str) -> None:
+    """Every table name in the code lines of ``sql`` is qualified, no index name is."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    for name, table in re.findall(r"CREATE (?:UNIQUE )?INDEX (\S+)\s+ON (\S+)", code):
+        assert not name.startswith('"'), "index names are never qualified"
+        assert table.startswith(f'"{schema}".workflow_')
+    code = code.replace(f'"{schema}".workflow_', f'"{schema}".')
+    assert not re.search(
+        r"\bworkflow_(instances|history|definitions|event_idempotency|executions)\b", code
+    )
 
 
 def test_schema_qualifies_every_table_reference() -> None:
@@ -188,6 +335,23 @@ def test_schema_qualifies_every_table_reference() -> None:
         'DROP TABLE IF EXISTS "duraflows_app".workflow_history;',
         'DROP TABLE IF EXISTS "duraflows_app".workflow_instances;',
     ]
+
+
+def test_schema_qualifies_the_optional_tables_too() -> None:
+    sql = generate_migration_sql(
+        schema="duraflows_app", include_idempotency=True, include_durable_execution=True
+    )
+    assert sql.up.count('CREATE SCHEMA IF NOT EXISTS "duraflows_app";') == 1
+    for table in OPTIONAL_TABLES:
+        assert f'CREATE TABLE "duraflows_app".{table} (' in sql.up
+    assert sql.up.count('REFERENCES "duraflows_app".workflow_instances (uuid)') == 3
+    _assert_fully_qualified(sql.up, "duraflows_app")
+    assert sql.down.splitlines()[:2] == [
+        'DROP TABLE IF EXISTS "duraflows_app".workflow_executions;',
+        'DROP TABLE IF EXISTS "duraflows_app".workflow_event_idempotency;',
+    ]
+    # Comments are left as written; only SQL is qualified.
+    assert '(COLLATE "C")' in sql.up
 
 
 @pytest.mark.parametrize(
