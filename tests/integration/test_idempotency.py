@@ -409,18 +409,20 @@ async def test_a_key_of_256_utf8_bytes_is_accepted(setup: Setup) -> None:
     assert again == first
 
 
-@pytest.mark.parametrize("provider", ["memory", "postgres"])
+@pytest.fixture(params=["memory", "postgres"])
+def unkeyed(request: pytest.FixtureRequest) -> WorkflowPersistenceProvider:
+    """A provider built without the idempotency store, in memory and on PostgreSQL."""
+    if request.param == "memory":
+        return memory_workflow_providers()
+    request.node.user_properties.append(("postgres", True))
+    return pg_workflow_providers(request.getfixturevalue("pool"))
+
+
 async def test_a_key_without_the_idempotency_store_is_refused(
-    request: pytest.FixtureRequest, provider: str
+    unkeyed: WorkflowPersistenceProvider,
 ) -> None:
-    persistence: WorkflowPersistenceProvider
-    if provider == "memory":
-        persistence = memory_workflow_providers()
-    else:
-        request.node.user_properties.append(("postgres", True))
-        persistence = pg_workflow_providers(request.getfixturevalue("pool"))
     payments = Payments()
-    runtime = make_runtime(persistence, payments, [])
+    runtime = make_runtime(unkeyed, payments, [])
     instance = await runtime.create_instance("payment")
     with pytest.raises(IdempotencyNotSupportedError, match="idempotency=True"):
         await runtime.trigger_event(instance.uuid, "pay", idempotency_key="k")
@@ -473,6 +475,7 @@ async def wait_until(condition: Any) -> None:
 async def test_32_concurrent_calls_with_one_key_execute_once(wide_pool: asyncpg.Pool) -> None:
     setup = Setup(pg_workflow_providers(wide_pool, idempotency=True))
     instance = await setup.runtime.create_instance("payment")
+    setup.seen.clear()
     results = await asyncio.gather(
         *(
             setup.runtime.trigger_event(

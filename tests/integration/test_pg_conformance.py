@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
-from duraflows_pg_async import PgTransactionRunner, WorkflowPersistenceProvider
+from duraflows_pg_async import (
+    PgTransactionRunner,
+    WorkflowPersistenceProvider,
+    pg_workflow_providers,
+)
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
     HistoryStoreConformance,
+    IdempotencyStoreConformance,
     InstanceStoreConformance,
     TransactionRunnerConformance,
 )
 
 
 @pytest.fixture
-def conformance_provider(providers: WorkflowPersistenceProvider) -> WorkflowPersistenceProvider:
-    """A provider over a fresh, migrated database (see tests/conftest.py)."""
-    return providers
+def conformance_provider(pool: asyncpg.Pool) -> WorkflowPersistenceProvider:
+    """A provider over a fresh, migrated database (see tests/conftest.py), with every store."""
+    return pg_workflow_providers(pool, idempotency=True)
 
 
 class TestPgInstanceStoreConformance(InstanceStoreConformance):
@@ -28,6 +34,10 @@ class TestPgHistoryStoreConformance(HistoryStoreConformance):
 
 
 class TestPgDefinitionStoreConformance(DefinitionStoreConformance):
+    pass
+
+
+class TestPgIdempotencyStoreConformance(IdempotencyStoreConformance):
     pass
 
 
