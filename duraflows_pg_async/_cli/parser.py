@@ -202,6 +202,47 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
     worker.add_argument(
         "--log-level", default="INFO", help="logging level of the worker (default INFO)"
     )
+
+    diagram = commands.add_parser(
+        "diagram",
+        parents=[common],
+        help="print a workflow definition as a Mermaid state diagram (no database needed)",
+    )
+    diagram.add_argument(
+        "app",
+        metavar="APP",
+        help="module:attr of a WorkflowDefinition, a DefinitionRegistry, a WorkflowRuntime or a "
+        "runtime factory (called with in-memory providers)",
+    )
+    diagram.add_argument(
+        "name",
+        metavar="NAME",
+        nargs="?",
+        default=None,
+        help="the workflow (default: the only one APP registers)",
+    )
+    diagram.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this version of the workflow (default: the latest)",
+    )
+    diagram.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="look for APP's module in DIR first (default: the current directory)",
+    )
+    diagram.add_argument(
+        "--show-commands", action="store_true", help="add each event's commands to its label"
+    )
+    diagram.add_argument(
+        "--direction",
+        choices=["TB", "BT", "LR", "RL"],
+        default="TB",
+        help="top to bottom (default), bottom to top, left to right, right to left",
+    )
     return parser
 
 

@@ -19,6 +19,7 @@ from duraflows_pg_async._core.validate import MAX_DURATION, require_duration
 from duraflows_pg_async.errors import InvalidArgumentError, WorkflowDefinitionError
 
 from .canonical_json import canonical_hash
+from .diagram import to_mermaid
 from .problems import quoted
 
 __all__ = [
@@ -290,6 +291,23 @@ class WorkflowDefinition:
         from .reader import read_definition
 
         return read_definition(data)
+
+    # ----------------------------------------------------------------------------------------
+    # Diagram
+
+    def to_mermaid(
+        self, *, show_commands: bool = False, direction: Literal["TB", "BT", "LR", "RL"] = "TB"
+    ) -> str:
+        """A Mermaid ``stateDiagram-v2`` of the definition, ending with a newline.
+
+        An arrow per event (name, ``after 30m`` timeout, ``[guard]``, and ``/ commands`` with
+        ``show_commands``; a loop when it has no target state), ``name (failure)`` to its error
+        state, ``⚡ onEnter`` hops, and ``[*]`` into the initial state and out of each state with
+        no event and no onEnter target state. ``direction``: ``"TB"``, ``"BT"``, ``"LR"`` or
+        ``"RL"``. Any name is safe: states get generated ids (``s0``, ``s1``, ...) and labels
+        write Mermaid syntax characters as entity codes (``:`` as ``#58;``).
+        """
+        return to_mermaid(self, show_commands=show_commands, direction=direction)
 
     # ----------------------------------------------------------------------------------------
     # Content hash
