@@ -11,6 +11,7 @@ from uuid import UUID
 
 from typing_extensions import TypeVar
 
+from .executions import WorkflowExecution
 from .idempotency import IdempotencyRecord
 from .model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
 
@@ -18,6 +19,7 @@ __all__ = [
     "Clock",
     "SystemClock",
     "WorkflowDefinitionStore",
+    "WorkflowExecutionStore",
     "WorkflowHistoryStore",
     "WorkflowIdempotencyStore",
     "WorkflowInstanceStore",
@@ -140,6 +142,31 @@ class WorkflowIdempotencyStore(Protocol):
 
 
 @runtime_checkable
+class WorkflowExecutionStore(Protocol):
+    """Queued executions (``enqueue_event``), stored whole as upstream's JSON.
+
+    ``create`` and ``update`` run in the transaction that holds the instance's row lock
+    (NoActiveTransactionError otherwise); reads join it when there is one. At most one active
+    (pending, running or parked) execution per instance and one per (instance, key); ``update``
+    matches ``revision - 1`` (optimistic lock). Reads return independent copies.
+    """
+
+    async def create(self, execution: WorkflowExecution) -> None: ...
+
+    async def update(self, execution: WorkflowExecution) -> None: ...
+
+    async def find_by_uuid(self, execution_uuid: UUID | str) -> WorkflowExecution | None: ...
+
+    async def find_by_key(
+        self, instance_uuid: UUID | str, key: str
+    ) -> WorkflowExecution | None: ...
+
+    async def find_active(self, instance_uuid: UUID | str) -> WorkflowExecution | None: ...
+
+    async def find_due(self, limit: int, now: datetime) -> list[WorkflowExecution]: ...
+
+
+@runtime_checkable
 class Clock(Protocol):
     """A source of the current time; ``now()`` returns a timezone-aware datetime."""
 
@@ -166,7 +193,8 @@ RunnerT = TypeVar(
 class WorkflowPersistenceProvider(Generic[RunnerT]):
     """The persistence parts a runtime needs, built together over one database.
 
-    ``idempotency_store`` is None unless the provider was built with ``idempotency=True``.
+    ``idempotency_store`` is None unless the provider was built with ``idempotency=True``, and
+    ``execution_store`` unless it was built with ``durable_execution=True``.
 
     Generic in its runner, so that ``pg_workflow_providers(pool).transaction_runner`` is typed
     as a ``PgTransactionRunner`` (``connection()`` and ``bind()`` need no cast); a bare
@@ -178,3 +206,4 @@ class WorkflowPersistenceProvider(Generic[RunnerT]):
     transaction_runner: RunnerT
     definition_store: WorkflowDefinitionStore
     idempotency_store: WorkflowIdempotencyStore | None = None
+    execution_store: WorkflowExecutionStore | None = None

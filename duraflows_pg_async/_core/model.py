@@ -15,6 +15,8 @@ from .json_form import JsonReader, copy_json, optional_utc_text, utc_text
 
 __all__ = [
     "CommandResult",
+    "ExecutionOutcome",
+    "ExecutionResult",
     "HistoryOutcome",
     "HistoryRecord",
     "StoredWorkflowDefinition",
@@ -307,3 +309,78 @@ class StoredWorkflowDefinition:
             "definitionJson": copy_json(self.definition_json),
             "registeredAt": utc_text(self.registered_at, "StoredWorkflowDefinition.registered_at"),
         }
+
+
+ExecutionOutcome = Literal["success", "failure", "guard-rejected"]
+"""How an event ended: moved on, routed to an error state, or turned down by its guard."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """The outcome of ``trigger_event``.
+
+    ``to_state`` is the final state after any onEnter chain; ``command_results`` holds the event's
+    results followed by every onEnter hop's; ``history_uuid`` is the last history row written.
+    """
+
+    outcome: ExecutionOutcome
+    from_state: str
+    to_state: str
+    command_results: list[CommandResult]
+    history_uuid: UUID
+    rejected_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Upstream's JSON shape (camelCase; ``rejectedBy`` only when set): the form an
+        idempotency receipt stores, readable by the TypeScript runtime too."""
+        out: dict[str, Any] = {
+            "outcome": self.outcome,
+            "fromState": self.from_state,
+            "toState": self.to_state,
+            "commandResults": [result.to_json() for result in self.command_results],
+            "historyUuid": str(self.history_uuid),
+        }
+        if self.rejected_by is not None:
+            out["rejectedBy"] = self.rejected_by
+        return out
+
+    @classmethod
+    def from_json(cls, data: object) -> ExecutionResult:
+        """Read ``to_json()``'s shape back, as written by either runtime.
+
+        Raises InvalidArgumentError naming the first field that does not fit.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError(f"result must be a JSON object, got {echo(data)}")
+
+        def text(key: str, *, optional: bool = False) -> Any:
+            value = data.get(key)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str):
+                raise InvalidArgumentError(f"result.{key} must be a string, got {echo(value)}")
+            return value
+
+        outcome = text("outcome")
+        if outcome not in ("success", "failure", "guard-rejected"):
+            raise InvalidArgumentError(f"result.outcome is not an outcome, got {echo(outcome)}")
+        results = data.get("commandResults", [])
+        if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
+            raise InvalidArgumentError(
+                f"result.commandResults must be a list of objects, got {echo(results)}"
+            )
+        history = text("historyUuid")
+        try:
+            history_uuid = UUID(history)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"result.historyUuid must be a UUID, got {echo(history)}"
+            ) from None
+        return cls(
+            outcome=outcome,
+            from_state=text("fromState"),
+            to_state=text("toState"),
+            command_results=[CommandResult.from_json(result) for result in results],
+            history_uuid=history_uuid,
+            rejected_by=text("rejectedBy", optional=True),
+        )

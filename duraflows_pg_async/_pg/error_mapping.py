@@ -22,7 +22,7 @@ from duraflows_pg_async.errors import (
     WorkflowError,
 )
 
-__all__ = ["map_db_errors", "raise_mapped", "translate_db_error"]
+__all__ = ["map_db_errors", "map_optional_table_errors", "raise_mapped", "translate_db_error"]
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -115,3 +115,21 @@ def map_db_errors(what: str, connection: Any = None) -> Iterator[None]:
         yield
     except Exception as exc:
         raise_mapped(exc, what, connection)
+
+
+@contextmanager
+def map_optional_table_errors(
+    what: str, connection: Any, *, table: str, migration: str
+) -> Iterator[None]:
+    """``map_db_errors`` for a store over an optional table: when the table does not exist, a
+    ConfigurationError that names the migration to apply."""
+    try:
+        with map_db_errors(what, connection):
+            yield
+    except DatabaseError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            raise ConfigurationError(
+                f"{what}: table {table} does not exist: apply migration {migration} "
+                "(duraflows-pg migrate up, or migrations.apply())"
+            ) from exc.__cause__
+        raise

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID
 
@@ -15,9 +14,8 @@ from duraflows_pg_async._core.idempotency import (
     checked_reservation,
     checked_result,
 )
-from duraflows_pg_async._pg.error_mapping import map_db_errors
+from duraflows_pg_async._pg.error_mapping import map_optional_table_errors
 from duraflows_pg_async.errors import (
-    ConfigurationError,
     DatabaseError,
     WorkflowError,
     WorkflowInstanceNotFoundError,
@@ -29,10 +27,11 @@ from .store_base import PgStore
 
 __all__ = ["PgWorkflowIdempotencyStore"]
 
-_NO_TABLE = (
-    "table workflow_event_idempotency does not exist: apply migration 007 "
-    "(duraflows-pg migrate up, or migrations.apply())"
-)
+
+def _mapped(what: str, conn: AnyConnection) -> AbstractContextManager[None]:
+    return map_optional_table_errors(
+        what, conn, table="workflow_event_idempotency", migration="007"
+    )
 
 
 def _record_from_row(row: asyncpg.Record) -> IdempotencyRecord:
@@ -102,15 +101,3 @@ class PgWorkflowIdempotencyStore(PgStore):
                 f"idempotency reservation {text!r} of workflow instance {uuid} is missing or "
                 "already completed"
             )
-
-
-@contextmanager
-def _mapped(what: str, conn: AnyConnection) -> Iterator[None]:
-    """map_db_errors, with a missing table (migration 007 not applied) as a ConfigurationError."""
-    try:
-        with map_db_errors(what, conn):
-            yield
-    except DatabaseError as exc:
-        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
-            raise ConfigurationError(f"{what}: {_NO_TABLE}") from exc.__cause__
-        raise

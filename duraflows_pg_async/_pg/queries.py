@@ -26,6 +26,8 @@ HISTORY_COLUMNS = (
 
 DEFINITION_COLUMNS = "workflow_name, version, content_hash, definition_json, registered_at"
 
+EXECUTION_COLUMNS = "uuid, workflow_instance_uuid, execution_json"
+
 RECEIPT_COLUMNS = (
     "workflow_instance_uuid, idempotency_key, event_name, fingerprint, result_json, created_at"
 )
@@ -103,6 +105,12 @@ class Queries:
     select_receipt: str
     insert_receipt: str
     complete_receipt: str
+    insert_execution: str
+    update_execution: str
+    select_execution: str
+    select_execution_by_key: str
+    select_active_execution: str
+    select_due_executions: str
 
 
 def qualify(schema: str | None, table: str) -> str:
@@ -118,6 +126,7 @@ def render_queries(schema: str | None) -> Queries:
     history = qualify(schema, "workflow_history")
     definitions = qualify(schema, "workflow_definitions")
     receipts = qualify(schema, "workflow_event_idempotency")
+    executions = qualify(schema, "workflow_executions")
     return Queries(
         # $1=uuid $2=workflow_name $3=current_state $4=version $5=expires_at
         # $6=last_transition_at $7=context $8=metadata $9=created_at $10=updated_at
@@ -274,5 +283,39 @@ def render_queries(schema: str | None) -> Queries:
         complete_receipt=(
             f"UPDATE {receipts} SET result_json = $3 "
             "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2 AND result_json IS NULL"
+        ),
+        # $1=uuid $2=workflow_instance_uuid $3=idempotency_key $4=status $5=available_at
+        # $6=lease_until $7=revision $8=execution_json. The unique key (instance, key) and the
+        # unique index of active executions refuse a duplicate: nothing is overwritten.
+        insert_execution=(
+            f"INSERT INTO {executions} (uuid, workflow_instance_uuid, idempotency_key, status, "
+            "available_at, lease_until, revision, execution_json) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        # $1=uuid $2=status $3=available_at $4=lease_until $5=revision $6=execution_json.
+        # Optimistic: the stored revision must be the previous one.
+        update_execution=(
+            f"UPDATE {executions} SET status = $2, available_at = $3, lease_until = $4, "
+            "revision = $5, execution_json = $6 WHERE uuid = $1 AND revision = $5 - 1"
+        ),
+        # $1=uuid
+        select_execution=(f"SELECT {EXECUTION_COLUMNS} FROM {executions} WHERE uuid = $1"),
+        # $1=workflow_instance_uuid $2=idempotency_key
+        select_execution_by_key=(
+            f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
+            "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2"
+        ),
+        # $1=workflow_instance_uuid. The predicate of the unique index of active executions.
+        select_active_execution=(
+            f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
+            "WHERE workflow_instance_uuid = $1 AND status IN ('pending', 'running', 'parked')"
+        ),
+        # $1=limit $2=now (the application's clock). Served by workflow_executions_due_idx; no row
+        # locks: a hint that the worker re-checks under the instance's lock.
+        select_due_executions=(
+            f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
+            "WHERE status IN ('pending', 'running') AND available_at <= $2 "
+            "AND (lease_until IS NULL OR lease_until <= $2) "
+            "ORDER BY available_at, uuid LIMIT $1"
         ),
     )

@@ -8,11 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async._core.model import CommandResult, TimeoutRetry
+from duraflows_pg_async._core.model import (
+    ExecutionOutcome,
+    ExecutionResult,
+    TimeoutRetry,
+)
 from duraflows_pg_async._core.validate import require_duration
 from duraflows_pg_async.errors import InvalidArgumentError
 
@@ -29,8 +33,6 @@ __all__ = [
     "TimeoutRetryPolicy",
 ]
 
-ExecutionOutcome = Literal["success", "failure", "guard-rejected"]
-"""How an event ended: moved on, routed to an error state, or turned down by its guard."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -99,77 +101,6 @@ class ExecutionContext:
             self.to_state,
             self.transition_uuid,
             self.command_metadata if command_metadata is None else command_metadata,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionResult:
-    """The outcome of ``trigger_event``.
-
-    ``to_state`` is the final state after any onEnter chain; ``command_results`` holds the event's
-    results followed by every onEnter hop's; ``history_uuid`` is the last history row written.
-    """
-
-    outcome: ExecutionOutcome
-    from_state: str
-    to_state: str
-    command_results: list[CommandResult]
-    history_uuid: UUID
-    rejected_by: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Upstream's JSON shape (camelCase; ``rejectedBy`` only when set): the form an
-        idempotency receipt stores, readable by the TypeScript runtime too."""
-        out: dict[str, Any] = {
-            "outcome": self.outcome,
-            "fromState": self.from_state,
-            "toState": self.to_state,
-            "commandResults": [result.to_json() for result in self.command_results],
-            "historyUuid": str(self.history_uuid),
-        }
-        if self.rejected_by is not None:
-            out["rejectedBy"] = self.rejected_by
-        return out
-
-    @classmethod
-    def from_json(cls, data: object) -> ExecutionResult:
-        """Read ``to_json()``'s shape back, as written by either runtime.
-
-        Raises InvalidArgumentError naming the first field that does not fit.
-        """
-        if not isinstance(data, Mapping):
-            raise InvalidArgumentError(f"result must be a JSON object, got {echo(data)}")
-
-        def text(key: str, *, optional: bool = False) -> Any:
-            value = data.get(key)
-            if value is None and optional:
-                return None
-            if not isinstance(value, str):
-                raise InvalidArgumentError(f"result.{key} must be a string, got {echo(value)}")
-            return value
-
-        outcome = text("outcome")
-        if outcome not in ("success", "failure", "guard-rejected"):
-            raise InvalidArgumentError(f"result.outcome is not an outcome, got {echo(outcome)}")
-        results = data.get("commandResults", [])
-        if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
-            raise InvalidArgumentError(
-                f"result.commandResults must be a list of objects, got {echo(results)}"
-            )
-        history = text("historyUuid")
-        try:
-            history_uuid = UUID(history)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"result.historyUuid must be a UUID, got {echo(history)}"
-            ) from None
-        return cls(
-            outcome=outcome,
-            from_state=text("fromState"),
-            to_state=text("toState"),
-            command_results=[CommandResult.from_json(result) for result in results],
-            history_uuid=history_uuid,
-            rejected_by=text("rejectedBy", optional=True),
         )
 
 
