@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from duraflows_pg_async._core.idempotency import IdempotencyRecord
@@ -34,6 +34,7 @@ class MemoryDatabase:
     __slots__ = (
         "_claims",
         "_definitions",
+        "_executions",
         "_history",
         "_instances",
         "_last_history_at",
@@ -46,6 +47,7 @@ class MemoryDatabase:
         self._history: dict[UUID, list[HistoryRow]] = {}
         self._definitions: dict[tuple[str, int], StoredWorkflowDefinition] = {}
         self._receipts: dict[tuple[UUID, str], IdempotencyRecord] = {}
+        self._executions: dict[UUID, dict[str, Any]] = {}
         self._locks = LockTable()
         # Sweep claims (find_expired(claim_until=...)), kept outside the transactional state.
         self._claims: dict[UUID, datetime] = {}
@@ -109,6 +111,13 @@ class MemoryDatabase:
             level = level.parent
         return self._receipts.get(key)
 
+    def _all_executions(self, level: Level | None) -> dict[UUID, dict[str, Any]]:
+        view = dict(self._executions)
+        if level is not None:
+            for each in level.chain():
+                view.update(each.executions)
+        return view
+
     def _next_history_at(self) -> datetime:
         # Strictly increasing, so rows read back in the order they were written.
         now = max(datetime.now(UTC), self._last_history_at + _ONE_MICROSECOND)
@@ -124,6 +133,7 @@ class MemoryDatabase:
         parent.history.extend(level.history)
         parent.definitions.update(level.definitions)
         parent.receipts.update(level.receipts)
+        parent.executions.update(level.executions)
         for key, mode in level.locks.items():
             if mode > parent.locks.get(key, 0):
                 parent.locks[key] = mode
@@ -140,6 +150,7 @@ class MemoryDatabase:
                 self._history.setdefault(row.workflow_instance_uuid, []).append(row)
             self._definitions.update(level.definitions)
             self._receipts.update(level.receipts)
+            self._executions.update(level.executions)
         self._locks.release_all(level.root)
 
     async def _autocommit(self, op: Callable[[Level], Awaitable[T]]) -> T:

@@ -31,6 +31,7 @@ from duraflows_pg_async.errors import InvalidArgumentError
 
 from .database import MemoryDatabase
 from .definition_store import MemoryWorkflowDefinitionStore
+from .execution_store import MemoryWorkflowExecutionStore
 from .history_store import MemoryWorkflowHistoryStore
 from .idempotency_store import MemoryWorkflowIdempotencyStore
 from .instance_store import MemoryWorkflowInstanceStore
@@ -52,6 +53,7 @@ def memory_workflow_providers(
     *,
     lock_timeout: timedelta | float | None = None,
     idempotency: bool = False,
+    durable_execution: bool = False,
     js_safe_integers: bool = False,
 ) -> WorkflowPersistenceProvider[MemoryTransactionRunner]:
     """A runner and three stores over a new, empty in-memory database (one per call).
@@ -63,8 +65,9 @@ def memory_workflow_providers(
     ±(2**53 - 1) in contexts and metadata, as ``pg_workflow_providers`` does. Bad values raise
     InvalidArgumentError here.
     """
-    if type(idempotency) is not bool:
-        raise InvalidArgumentError(f"idempotency must be True or False, got {echo(idempotency)}")
+    for flag, value in (("idempotency", idempotency), ("durable_execution", durable_execution)):
+        if type(value) is not bool:
+            raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
     database = MemoryDatabase()
     return WorkflowPersistenceProvider(
         instance_store=MemoryWorkflowInstanceStore(database, js_safe_integers=js_safe_integers),
@@ -72,4 +75,5 @@ def memory_workflow_providers(
         transaction_runner=MemoryTransactionRunner(database, lock_timeout=lock_timeout),
         definition_store=MemoryWorkflowDefinitionStore(database),
         idempotency_store=MemoryWorkflowIdempotencyStore(database) if idempotency else None,
+        execution_store=MemoryWorkflowExecutionStore(database) if durable_execution else None,
     )

@@ -47,6 +47,7 @@ class Level:
         "aborted",
         "callbacks",
         "definitions",
+        "executions",
         "history",
         "instances",
         "locks",
@@ -65,6 +66,8 @@ class Level:
         self.definitions: dict[tuple[str, int], StoredWorkflowDefinition] = {}
         self.locks: dict[Hashable, int] = {}
         self.receipts: dict[tuple[UUID, str], IdempotencyRecord] = {}
+        # Executions as their stored JSON (execution_json), by uuid.
+        self.executions: dict[UUID, dict[str, Any]] = {}
         self.callbacks: list[Callable[[], Any]] = []
         self.aborted = False
 

@@ -11,6 +11,7 @@ from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async.errors import InvalidArgumentError
 
 from .definition_store import PgWorkflowDefinitionStore
+from .execution_store import PgWorkflowExecutionStore
 from .history_store import PgWorkflowHistoryStore
 from .idempotency_store import PgWorkflowIdempotencyStore
 from .instance_store import PgWorkflowInstanceStore
@@ -26,6 +27,7 @@ def pg_workflow_providers(
     lock_timeout: timedelta | float | None = None,
     statement_timeout: timedelta | float | None = None,
     idempotency: bool = False,
+    durable_execution: bool = False,
     js_safe_integers: bool = False,
 ) -> WorkflowPersistenceProvider[PgTransactionRunner]:
     """Stores and a transaction runner over ``pool``; fresh objects on every call.
@@ -39,8 +41,9 @@ def pg_workflow_providers(
     The pool should come from ``create_pool()`` (or carry ``register_codecs``); it is never closed
     by this package.
     """
-    if type(idempotency) is not bool:
-        raise InvalidArgumentError(f"idempotency must be True or False, got {echo(idempotency)}")
+    for flag, value in (("idempotency", idempotency), ("durable_execution", durable_execution)):
+        if type(value) is not bool:
+            raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
     runner = PgTransactionRunner(
         pool, lock_timeout=lock_timeout, statement_timeout=statement_timeout
     )
@@ -52,4 +55,7 @@ def pg_workflow_providers(
         transaction_runner=runner,
         definition_store=PgWorkflowDefinitionStore(pool, schema=schema),
         idempotency_store=PgWorkflowIdempotencyStore(pool, schema=schema) if idempotency else None,
+        execution_store=PgWorkflowExecutionStore(pool, schema=schema)
+        if durable_execution
+        else None,
     )
