@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from helpers import ManualClock
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -66,16 +66,8 @@ ORDER = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
 def make_runtime(
-    persistence: WorkflowPersistenceProvider, clock: Clock | None = None, **options: Any
+    persistence: WorkflowPersistenceProvider, clock: ManualClock | None = None, **options: Any
 ) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(ORDER)
@@ -370,12 +362,11 @@ async def test_a_guard_rejected_event(spans: Spans, providers: WorkflowPersisten
 
 
 async def test_a_sweep_of_two_due_instances(
-    spans: Spans, providers: WorkflowPersistenceProvider
+    spans: Spans, providers: WorkflowPersistenceProvider, clock: ManualClock
 ) -> None:
-    clock = Clock()
     runtime = make_runtime(providers, clock)
     due = {(await runtime.create_instance("order")).uuid for _ in range(2)}
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     await runtime.create_instance("order")  # not due
     spans.exporter.clear()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import SWEEP, ManualClock
 
 from duraflows_pg_async import (
     CommandRef,
@@ -54,16 +55,8 @@ FLOW = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = START
-
-    def now(self) -> datetime:
-        return self.current
-
-
 def make_runtime(
-    pool: asyncpg.Pool, clock: Clock, seen: list[int] | None = None
+    pool: asyncpg.Pool, clock: ManualClock, seen: list[int] | None = None
 ) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(FLOW)
@@ -99,7 +92,7 @@ async def test_64_concurrent_events_on_one_instance_lose_nothing(database: str) 
     pool = await create_pool(database, min_size=16, max_size=16)
     try:
         seen: list[int] = []
-        runtime = make_runtime(pool, Clock(), seen)
+        runtime = make_runtime(pool, ManualClock(START), seen)
         instance = await runtime.create_instance("flow")
         seen.clear()
         results = await asyncio.gather(
@@ -181,24 +174,7 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
         # The definition snapshot, then 5,000 instances due a minute ago.
         pool = await create_pool(database, min_size=1, max_size=2)
         definitions = DefinitionRegistry()
-        definitions.register(
-            WorkflowDefinition(
-                name="sweep",
-                initial_state="waiting",
-                states={
-                    "waiting": State(
-                        events={
-                            "fire": Event(
-                                target_state="fired",
-                                commands=(CommandRef("log"),),
-                                timeout=Timeout(minutes=1),
-                            )
-                        }
-                    ),
-                    "fired": State(),
-                },
-            )
-        )
+        definitions.register(SWEEP)
         await WorkflowRuntime(
             definitions=definitions,
             commands=CommandRegistry(),
@@ -279,7 +255,7 @@ def _delays(duration: float, trials: int) -> list[float]:
 @pytest.mark.slow
 async def test_cancellation_at_every_await_point_leaves_no_partial_write(database: str) -> None:
     pool = await create_pool(database, min_size=2, max_size=4)
-    clock = Clock()
+    clock = ManualClock(START)
     runtime = make_runtime(pool, clock)
     trials = {"create": 0, "event": 0, "sweep": 0}
     finished = {"create": 0, "event": 0, "sweep": 0}
@@ -324,20 +300,20 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
         async def due_sweep() -> None:
             await pool.execute("UPDATE workflow_instances SET expires_at = NULL")
             await runtime.create_instance("flow")
-            clock.current = START + timedelta(minutes=10)
+            clock.set(START + timedelta(minutes=10))
             await runtime.process_expired_workflows(limit=5)
-            clock.current = START
+            clock.set(START)
 
         sweep_time = await _duration(due_sweep)
         for delay in _delays(sweep_time, 60):
             trials["sweep"] += 1
             await pool.execute("UPDATE workflow_instances SET expires_at = NULL")
             instance = await runtime.create_instance("flow")
-            clock.current = START + timedelta(minutes=10)
+            clock.set(START + timedelta(minutes=10))
             finished["sweep"] += await _cancel_after(
                 delay, lambda: runtime.process_expired_workflows(limit=5)
             )
-            clock.current = START
+            clock.set(START)
             stored = await runtime.get_instance(instance.uuid)
             assert stored is not None
             history = await runtime.get_history(instance.uuid)

@@ -26,13 +26,14 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import pytest
+from helpers import ManualClock, reminder
 
 from duraflows_pg_async import (
     CommandRef,
@@ -44,7 +45,6 @@ from duraflows_pg_async import (
     OnEnter,
     PgTransactionRunner,
     State,
-    Timeout,
     WorkflowDefinition,
     WorkflowRuntime,
     create_pool,
@@ -584,31 +584,6 @@ PIPELINE = WorkflowDefinition(
     },
 )
 
-REMINDER = WorkflowDefinition(
-    name="reminder",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "remind": Event(
-                    target_state="reminded",
-                    commands=(CommandRef("step"),),
-                    timeout=Timeout(minutes=5),
-                )
-            }
-        ),
-        "reminded": State(),
-    },
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
 
 @dataclass
 class Plan:
@@ -636,14 +611,14 @@ class Plan:
         self.fail_at = fail_at
 
 
-async def _runtime(fault: Fault) -> tuple[WorkflowRuntime, Plan, Clock]:
+async def _runtime(fault: Fault) -> tuple[WorkflowRuntime, Plan, ManualClock]:
     plan = Plan(fault)
     definitions = DefinitionRegistry()
     definitions.register(PIPELINE)
-    definitions.register(REMINDER)
+    definitions.register(reminder(command="step"))
     commands = CommandRegistry()
     commands.register("step", plan.step)
-    clock = Clock()
+    clock = ManualClock()
     runtime = WorkflowRuntime(
         definitions=definitions,
         commands=commands,
@@ -714,7 +689,7 @@ async def test_timeout_command_loses_the_connection_and_is_retried(fault: Fault)
     admin = fault.admin
     plan.arm(None)
     created = await runtime.create_instance("reminder")
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     plan.arm(1)
     result = await runtime.process_expired_workflows()
@@ -738,7 +713,7 @@ async def test_timeout_command_loses_the_connection_and_is_retried(fault: Fault)
     plan.arm(None)
     early = await runtime.process_expired_workflows()
     assert (early.processed, len(early.failed)) == (0, 0)
-    clock.current = failure.retry_at + timedelta(seconds=1)
+    clock.set(failure.retry_at + timedelta(seconds=1))
     retried = await runtime.process_expired_workflows()
     assert (retried.processed, len(retried.failed)) == (1, 0)
     instance = await runtime.get_instance(created.uuid)
@@ -766,7 +741,7 @@ async def test_sweep_hands_back_the_claims_it_could_not_use(
     fault.inject = unreachable  # type: ignore[method-assign]
     plan.arm(None)
     created = [(await runtime.create_instance("reminder")).uuid for _ in range(5)]
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     plan.arm(2)  # the second instance's command loses the database
     first = await runtime.process_expired_workflows()
@@ -776,7 +751,7 @@ async def test_sweep_hands_back_the_claims_it_could_not_use(
 
     proxy.refusing = False
     plan.arm(None)
-    clock.current += timedelta(seconds=1)  # far less than the sweep's claim
+    clock.advance(seconds=1)  # far less than the sweep's claim
     second = await runtime.process_expired_workflows()
     assert (second.processed, len(second.failed)) == (4, 0)
     rows = await admin.fetch(

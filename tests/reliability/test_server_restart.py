@@ -32,6 +32,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from helpers import REMINDER
 
 from duraflows_pg_async import (
     CommandRef,
@@ -40,7 +41,6 @@ from duraflows_pg_async import (
     Event,
     ExecutionContext,
     State,
-    Timeout,
     TimeoutRetryPolicy,
     TimeoutWorker,
     WorkflowDefinition,
@@ -75,23 +75,6 @@ PING = WorkflowDefinition(
     initial_state="idle",
     states={
         "idle": State(events={"ping": Event(target_state="idle", commands=(CommandRef("count"),))})
-    },
-)
-
-REMINDER = WorkflowDefinition(
-    name="reminder",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "remind": Event(
-                    target_state="reminded",
-                    commands=(CommandRef("send"),),
-                    timeout=Timeout(minutes=5),
-                )
-            }
-        ),
-        "reminded": State(),
     },
 )
 

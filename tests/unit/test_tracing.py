@@ -12,10 +12,10 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import ManualClock, reminder
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -66,15 +66,7 @@ ORDER = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
-def make_runtime(clock: Clock | None = None, **options: Any) -> WorkflowRuntime:
+def make_runtime(clock: ManualClock | None = None, **options: Any) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(ORDER)
     commands = CommandRegistry()
@@ -334,11 +326,10 @@ async def test_spans_nest_under_the_callers_span_and_observers_under_the_event(
 # --- sweeps --------------------------------------------------------------------------------------
 
 
-async def test_sweep_span_with_a_child_per_instance(spans: Spans) -> None:
-    clock = Clock()
+async def test_sweep_span_with_a_child_per_instance(spans: Spans, clock: ManualClock) -> None:
     runtime = make_runtime(clock)
     due = [await runtime.create_instance("order") for _ in range(2)]
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     await runtime.create_instance("order")  # not due
     spans.exporter.clear()
     result = await runtime.sweep(10)
@@ -371,32 +362,19 @@ async def test_sweep_span_with_a_child_per_instance(spans: Spans) -> None:
         }
 
 
-async def test_a_failing_timeout_is_an_error_span_and_counted(spans: Spans) -> None:
-    definition = WorkflowDefinition(
-        name="flaky",
-        initial_state="waiting",
-        states={
-            "waiting": State(
-                events={
-                    "expire": Event(
-                        target_state="done",
-                        commands=(CommandRef("explode"),),
-                        timeout=Timeout(minutes=1),
-                    )
-                }
-            ),
-            "done": State(),
-        },
-    )
+async def test_a_failing_timeout_is_an_error_span_and_counted(
+    spans: Spans, clock: ManualClock
+) -> None:
     definitions = DefinitionRegistry()
-    definitions.register(definition)
+    definitions.register(
+        reminder("flaky", event="expire", target="done", command="explode", minutes=1)
+    )
     commands = CommandRegistry()
 
     def explode(subject: Any, ctx: ExecutionContext) -> None:
         raise RuntimeError("no luck")
 
     commands.register("explode", explode)
-    clock = Clock()
     runtime = WorkflowRuntime(
         definitions=definitions,
         commands=commands,
@@ -404,7 +382,7 @@ async def test_a_failing_timeout_is_an_error_span_and_counted(spans: Spans) -> N
         clock=clock,
     )
     await runtime.create_instance("flaky")
-    clock.current += timedelta(minutes=2)
+    clock.advance(minutes=2)
     spans.exporter.clear()
     result = await runtime.sweep(10)
     assert len(result.failed) == 1
@@ -443,20 +421,22 @@ class Broken(SpanProcessor):
 
 @pytest.mark.parametrize("where", ["start", "end"])
 async def test_a_failing_span_processor_never_breaks_the_call(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clock: ManualClock,
+    where: str,
 ) -> None:
     provider = TracerProvider()
     provider.add_span_processor(Broken(where))
     use_provider(monkeypatch, provider)
     monkeypatch.setattr(_tracing, "_warned", False)
-    clock = Clock()
     runtime = make_runtime(clock)
     with caplog.at_level(logging.DEBUG, logger="duraflows_pg_async"):
         created = await runtime.create_instance("order")
         result = await runtime.trigger_event(created.uuid, "pay", subject=True)
-        clock.current += timedelta(minutes=6)
+        clock.advance(minutes=6)
         await runtime.create_instance("order")
-        clock.current += timedelta(minutes=6)
+        clock.advance(minutes=6)
         swept = await runtime.sweep(10)
     assert result.to_state == "paid"
     assert swept.processed == 1
