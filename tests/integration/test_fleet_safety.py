@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-from helpers import ManualClock, reminder
+from helpers import ManualClock, lock_row, reminder
 
 from duraflows_pg_async import (
     CommandRef,
@@ -370,9 +370,7 @@ async def test_a_sweep_passes_over_a_claimed_row_a_request_holds(
             conn = await asyncpg.connect(database)
             holder.append(conn)
             await conn.execute("BEGIN")
-            await conn.execute(
-                "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", keys[-1]
-            )
+            await lock_row(conn, keys[-1])
             locked.set()
 
     runtime = runtime_for(pg_workflow_providers(pool), clock, "alpha", send=send)

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import SWEEP, ManualClock
+from helpers import SWEEP, ManualClock, row_locked
 
 from duraflows_pg_async import (
     CommandRef,
@@ -333,7 +333,6 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
 
 async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None:
     pool = await create_pool(database, min_size=1, max_size=2)
-    holder = await asyncpg.connect(database)
     try:
         definitions = DefinitionRegistry()
         definitions.register(FLOW)
@@ -345,17 +344,13 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None
             persistence=pg_workflow_providers(pool, lock_timeout=0.2),
         )
         instance = await runtime.create_instance("flow")
-        await holder.execute("BEGIN")
-        await holder.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
-        )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(LockTimeoutError) as caught:
-            await runtime.trigger_event(instance.uuid, "bump")
-        assert loop.time() - started < 3
-        assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
-        await holder.execute("ROLLBACK")
+        async with row_locked(database, instance.uuid):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(LockTimeoutError) as caught:
+                await runtime.trigger_event(instance.uuid, "bump")
+            assert loop.time() - started < 3
+            assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
         stored = await runtime.get_instance(instance.uuid)
         assert stored is not None
         assert stored.version == 1
@@ -364,5 +359,4 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None
         # Free again: the same call now succeeds.
         assert (await runtime.trigger_event(instance.uuid, "bump")).outcome == "success"
     finally:
-        await holder.close()
         await pool.close()

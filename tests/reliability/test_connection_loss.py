@@ -33,7 +33,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from helpers import ManualClock, reminder
+from helpers import ManualClock, lock_row, reminder
 
 from duraflows_pg_async import (
     CommandRef,
@@ -230,13 +230,9 @@ def _server_address(admin_dsn: str) -> tuple[str, int]:
 
 
 @pytest.fixture
-async def admin(database: str) -> AsyncIterator[asyncpg.Connection]:
+def admin(raw_connection: asyncpg.Connection) -> asyncpg.Connection:
     """A connection outside the pools under test: it kills backends and checks what was written."""
-    conn = await asyncpg.connect(database)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+    return raw_connection
 
 
 @pytest.fixture
@@ -462,9 +458,7 @@ async def _lose_connection_at(fault: Fault, point: str) -> None:
     lock_holder = await asyncpg.connect(fault.database) if point == "during_statement" else None
     if lock_holder is not None:
         await lock_holder.execute("BEGIN")
-        await lock_holder.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", held.uuid
-        )
+        await lock_row(lock_holder, held.uuid)
     try:
         async with runner.transaction():
             pid = runner.connection().get_server_pid()

@@ -35,7 +35,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from helpers import ManualClock
+from helpers import ManualClock, PgDatabaseError
 
 from duraflows_pg_async import (
     CommandRef,
@@ -912,11 +912,8 @@ class TestDefinitionStoreThroughPgbouncer(DefinitionStoreConformance):
     pass
 
 
-class TestTransactionRunnerThroughPgbouncer(TransactionRunnerConformance):
-    async def cause_database_error(self, provider: WorkflowPersistenceProvider) -> object:
-        runner = provider.transaction_runner
-        assert isinstance(runner, PgTransactionRunner)
-        return await runner.connection().execute("SELECT 1/0")
+class TestTransactionRunnerThroughPgbouncer(PgDatabaseError, TransactionRunnerConformance):
+    pass
 
 
 # --- what goes wrong without the setting, and in the other pool modes --------------------------

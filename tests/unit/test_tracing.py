@@ -11,17 +11,25 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import ManualClock, reminder
+from helpers import (
+    ManualClock,
+    Spans,
+    attributes,
+    parent_id,
+    reminder,
+    span_context,
+    span_id,
+    use_provider,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from duraflows_pg_async import (
     CommandRef,
@@ -89,56 +97,6 @@ def make_runtime(clock: ManualClock | None = None, **options: Any) -> WorkflowRu
         clock=clock,
         **options,
     )
-
-
-class Spans:
-    """The spans a test produced, through an SDK provider of its own."""
-
-    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
-        self.provider = provider
-        self.exporter = exporter
-
-    def all(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.all() if s.name == name]
-
-    def one(self, name: str) -> ReadableSpan:
-        (span,) = self.named(name)
-        return span
-
-
-def use_provider(monkeypatch: pytest.MonkeyPatch, provider: TracerProvider) -> None:
-    monkeypatch.setattr(_tracing, "_tracer", provider.get_tracer(_tracing.TRACER_NAME, __version__))
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spans]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_provider(monkeypatch, provider)
-    yield Spans(provider, exporter)
-    provider.shutdown()
-
-
-def attributes(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def span_context(span: ReadableSpan) -> SpanContext:
-    context = span.get_span_context()
-    assert context is not None
-    return context
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span_context(span).span_id
 
 
 # --- without OpenTelemetry ---------------------------------------------------------------------
