@@ -152,7 +152,7 @@ async def test_a_cancelled_transaction_rolls_back_without_an_error_status(
     async def body() -> None:
         async with providers.transaction_runner.transaction():
             started.set()
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(body())
     await started.wait()

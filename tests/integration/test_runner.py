@@ -333,7 +333,7 @@ async def test_cancellation_inside_a_transaction_leaves_nothing(
 
     task = asyncio.create_task(work())
     await asyncio.wait_for(entered.wait(), 5)
-    await asyncio.sleep(delay)
+    await asyncio.sleep(delay)  # what is tested: a cancellation this long into the statement
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -372,7 +372,7 @@ async def test_cancellation_at_many_points_of_a_transaction(pool: asyncpg.Pool) 
     for steps in range(60):
         instance_uuid = uuid4()
         task = asyncio.create_task(work(instance_uuid))
-        for _ in range(steps):
+        for _ in range(steps):  # yields: the cancellation lands after `steps` loop steps
             await asyncio.sleep(0)
         task.cancel()
         try:

@@ -39,7 +39,7 @@ def make_runtime(
 
     async def send(subject: Any, ctx: ExecutionContext) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # a slow command (the instance in hand), not a wait
         sent.append(ctx.transition_uuid)
         ctx.context["sent"] = True
         if on_send is not None:

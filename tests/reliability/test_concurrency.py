@@ -66,7 +66,7 @@ def make_runtime(
         value = int(ctx.context.get("n", 0))
         if seen is not None:
             seen.append(value)
-        await asyncio.sleep(0)  # a real command awaits something
+        await asyncio.sleep(0)  # a yield, not a wait: a real command awaits something
         ctx.context["n"] = value + 1
 
     commands.register("count", count)
@@ -150,6 +150,8 @@ WORKER_SCRIPT = textwrap.dedent(
         async with asyncio.TaskGroup() as group:
             for worker in workers:
                 group.create_task(worker.run())
+            # Until every instance is swept: a poll (this script cannot import the tests'
+            # helpers), bounded by the test's communicate(timeout=240).
             while await pool.fetchval(
                 "SELECT count(*) FROM workflow_instances WHERE expires_at IS NOT NULL"
             ):
@@ -226,7 +228,7 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
 async def _cancel_after(delay: float, operation: Any) -> bool:
     """Run ``operation()`` and cancel it after ``delay`` seconds; True if it finished first."""
     task = asyncio.create_task(operation())
-    await asyncio.sleep(delay)
+    await asyncio.sleep(delay)  # what is tested: a cancellation at this point of the operation
     task.cancel()
     try:
         await task

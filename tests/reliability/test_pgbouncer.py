@@ -35,7 +35,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from helpers import ManualClock, PgDatabaseError
+from helpers import ManualClock, PgDatabaseError, wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -234,7 +234,7 @@ def _start(
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the interval of a bounded poll (the deadline above)
                 continue
             return process, port
         _stop(process)
@@ -646,14 +646,19 @@ async def test_a_cancelled_transaction_leaves_nothing_behind(
 
     task = asyncio.create_task(work())
     await asyncio.wait_for(inside.wait(), 10)
+
     # Cancel only once the server is running the sleep, so the cancel request has a query to
     # stop.
-    while not await raw_connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
-    ):
+    async def sleeping() -> bool:
+        if await raw_connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
+        ):
+            return True
         assert not task.done(), task
-        await asyncio.sleep(0.01)
+        return False
+
+    await wait_until(sleeping, within=30, what="the server running the transaction's sleep")
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -850,7 +855,7 @@ async def test_concurrent_events_on_one_instance_through_fewer_server_connection
         nonlocal peak
         while sampling:
             peak = max(peak, await _server_backends(pg_server.admin_dsn, database, but=direct))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the sampling rate: not a wait for anything
 
     try:
         runtime = Parcels(pg_workflow_providers(pool), ManualClock(NOW)).runtime
