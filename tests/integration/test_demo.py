@@ -77,7 +77,7 @@ async def test_demo_runs_on_a_given_database(empty_database: str) -> None:
     result = await asyncio.to_thread(run_demo, empty_database)
     assert result.returncode == 0, result.stderr
     assert_demo_output(result.stdout)
-    # The walkthrough in getting-started shows what the demo prints today.
+    # The walkthrough in getting-started shows what the demo prints.
     printed = {normalized(line) for line in result.stdout.splitlines()}
     missing = [line for line in documented_output() if line not in printed]
     assert not missing, missing

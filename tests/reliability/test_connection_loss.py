@@ -1,4 +1,4 @@
-"""Connection loss in the middle of a transaction (issue 5, item 4), against a real PostgreSQL.
+"""Connection loss in the middle of a transaction, against a real PostgreSQL.
 
 Faults, injected at several points of a transaction (after BEGIN, between writes, just before
 COMMIT, during a statement), on the runner and stores and through the runtime (create with an

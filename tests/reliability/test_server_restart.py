@@ -1,4 +1,4 @@
-"""A PostgreSQL restart under load (issue 5, item 5).
+"""A PostgreSQL restart under load loses no committed transition and processes nothing twice.
 
 Request tasks trigger events in a loop on their own instances while two TimeoutWorkers sweep a
 backlog of due instances; the server is stopped (``fast``: every backend is terminated) while
