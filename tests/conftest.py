@@ -47,6 +47,9 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 
+# tests/helpers.py: the shared clock, definitions, span readers and waits, and their fixtures.
+pytest_plugins = ["helpers"]
+
 
 @dataclass
 class PgServer:

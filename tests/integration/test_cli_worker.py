@@ -9,16 +9,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_until
 from test_cli import assert_clean_error, cli, due_reminder
 
-from duraflows_pg_async import WorkflowPersistenceProvider
+from duraflows_pg_async import WorkflowInstance, WorkflowPersistenceProvider
 
 APP = """
 import asyncio
@@ -164,15 +163,6 @@ class Worker:
             self.proc.communicate()
 
 
-async def wait_for(condition: Any, worker: Worker, what: str) -> Any:
-    deadline = time.monotonic() + 30
-    while not (value := await condition()):
-        worker.check_running()
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-    return value
-
-
 async def test_worker_timeouts_reach_its_transactions(
     database: str, providers: WorkflowPersistenceProvider, tmp_path: Path
 ) -> None:
@@ -185,12 +175,16 @@ async def test_worker_timeouts_reach_its_transactions(
     )
     try:
 
-        async def reminded() -> Any:
+        async def reminded() -> WorkflowInstance | None:
             stored = await providers.instance_store.find_by_uuid(instance.uuid)
             assert stored is not None
-            return stored if stored.current_state == "reminded" else None
+            if stored.current_state == "reminded":
+                return stored
+            worker.check_running()
+            return None
 
-        stored = await wait_for(reminded, worker, "the worker did not process the timeout")
+        stored = await wait_until(reminded, within=30, what="the worker processing the timeout")
+        assert stored is not None
         code, _, err = await worker.stop()
     finally:
         worker.kill()
@@ -231,9 +225,12 @@ async def test_worker_sweeps_only_the_named_workflows_with_its_lease(
         assert (started["lease"], started["workflows"]) == (300.0, ["reminder"])
 
         async def in_command() -> bool:
-            return marker.exists()
+            if marker.exists():
+                return True
+            worker.check_running()
+            return False
 
-        await wait_for(in_command, worker, "the worker never reached the command")
+        await wait_until(in_command, within=30, what="the worker in the command")
         claim_left = await conn.fetchval(
             "SELECT timeout_retry_at - now() FROM workflow_instances WHERE uuid = $1",
             reminder.uuid,

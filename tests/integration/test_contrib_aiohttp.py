@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +23,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+from helpers import ManualClock
 
 pytest.importorskip("aiohttp")
 
@@ -44,18 +45,10 @@ def load_example() -> ModuleType:
     return module
 
 
-class MovableClock:
-    def __init__(self) -> None:
-        self.current = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
 @dataclass
 class Served:
     client: TestClient[web.Request, web.Application]
-    clock: MovableClock
+    clock: ManualClock
     app: web.Application
     dsn: str = field(repr=False)  # it carries the server's password
 
@@ -83,7 +76,7 @@ async def wait_until_no_app_connections(dsn: str) -> None:
 @asynccontextmanager
 async def serving(dsn: str, **server_options: Any) -> AsyncIterator[Served]:
     """The example on an unmigrated database (the cleanup_ctx migrates), on a free TCP port."""
-    clock = MovableClock()
+    clock = ManualClock(datetime.now(UTC))
     app = load_example().create_app(
         dsn,
         clock=clock,
@@ -203,7 +196,7 @@ async def test_cleanup_ctx_worker_sweeps_due_orders(served: Served) -> None:
     uuid = await create_order(client)
     paid = await create_order(client)
     await client.post(f"/orders/{paid}/events/pay")
-    served.clock.current += timedelta(days=1, minutes=1)
+    served.clock.advance(days=1, minutes=1)
 
     for _ in range(200):
         body = await get_json(client, f"/orders/{uuid}")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +22,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+from helpers import ManualClock
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -42,18 +43,10 @@ def load_example() -> ModuleType:
     return module
 
 
-class MovableClock:
-    def __init__(self) -> None:
-        self.current = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
 @dataclass
 class Served:
     client: Any  # httpx.AsyncClient
-    clock: MovableClock
+    clock: ManualClock
     server: Any  # uvicorn.Server
     task: asyncio.Task[None]
     dsn: str = field(repr=False)  # it carries the server's password
@@ -88,7 +81,7 @@ async def wait_until_no_app_connections(dsn: str) -> None:
 @asynccontextmanager
 async def serving(dsn: str, **config_options: Any) -> AsyncIterator[Served]:
     """The example on an unmigrated database (the lifespan migrates), on a free TCP port."""
-    clock = MovableClock()
+    clock = ManualClock(datetime.now(UTC))
     app = load_example().create_app(
         dsn,
         clock=clock,
@@ -223,7 +216,7 @@ async def test_lifespan_worker_sweeps_due_orders(served: Served) -> None:
     uuid = await create_order(served.client)
     paid = await create_order(served.client)
     await served.client.post(f"/orders/{paid}/events/pay")
-    served.clock.current += timedelta(days=1, minutes=1)
+    served.clock.advance(days=1, minutes=1)
 
     async with asyncio.timeout(10):
         while True:

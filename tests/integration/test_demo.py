@@ -9,12 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_until
 
 from duraflows_pg_async import HistoryRecord, WorkflowPersistenceProvider
 from duraflows_pg_async.testing import make_instance
@@ -77,7 +77,7 @@ async def test_demo_runs_on_a_given_database(empty_database: str) -> None:
     result = await asyncio.to_thread(run_demo, empty_database)
     assert result.returncode == 0, result.stderr
     assert_demo_output(result.stdout)
-    # The walkthrough in getting-started shows what the demo prints today.
+    # The walkthrough in getting-started shows what the demo prints.
     printed = {normalized(line) for line in result.stdout.splitlines()}
     missing = [line for line in documented_output() if line not in printed]
     assert not missing, missing
@@ -180,14 +180,18 @@ async def test_demo_drops_its_schema_when_interrupted(
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 60
-        while not await watcher.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event = 'advisory'"
-        ):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the demo never reached its migrations"
-            await asyncio.sleep(0.05)
+        running = proc
+
+        async def waiting_for_the_lock() -> bool:
+            if await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event = 'advisory'"
+            ):
+                return True
+            assert running.poll() is None, running.communicate()
+            return False
+
+        await wait_until(waiting_for_the_lock, within=60, what="the demo waiting in its migrations")
         demo_schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'duraflows_demo_%'"
         assert await holder.fetchval(demo_schemas) == 1
         proc.send_signal(signum)

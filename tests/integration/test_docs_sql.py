@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import wait_until
 
 from duraflows_pg_async import HistoryRecord, TimeoutRetry, WorkflowPersistenceProvider
 from duraflows_pg_async.testing import make_instance
@@ -165,11 +166,16 @@ async def test_lock_waits_show_the_waiter_and_its_blocker(
             "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
         )
         task = asyncio.ensure_future(blocked)
-        # Until the waiter is queued on the lock (it cannot finish before the holder lets go).
         waits = block_after("Sessions waiting on a workflow row lock")
-        while not (rows := await pool.fetch(waits)):
-            assert not task.done(), task
-            await asyncio.sleep(0.02)
+
+        async def queued() -> list[asyncpg.Record]:
+            rows = list(await pool.fetch(waits))
+            if not rows:
+                # The waiter cannot finish before the holder lets go.
+                assert not task.done(), task
+            return rows
+
+        rows = await wait_until(queued, what="the waiter queued on the row lock")
         assert len(rows) == 1
         assert rows[0]["blocking_pid"] == holder.get_server_pid()
         assert rows[0]["pid"] == waiter.get_server_pid()

@@ -1,4 +1,4 @@
-"""The embedded server is closed to the machine's other users (issue 10, item 5).
+"""The embedded server is closed to the machine's other users.
 
 - Every login takes the server's random password, over TCP and over the Unix socket; it is
   stored as SCRAM-SHA-256 and ``pg_hba.conf`` accepts nothing else.

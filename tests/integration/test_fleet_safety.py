@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+from helpers import ManualClock, lock_row, reminder
 
 from duraflows_pg_async import (
     CommandRef,
@@ -35,40 +36,12 @@ from duraflows_pg_async._runtime.sweeper import DEFAULT_SWEEP_LEASE
 from duraflows_pg_async.errors import InvalidArgumentError, UnreadableRowError
 from duraflows_pg_async.stores import PgWorkflowInstanceStore
 
-
-class Clock:
-    def __init__(self, current: datetime | None = None) -> None:
-        self.current = current or datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
-def reminder(name: str) -> WorkflowDefinition:
-    return WorkflowDefinition(
-        name=name,
-        initial_state="waiting",
-        states={
-            "waiting": State(
-                events={
-                    "remind": Event(
-                        target_state="reminded",
-                        commands=(CommandRef("send"),),
-                        timeout=Timeout(minutes=5),
-                    )
-                }
-            ),
-            "reminded": State(),
-        },
-    )
-
-
 Send = Callable[[Any, ExecutionContext], Awaitable[None] | None]
 
 
 def runtime_for(
     persistence: WorkflowPersistenceProvider,
-    clock: Clock,
+    clock: ManualClock,
     *names: str,
     send: Send | None = None,
     **options: Any,
@@ -92,7 +65,7 @@ def runtime_for(
 
 
 async def due_instances(
-    runtime: WorkflowRuntime, clock: Clock, workflow: str, n: int
+    runtime: WorkflowRuntime, clock: ManualClock, workflow: str, n: int
 ) -> list[UUID]:
     return [(await runtime.create_instance(workflow)).uuid for _ in range(n)]
 
@@ -111,13 +84,13 @@ async def fire_all(runtime: WorkflowRuntime) -> int:
 
 async def test_a_sweep_leaves_other_workflows_alone(
     any_persistence: WorkflowPersistenceProvider,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
     alpha = runtime_for(any_persistence, clock, "alpha")
     beta = runtime_for(any_persistence, clock, "beta")
     betas = await due_instances(beta, clock, "beta", 100)
     alphas = await due_instances(alpha, clock, "alpha", 3)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     result = await alpha.process_expired_workflows(limit=200)
     assert (result.processed, result.failed, result.parked) == (3, [], [])
@@ -139,8 +112,8 @@ async def test_a_sweep_leaves_other_workflows_alone(
 
 async def test_runtimes_of_different_workflows_sweep_side_by_side(
     any_persistence: WorkflowPersistenceProvider,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
     all_reminded = asyncio.Event()
     sent: list[str] = []
 
@@ -154,7 +127,7 @@ async def test_runtimes_of_different_workflows_sweep_side_by_side(
     beta = runtime_for(any_persistence, clock, "beta", send=send)
     await due_instances(alpha, clock, "alpha", 40)
     await due_instances(beta, clock, "beta", 40)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     workers = [
         TimeoutWorker(alpha, batch_size=7, poll_interval=0.01),
         TimeoutWorker(beta, batch_size=7, poll_interval=0.01),
@@ -172,12 +145,13 @@ async def test_runtimes_of_different_workflows_sweep_side_by_side(
     assert [w.stats.parked for w in workers] == [0, 0]
 
 
-async def test_workflow_names_narrow_a_sweep(any_persistence: WorkflowPersistenceProvider) -> None:
-    clock = Clock()
+async def test_workflow_names_narrow_a_sweep(
+    any_persistence: WorkflowPersistenceProvider, clock: ManualClock
+) -> None:
     both = runtime_for(any_persistence, clock, "alpha", "beta")
     await due_instances(both, clock, "alpha", 2)
     betas = await due_instances(both, clock, "beta", 2)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     result = await both.process_expired_workflows(workflow_names=["alpha"])
     assert result.processed == 2
     for key in betas:
@@ -241,9 +215,12 @@ async def test_the_claim_query_is_served_by_the_per_workflow_index(pool: asyncpg
     ],
 )
 async def test_an_unreadable_row_is_parked_and_the_batch_fires(
-    providers: WorkflowPersistenceProvider, pool: asyncpg.Pool, bad_json: str, reason: str
+    providers: WorkflowPersistenceProvider,
+    pool: asyncpg.Pool,
+    bad_json: str,
+    reason: str,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
     runtime = runtime_for(providers, clock, "alpha")
     keys = await due_instances(runtime, clock, "alpha", 5)
     bad = keys[2]
@@ -253,7 +230,7 @@ async def test_an_unreadable_row_is_parked_and_the_batch_fires(
             bad,
             bad_json,
         )
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     with pytest.raises(UnreadableRowError) as info:
         await runtime.get_instance(bad)
@@ -276,7 +253,7 @@ async def test_an_unreadable_row_is_parked_and_the_batch_fires(
             bad,
         )
     assert row is not None
-    assert row["timeout_parked_at"] == clock.current
+    assert row["timeout_parked_at"] == clock.now()
     assert "workflow_instances.context_json" in row["timeout_last_error"]
     assert str(bad) in row["timeout_last_error"]
     assert row["timeout_attempts"] == 1
@@ -290,9 +267,8 @@ async def test_an_unreadable_row_is_parked_and_the_batch_fires(
 
 
 async def test_an_unreadable_metadata_column_is_named(
-    providers: WorkflowPersistenceProvider, pool: asyncpg.Pool
+    providers: WorkflowPersistenceProvider, pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
-    clock = Clock()
     runtime = runtime_for(providers, clock, "alpha")
     (key,) = await due_instances(runtime, clock, "alpha", 1)
     async with pool.acquire() as conn:
@@ -306,7 +282,7 @@ async def test_an_unreadable_metadata_column_is_named(
 # --- 4. text that PostgreSQL cannot store ---------------------------------------------------
 
 
-def routed_runtime(persistence: WorkflowPersistenceProvider, clock: Clock) -> WorkflowRuntime:
+def routed_runtime(persistence: WorkflowPersistenceProvider, clock: ManualClock) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(
         WorkflowDefinition(
@@ -353,7 +329,7 @@ def routed_runtime(persistence: WorkflowPersistenceProvider, clock: Clock) -> Wo
 async def test_command_text_with_nul_or_lone_surrogates_is_stored(
     any_persistence: WorkflowPersistenceProvider,
 ) -> None:
-    runtime = routed_runtime(any_persistence, Clock())
+    runtime = routed_runtime(any_persistence, ManualClock())
     first = await runtime.create_instance("billing")
     result = await runtime.trigger_event(first.uuid, "notify")
     assert (result.outcome, result.to_state) == ("success", "notified")
@@ -379,12 +355,11 @@ async def test_command_text_with_nul_or_lone_surrogates_is_stored(
 
 
 async def test_a_sweep_passes_over_a_claimed_row_a_request_holds(
-    database: str, pool: asyncpg.Pool
+    database: str, pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     """Providers as `duraflows-pg worker` builds them (no lock_timeout): a request locks an
     instance after the sweep claimed it; the sweep fires the rest, does not count the held one
     as a failure, and a later sweep fires it once the request lets go."""
-    clock = Clock()
     locked = asyncio.Event()
     holder: list[asyncpg.Connection] = []
     keys: list[UUID] = []
@@ -395,16 +370,14 @@ async def test_a_sweep_passes_over_a_claimed_row_a_request_holds(
             conn = await asyncpg.connect(database)
             holder.append(conn)
             await conn.execute("BEGIN")
-            await conn.execute(
-                "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", keys[-1]
-            )
+            await lock_row(conn, keys[-1])
             locked.set()
 
     runtime = runtime_for(pg_workflow_providers(pool), clock, "alpha", send=send)
     for _ in range(50):
         keys.append((await runtime.create_instance("alpha")).uuid)
-        clock.current += timedelta(seconds=1)
-    clock.current += timedelta(minutes=6)
+        clock.advance(seconds=1)
+    clock.advance(minutes=6)
     try:
         async with asyncio.timeout(60):
             result = await runtime.process_expired_workflows(limit=100)
@@ -433,7 +406,7 @@ async def test_deadlines_are_exact_across_a_dst_change(
 ) -> None:
     paris = ZoneInfo("Europe/Paris")
     # 30 minutes before the clocks go forward (2026-03-29 02:00 -> 03:00 in Paris).
-    clock = Clock(datetime(2026, 3, 29, 1, 30, tzinfo=paris))
+    clock = ManualClock(datetime(2026, 3, 29, 1, 30, tzinfo=paris))
     definitions = DefinitionRegistry()
     definitions.register(
         WorkflowDefinition(
@@ -455,13 +428,13 @@ async def test_deadlines_are_exact_across_a_dst_change(
     )
     instance = await runtime.create_instance("daily")
     assert instance.expires_at is not None
-    assert instance.expires_at - clock.current == timedelta(days=1)
+    assert instance.expires_at - clock.now() == timedelta(days=1)
     assert instance.expires_at == datetime(2026, 3, 29, 0, 30, tzinfo=UTC) + timedelta(days=1)
     # Due exactly 24 hours later, not 23 (elapsed time: added in UTC, shown in Paris time).
-    start = clock.current.astimezone(UTC)
-    clock.current = (start + timedelta(hours=23, minutes=59)).astimezone(paris)
+    start = clock.now().astimezone(UTC)
+    clock.set((start + timedelta(hours=23, minutes=59)).astimezone(paris))
     assert (await runtime.process_expired_workflows()).processed == 0
-    clock.current = (start + timedelta(hours=24, minutes=1)).astimezone(paris)
+    clock.set((start + timedelta(hours=24, minutes=1)).astimezone(paris))
     assert (await runtime.process_expired_workflows()).processed == 1
 
 
@@ -470,20 +443,20 @@ async def test_deadlines_are_exact_across_a_dst_change(
 
 async def test_claims_are_visible_and_rearm_releases_them(
     any_persistence: WorkflowPersistenceProvider,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
     runtime = runtime_for(any_persistence, clock, "alpha", sweep_lease=timedelta(seconds=45))
     (key,) = await due_instances(runtime, clock, "alpha", 1)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     store = any_persistence.instance_store
     async with any_persistence.transaction_runner.transaction():
         (claimed,) = await store.find_expired(
-            10, clock.current, claim_until=clock.current + runtime.sweep_lease
+            10, clock.now(), claim_until=clock.now() + runtime.sweep_lease
         )
-    assert claimed.claimed_until == clock.current + timedelta(seconds=45)
+    assert claimed.claimed_until == clock.now() + timedelta(seconds=45)
     seen = await runtime.get_instance(key)
     assert seen is not None
-    assert seen.claimed_until == clock.current + timedelta(seconds=45)
+    assert seen.claimed_until == clock.now() + timedelta(seconds=45)
     assert (await runtime.process_expired_workflows()).processed == 0  # claimed: not ours now
     rearmed = await runtime.rearm_timeout(key)
     assert rearmed.claimed_until is None
@@ -503,8 +476,8 @@ async def test_a_bad_lease_is_refused(
     any_persistence: WorkflowPersistenceProvider, lease: object
 ) -> None:
     with pytest.raises(InvalidArgumentError, match="lease"):
-        runtime_for(any_persistence, Clock(), "alpha", sweep_lease=lease)
-    runtime = runtime_for(any_persistence, Clock(), "alpha")
+        runtime_for(any_persistence, ManualClock(), "alpha", sweep_lease=lease)
+    runtime = runtime_for(any_persistence, ManualClock(), "alpha")
     with pytest.raises(InvalidArgumentError, match="lease"):
         await runtime.sweep(lease=lease)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="lease"):
@@ -513,17 +486,17 @@ async def test_a_bad_lease_is_refused(
 
 async def test_a_slow_batch_hands_back_what_it_has_not_reached_at_half_lease(
     any_persistence: WorkflowPersistenceProvider,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
 
     def send(subject: Any, ctx: ExecutionContext) -> None:
-        clock.current += timedelta(seconds=4)  # each instance takes 4 s of the runtime's clock
+        clock.advance(seconds=4)  # each instance takes 4 s of the runtime's clock
 
     runtime = runtime_for(
         any_persistence, clock, "alpha", send=send, sweep_lease=timedelta(seconds=20)
     )
     keys = await due_instances(runtime, clock, "alpha", 6)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     result = await runtime.process_expired_workflows()
     # 0 s, 4 s, 8 s: started before half the lease (10 s); the rest is handed back.
     assert result.processed == 3
@@ -550,9 +523,10 @@ class _BrokenPolicy(TimeoutRetryPolicy):
 
 
 async def test_a_failure_that_cannot_be_recorded_is_not_rerun_at_once(
-    any_persistence: WorkflowPersistenceProvider, caplog: pytest.LogCaptureFixture
+    any_persistence: WorkflowPersistenceProvider,
+    caplog: pytest.LogCaptureFixture,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
     runs: list[UUID] = []
 
     def send(subject: Any, ctx: ExecutionContext) -> None:
@@ -562,7 +536,7 @@ async def test_a_failure_that_cannot_be_recorded_is_not_rerun_at_once(
     _BrokenPolicy.calls = 0
     runtime = runtime_for(any_persistence, clock, "alpha", send=send, timeout_retry=_BrokenPolicy())
     (key,) = await due_instances(runtime, clock, "alpha", 1)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     with caplog.at_level(logging.ERROR, logger="duraflows_pg_async"):
         result = await runtime.process_expired_workflows()
     assert len(runs) == 1
@@ -572,22 +546,23 @@ async def test_a_failure_that_cannot_be_recorded_is_not_rerun_at_once(
     for _ in range(3):
         await runtime.process_expired_workflows()
     assert len(runs) == 1  # postponed, not retried in every sweep
-    clock.current += timedelta(minutes=2)  # the policy's first delay is 1 minute
+    clock.advance(minutes=2)  # the policy's first delay is 1 minute
     await runtime.process_expired_workflows()
     assert len(runs) == 2
 
 
 async def test_each_failed_attempt_is_logged(
-    any_persistence: WorkflowPersistenceProvider, caplog: pytest.LogCaptureFixture
+    any_persistence: WorkflowPersistenceProvider,
+    caplog: pytest.LogCaptureFixture,
+    clock: ManualClock,
 ) -> None:
-    clock = Clock()
 
     def send(subject: Any, ctx: ExecutionContext) -> None:
         raise RuntimeError("the mail server said no")
 
     runtime = runtime_for(any_persistence, clock, "alpha", send=send)
     (key,) = await due_instances(runtime, clock, "alpha", 1)
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     with caplog.at_level(logging.WARNING, logger="duraflows_pg_async"):
         (failure,) = (await runtime.process_expired_workflows()).failed
     assert failure.retry_at is not None

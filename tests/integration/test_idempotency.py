@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -460,17 +461,6 @@ async def waiting_for_locks(pool: asyncpg.Pool) -> int:
     )
 
 
-async def wait_until(condition: Any) -> None:
-    """Poll ``condition()`` until it holds; the bound only stops a hung test.
-
-    The condition lives in the server (pg_stat_activity), which sends no signal: polling it is
-    the way to wait on it.
-    """
-    async with asyncio.timeout(60):
-        while not await condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.slow
 async def test_32_concurrent_calls_with_one_key_execute_once(wide_pool: asyncpg.Pool) -> None:
     setup = Setup(pg_workflow_providers(wide_pool, idempotency=True))
@@ -514,7 +504,11 @@ async def test_when_the_first_call_rolls_back_exactly_one_waiter_executes(
         for _ in range(CALLERS - 1)
     ]
     # Every waiter is queued on the instance's row lock before the first one lets go.
-    await wait_until(lambda: _at_least(waiting_for_locks(wide_pool), CALLERS - 1))
+    await wait_until(
+        lambda: _at_least(waiting_for_locks(wide_pool), CALLERS - 1),
+        within=60,
+        what=f"{CALLERS - 1} calls waiting on the instance's row lock",
+    )
     release.set()
     with pytest.raises(Rollback):
         await first

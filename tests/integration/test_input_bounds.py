@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import ManualClock
 
 from duraflows_pg_async import (
     CommandRef,
@@ -34,17 +35,9 @@ HUNDRED_YEARS = timedelta(days=36525)
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.current = START
-
-    def now(self) -> datetime:
-        return self.current
-
-
 def runtime_for(
     persistence: WorkflowPersistenceProvider, **options: Any
-) -> tuple[WorkflowRuntime, FakeClock]:
+) -> tuple[WorkflowRuntime, ManualClock]:
     definitions = DefinitionRegistry()
     definitions.register(
         WorkflowDefinition(
@@ -77,7 +70,7 @@ def runtime_for(
 
     commands.register("refuse", refuse)
     commands.register("flaky", flaky)
-    clock = FakeClock()
+    clock = ManualClock(START)
     runtime = WorkflowRuntime(
         definitions=definitions,
         commands=commands,
@@ -155,15 +148,15 @@ async def test_the_longest_retry_delay_is_recorded_and_not_retried_before_it(
     policy = TimeoutRetryPolicy(initial_delay=HUNDRED_YEARS, max_delay=HUNDRED_YEARS)
     runtime, clock = runtime_for(any_persistence, timeout_retry=policy)
     instance = await runtime.create_instance("bounds")
-    clock.current = START + HUNDRED_YEARS + timedelta(seconds=1)
+    clock.set(START + HUNDRED_YEARS + timedelta(seconds=1))
     result = await runtime.process_expired_workflows()
     (failure,) = result.failed
     assert failure.attempts == 1
-    assert failure.retry_at == clock.current + HUNDRED_YEARS
+    assert failure.retry_at == clock.now() + HUNDRED_YEARS
     after = await runtime.get_instance(instance.uuid)
     assert after is not None
     assert after.timeout_retry is not None
-    assert after.timeout_retry.retry_at == clock.current + HUNDRED_YEARS
+    assert after.timeout_retry.retry_at == clock.now() + HUNDRED_YEARS
     assert len(after.timeout_retry.last_error) == 2000
     # Recorded, so not due again: the failing command does not run in the next sweep.
     assert (await runtime.process_expired_workflows()).failed == []

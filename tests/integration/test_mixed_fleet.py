@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -92,10 +93,11 @@ async def test_a_typescript_transition_waiting_on_ours_reads_back_after_it(
     ts = await asyncpg.connect(database)
     try:
         theirs = asyncio.create_task(typescript_transition(ts, instance.uuid))
-        async with asyncio.timeout(60):  # a bound for a hung test only
-            # The server's lock table sends no signal: poll it.
-            while not await waiting_on_a_lock(raw_connection, ts.get_server_pid()):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: waiting_on_a_lock(raw_connection, ts.get_server_pid()),
+            within=60,
+            what="the TypeScript-like transaction waiting on the row lock",
+        )
         release.set()
         await ours
         await theirs

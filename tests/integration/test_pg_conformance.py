@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from helpers import PgDatabaseError
 
-from duraflows_pg_async import (
-    PgTransactionRunner,
-    WorkflowPersistenceProvider,
-    pg_workflow_providers,
-)
+from duraflows_pg_async import WorkflowPersistenceProvider, pg_workflow_providers
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
     HistoryStoreConformance,
@@ -41,10 +38,5 @@ class TestPgIdempotencyStoreConformance(IdempotencyStoreConformance):
     pass
 
 
-class TestPgTransactionRunnerConformance(TransactionRunnerConformance):
-    async def cause_database_error(self, provider: WorkflowPersistenceProvider) -> object:
-        # The suite calls this inside a nested transaction() (a savepoint): a caught SQL error
-        # would otherwise leave the whole PostgreSQL transaction aborted.
-        runner = provider.transaction_runner
-        assert isinstance(runner, PgTransactionRunner)
-        return await runner.connection().execute("SELECT 1/0")
+class TestPgTransactionRunnerConformance(PgDatabaseError, TransactionRunnerConformance):
+    pass

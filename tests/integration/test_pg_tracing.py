@@ -9,24 +9,28 @@ does set it, runs in a subprocess.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from helpers import (
+    ManualClock,
+    Spans,
+    attributes,
+    lock_row,
+    parent_id,
+    run_python,
+    span_context,
+    span_id,
+    use_provider,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, StatusCode
+from opentelemetry.trace import StatusCode
 
 from duraflows_pg_async import (
     CommandRegistry,
@@ -40,7 +44,6 @@ from duraflows_pg_async import (
     WorkflowDefinition,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
-    __version__,
     create_pool,
     pg_workflow_providers,
 )
@@ -66,16 +69,8 @@ ORDER = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
 def make_runtime(
-    persistence: WorkflowPersistenceProvider, clock: Clock | None = None, **options: Any
+    persistence: WorkflowPersistenceProvider, clock: ManualClock | None = None, **options: Any
 ) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(ORDER)
@@ -89,57 +84,6 @@ def make_runtime(
         clock=clock,
         **options,
     )
-
-
-class Spans:
-    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
-        self.provider = provider
-        self.exporter = exporter
-
-    def all(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.all() if s.name == name]
-
-    def one(self, name: str) -> ReadableSpan:
-        (span,) = self.named(name)
-        return span
-
-    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
-        return [s for s in self.all() if parent_id(s) == span_id(parent)]
-
-
-def use_provider(monkeypatch: pytest.MonkeyPatch, provider: TracerProvider) -> None:
-    monkeypatch.setattr(_tracing, "_tracer", provider.get_tracer(_tracing.TRACER_NAME, __version__))
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spans]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_provider(monkeypatch, provider)
-    yield Spans(provider, exporter)
-    provider.shutdown()
-
-
-def attributes(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def span_context(span: ReadableSpan) -> SpanContext:
-    context = span.get_span_context()
-    assert context is not None
-    return context
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span_context(span).span_id
 
 
 # --- transactions --------------------------------------------------------------------------------
@@ -208,7 +152,7 @@ async def test_a_cancelled_transaction_rolls_back_without_an_error_status(
     async def body() -> None:
         async with providers.transaction_runner.transaction():
             started.set()
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(body())
     await started.wait()
@@ -370,12 +314,11 @@ async def test_a_guard_rejected_event(spans: Spans, providers: WorkflowPersisten
 
 
 async def test_a_sweep_of_two_due_instances(
-    spans: Spans, providers: WorkflowPersistenceProvider
+    spans: Spans, providers: WorkflowPersistenceProvider, clock: ManualClock
 ) -> None:
-    clock = Clock()
     runtime = make_runtime(providers, clock)
     due = {(await runtime.create_instance("order")).uuid for _ in range(2)}
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     await runtime.create_instance("order")  # not due
     spans.exporter.clear()
 
@@ -418,9 +361,7 @@ async def test_a_database_error_in_an_event(
     created = await runtime.create_instance("order")
     spans.exporter.clear()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", created.uuid
-        )
+        await lock_row(conn, created.uuid)
         slow = make_runtime(pg_workflow_providers(pool, lock_timeout=0.05))
         with pytest.raises(DatabaseError):
             await slow.trigger_event(created.uuid, "pay", subject=True)
@@ -473,15 +414,7 @@ asyncio.run(main())
 
 
 async def test_without_opentelemetry_the_runner_works(database: str) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", WITHOUT_OTEL],
-        env={**os.environ, "DATABASE_URL": database},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await run_python(WITHOUT_OTEL, database)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "b"]
 
@@ -508,15 +441,7 @@ def docs_example() -> str:
 
 
 async def test_the_docs_example_runs_as_written(database: str) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", docs_example()],
-        env={**os.environ, "DATABASE_URL": database},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await run_python(docs_example(), database)
     assert result.returncode == 0, result.stderr
     names = re.findall(r'"name": "([^"]+)"', result.stdout)
     assert names == [

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
+from helpers import run_python
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -27,15 +25,7 @@ def test_every_python_block_is_tested() -> None:
 
 
 async def run_block(heading: str, dsn: str) -> subprocess.CompletedProcess[str]:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", python_block(heading)],
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await run_python(python_block(heading), dsn)
     assert result.returncode == 0, result.stderr
     return result
 

@@ -12,6 +12,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+from helpers import row_locked
 
 from duraflows_pg_async import PgTransactionRunner, create_pool, pg_workflow_providers
 from duraflows_pg_async.errors import (
@@ -214,12 +215,7 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(
     p = pg_workflow_providers(pool, lock_timeout=0.2)
     instance = make_instance()
     await p.instance_store.create(instance)
-    holder = await asyncpg.connect(database)
-    try:
-        await holder.execute("BEGIN")
-        await holder.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
-        )
+    async with row_locked(database, instance.uuid):
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(LockTimeoutError) as caught:
@@ -228,9 +224,6 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(
                 await p.instance_store.lock_by_uuid(instance.uuid)
         assert loop.time() - started < 5
         assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
-        await holder.execute("ROLLBACK")
-    finally:
-        await holder.close()
     assert await count_rows(pool) == 1
     assert pool.get_idle_size() == pool.get_size()
 
@@ -340,7 +333,7 @@ async def test_cancellation_inside_a_transaction_leaves_nothing(
 
     task = asyncio.create_task(work())
     await asyncio.wait_for(entered.wait(), 5)
-    await asyncio.sleep(delay)
+    await asyncio.sleep(delay)  # what is tested: a cancellation this long into the statement
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -379,7 +372,7 @@ async def test_cancellation_at_many_points_of_a_transaction(pool: asyncpg.Pool) 
     for steps in range(60):
         instance_uuid = uuid4()
         task = asyncio.create_task(work(instance_uuid))
-        for _ in range(steps):
+        for _ in range(steps):  # yields: the cancellation lands after `steps` loop steps
             await asyncio.sleep(0)
         task.cancel()
         try:

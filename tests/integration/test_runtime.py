@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from helpers import ManualClock, reminder
 
 from duraflows_pg_async import (
     CommandRef,
@@ -38,17 +39,6 @@ from duraflows_pg_async.errors import (
 )
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, start: datetime = START) -> None:
-        self.current = start
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, **kwargs: float) -> None:
-        self.current += timedelta(**kwargs)
 
 
 def order_definition(version: int = 1, *, pay_target: str = "paid") -> WorkflowDefinition:
@@ -94,7 +84,7 @@ class World:
 
     def __init__(self, persistence: WorkflowPersistenceProvider, **runtime_options: Any) -> None:
         self.persistence = persistence
-        self.clock = FakeClock()
+        self.clock = ManualClock(START)
         self.calls: list[tuple[str, str | None, str, UUID]] = []
         self.entered: list[StateEnterEvent] = []
         self.charge_ok = True
@@ -464,24 +454,7 @@ async def test_a_command_only_event_postpones_the_deadline(world: World) -> None
 
 def failing_timeout_world(persistence: WorkflowPersistenceProvider, **options: Any) -> World:
     world = World(persistence, **options)
-    world.definitions.register(
-        WorkflowDefinition(
-            name="reminder",
-            initial_state="waiting",
-            states={
-                "waiting": State(
-                    events={
-                        "remind": Event(
-                            target_state="reminded",
-                            commands=(CommandRef("send_reminder"),),
-                            timeout=Timeout(minutes=1),
-                        )
-                    }
-                ),
-                "reminded": State(),
-            },
-        )
-    )
+    world.definitions.register(reminder(command="send_reminder", minutes=1))
 
     def send_reminder(subject: Any, ctx: ExecutionContext) -> None:
         if ctx.context.get("poisoned"):

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import pytest
+from helpers import REMINDER, ManualClock
 
 from duraflows_pg_async import (
-    CommandRef,
     CommandRegistry,
     DefinitionRegistry,
-    Event,
     ExecutionContext,
-    State,
-    Timeout,
     TimeoutWorker,
-    WorkflowDefinition,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
     create_pool,
@@ -29,35 +24,10 @@ from duraflows_pg_async import (
 )
 from duraflows_pg_async.errors import InvalidArgumentError
 
-REMINDER = WorkflowDefinition(
-    name="reminder",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "remind": Event(
-                    target_state="reminded",
-                    commands=(CommandRef("send"),),
-                    timeout=Timeout(minutes=5),
-                )
-            }
-        ),
-        "reminded": State(),
-    },
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
 
 def make_runtime(
     persistence: WorkflowPersistenceProvider,
-    clock: Clock,
+    clock: ManualClock,
     sent: list[UUID],
     delay: float = 0.0,
     *,
@@ -69,7 +39,7 @@ def make_runtime(
 
     async def send(subject: Any, ctx: ExecutionContext) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # a slow command (the instance in hand), not a wait
         sent.append(ctx.transition_uuid)
         ctx.context["sent"] = True
         if on_send is not None:
@@ -82,8 +52,9 @@ def make_runtime(
 
 
 @pytest.mark.slow
-async def test_three_workers_process_a_thousand_instances_exactly_once(database: str) -> None:
-    clock = Clock()
+async def test_three_workers_process_a_thousand_instances_exactly_once(
+    database: str, clock: ManualClock
+) -> None:
     pools = [await create_pool(database, min_size=2, max_size=4) for _ in range(3)]
     try:
         sent: list[UUID] = []
@@ -103,7 +74,7 @@ async def test_three_workers_process_a_thousand_instances_exactly_once(database:
                 "INSERT INTO workflow_instances (uuid, workflow_name, current_state, "
                 "definition_version, expires_at) SELECT gen_random_uuid(), 'reminder', 'waiting', "
                 "1, $1::timestamptz - (g || ' seconds')::interval FROM generate_series(1, 1000) g",
-                clock.current,
+                clock.now(),
             )
         workers = [TimeoutWorker(r, batch_size=50, poll_interval=0.05) for r in runtimes]
         async with asyncio.TaskGroup() as group:
@@ -135,15 +106,14 @@ async def test_three_workers_process_a_thousand_instances_exactly_once(database:
 
 
 async def test_stop_before_run_returns_at_once() -> None:
-    runtime = make_runtime(memory_workflow_providers(), Clock(), [])
+    runtime = make_runtime(memory_workflow_providers(), ManualClock(), [])
     worker = TimeoutWorker(runtime, poll_interval=10)
     worker.stop()
     await asyncio.wait_for(worker.run(), 1)
     assert worker.stats.sweeps == 0
 
 
-async def test_stop_finishes_the_instance_in_hand() -> None:
-    clock = Clock()
+async def test_stop_finishes_the_instance_in_hand(clock: ManualClock) -> None:
     sent: list[UUID] = []
     first_sent = asyncio.Event()
     runtime = make_runtime(
@@ -151,7 +121,7 @@ async def test_stop_finishes_the_instance_in_hand() -> None:
     )
     for _ in range(10):
         await runtime.create_instance("reminder")
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     worker = TimeoutWorker(runtime, batch_size=10, poll_interval=10)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(first_sent.wait(), 5)
@@ -180,7 +150,7 @@ def record_sleeps(worker: TimeoutWorker, enough: int) -> tuple[list[float], asyn
 
 
 async def test_idle_worker_sleeps_and_wakes_on_stop() -> None:
-    runtime = make_runtime(memory_workflow_providers(), Clock(), [])
+    runtime = make_runtime(memory_workflow_providers(), ManualClock(), [])
     worker = TimeoutWorker(runtime, poll_interval=30)
     sleeps, asleep = record_sleeps(worker, 1)
     task = asyncio.create_task(worker.run())
@@ -191,8 +161,7 @@ async def test_idle_worker_sleeps_and_wakes_on_stop() -> None:
     await asyncio.wait_for(task, 10)  # woken at once, not after 30 s
 
 
-async def test_cancelling_the_worker_rolls_back_the_instance_in_hand() -> None:
-    clock = Clock()
+async def test_cancelling_the_worker_rolls_back_the_instance_in_hand(clock: ManualClock) -> None:
     runtime = make_runtime(memory_workflow_providers(), clock, [])
     started = asyncio.Event()
 
@@ -204,7 +173,7 @@ async def test_cancelling_the_worker_rolls_back_the_instance_in_hand() -> None:
     runtime.commands = CommandRegistry()
     runtime.commands.register("send", stuck)
     instance = await runtime.create_instance("reminder")
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     task = asyncio.create_task(TimeoutWorker(runtime).run())
     await asyncio.wait_for(started.wait(), 10)  # the command is in hand
     task.cancel()
@@ -215,8 +184,7 @@ async def test_cancelling_the_worker_rolls_back_the_instance_in_hand() -> None:
     assert (stored.current_state, stored.version) == ("waiting", 0)
 
 
-async def test_a_poisoned_instance_does_not_make_the_worker_spin() -> None:
-    clock = Clock()
+async def test_a_poisoned_instance_does_not_make_the_worker_spin(clock: ManualClock) -> None:
     runtime = make_runtime(memory_workflow_providers(), clock, [])
     calls: list[UUID] = []
 
@@ -227,7 +195,7 @@ async def test_a_poisoned_instance_does_not_make_the_worker_spin() -> None:
     runtime.commands = CommandRegistry()
     runtime.commands.register("send", broken)
     await runtime.create_instance("reminder")
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     worker = TimeoutWorker(runtime, poll_interval=0.05)
     sleeps, slept = record_sleeps(worker, 5)
     task = asyncio.create_task(worker.run())
@@ -243,7 +211,7 @@ async def test_a_poisoned_instance_does_not_make_the_worker_spin() -> None:
 
 
 def test_worker_arguments_are_validated() -> None:
-    runtime = make_runtime(memory_workflow_providers(), Clock(), [])
+    runtime = make_runtime(memory_workflow_providers(), ManualClock(), [])
     for bad in (0, -1, 1.5):
         with pytest.raises(InvalidArgumentError, match="batch_size"):
             TimeoutWorker(runtime, batch_size=bad)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import SWEEP, ManualClock, row_locked
 
 from duraflows_pg_async import (
     CommandRef,
@@ -54,16 +55,8 @@ FLOW = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = START
-
-    def now(self) -> datetime:
-        return self.current
-
-
 def make_runtime(
-    pool: asyncpg.Pool, clock: Clock, seen: list[int] | None = None
+    pool: asyncpg.Pool, clock: ManualClock, seen: list[int] | None = None
 ) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(FLOW)
@@ -73,7 +66,7 @@ def make_runtime(
         value = int(ctx.context.get("n", 0))
         if seen is not None:
             seen.append(value)
-        await asyncio.sleep(0)  # a real command awaits something
+        await asyncio.sleep(0)  # a yield, not a wait: a real command awaits something
         ctx.context["n"] = value + 1
 
     commands.register("count", count)
@@ -99,7 +92,7 @@ async def test_64_concurrent_events_on_one_instance_lose_nothing(database: str) 
     pool = await create_pool(database, min_size=16, max_size=16)
     try:
         seen: list[int] = []
-        runtime = make_runtime(pool, Clock(), seen)
+        runtime = make_runtime(pool, ManualClock(START), seen)
         instance = await runtime.create_instance("flow")
         seen.clear()
         results = await asyncio.gather(
@@ -157,6 +150,8 @@ WORKER_SCRIPT = textwrap.dedent(
         async with asyncio.TaskGroup() as group:
             for worker in workers:
                 group.create_task(worker.run())
+            # Until every instance is swept: a poll (this script cannot import the tests'
+            # helpers), bounded by the test's communicate(timeout=240).
             while await pool.fetchval(
                 "SELECT count(*) FROM workflow_instances WHERE expires_at IS NOT NULL"
             ):
@@ -181,24 +176,7 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
         # The definition snapshot, then 5,000 instances due a minute ago.
         pool = await create_pool(database, min_size=1, max_size=2)
         definitions = DefinitionRegistry()
-        definitions.register(
-            WorkflowDefinition(
-                name="sweep",
-                initial_state="waiting",
-                states={
-                    "waiting": State(
-                        events={
-                            "fire": Event(
-                                target_state="fired",
-                                commands=(CommandRef("log"),),
-                                timeout=Timeout(minutes=1),
-                            )
-                        }
-                    ),
-                    "fired": State(),
-                },
-            )
-        )
+        definitions.register(SWEEP)
         await WorkflowRuntime(
             definitions=definitions,
             commands=CommandRegistry(),
@@ -250,7 +228,7 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
 async def _cancel_after(delay: float, operation: Any) -> bool:
     """Run ``operation()`` and cancel it after ``delay`` seconds; True if it finished first."""
     task = asyncio.create_task(operation())
-    await asyncio.sleep(delay)
+    await asyncio.sleep(delay)  # what is tested: a cancellation at this point of the operation
     task.cancel()
     try:
         await task
@@ -279,7 +257,7 @@ def _delays(duration: float, trials: int) -> list[float]:
 @pytest.mark.slow
 async def test_cancellation_at_every_await_point_leaves_no_partial_write(database: str) -> None:
     pool = await create_pool(database, min_size=2, max_size=4)
-    clock = Clock()
+    clock = ManualClock(START)
     runtime = make_runtime(pool, clock)
     trials = {"create": 0, "event": 0, "sweep": 0}
     finished = {"create": 0, "event": 0, "sweep": 0}
@@ -324,20 +302,20 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
         async def due_sweep() -> None:
             await pool.execute("UPDATE workflow_instances SET expires_at = NULL")
             await runtime.create_instance("flow")
-            clock.current = START + timedelta(minutes=10)
+            clock.set(START + timedelta(minutes=10))
             await runtime.process_expired_workflows(limit=5)
-            clock.current = START
+            clock.set(START)
 
         sweep_time = await _duration(due_sweep)
         for delay in _delays(sweep_time, 60):
             trials["sweep"] += 1
             await pool.execute("UPDATE workflow_instances SET expires_at = NULL")
             instance = await runtime.create_instance("flow")
-            clock.current = START + timedelta(minutes=10)
+            clock.set(START + timedelta(minutes=10))
             finished["sweep"] += await _cancel_after(
                 delay, lambda: runtime.process_expired_workflows(limit=5)
             )
-            clock.current = START
+            clock.set(START)
             stored = await runtime.get_instance(instance.uuid)
             assert stored is not None
             history = await runtime.get_history(instance.uuid)
@@ -357,7 +335,6 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
 
 async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None:
     pool = await create_pool(database, min_size=1, max_size=2)
-    holder = await asyncpg.connect(database)
     try:
         definitions = DefinitionRegistry()
         definitions.register(FLOW)
@@ -369,17 +346,13 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None
             persistence=pg_workflow_providers(pool, lock_timeout=0.2),
         )
         instance = await runtime.create_instance("flow")
-        await holder.execute("BEGIN")
-        await holder.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", instance.uuid
-        )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(LockTimeoutError) as caught:
-            await runtime.trigger_event(instance.uuid, "bump")
-        assert loop.time() - started < 3
-        assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
-        await holder.execute("ROLLBACK")
+        async with row_locked(database, instance.uuid):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(LockTimeoutError) as caught:
+                await runtime.trigger_event(instance.uuid, "bump")
+            assert loop.time() - started < 3
+            assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
         stored = await runtime.get_instance(instance.uuid)
         assert stored is not None
         assert stored.version == 1
@@ -388,5 +361,4 @@ async def test_lock_timeout_fails_fast_and_leaves_nothing(database: str) -> None
         # Free again: the same call now succeeds.
         assert (await runtime.trigger_event(instance.uuid, "bump")).outcome == "success"
     finally:
-        await holder.close()
         await pool.close()

@@ -1,4 +1,4 @@
-"""Connection loss in the middle of a transaction (issue 5, item 4), against a real PostgreSQL.
+"""Connection loss in the middle of a transaction, against a real PostgreSQL.
 
 Faults, injected at several points of a transaction (after BEGIN, between writes, just before
 COMMIT, during a statement), on the runner and stores and through the runtime (create with an
@@ -24,15 +24,16 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import pytest
+from helpers import ManualClock, lock_row, reminder, wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -44,7 +45,6 @@ from duraflows_pg_async import (
     OnEnter,
     PgTransactionRunner,
     State,
-    Timeout,
     WorkflowDefinition,
     WorkflowRuntime,
     create_pool,
@@ -114,6 +114,9 @@ class TcpProxy:
         # How long the server's end of a connection takes to reach the client (its last
         # message, such as a FATAL error, arrives at once).
         self.eof_delay = 0.0
+        # How many times the server's end of a connection has been held back so far: each
+        # time, everything the server sent before has been passed on to the client.
+        self.eofs_held = 0
         self.cuts = 0
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
@@ -198,6 +201,8 @@ class TcpProxy:
                 writer.write(data)
                 await writer.drain()
             if delay_eof and self.eof_delay:
+                self.eofs_held += 1
+                # The fault itself: the end of the connection arrives this much later.
                 await asyncio.sleep(self.eof_delay)
         except OSError:  # ConnectionResetError and friends: the link is gone
             pass
@@ -230,13 +235,9 @@ def _server_address(admin_dsn: str) -> tuple[str, int]:
 
 
 @pytest.fixture
-async def admin(database: str) -> AsyncIterator[asyncpg.Connection]:
+def admin(raw_connection: asyncpg.Connection) -> asyncpg.Connection:
     """A connection outside the pools under test: it kills backends and checks what was written."""
-    conn = await asyncpg.connect(database)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+    return raw_connection
 
 
 @pytest.fixture
@@ -314,12 +315,24 @@ class Fault:
     async def inject(self, pid: int) -> None:
         """Lose the connection whose backend is ``pid``."""
         self.injected += 1
-        if self.kind in ("terminate", "fatal_first"):
+        if self.kind == "terminate":
             await terminate_and_wait(self.admin, pid)
-            if self.kind == "fatal_first":
-                # The server's FATAL message has reached the client, the end of the connection
-                # has not: the driver holds a connection it already knows is failing.
-                await asyncio.sleep(0.05)
+        elif self.kind == "fatal_first":
+            proxy = self.proxy
+            assert proxy is not None
+            held = proxy.eofs_held
+            await terminate_and_wait(self.admin, pid)
+
+            # Until the server's FATAL message has reached the client and the end of the
+            # connection has not: the driver holds a connection it already knows is failing.
+            async def end_held_back() -> bool:
+                return proxy.eofs_held > held
+
+            await wait_until(
+                end_held_back,
+                within=5,
+                what="the proxy holding back the end of the terminated connection",
+            )
         else:
             # No waiting for the backend here: one blocked on a lock notices a dead client only
             # when it next talks to it. Nothing the client sent after the cut can arrive.
@@ -334,11 +347,7 @@ async def terminate_and_wait(admin: asyncpg.Connection, pid: int) -> None:
         assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
         return
     assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-    for _ in range(500):
-        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"backend {pid} did not exit within 5 s of pg_terminate_backend")
+    await wait_backend_gone(admin, pid)
 
 
 @pytest.fixture(params=["terminate", "fatal_first", "cut"])
@@ -357,25 +366,14 @@ def fault(request: pytest.FixtureRequest, admin: asyncpg.Connection, database: s
 
 
 # --- checks ----------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 5) -> None:
-    """Poll until ``check()`` holds: the server and the driver notice a loss asynchronously."""
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within {within}s: {what}") from None
+# The server and the driver notice a loss asynchronously: these checks poll (wait_until).
 
 
 async def wait_backend_gone(admin: asyncpg.Connection, pid: int) -> None:
     async def gone() -> bool:
         return not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
 
-    await eventually(gone, f"backend {pid} gone")
+    await wait_until(gone, within=5, what=f"backend {pid} gone")
 
 
 async def app_backends(admin: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -397,7 +395,9 @@ async def assert_pool_recovered(pool: asyncpg.Pool, admin: asyncpg.Connection) -
         backends = await app_backends(admin)
         return len(backends) == pool.get_size() and all(row["state"] == "idle" for row in backends)
 
-    await eventually(settled, "the server holds exactly the pool's backends, all idle")
+    await wait_until(
+        settled, within=5, what="the server holds exactly the pool's backends, all idle"
+    )
 
 
 async def assert_back_to_normal(pool: asyncpg.Pool, admin: asyncpg.Connection) -> None:
@@ -406,7 +406,7 @@ async def assert_back_to_normal(pool: asyncpg.Pool, admin: asyncpg.Connection) -
     async def refilled() -> bool:
         return pool.get_size() >= MIN_SIZE
 
-    await eventually(refilled, "the pool back to its minimum size")
+    await wait_until(refilled, within=5, what="the pool back to its minimum size")
     await assert_pool_recovered(pool, admin)
     # Every slot of the pool can be used at once (none leaked), and every connection answers
     # (none is a broken leftover).
@@ -462,9 +462,7 @@ async def _lose_connection_at(fault: Fault, point: str) -> None:
     lock_holder = await asyncpg.connect(fault.database) if point == "during_statement" else None
     if lock_holder is not None:
         await lock_holder.execute("BEGIN")
-        await lock_holder.execute(
-            "SELECT 1 FROM workflow_instances WHERE uuid = $1 FOR UPDATE", held.uuid
-        )
+        await lock_row(lock_holder, held.uuid)
     try:
         async with runner.transaction():
             pid = runner.connection().get_server_pid()
@@ -486,7 +484,9 @@ async def _lose_connection_at(fault: Fault, point: str) -> None:
                     )
 
                 async def inject_when_waiting() -> None:
-                    await eventually(waiting, "lock_by_uuid waiting for the row lock")
+                    await wait_until(
+                        waiting, within=5, what="lock_by_uuid waiting for the row lock"
+                    )
                     await fault.inject(pid)
 
                 injector = asyncio.create_task(inject_when_waiting())
@@ -584,31 +584,6 @@ PIPELINE = WorkflowDefinition(
     },
 )
 
-REMINDER = WorkflowDefinition(
-    name="reminder",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "remind": Event(
-                    target_state="reminded",
-                    commands=(CommandRef("step"),),
-                    timeout=Timeout(minutes=5),
-                )
-            }
-        ),
-        "reminded": State(),
-    },
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
 
 @dataclass
 class Plan:
@@ -636,14 +611,14 @@ class Plan:
         self.fail_at = fail_at
 
 
-async def _runtime(fault: Fault) -> tuple[WorkflowRuntime, Plan, Clock]:
+async def _runtime(fault: Fault) -> tuple[WorkflowRuntime, Plan, ManualClock]:
     plan = Plan(fault)
     definitions = DefinitionRegistry()
     definitions.register(PIPELINE)
-    definitions.register(REMINDER)
+    definitions.register(reminder(command="step"))
     commands = CommandRegistry()
     commands.register("step", plan.step)
-    clock = Clock()
+    clock = ManualClock()
     runtime = WorkflowRuntime(
         definitions=definitions,
         commands=commands,
@@ -714,7 +689,7 @@ async def test_timeout_command_loses_the_connection_and_is_retried(fault: Fault)
     admin = fault.admin
     plan.arm(None)
     created = await runtime.create_instance("reminder")
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     plan.arm(1)
     result = await runtime.process_expired_workflows()
@@ -738,7 +713,7 @@ async def test_timeout_command_loses_the_connection_and_is_retried(fault: Fault)
     plan.arm(None)
     early = await runtime.process_expired_workflows()
     assert (early.processed, len(early.failed)) == (0, 0)
-    clock.current = failure.retry_at + timedelta(seconds=1)
+    clock.set(failure.retry_at + timedelta(seconds=1))
     retried = await runtime.process_expired_workflows()
     assert (retried.processed, len(retried.failed)) == (1, 0)
     instance = await runtime.get_instance(created.uuid)
@@ -766,7 +741,7 @@ async def test_sweep_hands_back_the_claims_it_could_not_use(
     fault.inject = unreachable  # type: ignore[method-assign]
     plan.arm(None)
     created = [(await runtime.create_instance("reminder")).uuid for _ in range(5)]
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
 
     plan.arm(2)  # the second instance's command loses the database
     first = await runtime.process_expired_workflows()
@@ -776,7 +751,7 @@ async def test_sweep_hands_back_the_claims_it_could_not_use(
 
     proxy.refusing = False
     plan.arm(None)
-    clock.current += timedelta(seconds=1)  # far less than the sweep's claim
+    clock.advance(seconds=1)  # far less than the sweep's claim
     second = await runtime.process_expired_workflows()
     assert (second.processed, len(second.failed)) == (4, 0)
     rows = await admin.fetch(
@@ -802,7 +777,7 @@ async def _wait_no_transaction(admin: asyncpg.Connection) -> None:
     async def none_in_transaction() -> bool:
         return all(row["state"] == "idle" for row in await app_backends(admin))
 
-    await eventually(none_in_transaction, "no backend left in a transaction", within=10)
+    await wait_until(none_in_transaction, within=10, what="no backend left in a transaction")
 
 
 @pytest.mark.parametrize("point", ["between_writes", "before_commit"])

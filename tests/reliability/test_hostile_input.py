@@ -835,6 +835,9 @@ BAD_DATETIMES = st.one_of(
 
 
 class FixedClock:
+    """A clock whose ``now()`` is whatever it was given: the hostile value itself (naive, out of
+    range, not a datetime at all), which helpers.ManualClock would refuse."""
+
     def __init__(self, value: Any) -> None:
         self.value = value
 

@@ -35,6 +35,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from helpers import ManualClock, PgDatabaseError, wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -233,7 +234,7 @@ def _start(
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the interval of a bounded poll (the deadline above)
                 continue
             return process, port
         _stop(process)
@@ -422,18 +423,10 @@ PARCEL = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = NOW
-
-    def now(self) -> datetime:
-        return self.current
-
-
 class Parcels:
     """A runtime for PARCEL whose commands record what ran."""
 
-    def __init__(self, persistence: WorkflowPersistenceProvider, clock: Clock) -> None:
+    def __init__(self, persistence: WorkflowPersistenceProvider, clock: ManualClock) -> None:
         self.scans: list[tuple[str | None, str, UUID]] = []
         self.on_scan: Callable[[], None] | None = None
         self.commands = CommandRegistry()
@@ -653,14 +646,19 @@ async def test_a_cancelled_transaction_leaves_nothing_behind(
 
     task = asyncio.create_task(work())
     await asyncio.wait_for(inside.wait(), 10)
+
     # Cancel only once the server is running the sleep, so the cancel request has a query to
     # stop.
-    while not await raw_connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
-    ):
+    async def sleeping() -> bool:
+        if await raw_connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'active' AND query = 'SELECT pg_sleep(30)'"
+        ):
+            return True
         assert not task.done(), task
-        await asyncio.sleep(0.01)
+        return False
+
+    await wait_until(sleeping, within=30, what="the server running the transaction's sleep")
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -743,7 +741,7 @@ async def test_migrations_apply_through_pgbouncer(empty_database: str, bouncer: 
 async def test_runtime_create_trigger_and_sweep(
     bouncer_providers: WorkflowPersistenceProvider,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     parcels = Parcels(bouncer_providers, clock)
     runtime = parcels.runtime
     parcel = await runtime.create_instance("parcel", context={"to": NON_ASCII})
@@ -755,7 +753,7 @@ async def test_runtime_create_trigger_and_sweep(
     assert stored.expires_at == NOW + timedelta(minutes=10)
 
     assert (await runtime.process_expired_workflows()).processed == 0  # not due yet
-    clock.current += timedelta(minutes=11)
+    clock.advance(minutes=11)
     swept = await runtime.process_expired_workflows()
     assert (swept.processed, swept.failed, swept.parked) == (1, [], [])
     stored = await runtime.get_instance(parcel.uuid)
@@ -777,7 +775,7 @@ async def test_runtime_create_trigger_and_sweep(
 async def test_timeout_workers_process_each_due_instance_once(
     bouncer_dsn: str, raw_connection: asyncpg.Connection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     pools = [
         await create_pool(bouncer_dsn, statement_cache_size=0, min_size=1, max_size=4)
         for _ in range(2)
@@ -799,7 +797,7 @@ async def test_timeout_workers_process_each_due_instance_once(
         for fleet in fleets:
             fleet.scans.clear()
             fleet.on_scan = count
-        clock.current += timedelta(minutes=11)
+        clock.advance(minutes=11)
         workers = [TimeoutWorker(f.runtime, batch_size=5, poll_interval=0.02) for f in fleets]
         tasks = [asyncio.create_task(w.run()) for w in workers]
         try:
@@ -857,10 +855,10 @@ async def test_concurrent_events_on_one_instance_through_fewer_server_connection
         nonlocal peak
         while sampling:
             peak = max(peak, await _server_backends(pg_server.admin_dsn, database, but=direct))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the sampling rate: not a wait for anything
 
     try:
-        runtime = Parcels(pg_workflow_providers(pool), Clock()).runtime
+        runtime = Parcels(pg_workflow_providers(pool), ManualClock(NOW)).runtime
         parcel = await runtime.create_instance("parcel")
         start_version = parcel.version
         sampler = asyncio.create_task(sample())
@@ -919,11 +917,8 @@ class TestDefinitionStoreThroughPgbouncer(DefinitionStoreConformance):
     pass
 
 
-class TestTransactionRunnerThroughPgbouncer(TransactionRunnerConformance):
-    async def cause_database_error(self, provider: WorkflowPersistenceProvider) -> object:
-        runner = provider.transaction_runner
-        assert isinstance(runner, PgTransactionRunner)
-        return await runner.connection().execute("SELECT 1/0")
+class TestTransactionRunnerThroughPgbouncer(PgDatabaseError, TransactionRunnerConformance):
+    pass
 
 
 # --- what goes wrong without the setting, and in the other pool modes --------------------------
@@ -963,7 +958,7 @@ async def test_session_mode_works_with_asyncpg_defaults(bouncer: Bouncer) -> Non
     # fine; the asyncpg pool must not be larger than pgbouncer's, or the extra clients wait.
     pool = await create_pool(bouncer.dsn(bouncer.session_db), min_size=1, max_size=POOL_SIZE)
     try:
-        runtime = Parcels(pg_workflow_providers(pool), Clock()).runtime
+        runtime = Parcels(pg_workflow_providers(pool), ManualClock(NOW)).runtime
         parcel = await runtime.create_instance("parcel")
         results = await asyncio.gather(
             *(

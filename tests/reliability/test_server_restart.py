@@ -1,4 +1,4 @@
-"""A PostgreSQL restart under load (issue 5, item 5).
+"""A PostgreSQL restart under load loses no committed transition and processes nothing twice.
 
 Request tasks trigger events in a loop on their own instances while two TimeoutWorkers sweep a
 backlog of due instances; the server is stopped (``fast``: every backend is terminated) while
@@ -32,6 +32,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from helpers import REMINDER
 
 from duraflows_pg_async import (
     CommandRef,
@@ -40,7 +41,6 @@ from duraflows_pg_async import (
     Event,
     ExecutionContext,
     State,
-    Timeout,
     TimeoutRetryPolicy,
     TimeoutWorker,
     WorkflowDefinition,
@@ -75,23 +75,6 @@ PING = WorkflowDefinition(
     initial_state="idle",
     states={
         "idle": State(events={"ping": Event(target_state="idle", commands=(CommandRef("count"),))})
-    },
-)
-
-REMINDER = WorkflowDefinition(
-    name="reminder",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "remind": Event(
-                    target_state="reminded",
-                    commands=(CommandRef("send"),),
-                    timeout=Timeout(minutes=5),
-                )
-            }
-        ),
-        "reminded": State(),
     },
 )
 
@@ -182,7 +165,7 @@ async def _wait_until_none_left(remaining: Callable[[], Awaitable[int]], what: s
     loop = asyncio.get_running_loop()
     best, since = await remaining(), loop.time()
     while best > 0:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the interval of the poll, bounded by STALL below
         left = await remaining()
         if left < best:
             best, since = left, loop.time()
@@ -233,13 +216,13 @@ async def test_restart_under_load_loses_nothing_and_processes_nothing_twice(
                 load.errors[type(exc).__name__] += 1
                 load.errors_by_phase[phase] += 1
                 load.samples.setdefault(type(exc).__name__, repr(exc))
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the load's pace after a failure: not a wait
             except Exception as exc:  # anything else is a leak (a TimeoutError is a hang)
                 load.leaked.append(exc)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the load's pace after a failure: not a wait
             else:
                 load.successes.append((instance_uuid, result.history_uuid, phase))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the load's pace: not a wait
 
     workers = [TimeoutWorker(runtime, batch_size=BATCH, poll_interval=0.05) for _ in range(2)]
 

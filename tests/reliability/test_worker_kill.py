@@ -19,17 +19,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from helpers import SWEEP
 
 from duraflows_pg_async import (
-    CommandRef,
     CommandRegistry,
     DefinitionRegistry,
-    Event,
     ExecutionContext,
-    State,
-    Timeout,
     TimeoutWorker,
-    WorkflowDefinition,
     WorkflowRuntime,
     create_pool,
     pg_workflow_providers,
@@ -38,28 +34,14 @@ from duraflows_pg_async import (
 INSTANCES = 200
 LEASE = float(os.environ.get("DURAFLOWS_KILL_TEST_LEASE", "3"))
 
-DEFINITION = WorkflowDefinition(
-    name="sweep",
-    initial_state="waiting",
-    states={
-        "waiting": State(
-            events={
-                "fire": Event(
-                    target_state="fired", commands=(CommandRef("log"),), timeout=Timeout(minutes=1)
-                )
-            }
-        ),
-        "fired": State(),
-    },
-)
-
 # The worker that gets killed: its third instance never finishes.
 DOOMED_WORKER = textwrap.dedent(
     """
     import asyncio, os, sys
     from duraflows_pg_async import (CommandRegistry, DefinitionRegistry, TimeoutWorker,
         WorkflowRuntime, create_pool, pg_workflow_providers)
-    from tests.reliability.test_worker_kill import DEFINITION, log_in_transaction
+    from helpers import SWEEP
+    from tests.reliability.test_worker_kill import log_in_transaction
 
     async def main(dsn, lease):
         pool = await create_pool(dsn, min_size=1, max_size=2)
@@ -75,7 +57,7 @@ DOOMED_WORKER = textwrap.dedent(
                 await asyncio.Event().wait()
 
         definitions = DefinitionRegistry()
-        definitions.register(DEFINITION)
+        definitions.register(SWEEP)
         commands = CommandRegistry()
         commands.register("log", log)
         runtime = WorkflowRuntime(definitions=definitions, commands=commands,
@@ -122,7 +104,7 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
                 taken_over.set()
 
         definitions = DefinitionRegistry()
-        definitions.register(DEFINITION)
+        definitions.register(SWEEP)
         commands = CommandRegistry()
         commands.register("log", log)
         survivor = WorkflowRuntime(
@@ -144,7 +126,12 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
             str(INSTANCES),
             cwd=ROOT,
             # The DSN carries the server's password: never on a command line.
-            env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database},
+            env={
+                **os.environ,
+                # The repository, and tests/ for the helpers (as pytest puts it on sys.path).
+                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+                "DATABASE_URL": database,
+            },
             stdout=asyncio.subprocess.PIPE,
         )
         assert doomed.stdout is not None

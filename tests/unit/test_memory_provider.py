@@ -55,7 +55,12 @@ def p() -> WorkflowPersistenceProvider:
 
 
 async def settle() -> None:
-    """Let every runnable task run until it blocks (nothing here does real I/O)."""
+    """Let every runnable task run until it blocks (nothing here does real I/O).
+
+    Yields to the loop, not a wait for a condition: the tests call it before asserting that a
+    task did *not* finish (it waits for a lock), and a task that did not wait would have
+    finished within these steps.
+    """
     for _ in range(50):
         await asyncio.sleep(0)
 
@@ -331,6 +336,7 @@ async def test_lock_timeout_raises_and_leaves_nothing() -> None:
         assert 0.04 < loop.time() - started < 2
         # Statements outside a transaction run without lock_timeout, as on the pool.
         outside = asyncio.create_task(p.history_store.append(record(instance)))
+        # What is tested: nothing happens in twice the lock_timeout (no LockTimeoutError).
         await asyncio.sleep(0.1)
         assert not outside.done()
     await within(outside)
@@ -348,6 +354,7 @@ async def test_lock_timeout_zero_disables_it() -> None:
 
     async with Holder(p, lambda: p.instance_store.lock_by_uuid(instance.uuid)):
         waiter = asyncio.create_task(locker())
+        # What is tested: nothing happens in this time (0 is no timeout, not an immediate one).
         await asyncio.sleep(0.05)
         assert not waiter.done()
     await within(waiter)
@@ -517,7 +524,7 @@ async def test_unlocked_read_modify_write_races_are_caught_by_the_version(
     async def increment() -> None:
         read = await p.instance_store.find_by_uuid(instance.uuid)
         assert read is not None
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, so that the others read the same version
         read.version += 1
         read.context["n"] += 1
         try:
@@ -761,7 +768,7 @@ async def test_cancellation_rolls_back_and_releases_the_locks(
                 await p.instance_store.update(locked)
                 p.transaction_runner.after_commit(lambda: pytest.fail("ran after a rollback"))
                 entered.set()
-                await asyncio.sleep(10)
+                await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(work())
     await within(entered.wait())
@@ -806,6 +813,7 @@ async def test_cancellation_at_any_point_commits_all_or_nothing(
         async with p.transaction_runner.transaction():
             locked = await p.instance_store.lock_by_uuid(instance.uuid)
             assert locked is not None
+            # Yields: points where the cancellation may land, not waits.
             await asyncio.sleep(0)
             async with p.transaction_runner.transaction():
                 locked.version += 1
@@ -816,7 +824,7 @@ async def test_cancellation_at_any_point_commits_all_or_nothing(
             await asyncio.sleep(0)
 
     task = asyncio.create_task(work())
-    for _ in range(steps):
+    for _ in range(steps):  # what is tested: the cancellation after `steps` loop steps
         await asyncio.sleep(0)
     task.cancel()
     try:

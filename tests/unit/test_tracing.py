@@ -11,17 +11,25 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import (
+    ManualClock,
+    Spans,
+    attributes,
+    parent_id,
+    reminder,
+    span_context,
+    span_id,
+    use_provider,
+)
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from duraflows_pg_async import (
     CommandRef,
@@ -66,15 +74,7 @@ ORDER = WorkflowDefinition(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 5, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-
-def make_runtime(clock: Clock | None = None, **options: Any) -> WorkflowRuntime:
+def make_runtime(clock: ManualClock | None = None, **options: Any) -> WorkflowRuntime:
     definitions = DefinitionRegistry()
     definitions.register(ORDER)
     commands = CommandRegistry()
@@ -97,56 +97,6 @@ def make_runtime(clock: Clock | None = None, **options: Any) -> WorkflowRuntime:
         clock=clock,
         **options,
     )
-
-
-class Spans:
-    """The spans a test produced, through an SDK provider of its own."""
-
-    def __init__(self, provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
-        self.provider = provider
-        self.exporter = exporter
-
-    def all(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.all() if s.name == name]
-
-    def one(self, name: str) -> ReadableSpan:
-        (span,) = self.named(name)
-        return span
-
-
-def use_provider(monkeypatch: pytest.MonkeyPatch, provider: TracerProvider) -> None:
-    monkeypatch.setattr(_tracing, "_tracer", provider.get_tracer(_tracing.TRACER_NAME, __version__))
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spans]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_provider(monkeypatch, provider)
-    yield Spans(provider, exporter)
-    provider.shutdown()
-
-
-def attributes(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def span_context(span: ReadableSpan) -> SpanContext:
-    context = span.get_span_context()
-    assert context is not None
-    return context
-
-
-def span_id(span: ReadableSpan) -> int:
-    return span_context(span).span_id
 
 
 # --- without OpenTelemetry ---------------------------------------------------------------------
@@ -334,11 +284,10 @@ async def test_spans_nest_under_the_callers_span_and_observers_under_the_event(
 # --- sweeps --------------------------------------------------------------------------------------
 
 
-async def test_sweep_span_with_a_child_per_instance(spans: Spans) -> None:
-    clock = Clock()
+async def test_sweep_span_with_a_child_per_instance(spans: Spans, clock: ManualClock) -> None:
     runtime = make_runtime(clock)
     due = [await runtime.create_instance("order") for _ in range(2)]
-    clock.current += timedelta(minutes=6)
+    clock.advance(minutes=6)
     await runtime.create_instance("order")  # not due
     spans.exporter.clear()
     result = await runtime.sweep(10)
@@ -371,32 +320,19 @@ async def test_sweep_span_with_a_child_per_instance(spans: Spans) -> None:
         }
 
 
-async def test_a_failing_timeout_is_an_error_span_and_counted(spans: Spans) -> None:
-    definition = WorkflowDefinition(
-        name="flaky",
-        initial_state="waiting",
-        states={
-            "waiting": State(
-                events={
-                    "expire": Event(
-                        target_state="done",
-                        commands=(CommandRef("explode"),),
-                        timeout=Timeout(minutes=1),
-                    )
-                }
-            ),
-            "done": State(),
-        },
-    )
+async def test_a_failing_timeout_is_an_error_span_and_counted(
+    spans: Spans, clock: ManualClock
+) -> None:
     definitions = DefinitionRegistry()
-    definitions.register(definition)
+    definitions.register(
+        reminder("flaky", event="expire", target="done", command="explode", minutes=1)
+    )
     commands = CommandRegistry()
 
     def explode(subject: Any, ctx: ExecutionContext) -> None:
         raise RuntimeError("no luck")
 
     commands.register("explode", explode)
-    clock = Clock()
     runtime = WorkflowRuntime(
         definitions=definitions,
         commands=commands,
@@ -404,7 +340,7 @@ async def test_a_failing_timeout_is_an_error_span_and_counted(spans: Spans) -> N
         clock=clock,
     )
     await runtime.create_instance("flaky")
-    clock.current += timedelta(minutes=2)
+    clock.advance(minutes=2)
     spans.exporter.clear()
     result = await runtime.sweep(10)
     assert len(result.failed) == 1
@@ -443,20 +379,22 @@ class Broken(SpanProcessor):
 
 @pytest.mark.parametrize("where", ["start", "end"])
 async def test_a_failing_span_processor_never_breaks_the_call(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clock: ManualClock,
+    where: str,
 ) -> None:
     provider = TracerProvider()
     provider.add_span_processor(Broken(where))
     use_provider(monkeypatch, provider)
     monkeypatch.setattr(_tracing, "_warned", False)
-    clock = Clock()
     runtime = make_runtime(clock)
     with caplog.at_level(logging.DEBUG, logger="duraflows_pg_async"):
         created = await runtime.create_instance("order")
         result = await runtime.trigger_event(created.uuid, "pay", subject=True)
-        clock.current += timedelta(minutes=6)
+        clock.advance(minutes=6)
         await runtime.create_instance("order")
-        clock.current += timedelta(minutes=6)
+        clock.advance(minutes=6)
         swept = await runtime.sweep(10)
     assert result.to_state == "paid"
     assert swept.processed == 1
