@@ -23,7 +23,10 @@ WorkflowError
 ├── UnreadableRowError
 ├── IdempotencyConflictError
 ├── IdempotencyInProgressError
-└── IdempotencyNotSupportedError
+├── IdempotencyNotSupportedError
+├── DurableExecutionNotSupportedError
+├── WorkflowInstanceBusyError
+└── ExecutionLeaseLostError
 ```
 
 Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
@@ -61,6 +64,9 @@ __all__ = [
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "IdempotencyNotSupportedError",
+    "DurableExecutionNotSupportedError",
+    "WorkflowInstanceBusyError",
+    "ExecutionLeaseLostError",
 ]
 
 
@@ -251,6 +257,40 @@ class IdempotencyNotSupportedError(WorkflowError):
         super().__init__(
             "idempotency_key needs a provider built with idempotency=True "
             "(pg_workflow_providers(pool, idempotency=True) and migration 007)"
+        )
+
+
+class DurableExecutionNotSupportedError(WorkflowError):
+    """A queued-execution call was made on a runtime whose provider has no execution store."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "queued executions need a provider built with durable_execution=True "
+            "(pg_workflow_providers(pool, durable_execution=True) and migration 008)"
+        )
+
+
+class WorkflowInstanceBusyError(WorkflowError):
+    """The instance has an active queued execution, which must finish or be cancelled first."""
+
+    def __init__(self, instance_uuid: UUID, execution_uuid: UUID | None = None) -> None:
+        self.instance_uuid = instance_uuid
+        self.execution_uuid = execution_uuid
+        which = "" if execution_uuid is None else f" ({execution_uuid})"
+        super().__init__(
+            f'Workflow instance "{instance_uuid}" is busy: a queued execution{which} is pending, '
+            "running or parked on it"
+        )
+
+
+class ExecutionLeaseLostError(WorkflowError):
+    """This worker's lease on a queued execution expired or was taken; its work was not saved."""
+
+    def __init__(self, execution_uuid: UUID) -> None:
+        self.execution_uuid = execution_uuid
+        super().__init__(
+            f'The lease on execution "{execution_uuid}" was lost (expired or taken by another '
+            "worker); nothing was saved"
         )
 
 

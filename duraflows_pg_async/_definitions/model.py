@@ -122,10 +122,16 @@ class Timeout:
 
 @dataclass(frozen=True, slots=True)
 class CommandRef:
-    """A command to run, by registered name; ``metadata`` reaches it as ``ctx.command_metadata``."""
+    """A command to run, by registered name; ``metadata`` reaches it as ``ctx.command_metadata``.
+
+    ``transactional=True`` matters for queued executions only (``enqueue_event``): the command
+    then runs in the transaction of its checkpoint, so its database writes commit with it. Keep
+    such commands short: the instance's row lock is held while they run.
+    """
 
     name: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    transactional: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", _as_dict(self.metadata))
@@ -340,6 +346,8 @@ def _commands_to_list(commands: Sequence[CommandRef]) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"name": ref.name}
         if ref.metadata:
             item["metadata"] = _metadata(ref.metadata)
+        if ref.transactional:
+            item["transactional"] = True
         out.append(item)
     return out
 

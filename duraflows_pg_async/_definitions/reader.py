@@ -28,6 +28,7 @@ _STATE_KEYS = ("events", "onEnter", "context", "metadata")
 _EVENT_KEYS = ("targetState", "errorState", "commands", "guard", "timeout", "metadata")
 _ON_ENTER_KEYS = ("targetState", "errorState", "commands", "metadata")
 _REF_KEYS = ("name", "metadata")
+_COMMAND_KEYS = ("name", "metadata", "transactional")
 _TIMEOUT_KEYS = ("afterMinutes", "afterHours", "afterDays")
 
 
@@ -213,13 +214,19 @@ class _Reader:
         refs: list[CommandRef] = []
         for index, raw in enumerate(value):
             item_path = f"{path}.commands[{index}]"
-            item = self._object(raw, item_path, _REF_KEYS)
+            item = self._object(raw, item_path, _COMMAND_KEYS)
             if item is None:
                 continue
+            transactional = item.get("transactional")
+            if transactional is not None and not isinstance(transactional, bool):
+                self.problems.append(
+                    f"{item_path}.transactional must be a boolean, got {echo(transactional)}"
+                )
             refs.append(
                 CommandRef(
                     name=self._string(item, "name", item_path, required=True),
                     metadata=self._mapping(item, "metadata", item_path),
+                    transactional=transactional is True,
                 )
             )
         return tuple(refs)

@@ -196,6 +196,11 @@ class _Validator:
                     f"{where}: commands[{index}] must be a CommandRef, got {type(ref).__name__}"
                 )
                 continue
+            if not isinstance(ref.transactional, bool):
+                self.problems.append(
+                    f"{where}: commands[{index}].transactional must be a bool, "
+                    f"got {type(ref.transactional).__name__}"
+                )
             self.ref(where, "command", ref.name, ref.metadata, self.command_names)
 
     def ref(

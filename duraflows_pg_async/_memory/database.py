@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
+from duraflows_pg_async._core.executions import ACTIVE_STATUSES
 from duraflows_pg_async._core.idempotency import IdempotencyRecord
 from duraflows_pg_async._core.model import StoredWorkflowDefinition, WorkflowInstance
 
@@ -117,6 +118,14 @@ class MemoryDatabase:
             for each in level.chain():
                 view.update(each.executions)
         return view
+
+    def _busy_instances(self, level: Level | None) -> frozenset[UUID]:
+        """Instances with an active (pending, running or parked) execution."""
+        return frozenset(
+            UUID(row["workflowInstanceUuid"])
+            for row in self._all_executions(level).values()
+            if row["status"] in ACTIVE_STATUSES
+        )
 
     def _next_history_at(self) -> datetime:
         # Strictly increasing, so rows read back in the order they were written.

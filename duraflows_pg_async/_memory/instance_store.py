@@ -45,17 +45,21 @@ class MemoryWorkflowInstanceStore(MemoryStore):
     if present, else run as their own small transaction.
     ``js_safe_integers=True`` (for a database shared with TypeScript services) refuses integers
     beyond ±(2**53 - 1) in contexts and metadata with InvalidArgumentError, before any SQL.
+    ``skip_busy=True`` makes ``find_expired`` leave out instances with an active queued
+    execution.
     """
 
-    __slots__ = ("_js_safe_integers",)
+    __slots__ = ("_js_safe_integers", "_skip_busy")
 
-    def __init__(self, database: MemoryDatabase, *, js_safe_integers: bool = False) -> None:
+    def __init__(
+        self, database: MemoryDatabase, *, js_safe_integers: bool = False, skip_busy: bool = False
+    ) -> None:
         super().__init__(database)
-        if type(js_safe_integers) is not bool:
-            raise InvalidArgumentError(
-                f"js_safe_integers must be True or False, got {echo(js_safe_integers)}"
-            )
+        for flag, value in (("js_safe_integers", js_safe_integers), ("skip_busy", skip_busy)):
+            if type(value) is not bool:
+                raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
         self._js_safe_integers = js_safe_integers
+        self._skip_busy = skip_busy
 
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError (after waiting
@@ -198,8 +202,11 @@ class MemoryWorkflowInstanceStore(MemoryStore):
 
         async def op(level: Level) -> list[WorkflowInstance]:
             due: list[tuple[datetime, WorkflowInstance]] = []
+            busy = database._busy_instances(level) if self._skip_busy else frozenset()
             for row in database._all_instances(level).values():
                 if names is not None and row.workflow_name not in names:
+                    continue
+                if row.uuid in busy:
                     continue
                 expires_at = row.expires_at
                 if expires_at is None or not expires_at < now:

@@ -70,7 +70,9 @@ def memory_workflow_providers(
             raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
     database = MemoryDatabase()
     return WorkflowPersistenceProvider(
-        instance_store=MemoryWorkflowInstanceStore(database, js_safe_integers=js_safe_integers),
+        instance_store=MemoryWorkflowInstanceStore(
+            database, js_safe_integers=js_safe_integers, skip_busy=durable_execution
+        ),
         history_store=MemoryWorkflowHistoryStore(database),
         transaction_runner=MemoryTransactionRunner(database, lock_timeout=lock_timeout),
         definition_store=MemoryWorkflowDefinitionStore(database),

@@ -35,6 +35,7 @@ from duraflows_pg_async.errors import (
 
 from .codecs import decoded
 from .json_numbers import UnreadableJsonError
+from .queries import render_queries
 from .runner import AnyConnection
 from .store_base import PgStore
 
@@ -126,19 +127,27 @@ class PgWorkflowInstanceStore(PgStore):
     ``PgTransactionRunner``); the other methods join one if present, else run on the pool.
     ``js_safe_integers=True`` (for a database shared with TypeScript services) refuses integers
     beyond ±(2**53 - 1) in contexts and metadata with InvalidArgumentError, before any SQL.
+    ``skip_busy=True`` (set by ``pg_workflow_providers(..., durable_execution=True)``) makes
+    ``find_expired`` leave out instances with an active queued execution (migration 008).
     """
 
     __slots__ = ("_js_safe_integers",)
 
     def __init__(
-        self, pool: asyncpg.Pool, *, schema: str | None = None, js_safe_integers: bool = False
+        self,
+        pool: asyncpg.Pool,
+        *,
+        schema: str | None = None,
+        js_safe_integers: bool = False,
+        skip_busy: bool = False,
     ) -> None:
         super().__init__(pool, schema=schema)
-        if type(js_safe_integers) is not bool:
-            raise InvalidArgumentError(
-                f"js_safe_integers must be True or False, got {echo(js_safe_integers)}"
-            )
+        for flag, value in (("js_safe_integers", js_safe_integers), ("skip_busy", skip_busy)):
+            if type(value) is not bool:
+                raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
         self._js_safe_integers = js_safe_integers
+        if skip_busy:
+            self._q = render_queries(schema, skip_busy=True)
 
     async def create(self, instance: WorkflowInstance) -> None:
         """Insert a new instance. A uuid in use raises InstanceAlreadyExistsError."""

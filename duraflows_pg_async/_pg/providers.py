@@ -49,7 +49,10 @@ def pg_workflow_providers(
     )
     return WorkflowPersistenceProvider(
         instance_store=PgWorkflowInstanceStore(
-            pool, schema=schema, js_safe_integers=js_safe_integers
+            pool,
+            schema=schema,
+            js_safe_integers=js_safe_integers,
+            skip_busy=durable_execution,
         ),
         history_store=PgWorkflowHistoryStore(pool, schema=schema),
         transaction_runner=runner,

@@ -50,7 +50,7 @@ _DUE = (
 _WORKFLOW_DUE_AT = "coalesce(timeout_retry_at, expires_at, 'infinity'::timestamptz)"
 
 
-def _due_of(instances: str, names: str) -> str:
+def _due_of(instances: str, names: str, due: str) -> str:
     """uuid and due_at of up to $1 due rows of the workflows in ``names``, locked SKIP LOCKED.
 
     One index scan per workflow (the index of migration 100 leads with workflow_name), merged:
@@ -60,7 +60,7 @@ def _due_of(instances: str, names: str) -> str:
     return (
         f"SELECT d.uuid, d.due_at FROM unnest({names}::text[]) AS w(name) CROSS JOIN LATERAL "
         f"(SELECT uuid, {_WORKFLOW_DUE_AT} AS due_at FROM {instances} "
-        f"WHERE workflow_name = w.name AND {_DUE} AND {_WORKFLOW_DUE_AT} < $2 "
+        f"WHERE workflow_name = w.name AND {due} AND {_WORKFLOW_DUE_AT} < $2 "
         f"ORDER BY {_WORKFLOW_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED) AS d "
         "ORDER BY d.due_at LIMIT $1"
     )
@@ -118,8 +118,12 @@ def qualify(schema: str | None, table: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def render_queries(schema: str | None) -> Queries:
-    """The statements for one schema (``None``: unqualified names, resolved by search_path)."""
+def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
+    """The statements for one schema (``None``: unqualified names, resolved by search_path).
+
+    ``skip_busy``: the due-timeout scans leave out instances with an active queued execution
+    (migration 008's table), before the limit, so busy instances never starve the others.
+    """
     if schema is not None:
         require_identifier(schema, "schema")
     instances = qualify(schema, "workflow_instances")
@@ -127,6 +131,13 @@ def render_queries(schema: str | None) -> Queries:
     definitions = qualify(schema, "workflow_definitions")
     receipts = qualify(schema, "workflow_event_idempotency")
     executions = qualify(schema, "workflow_executions")
+    due = _DUE
+    if skip_busy:
+        due += (
+            f" AND NOT EXISTS (SELECT 1 FROM {executions} AS busy "
+            f"WHERE busy.workflow_instance_uuid = {instances}.uuid "
+            "AND busy.status IN ('pending', 'running', 'parked'))"
+        )
     return Queries(
         # $1=uuid $2=workflow_name $3=current_state $4=version $5=expires_at
         # $6=last_transition_at $7=context $8=metadata $9=created_at $10=updated_at
@@ -162,11 +173,11 @@ def render_queries(schema: str | None) -> Queries:
         # them exclusive (the locks end with the scan), which is why the runtime re-checks each
         # row under lock_by_uuid.
         find_expired=(
-            f"SELECT uuid FROM {instances} WHERE {_DUE} "
+            f"SELECT uuid FROM {instances} WHERE {due} "
             f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED"
         ),
         # $1=limit $2=now $3=workflow names: find_expired for these workflows only.
-        find_expired_of=f"SELECT uuid FROM ({_due_of(instances, '$3')}) AS due",
+        find_expired_of=f"SELECT uuid FROM ({_due_of(instances, '$3', due)}) AS due",
         # $1=limit $2=now $3=claim_until. Claims the due rows and returns their uuids, oldest due
         # first (select_instances reads them, so that one row the codec cannot decode does not
         # fail the batch). The claim sets timeout_retry_at to $3 so that concurrent sweeps (ours
@@ -177,11 +188,11 @@ def render_queries(schema: str | None) -> Queries:
         # at $3.
         claim_expired=_claim(
             instances,
-            f"SELECT uuid, {_DUE_AT} AS due_at FROM {instances} WHERE {_DUE} "
+            f"SELECT uuid, {_DUE_AT} AS due_at FROM {instances} WHERE {due} "
             f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED",
         ),
         # $1=limit $2=now $3=claim_until $4=workflow names: claim_expired for these workflows.
-        claim_expired_of=_claim(instances, _due_of(instances, "$4")),
+        claim_expired_of=_claim(instances, _due_of(instances, "$4", due)),
         # $1=uuids
         select_instances=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = ANY ($1)",
         # $1=uuid: one JSON column, to tell which one the codec cannot decode.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -22,6 +22,7 @@ from duraflows_pg_async.errors import InvalidArgumentError
 
 __all__ = [
     "AvailableEvent",
+    "DurableContext",
     "BusinessFailure",
     "ExecutionContext",
     "ExecutionOutcome",
@@ -66,13 +67,49 @@ async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+class DurableContext:
+    """``ctx.durable`` of a command run by a queued execution.
+
+    ``idempotency_key`` (``"<execution_uuid>:<command_id>"``) stays the same across retries and
+    workers: pass it to the services the command calls, since a command may run again after a
+    crash. ``attempt`` counts from 1. A long command awaits ``heartbeat()`` before its lease
+    ends; it raises ExecutionLeaseLostError when another worker may have taken over.
+    """
+
+    __slots__ = ("_heartbeat", "attempt", "command_id", "execution_uuid", "idempotency_key")
+
+    def __init__(
+        self,
+        execution_uuid: UUID,
+        command_id: str,
+        attempt: int,
+        heartbeat: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.execution_uuid = execution_uuid
+        self.command_id = command_id
+        self.idempotency_key = f"{execution_uuid}:{command_id}"
+        self.attempt = attempt
+        self._heartbeat = heartbeat
+
+    async def heartbeat(self) -> None:
+        """Extend this execution's lease by the policy's ``lease_duration``."""
+        await self._heartbeat()
+
+    def __repr__(self) -> str:
+        return (
+            f"DurableContext(execution_uuid={self.execution_uuid}, "
+            f"command_id={self.command_id!r}, attempt={self.attempt})"
+        )
+
+
 @dataclass(slots=True)
 class ExecutionContext:
     """Given to every command and guard as ``ctx``.
 
     ``context`` is a mutable copy of the instance's context: a command's writes are saved with
     the transition (a guard gets a read-only copy). Everything else is read-only.
-    ``transition_uuid`` identifies the transition the command runs for.
+    ``transition_uuid`` identifies the transition the command runs for. ``durable`` is set only
+    for a command of a queued execution (``enqueue_event``).
     """
 
     context: dict[str, Any]
@@ -83,6 +120,7 @@ class ExecutionContext:
     to_state: str
     transition_uuid: UUID
     command_metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    durable: DurableContext | None = None
 
     def derive(
         self,
@@ -101,6 +139,7 @@ class ExecutionContext:
             self.to_state,
             self.transition_uuid,
             self.command_metadata if command_metadata is None else command_metadata,
+            self.durable,
         )
 
 
