@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
+from ._core.executions import DurableExecutionPolicy
 from ._core.model import CommandResult, HistoryRecord, TimeoutRetry, WorkflowInstance
 from ._definitions.model import (
     CommandRef,
@@ -63,6 +64,7 @@ __all__ = [
     "WorkflowHandle",
     "TimeoutWorker",
     "TimeoutRetryPolicy",
+    "DurableExecutionPolicy",
     "Observer",
     "ExecutionContext",
     "ExecutionResult",

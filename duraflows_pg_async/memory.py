@@ -12,6 +12,7 @@ from ._memory.provider import (
     MemoryDatabase,
     MemoryTransactionRunner,
     MemoryWorkflowDefinitionStore,
+    MemoryWorkflowExecutionStore,
     MemoryWorkflowHistoryStore,
     MemoryWorkflowIdempotencyStore,
     MemoryWorkflowInstanceStore,
@@ -26,6 +27,7 @@ __all__ = [
     "MemoryWorkflowHistoryStore",
     "MemoryWorkflowDefinitionStore",
     "MemoryWorkflowIdempotencyStore",
+    "MemoryWorkflowExecutionStore",
 ]
 
 for _name in __all__:

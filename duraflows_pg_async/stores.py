@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._core.contract import (
     WorkflowDefinitionStore,
+    WorkflowExecutionStore,
     WorkflowHistoryStore,
     WorkflowIdempotencyStore,
     WorkflowInstanceStore,
@@ -18,6 +19,7 @@ from ._core.contract import (
 from ._core.idempotency import IdempotencyRecord
 from ._core.model import HistoryOutcome, StoredWorkflowDefinition
 from ._pg.definition_store import PgWorkflowDefinitionStore
+from ._pg.execution_store import PgWorkflowExecutionStore
 from ._pg.history_store import PgWorkflowHistoryStore
 from ._pg.idempotency_store import PgWorkflowIdempotencyStore
 from ._pg.instance_store import PgWorkflowInstanceStore
@@ -28,10 +30,12 @@ __all__ = [
     "WorkflowTransactionRunner",
     "WorkflowDefinitionStore",
     "WorkflowIdempotencyStore",
+    "WorkflowExecutionStore",
     "PgWorkflowInstanceStore",
     "PgWorkflowHistoryStore",
     "PgWorkflowDefinitionStore",
     "PgWorkflowIdempotencyStore",
+    "PgWorkflowExecutionStore",
     "StoredWorkflowDefinition",
     "HistoryOutcome",
     "IdempotencyRecord",

@@ -7,10 +7,13 @@ Import them to annotate: code rarely builds one. The everyday ones
 
 from __future__ import annotations
 
+from ._core.executions import CommandCheckpoint, ExecutionStatus, WorkflowExecution
 from ._definitions.registries import RegisteredCommand, RegisteredGuard
+from ._runtime.durable import ProcessPendingResult
 from ._runtime.execution import (
     AvailableEvent,
     BusinessFailure,
+    DurableContext,
     ExecutionOutcome,
     ParkedTimeout,
     ProcessExpiredResult,
@@ -28,6 +31,11 @@ __all__ = [
     "WorkerStats",
     "RegisteredCommand",
     "RegisteredGuard",
+    "WorkflowExecution",
+    "CommandCheckpoint",
+    "ExecutionStatus",
+    "ProcessPendingResult",
+    "DurableContext",
 ]
 
 for _name in __all__:

@@ -42,6 +42,7 @@ __all__ = [
     "MemoryDatabase",
     "MemoryTransactionRunner",
     "MemoryWorkflowDefinitionStore",
+    "MemoryWorkflowExecutionStore",
     "MemoryWorkflowHistoryStore",
     "MemoryWorkflowIdempotencyStore",
     "MemoryWorkflowInstanceStore",

@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
+from duraflows_pg_async._core.executions import DurableExecutionPolicy, WorkflowExecution
 from duraflows_pg_async._core.model import HistoryRecord, WorkflowInstance
 from duraflows_pg_async._core.validate import (
     check_json,
@@ -36,9 +37,11 @@ from duraflows_pg_async.errors import (
     InvalidArgumentError,
     WorkflowDefinitionError,
     WorkflowError,
+    WorkflowInstanceBusyError,
     WorkflowInstanceNotFoundError,
 )
 
+from .durable import DurableExecutions, ProcessPendingResult
 from .execution import (
     AvailableEvent,
     ExecutionResult,
@@ -97,6 +100,7 @@ class WorkflowRuntime:
         timeout_retry: TimeoutRetryPolicy | None = None,
         max_on_enter_depth: int = 10,
         sweep_lease: timedelta | float = DEFAULT_SWEEP_LEASE,
+        durable_execution: DurableExecutionPolicy | None = None,
     ) -> None:
         if not isinstance(definitions, DefinitionRegistry):
             raise InvalidArgumentError("definitions must be a DefinitionRegistry")
@@ -110,6 +114,10 @@ class WorkflowRuntime:
             raise InvalidArgumentError("clock must have a now() method returning an aware datetime")
         if timeout_retry is not None and not isinstance(timeout_retry, TimeoutRetryPolicy):
             raise InvalidArgumentError("timeout_retry must be a TimeoutRetryPolicy")
+        if durable_execution is not None and not isinstance(
+            durable_execution, DurableExecutionPolicy
+        ):
+            raise InvalidArgumentError("durable_execution must be a DurableExecutionPolicy")
         self.definitions = definitions
         self.commands = commands
         self.guards = guards
@@ -125,6 +133,7 @@ class WorkflowRuntime:
         self._checked = False
         self._init_lock: asyncio.Lock | None = None
         self._sweeper = Sweeper(self)
+        self._durable = DurableExecutions(self, durable_execution or DurableExecutionPolicy())
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -222,6 +231,14 @@ class WorkflowRuntime:
             if entered.events and self._observers:
                 runner.after_commit(entered.notify)
         return result
+
+    async def _refuse_if_busy(self, instance: WorkflowInstance) -> None:
+        """WorkflowInstanceBusyError when a queued execution occupies the (locked) instance."""
+        store = self.persistence.execution_store
+        if store is not None:
+            active = await store.find_active(instance.uuid)
+            if active is not None:
+                raise WorkflowInstanceBusyError(instance.uuid, active.uuid)
 
     async def _governing(
         self, instance: WorkflowInstance, *, stamp: bool = True
@@ -357,6 +374,7 @@ class WorkflowRuntime:
                     if span is not None and span.recording:
                         span.update({"duraflows.idempotency.replayed": True})
                     return replayed
+            await self._refuse_if_busy(instance)
             definition = await self._governing(instance)
             transition = Transition(self, instance, definition, entered, span)
             result = await transition.fire(event_name, subject, trigger)
@@ -460,6 +478,7 @@ class WorkflowRuntime:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
+            await self._refuse_if_busy(instance)
             if instance.timeout_retry is None and instance.claimed_until is None:
                 return instance
             # update() writes the retry columns, which ends a claim too.
@@ -468,6 +487,52 @@ class WorkflowRuntime:
             next_version(instance, utc_now(self.clock))
             await self.persistence.instance_store.update(instance)
         return instance
+
+    # -- queued executions (durable command execution; docs/durable-execution.md) ---------------
+
+    async def enqueue_event(
+        self,
+        instance_uuid: UUID | str,
+        event_name: str,
+        *,
+        idempotency_key: str,
+        idempotency_fingerprint: str | None = None,
+        subject: Any = None,
+        trigger_metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowExecution:
+        """Accept ``event_name`` for later, command by command, and return the execution.
+
+        Runs the guard now; runs no command (``process_pending_executions`` does). The same
+        key again returns the same execution; another event or fingerprint under it raises
+        IdempotencyConflictError. ``subject`` and ``trigger_metadata`` must be JSON; they are
+        copied. Raises WorkflowInstanceBusyError while another execution occupies the
+        instance, DurableExecutionNotSupportedError without ``durable_execution=True``.
+        """
+        return await self._durable.enqueue(
+            instance_uuid,
+            event_name,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            subject=subject,
+            trigger_metadata=_json_object(trigger_metadata, "trigger_metadata"),
+        )
+
+    async def process_pending_executions(self, limit: int = 100) -> ProcessPendingResult:
+        """Run the next command of up to ``limit`` due executions, each checkpointed in its own
+        transaction. Call it outside any transaction (a worker's loop: ``ExecutionWorker``)."""
+        return await self._durable.process(limit)
+
+    async def get_execution(self, execution_uuid: UUID | str) -> WorkflowExecution | None:
+        """The execution and its journal, or None."""
+        return await self._durable.get(execution_uuid)
+
+    async def retry_execution(self, execution_uuid: UUID | str) -> WorkflowExecution:
+        """Make a parked execution pending again (attempts reset, finished commands kept)."""
+        return await self._durable.control(execution_uuid, "retry")
+
+    async def cancel_execution(self, execution_uuid: UUID | str) -> WorkflowExecution:
+        """Cancel an execution no worker holds; it frees the instance and undoes nothing."""
+        return await self._durable.control(execution_uuid, "cancel")
 
     def handle(self, instance_uuid: UUID | str) -> WorkflowHandle:
         """A small object bound to one instance; it caches nothing."""
@@ -503,6 +568,25 @@ class WorkflowHandle:
             trigger_metadata=trigger_metadata,
             idempotency_key=idempotency_key,
             idempotency_fingerprint=idempotency_fingerprint,
+        )
+
+    async def enqueue_event(
+        self,
+        event_name: str,
+        *,
+        idempotency_key: str,
+        idempotency_fingerprint: str | None = None,
+        subject: Any = None,
+        trigger_metadata: Mapping[str, Any] | None = None,
+    ) -> WorkflowExecution:
+        """``WorkflowRuntime.enqueue_event`` on this instance."""
+        return await self.runtime.enqueue_event(
+            self.uuid,
+            event_name,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            subject=subject,
+            trigger_metadata=trigger_metadata,
         )
 
     async def get_available_events(self) -> list[AvailableEvent]:

@@ -234,6 +234,8 @@ class Sweeper:
         instance = await store.lock_by_uuid(instance_uuid, skip_locked=True)
         if instance is None or not _still_due(instance, self._now()):
             return None  # gone, taken by another worker, or handled since the scan
+        if await self._occupied(instance):
+            return None  # a queued execution holds it: sweeps leave it alone
         definition = await runtime._governing(instance)
         timeout = definition.timeout_event(instance.current_state)
         if timeout is None:
@@ -260,6 +262,11 @@ class Sweeper:
             return BusinessFailure(instance.uuid, result.to_state)
         return "processed"
 
+    async def _occupied(self, instance: WorkflowInstance) -> bool:
+        """Whether a queued execution occupies the (locked) instance."""
+        executions = self._runtime.persistence.execution_store
+        return executions is not None and await executions.find_active(instance.uuid) is not None
+
     async def _record_timeout_failure(
         self, scanned: WorkflowInstance, message: str, claim_until: datetime
     ) -> TimeoutFailure:
@@ -282,6 +289,7 @@ class Sweeper:
                     or instance.current_state != scanned.current_state
                     or instance.expires_at != scanned.expires_at
                     or not _still_due(instance, now)
+                    or await self._occupied(instance)
                 ):
                     self._unreleased_claims.append((scanned.uuid, claim_until))
                     return TimeoutFailure(scanned.uuid, message)

@@ -37,7 +37,13 @@ from .observers import EnteredStates
 if TYPE_CHECKING:
     from .runtime import WorkflowRuntime
 
-__all__ = ["Transition", "error_text", "result_attributes"]
+__all__ = [
+    "Transition",
+    "error_text",
+    "failure_message",
+    "result_attributes",
+    "storable_result",
+]
 
 _ON_ENTER_TRIGGER: Mapping[str, Any] = {"source": "onEnter"}
 
@@ -48,7 +54,7 @@ def error_text(exc: BaseException) -> str:
     return storable_text(text) if text else type(exc).__name__
 
 
-def _storable_result(result: CommandResult) -> CommandResult:
+def storable_result(result: CommandResult) -> CommandResult:
     """``result`` with its text made storable (see ``_core/text.py``); itself when nothing
     changed."""
     code = result.code if result.code is None else storable_text(result.code)
@@ -65,7 +71,7 @@ def _storable_result(result: CommandResult) -> CommandResult:
     return CommandResult(result.ok, code, message, metadata, error)
 
 
-def _failure_message(succeeded: bool, results: list[CommandResult]) -> str | None:
+def failure_message(succeeded: bool, results: list[CommandResult]) -> str | None:
     """The history row's error message: the last result's message or code."""
     if succeeded:
         return None
@@ -146,9 +152,7 @@ class Transition:
             to_state=event.target_state or from_state,
             transition_uuid=uuid4(),
         )
-        if event.guard is not None and not await self._guard_allows(
-            event_name, event, subject, ctx
-        ):
+        if event.guard is not None and not await self.guard_allows(event_name, event, subject, ctx):
             history_uuid = await self.runtime.persistence.history_store.append(
                 HistoryRecord(
                     workflow_instance_uuid=instance.uuid,
@@ -269,7 +273,7 @@ class Transition:
 
     # -- the steps ------------------------------------------------------------------------------
 
-    async def _guard_allows(
+    async def guard_allows(
         self, event_name: str, event: Event, subject: Any, ctx: ExecutionContext
     ) -> bool:
         guard_ref = event.guard
@@ -329,7 +333,7 @@ class Transition:
             if returned is None:
                 result = CommandResult(ok=True)
             elif isinstance(returned, CommandResult):
-                result = _storable_result(returned)
+                result = storable_result(returned)
             else:
                 raise WorkflowError(
                     f'Command "{ref.name}" returned {type(returned).__name__}; expected a '
@@ -377,7 +381,7 @@ class Transition:
                 to_state=to_state,
                 outcome="success" if succeeded else "failure",
                 command_results=results,
-                error_message=_failure_message(succeeded, results),
+                error_message=failure_message(succeeded, results),
                 trigger_metadata=trigger_metadata,
                 definition_version=self.definition.version,
             )
