@@ -34,7 +34,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .durable_plan import NextCommand, Plan, plan_execution
-from .execution import DurableContext, ExecutionContext, freeze, json_clone, maybe_await
+from .execution import DurableContext, ExecutionContext, json_clone, maybe_await
 from .instance_updates import deadline, next_version
 from .observers import EnteredStates
 from .transitions import error_text, failure_message, storable_result
@@ -256,7 +256,8 @@ class ExecutionSteps:
             pending.ctx.command_metadata,
             DurableContext(claim.uuid, pending.command_id, claim.attempts, heartbeat),
         )
-        subject = freeze(claim.subject) if claim.has_subject else None
+        # A copy per attempt: the record's subject stays as accepted whatever a command does.
+        subject = json_clone(claim.subject) if claim.has_subject else None
         try:
             returned = await maybe_await(registered.fn(subject, ctx))
         except Exception as exc:
