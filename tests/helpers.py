@@ -1,20 +1,24 @@
 """What many test modules share: a clock the test moves, the reminder workflow, span readers,
-waits on a condition. Loaded as a pytest plugin by tests/conftest.py (``pytest_plugins``), so its
-fixtures (``clock``, ``spans``) are available to every test; its other names are imported as
-``from helpers import ...`` (``tests/`` is on ``sys.path`` as the folder of the suite's conftest,
-and mypy reads it as the top-level module ``helpers``, as it does ``conftest``).
+waits on a condition or on a line of a process's output. Loaded as a pytest plugin by
+tests/conftest.py (``pytest_plugins``), so its fixtures (``clock``, ``spans``) are available to
+every test; its other names are imported as ``from helpers import ...`` (``tests/`` is on
+``sys.path`` as the folder of the suite's conftest, and mypy reads it as the top-level module
+``helpers``, as it does ``conftest``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -219,6 +223,48 @@ async def wait_until(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise AssertionError(f"not within {within} s: {what}") from None
+
+
+async def wait_for_line(
+    pipe: IO[str], text: str, *, within: float = 30, what: str | None = None
+) -> str:
+    """Read ``pipe`` (a process's stdout or stderr, opened with ``text=True``) up to the end of
+    the first line that holds ``text``; return all that was read, that line included.
+
+    A wait on the process's own signal, not a poll: a thread reads the pipe as the process writes
+    it. It reads one byte at a time, so nothing after that line is taken: the process's later
+    ``communicate()`` returns the rest, and what was read here plus that rest is the whole output.
+    Fails (with what was read) if the pipe ends first, as it does when the process exits, or if
+    there is no such line ``within`` seconds. The pipe's file object must not have been read
+    before: its buffer would hold what this wait does not see.
+    """
+    assert isinstance(pipe, io.TextIOWrapper), pipe  # what Popen(..., text=True) makes
+    fd, needle = pipe.fileno(), text.encode(pipe.encoding)
+    deadline = time.monotonic() + within
+
+    def read() -> tuple[bytes, str | None]:
+        data = bytearray()
+        line_start = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(data), f"not within {within} s"
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            byte = os.read(fd, 1)
+            if not byte:
+                return bytes(data), "the pipe ended (the process exited?)"
+            data += byte
+            if byte == b"\n":
+                if needle in data[line_start:]:
+                    return bytes(data), None
+                line_start = len(data)
+
+    data, failure = await asyncio.to_thread(read)
+    lines = data.decode(pipe.encoding, pipe.errors or "strict")
+    if failure is not None:
+        raise AssertionError(f"{failure}: {what or repr(text)}; read so far: {lines!r}")
+    return lines
 
 
 # --- row locks -----------------------------------------------------------------------------------

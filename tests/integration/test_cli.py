@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import wait_for_line, wait_until
 
 from duraflows_pg_async import (
     CommandRegistry,
@@ -49,6 +49,18 @@ async def cli(
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+async def wait_for_stopping_notice(proc: subprocess.Popen[str]) -> str:
+    """Wait for what a ``worker`` process prints on stderr when the first stop signal has
+    arrived; returns the stderr read up to and with that line (its ``communicate()`` has the
+    rest)."""
+    assert proc.stderr is not None
+    return await wait_for_line(
+        proc.stderr,
+        "stopping after the instances in hand",
+        what="the worker's notice of the first stop signal",
     )
 
 
@@ -384,15 +396,17 @@ async def test_worker_processes_due_timeouts_and_stops_on_sigterm(
     try:
         instance = due_reminder()
         await providers.instance_store.create(instance)
-        deadline = time.monotonic() + 30
-        while True:
+
+        async def reminded() -> WorkflowInstance | None:
             stored = await providers.instance_store.find_by_uuid(instance.uuid)
             assert stored is not None
             if stored.current_state == "reminded":
-                break
+                return stored
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the worker did not process the timeout"
-            await asyncio.sleep(0.1)
+            return None
+
+        stored = await wait_until(reminded, within=30, what="the worker processing the timeout")
+        assert stored is not None
         assert stored.context == {"sent": True}
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(proc.communicate, timeout=10)
@@ -454,17 +468,21 @@ async def test_worker_second_signal_aborts_the_instance_in_hand(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not marker.exists():
+
+        async def in_command() -> bool:
+            if marker.exists():
+                return True
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the worker never reached the command"
-            await asyncio.sleep(0.05)
+            return False
+
+        await wait_until(in_command, within=30, what="the worker reaching the command")
         proc.send_signal(signal.SIGTERM)
         # The first signal waits for the instance in hand, which is stuck: still running.
-        await asyncio.sleep(1.0)
+        notice = await wait_for_stopping_notice(proc)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+        err = notice + err  # all of stderr: the notice was read above
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from helpers import wait_until
-from test_cli import assert_clean_error, cli, due_reminder
+from test_cli import assert_clean_error, cli, due_reminder, wait_for_stopping_notice
 
 from duraflows_pg_async import WorkflowInstance, WorkflowPersistenceProvider
 
@@ -144,18 +144,15 @@ class Worker:
         assert self.proc.poll() is None, self.proc.communicate()
 
     async def stop(self, signals: int = 1) -> tuple[int, str, str]:
+        """Send ``signals`` SIGTERMs; returns the exit code, stdout and (all of) stderr."""
         self.proc.send_signal(signal.SIGTERM)
+        notices = ""
         for _ in range(signals - 1):
             # The first signal waits for the instance in hand; the next one aborts it.
-            await asyncio.to_thread(self._wait_for_stopping_notice)
+            notices += await wait_for_stopping_notice(self.proc)
             self.proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(self.proc.communicate, timeout=20)
-        return self.proc.returncode, out, err
-
-    def _wait_for_stopping_notice(self) -> None:
-        assert self.proc.stderr is not None
-        while "stopping after the instances in hand" not in self.proc.stderr.readline():
-            self.check_running()
+        return self.proc.returncode, out, notices + err
 
     def kill(self) -> None:
         if self.proc.poll() is None:

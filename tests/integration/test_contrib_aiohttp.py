@@ -23,7 +23,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
-from helpers import ManualClock
+from helpers import ManualClock, wait_until
 
 pytest.importorskip("aiohttp")
 
@@ -66,11 +66,14 @@ async def app_connections(dsn: str) -> int:
 
 async def wait_until_no_app_connections(dsn: str) -> None:
     """pool.close() has returned; the server may take a moment to end the backends."""
-    for _ in range(200):
-        if await app_connections(dsn) == 0:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"connections of {APP_NAME} are still open")
+
+    async def none_open() -> bool:
+        return await app_connections(dsn) == 0
+
+    # Each look opens a connection of its own: asked at the pace of before, not faster.
+    await wait_until(
+        none_open, within=10, interval=0.05, what=f"the connections of {APP_NAME} closed"
+    )
 
 
 @asynccontextmanager
@@ -198,11 +201,11 @@ async def test_cleanup_ctx_worker_sweeps_due_orders(served: Served) -> None:
     await client.post(f"/orders/{paid}/events/pay")
     served.clock.advance(days=1, minutes=1)
 
-    for _ in range(200):
+    async def expired() -> Any:
         body = await get_json(client, f"/orders/{uuid}")
-        if body["currentState"] == "expired":
-            break
-        await asyncio.sleep(0.05)
+        return body if body["currentState"] == "expired" else None
+
+    body = await wait_until(expired, within=10, what="the worker expiring the due order")
     assert body["currentState"] == "expired"
     assert body["history"][0]["eventName"] == "expire"
     assert body["history"][0]["triggerMetadata"] == {"source": "timeout"}

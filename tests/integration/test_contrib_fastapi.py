@@ -22,7 +22,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
-from helpers import ManualClock
+from helpers import ManualClock, wait_until
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -71,11 +71,14 @@ async def app_connections(dsn: str) -> int:
 
 async def wait_until_no_app_connections(dsn: str) -> None:
     """pool.close() has returned; the server may take a moment to end the backends."""
-    for _ in range(200):
-        if await app_connections(dsn) == 0:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"connections of {APP_NAME} are still open")
+
+    async def none_open() -> bool:
+        return await app_connections(dsn) == 0
+
+    # Each look opens a connection of its own: asked at the pace of before, not faster.
+    await wait_until(
+        none_open, within=10, interval=0.05, what=f"the connections of {APP_NAME} closed"
+    )
 
 
 @asynccontextmanager
@@ -103,12 +106,15 @@ async def serving(dsn: str, **config_options: Any) -> AsyncIterator[Served]:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-                pytest.fail("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
+
+    async def started() -> bool:
+        if task.done():
+            task.result()
+            pytest.fail("uvicorn stopped before it started")
+        # uvicorn signals its start with nothing but this flag.
+        return bool(server.started)
+
+    await wait_until(started, within=15, what="uvicorn listening")
     port = server.servers[0].sockets[0].getsockname()[1]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         served = Served(client=client, clock=clock, server=server, task=task, dsn=dsn, port=port)
@@ -218,12 +224,11 @@ async def test_lifespan_worker_sweeps_due_orders(served: Served) -> None:
     await served.client.post(f"/orders/{paid}/events/pay")
     served.clock.advance(days=1, minutes=1)
 
-    async with asyncio.timeout(10):
-        while True:
-            body = (await served.client.get(f"/orders/{uuid}")).json()
-            if body["currentState"] == "expired":
-                break
-            await asyncio.sleep(0.05)
+    async def expired() -> Any:
+        body = (await served.client.get(f"/orders/{uuid}")).json()
+        return body if body["currentState"] == "expired" else None
+
+    body = await wait_until(expired, within=10, what="the worker expiring the due order")
     assert body["history"][0]["eventName"] == "expire"
     assert body["history"][0]["triggerMetadata"] == {"source": "timeout"}
     assert (await served.client.get(f"/orders/{paid}")).json()["currentState"] == "paid"
