@@ -123,9 +123,8 @@ class Setup:
         definitions = DefinitionRegistry()
         definitions.register(order_definition())
         registry = CommandRegistry()
-        for name in ("reserve", "charge", "ship"):
-            registry.register(name, lambda s, c, n=name: self.commands.run(n, s, c))
-        registry.register("note", lambda s, c: self.commands.run("note", s, c), best_effort=True)
+        for name in ("reserve", "charge", "ship", "note"):
+            registry.register(name, self._command(name), best_effort=name == "note")
         guards = GuardRegistry()
 
         def allowed(subject: Any, ctx: ExecutionContext) -> bool:
@@ -142,6 +141,12 @@ class Setup:
             observers=[self.seen.append],
             durable_execution=POLICY,
         )
+
+    def _command(self, name: str) -> Any:
+        async def command(subject: Any, ctx: ExecutionContext) -> CommandResult:
+            return await self.commands.run(name, subject, ctx)
+
+        return command
 
     async def drain(self, polls: int = 20) -> None:
         """Poll until nothing is due (a bound of ``polls`` polls)."""
