@@ -523,3 +523,71 @@ async def test_sweeps_leave_busy_instances_alone(setup: Setup) -> None:
     assert stored.current_state == "new"
     await runtime.cancel_execution(execution.uuid)
     assert (await runtime.process_expired_workflows()).processed == 1
+
+
+# --- transactional commands (PostgreSQL: they write through the checkpoint's connection) ----
+
+
+def ledger_definition() -> WorkflowDefinition:
+    return WorkflowDefinition(
+        name="ledger",
+        initial_state="open",
+        states={
+            "open": State(
+                events={
+                    "book": Event(
+                        target_state="booked",
+                        commands=(
+                            CommandRef("write", transactional=True),
+                            CommandRef("after"),
+                        ),
+                    )
+                }
+            ),
+            "booked": State(),
+        },
+    )
+
+
+async def test_a_transactional_command_commits_with_its_checkpoint_or_not_at_all(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    await pool.execute("CREATE TABLE ledger (execution uuid, attempt int)")
+    persistence = pg_workflow_providers(pool, durable_execution=True)
+    runner = persistence.transaction_runner
+    explode = {"write": 1}
+
+    async def write(subject: Any, ctx: ExecutionContext) -> CommandResult:
+        assert ctx.durable is not None
+        await runner.connection().execute(
+            "INSERT INTO ledger VALUES ($1, $2)", ctx.durable.execution_uuid, ctx.durable.attempt
+        )
+        if explode["write"]:
+            explode["write"] -= 1
+            raise RuntimeError("after the insert")
+        return CommandResult(ok=True)
+
+    definitions = DefinitionRegistry()
+    definitions.register(ledger_definition())
+    commands = CommandRegistry()
+    commands.register("write", write)
+    commands.register("after", lambda s, c: CommandResult(ok=True))
+    runtime = WorkflowRuntime(
+        definitions=definitions,
+        commands=commands,
+        persistence=persistence,
+        clock=clock,
+        durable_execution=POLICY,
+    )
+    instance = await runtime.create_instance("ledger")
+    execution = await runtime.enqueue_event(instance.uuid, "book", idempotency_key="k")
+    assert (await runtime.process_pending_executions()).retrying == [execution.uuid]
+    # The first attempt's insert rolled back with its failed checkpoint.
+    assert await pool.fetch("SELECT attempt FROM ledger") == []
+    clock.advance(seconds=1)
+    assert (await runtime.process_pending_executions()).progressed == [execution.uuid]
+    assert [r["attempt"] for r in await pool.fetch("SELECT attempt FROM ledger")] == [2]
+    assert (await runtime.process_pending_executions()).completed == [execution.uuid]
+    stored = await runtime.get_instance(instance.uuid)
+    assert stored is not None
+    assert stored.current_state == "booked"
