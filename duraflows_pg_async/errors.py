@@ -23,7 +23,8 @@ WorkflowError
 ├── UnreadableRowError
 ├── IdempotencyConflictError
 ├── IdempotencyInProgressError
-└── IdempotencyNotSupportedError
+├── IdempotencyNotSupportedError
+└── MigrationInterruptedError
 ```
 
 Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
@@ -32,10 +33,13 @@ caller's own code or SQL inside a transaction propagate unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from duraflows_pg_async._core.echo import echo
+
+if TYPE_CHECKING:
+    from duraflows_pg_async._runtime.migration_model import MigrationResult
 
 __all__ = [
     "WorkflowError",
@@ -61,6 +65,7 @@ __all__ = [
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "IdempotencyNotSupportedError",
+    "MigrationInterruptedError",
 ]
 
 
@@ -251,6 +256,24 @@ class IdempotencyNotSupportedError(WorkflowError):
         super().__init__(
             "idempotency_key needs a provider built with idempotency=True "
             "(pg_workflow_providers(pool, idempotency=True) and migration 007)"
+        )
+
+
+class MigrationInterruptedError(WorkflowError):
+    """Listing the candidates of ``migrate_instances`` failed; ``result`` holds what was done."""
+
+    def __init__(
+        self, workflow_name: str, result: MigrationResult, examined: int, reason: str
+    ) -> None:
+        self.workflow_name = workflow_name
+        self.result = result
+        self.examined = examined
+        resume = (
+            f"; resume with cursor={result.next_cursor}" if result.next_cursor is not None else ""
+        )
+        super().__init__(
+            f'migrate_instances of workflow "{echo(workflow_name, raw=True)}" was '
+            f"interrupted after examining {examined} candidate(s): {reason}{resume}"
         )
 
 

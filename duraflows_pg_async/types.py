@@ -16,6 +16,14 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.migration_model import (
+    ContextTransform,
+    DefinitionVersionInfo,
+    MigratedInstance,
+    MigrationFailure,
+    MigrationResult,
+    SkippedInstance,
+)
 from ._runtime.worker import WorkerStats
 
 __all__ = [
@@ -28,6 +36,12 @@ __all__ = [
     "WorkerStats",
     "RegisteredCommand",
     "RegisteredGuard",
+    "DefinitionVersionInfo",
+    "MigrationResult",
+    "MigratedInstance",
+    "SkippedInstance",
+    "MigrationFailure",
+    "ContextTransform",
 ]
 
 for _name in __all__:
