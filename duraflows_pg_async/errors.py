@@ -26,7 +26,8 @@ WorkflowError
 ├── IdempotencyNotSupportedError
 ├── DurableExecutionNotSupportedError
 ├── WorkflowInstanceBusyError
-└── ExecutionLeaseLostError
+├── ExecutionLeaseLostError
+└── MigrationInterruptedError
 ```
 
 Errors raised by the package's own SQL are wrapped (original in ``__cause__``); errors raised by a
@@ -35,10 +36,13 @@ caller's own code or SQL inside a transaction propagate unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from duraflows_pg_async._core.echo import echo
+
+if TYPE_CHECKING:
+    from duraflows_pg_async._runtime.migration_model import MigrationResult
 
 __all__ = [
     "WorkflowError",
@@ -67,6 +71,7 @@ __all__ = [
     "DurableExecutionNotSupportedError",
     "WorkflowInstanceBusyError",
     "ExecutionLeaseLostError",
+    "MigrationInterruptedError",
 ]
 
 
@@ -291,6 +296,24 @@ class ExecutionLeaseLostError(WorkflowError):
         super().__init__(
             f'The lease on execution "{execution_uuid}" was lost (expired or taken by another '
             "worker); nothing was saved"
+        )
+
+
+class MigrationInterruptedError(WorkflowError):
+    """Listing the candidates of ``migrate_instances`` failed; ``result`` holds what was done."""
+
+    def __init__(
+        self, workflow_name: str, result: MigrationResult, examined: int, reason: str
+    ) -> None:
+        self.workflow_name = workflow_name
+        self.result = result
+        self.examined = examined
+        resume = (
+            f"; resume with cursor={result.next_cursor}" if result.next_cursor is not None else ""
+        )
+        super().__init__(
+            f'migrate_instances of workflow "{echo(workflow_name, raw=True)}" was '
+            f"interrupted after examining {examined} candidate(s): {reason}{resume}"
         )
 
 

@@ -19,6 +19,14 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.migration_model import (
+    ContextTransform,
+    DefinitionVersionInfo,
+    MigratedInstance,
+    MigrationFailure,
+    MigrationResult,
+    SkippedInstance,
+)
 from ._runtime.worker import WorkerStats
 
 __all__ = [
@@ -36,6 +44,12 @@ __all__ = [
     "ExecutionStatus",
     "ProcessPendingResult",
     "DurableContext",
+    "DefinitionVersionInfo",
+    "MigrationResult",
+    "MigratedInstance",
+    "SkippedInstance",
+    "MigrationFailure",
+    "ContextTransform",
 ]
 
 for _name in __all__:

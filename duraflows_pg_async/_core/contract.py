@@ -71,6 +71,17 @@ class WorkflowInstanceStore(Protocol):
         exclude_states: Sequence[str] = (),
     ) -> int: ...
 
+    async def find_instance_uuids(
+        self,
+        *,
+        workflow_name: str,
+        definition_version: int,
+        limit: int,
+        after_uuid: UUID | str | None = None,
+        states: Sequence[str] | None = None,
+        exclude_states: Sequence[str] | None = None,
+    ) -> list[UUID]: ...
+
 
 @runtime_checkable
 class WorkflowHistoryStore(Protocol):

@@ -30,6 +30,7 @@ __all__ = [
     "check_ensure_arguments",
     "checked_count_arguments",
     "checked_instance",
+    "checked_listing_arguments",
     "checked_record",
     "checked_workflow_names",
 ]
@@ -94,6 +95,40 @@ def checked_count_arguments(
             f"exclude_states must be a sequence of state names, got {echo(exclude_states)}"
         )
     return [require_str(s, "exclude_states[]") for s in exclude_states]
+
+
+def checked_listing_arguments(
+    workflow_name: object,
+    definition_version: object,
+    limit: object,
+    after_uuid: object,
+    states: object,
+    exclude_states: object,
+) -> tuple[UUID | None, list[str] | None, list[str] | None]:
+    """Validate ``find_instance_uuids``'s arguments; returns (after_uuid, states, exclude_states).
+
+    ``None`` stays ``None`` (no filter); an empty ``states`` is kept, as it matches nothing.
+    """
+    require_str(workflow_name, "workflow_name")
+    require_int(definition_version, "definition_version", minimum=1, maximum=INT4_MAX)
+    require_int(limit, "limit", minimum=1)
+    after = None if after_uuid is None else coerce_uuid(after_uuid, "after_uuid")
+    return (
+        after,
+        _optional_states(states, "states"),
+        _optional_states(exclude_states, "exclude_states"),
+    )
+
+
+def _optional_states(states: object, name: str) -> list[str] | None:
+    if states is None:
+        return None
+    # A str is a sequence too, of one-letter "states": refused rather than split.
+    if isinstance(states, str) or not isinstance(states, Sequence | set | frozenset):
+        raise InvalidArgumentError(
+            f"{name} must be a sequence of state names or None, got {echo(states)}"
+        )
+    return [require_str(s, f"{name}[]") for s in states]
 
 
 def checked_workflow_names(workflow_names: object) -> list[str]:

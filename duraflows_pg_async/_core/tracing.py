@@ -21,6 +21,7 @@ __all__ = [
     "CREATE_INSTANCE",
     "DB_ATTRIBUTES",
     "ENABLED",
+    "MIGRATE_INSTANCES",
     "SAVEPOINT",
     "SWEEP",
     "TIMEOUT",
@@ -49,6 +50,7 @@ TRIGGER_EVENT: Final = "duraflows.trigger_event"
 CREATE_INSTANCE: Final = "duraflows.create_instance"
 SWEEP: Final = "duraflows.sweep"
 TIMEOUT: Final = "duraflows.timeout"
+MIGRATE_INSTANCES: Final = "duraflows.migrate_instances"
 
 # Given at span creation, where samplers can see them: the semantic conventions for database
 # spans ask for that. "db.system" is the name used before the conventions were stabilised.

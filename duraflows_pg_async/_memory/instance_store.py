@@ -13,6 +13,7 @@ from duraflows_pg_async._core.model import WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
     checked_instance,
+    checked_listing_arguments,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
@@ -324,3 +325,34 @@ class MemoryWorkflowInstanceStore(MemoryStore):
             and row.definition_version == definition_version
             and row.current_state not in excluded
         )
+
+    async def find_instance_uuids(
+        self,
+        *,
+        workflow_name: str,
+        definition_version: int,
+        limit: int,
+        after_uuid: UUID | str | None = None,
+        states: Sequence[str] | None = None,
+        exclude_states: Sequence[str] | None = None,
+    ) -> list[UUID]:
+        """Up to ``limit`` uuids of the instances of this workflow stamped with
+        ``definition_version``, ascending, each greater than ``after_uuid`` (see the PostgreSQL
+        store). Does not lock."""
+        after, wanted, excluded = checked_listing_arguments(
+            workflow_name, definition_version, limit, after_uuid, states, exclude_states
+        )
+        wanted_set = None if wanted is None else set(wanted)
+        excluded_set = set(excluded or ())
+        level = reading_level(self._database, "find_instance_uuids")
+        # UUIDs compare as 128-bit integers: PostgreSQL's (byte) order of uuid values.
+        found = sorted(
+            row.uuid
+            for row in self._database._all_instances(level).values()
+            if row.workflow_name == workflow_name
+            and row.definition_version == definition_version
+            and (after is None or row.uuid > after)
+            and (wanted_set is None or row.current_state in wanted_set)
+            and row.current_state not in excluded_set
+        )
+        return found[:limit]

@@ -15,6 +15,7 @@ from duraflows_pg_async._core.model import TimeoutRetry, WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
     checked_instance,
+    checked_listing_arguments,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
@@ -400,3 +401,32 @@ class PgWorkflowInstanceStore(PgStore):
                 self._q.count_instances, workflow_name, definition_version, states
             )
         return int(count)
+
+    async def find_instance_uuids(
+        self,
+        *,
+        workflow_name: str,
+        definition_version: int,
+        limit: int,
+        after_uuid: UUID | str | None = None,
+        states: Sequence[str] | None = None,
+        exclude_states: Sequence[str] | None = None,
+    ) -> list[UUID]:
+        """Up to ``limit`` uuids of the instances of this workflow stamped with
+        ``definition_version``, ascending, each greater than ``after_uuid`` (a keyset cursor).
+
+        ``states`` keeps only instances in one of them (an empty list matches nothing);
+        ``exclude_states`` leaves out instances in one of them (an empty list leaves out
+        nothing); ``None`` filters nothing. Does not lock.
+        """
+        after, wanted, excluded = checked_listing_arguments(
+            workflow_name, definition_version, limit, after_uuid, states, exclude_states
+        )
+        args: tuple[Any, ...] = (workflow_name, definition_version, limit, wanted, excluded)
+        executor = self._executor()
+        with map_db_errors("find_instance_uuids", executor):
+            if after is None:
+                rows = await executor.fetch(self._q.find_instance_uuids, *args)
+            else:
+                rows = await executor.fetch(self._q.find_instance_uuids_after, *args, after)
+        return [row["uuid"] for row in rows]

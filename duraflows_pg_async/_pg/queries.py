@@ -111,6 +111,26 @@ class Queries:
     select_execution_by_key: str
     select_active_execution: str
     select_due_executions: str
+    find_instance_uuids: str
+    find_instance_uuids_after: str
+
+
+def _instance_uuids(instances: str, after: str) -> str:
+    """uuids of one workflow version, ascending, for find_instance_uuids.
+
+    $1=workflow_name $2=definition_version $3=limit $4=states or NULL (an empty array matches
+    nothing) $5=exclude_states or NULL (an empty array excludes nothing; NOT IN () is not valid
+    SQL, hence ANY), then ``after`` (a further condition on uuid, or nothing). PostgreSQL's uuid
+    order is the byte order, the order of Python's UUID and of the lowercase text form. A rare
+    version is found with 006's index on (workflow_name, definition_version), then sorted; a
+    common one is read from the primary key in uuid order up to the page (EXPLAIN-tested).
+    """
+    return (
+        f"SELECT uuid FROM {instances} WHERE workflow_name = $1 AND definition_version = $2 "
+        "AND ($4::text[] IS NULL OR current_state = ANY($4::text[])) "
+        "AND ($5::text[] IS NULL OR NOT (current_state = ANY($5::text[])))"
+        f"{after} ORDER BY uuid LIMIT $3"
+    )
 
 
 def qualify(schema: str | None, table: str) -> str:
@@ -329,4 +349,9 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "AND (lease_until IS NULL OR lease_until <= $2) "
             "ORDER BY available_at, uuid LIMIT $1"
         ),
+        # See _instance_uuids for $1-$5. The first page has no lower bound; the next ones start
+        # strictly after $6, the last uuid of the page before (a bound of its own rather than
+        # "$6 IS NULL OR uuid > $6", which a generic plan could not use as an index condition).
+        find_instance_uuids=_instance_uuids(instances, ""),
+        find_instance_uuids_after=_instance_uuids(instances, " AND uuid > $6"),
     )

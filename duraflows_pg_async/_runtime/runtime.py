@@ -52,6 +52,13 @@ from .execution import (
 )
 from .idempotency import checked_event_key
 from .instance_updates import deadline, next_version, utc_now
+from .migration import list_definition_versions, migrate_instances
+from .migration_model import (
+    ContextTransform,
+    DefinitionVersionInfo,
+    MigrationResult,
+    checked_migration,
+)
 from .observers import EnteredStates, Observer
 from .sweeper import DEFAULT_SWEEP_LEASE, Sweeper, checked_lease, sweep_names
 from .transitions import Transition, result_attributes
@@ -456,6 +463,54 @@ class WorkflowRuntime:
             )
             for name, event in definition.states[instance.current_state].events.items()
         ]
+
+    async def list_definition_versions(self, workflow_name: str) -> list[DefinitionVersionInfo]:
+        """Every version of ``workflow_name`` in the definition store, ascending, each with its
+        number of running instances (stamped with it, not in one of its terminal states).
+
+        Reads only; does not initialize the runtime. An unknown name gives an empty list.
+        """
+        return await list_definition_versions(self, workflow_name)
+
+    async def migrate_instances(
+        self,
+        workflow_name: str,
+        *,
+        from_version: int,
+        to_version: int,
+        state_mapping: Mapping[str, str] | None = None,
+        transform_context: ContextTransform | None = None,
+        instance_uuids: Iterable[UUID | str] | None = None,
+        states: Iterable[str] | None = None,
+        exclude_states: Iterable[str] | None = None,
+        limit: int | None = None,
+        cursor: UUID | str | None = None,
+        dry_run: bool = False,
+    ) -> MigrationResult:
+        """Move instances from ``from_version`` to ``to_version`` without running anything;
+        see docs/instance-migration.md.
+
+        Each instance moves in a transaction of its own (a savepoint inside yours) under its row
+        lock, after checking again that it qualifies; one that no longer does is skipped, one
+        whose move raises is rolled back and reported as failed. ``dry_run`` writes nothing.
+        Raises, before anything is written, InvalidArgumentError (bad arguments or mapping) or
+        WorkflowDefinitionError (unknown workflow or ``to_version``); MigrationInterruptedError
+        when listing the candidates fails (its ``result`` holds what was done).
+        """
+        request = checked_migration(
+            workflow_name,
+            from_version=from_version,
+            to_version=to_version,
+            state_mapping=state_mapping,
+            transform_context=transform_context,
+            instance_uuids=instance_uuids,
+            states=states,
+            exclude_states=exclude_states,
+            limit=limit,
+            cursor=cursor,
+            dry_run=dry_run,
+        )
+        return await migrate_instances(self, request)
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

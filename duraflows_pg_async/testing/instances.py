@@ -28,14 +28,15 @@ from ._helpers import (
     update_locked,
 )
 from .data import make_instance
+from .instance_listing import InstanceListingChecks
 from .instance_timeouts import InstanceTimeoutChecks
 
 __all__ = ["InstanceStoreConformance"]
 
 
-class InstanceStoreConformance(InstanceTimeoutChecks):
+class InstanceStoreConformance(InstanceTimeoutChecks, InstanceListingChecks):
     """The ``WorkflowInstanceStore`` contract (create, find, lock, update, due timeouts, parked
-    timeouts, counting).
+    timeouts, counting, listing by version).
 
     Subclass in a test module as ``class TestX(InstanceStoreConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh, empty ``WorkflowPersistenceProvider``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -591,3 +592,19 @@ async def test_a_transactional_command_commits_with_its_checkpoint_or_not_at_all
     stored = await runtime.get_instance(instance.uuid)
     assert stored is not None
     assert stored.current_state == "booked"
+
+
+async def test_migration_leaves_a_busy_instance_untouched(setup: Setup) -> None:
+    runtime = setup.runtime
+    instance = await runtime.create_instance("order")
+    idle = await runtime.create_instance("order")
+    execution = await runtime.enqueue_event(instance.uuid, "submit", idempotency_key="k")
+    runtime.definitions.register(dataclasses.replace(order_definition(), version=2))
+    result = await runtime.migrate_instances("order", from_version=1, to_version=2)
+    assert [m.uuid for m in result.migrated] == [idle.uuid]
+    assert [f.uuid for f in result.failed] == [instance.uuid]
+    assert "busy" in result.failed[0].error
+    assert await runtime.get_instance(instance.uuid) == instance
+    # The execution goes on under the version it captured.
+    await setup.drain()
+    assert (await setup.execution(execution.uuid)).status == "completed"
