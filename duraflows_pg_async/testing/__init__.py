@@ -12,6 +12,7 @@ import pytest
 from duraflows_pg_async import pg_workflow_providers
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
+    ExecutionStoreConformance,
     HistoryStoreConformance,
     IdempotencyStoreConformance,
     InstanceStoreConformance,
@@ -21,7 +22,7 @@ from duraflows_pg_async.testing import (
 
 @pytest.fixture
 def conformance_provider(my_fresh_pool):
-    return pg_workflow_providers(my_fresh_pool, idempotency=True)
+    return pg_workflow_providers(my_fresh_pool, idempotency=True, durable_execution=True)
 
 
 class TestInstanceStore(InstanceStoreConformance):
@@ -38,6 +39,10 @@ class TestDefinitionStore(DefinitionStoreConformance):
 
 class TestIdempotencyStore(IdempotencyStoreConformance):
     pass  # needs a provider built with idempotency=True
+
+
+class TestExecutionStore(ExecutionStoreConformance):
+    pass  # needs a provider built with durable_execution=True
 
 
 class TestTransactionRunner(TransactionRunnerConformance):
@@ -68,6 +73,7 @@ from __future__ import annotations
 
 from .data import make_instance
 from .definitions import DefinitionStoreConformance
+from .executions import ExecutionStoreConformance
 from .history import HistoryStoreConformance
 from .idempotency import IdempotencyStoreConformance
 from .instances import InstanceStoreConformance
@@ -80,4 +86,5 @@ __all__ = [
     "DefinitionStoreConformance",
     "TransactionRunnerConformance",
     "IdempotencyStoreConformance",
+    "ExecutionStoreConformance",
 ]

@@ -9,6 +9,7 @@ from helpers import PgDatabaseError
 from duraflows_pg_async import WorkflowPersistenceProvider, pg_workflow_providers
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
+    ExecutionStoreConformance,
     HistoryStoreConformance,
     IdempotencyStoreConformance,
     InstanceStoreConformance,
@@ -19,7 +20,7 @@ from duraflows_pg_async.testing import (
 @pytest.fixture
 def conformance_provider(pool: asyncpg.Pool) -> WorkflowPersistenceProvider:
     """A provider over a fresh, migrated database (see tests/conftest.py), with every store."""
-    return pg_workflow_providers(pool, idempotency=True)
+    return pg_workflow_providers(pool, idempotency=True, durable_execution=True)
 
 
 class TestPgInstanceStoreConformance(InstanceStoreConformance):
@@ -35,6 +36,10 @@ class TestPgDefinitionStoreConformance(DefinitionStoreConformance):
 
 
 class TestPgIdempotencyStoreConformance(IdempotencyStoreConformance):
+    pass
+
+
+class TestPgExecutionStoreConformance(ExecutionStoreConformance):
     pass
 
 

@@ -14,6 +14,7 @@ from duraflows_pg_async import (
 )
 from duraflows_pg_async.testing import (
     DefinitionStoreConformance,
+    ExecutionStoreConformance,
     HistoryStoreConformance,
     IdempotencyStoreConformance,
     InstanceStoreConformance,
@@ -25,7 +26,7 @@ from duraflows_pg_async.testing import (
 @pytest.fixture
 def conformance_provider() -> WorkflowPersistenceProvider:
     """A provider over a new, empty in-memory database."""
-    return memory_workflow_providers(idempotency=True)
+    return memory_workflow_providers(idempotency=True, durable_execution=True)
 
 
 class TestMemoryInstanceStoreConformance(InstanceStoreConformance):
@@ -41,6 +42,10 @@ class TestMemoryDefinitionStoreConformance(DefinitionStoreConformance):
 
 
 class TestMemoryIdempotencyStoreConformance(IdempotencyStoreConformance):
+    pass
+
+
+class TestMemoryExecutionStoreConformance(ExecutionStoreConformance):
     pass
 
 
