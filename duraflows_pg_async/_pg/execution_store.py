@@ -38,6 +38,7 @@ def _checked(execution: object, method: str) -> WorkflowExecution:
         raise InvalidArgumentError(
             f"{method}: execution must be a WorkflowExecution, got {type(execution).__name__}"
         )
+    require_idempotency_text(execution.idempotency_key, f"{method}: execution.idempotency_key")
     return execution
 
 

@@ -25,7 +25,11 @@ from duraflows_pg_async._core.validate import (
     require_int,
     require_str,
 )
-from duraflows_pg_async._pg.error_mapping import map_db_errors, raise_mapped
+from duraflows_pg_async._pg.error_mapping import (
+    map_db_errors,
+    map_optional_table_errors,
+    raise_mapped,
+)
 from duraflows_pg_async.errors import (
     InstanceAlreadyExistsError,
     InvalidArgumentError,
@@ -132,7 +136,7 @@ class PgWorkflowInstanceStore(PgStore):
     ``find_expired`` leave out instances with an active queued execution (migration 008).
     """
 
-    __slots__ = ("_js_safe_integers",)
+    __slots__ = ("_js_safe_integers", "_skip_busy")
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class PgWorkflowInstanceStore(PgStore):
             if type(value) is not bool:
                 raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
         self._js_safe_integers = js_safe_integers
+        self._skip_busy = skip_busy
         if skip_busy:
             self._q = render_queries(schema, skip_busy=True)
 
@@ -269,7 +274,14 @@ class PgWorkflowInstanceStore(PgStore):
         conn = self._transaction_connection("find_expired")
         if names is not None and not names:
             return []
-        with map_db_errors("find_expired", conn):
+        scan = (
+            map_optional_table_errors(
+                "find_expired", conn, table="workflow_executions", migration="008"
+            )
+            if self._skip_busy
+            else map_db_errors("find_expired", conn)
+        )
+        with scan:
             if claim_until is None:
                 if names is None:
                     keys = await conn.fetch(self._q.find_expired, limit, now)

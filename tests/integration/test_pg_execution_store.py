@@ -396,6 +396,10 @@ async def test_every_method_names_migration_008_when_its_table_is_missing(
             with pytest.raises(ConfigurationError, match="migration 008"):
                 async with provider.transaction_runner.transaction():
                     await read()
+        # The sweeps of a durable provider read the table too.
+        with pytest.raises(ConfigurationError, match=r"find_expired.*migration 008"):
+            async with provider.transaction_runner.transaction():
+                await provider.instance_store.find_expired(10, NOW)
     finally:
         await pool.close()
 
