@@ -11,11 +11,13 @@ Routes:
 - ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
 - ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
-  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written;
+- ``GET /invoices/{uuid}``: the order's invoice rows.
 
-An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
-``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
-``eventName``, ...), the shape a TypeScript duraflows service reads.
+An order, its history rows and an event's result are answered as ``WorkflowInstance.to_json()``,
+``HistoryRecord.to_json()`` and ``ExecutionResult.to_json()`` give them: upstream's camelCase
+objects (``currentState``, ``eventName``, ``toState``, ...), the shape a TypeScript duraflows
+service reads.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
 as a malformed uuid or body) 422, a body over 64 KiB 413. An unpaid order expires after a day:
@@ -57,7 +59,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    ExecutionResult,
     PgTransactionRunner,
     State,
     Timeout,
@@ -220,16 +221,6 @@ def build_runtime_factory(
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def result_json(result: ExecutionResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome,
-        "from_state": result.from_state,
-        "state": result.to_state,
-        "rejected_by": result.rejected_by,
-        "command_results": [r.to_json() for r in result.command_results],
-    }
-
-
 async def json_body(request: web.Request, *, required: bool = False) -> dict[str, Any] | None:
     """The request's JSON object; ``None`` for an empty optional body.
 
@@ -299,7 +290,7 @@ async def trigger(request: web.Request) -> web.Response:
     result = await request.app[RUNTIME_KEY].trigger_event(
         uuid, event, subject=body, trigger_metadata={"source": "http"}
     )
-    return web.json_response(result_json(result))
+    return web.json_response(result.to_json())
 
 
 @routes.get("/orders/{uuid}")
@@ -335,7 +326,7 @@ async def pay_with_invoice(request: web.Request) -> web.Response:
             subject={"amount_cents": amount},
             trigger_metadata={"invoiceId": invoice_id},
         )
-    return web.json_response({"invoice_id": invoice_id, **result_json(result)})
+    return web.json_response({"invoice_id": invoice_id, **result.to_json()})
 
 
 @routes.get("/invoices/{uuid}")

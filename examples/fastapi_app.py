@@ -11,11 +11,13 @@ Routes:
 - ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
 - ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
-  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written;
+- ``GET /invoices/{uuid}``: the order's invoice rows.
 
-An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
-``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
-``eventName``, ...), the shape a TypeScript duraflows service reads.
+An order, its history rows and an event's result are answered as ``WorkflowInstance.to_json()``,
+``HistoryRecord.to_json()`` and ``ExecutionResult.to_json()`` give them: upstream's camelCase
+objects (``currentState``, ``eventName``, ``toState``, ...), the shape a TypeScript duraflows
+service reads.
 
 Errors: unknown order 404, event not available in the current state 409, a bad argument (such
 as a malformed uuid) 422, a body over 64 KiB 413. An unpaid order expires after a day: the
@@ -59,7 +61,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    ExecutionResult,
     PgTransactionRunner,
     State,
     Timeout,
@@ -276,19 +277,6 @@ def build_runtime_factory(clock: Clock | None = None) -> Any:
     return build_runtime
 
 
-# --- JSON ------------------------------------------------------------------------------------
-
-
-def result_json(result: ExecutionResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome,
-        "from_state": result.from_state,
-        "state": result.to_state,
-        "rejected_by": result.rejected_by,
-        "command_results": [r.to_json() for r in result.command_results],
-    }
-
-
 # --- the app ---------------------------------------------------------------------------------
 
 
@@ -353,7 +341,7 @@ def create_app(
         result = await runtime.trigger_event(
             order_uuid, event_name, subject=subject, trigger_metadata={"source": "http"}
         )
-        return result_json(result)
+        return result.to_json()
 
     @app.get("/orders/{order_uuid}")
     async def show(order_uuid: UUID, runtime: RuntimeDep) -> dict[str, Any]:
@@ -381,7 +369,7 @@ def create_app(
             result = await runtime.trigger_event(
                 uuid, "pay", subject=body.model_dump(), trigger_metadata={"invoiceId": invoice_id}
             )
-        return {"invoice_id": invoice_id, **result_json(result)}
+        return {"invoice_id": invoice_id, **result.to_json()}
 
     @app.get("/invoices/{order_uuid}")
     async def invoices(order_uuid: UUID, pool: PoolDep) -> list[dict[str, Any]]:

@@ -125,9 +125,9 @@ async def test_create_trigger_and_read(served: Served) -> None:
     uuid = await create_order(client, order_id="A-1")
     response = await client.post(f"/orders/{uuid}/events/pay", json={"amount_cents": 900})
     assert response.status == 200, await response.text()
-    assert (await response.json())["state"] == "paid"
+    paid = await response.json()
     response = await client.post(f"/orders/{uuid}/events/ship")
-    assert (await response.json())["state"] == "shipped"
+    assert (await response.json())["toState"] == "shipped"
 
     body = await get_json(client, f"/orders/{uuid}")
     assert body["currentState"] == "shipped"
@@ -142,6 +142,14 @@ async def test_create_trigger_and_read(served: Served) -> None:
     assert body["createdAt"].endswith("Z")
     assert body["history"][1]["commandResultsJson"] == [{"ok": True, "code": "PAID"}]
     assert body["history"][1]["workflowInstanceUuid"] == uuid
+    # An event's result is ExecutionResult.to_json(): camelCase too, no rejectedBy unless set.
+    assert paid == {
+        "outcome": "success",
+        "fromState": "created",
+        "toState": "paid",
+        "commandResults": [{"ok": True, "code": "PAID"}],
+        "historyUuid": body["history"][1]["uuid"],
+    }
 
 
 async def test_error_mapping(served: Served) -> None:
@@ -169,7 +177,7 @@ async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
     response = await client.post(f"/orders/{uuid}/pay-with-invoice", json={"amount_cents": 1250})
     assert response.status == 200, await response.text()
     body = await response.json()
-    assert body["state"] == "paid"
+    assert body["toState"] == "paid"
     invoices = await get_json(client, f"/invoices/{uuid}")
     assert invoices == [{"id": body["invoice_id"], "amount_cents": 1250}]
     history = (await get_json(client, f"/orders/{uuid}"))["history"]

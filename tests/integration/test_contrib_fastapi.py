@@ -142,10 +142,9 @@ async def test_create_trigger_and_read(served: Served) -> None:
     uuid = await create_order(served.client, order_id="A-1")
     response = await served.client.post(f"/orders/{uuid}/events/pay", json={"amount_cents": 900})
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "success"
-    assert response.json()["state"] == "paid"
+    paid = response.json()
     response = await served.client.post(f"/orders/{uuid}/events/ship")
-    assert response.json()["state"] == "shipped"
+    assert response.json()["toState"] == "shipped"
 
     response = await served.client.get(f"/orders/{uuid}")
     assert response.status_code == 200
@@ -162,6 +161,14 @@ async def test_create_trigger_and_read(served: Served) -> None:
     assert body["createdAt"].endswith("Z")
     assert body["history"][1]["commandResultsJson"] == [{"ok": True, "code": "PAID"}]
     assert body["history"][1]["workflowInstanceUuid"] == uuid
+    # An event's result is ExecutionResult.to_json(): camelCase too, no rejectedBy unless set.
+    assert paid == {
+        "outcome": "success",
+        "fromState": "created",
+        "toState": "paid",
+        "commandResults": [{"ok": True, "code": "PAID"}],
+        "historyUuid": body["history"][1]["uuid"],
+    }
 
 
 async def test_error_mapping(served: Served) -> None:
@@ -190,7 +197,7 @@ async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
     )
     assert response.status_code == 200, response.text
     invoice_id = response.json()["invoice_id"]
-    assert response.json()["state"] == "paid"
+    assert response.json()["toState"] == "paid"
     invoices = (await served.client.get(f"/invoices/{uuid}")).json()
     assert invoices == [{"id": invoice_id, "amount_cents": 1250}]
     history = (await served.client.get(f"/orders/{uuid}")).json()["history"]
