@@ -8,18 +8,27 @@ Run it (the migrations and the example's ``invoices`` table are created at start
 Routes:
 
 - ``POST /orders`` (``{"context": {...}}``): create an order, 201;
-- ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
+- ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``;
+  an optional ``Idempotency-Key`` header makes a retry with the same key replay the first result);
 - ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
-  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written;
+- ``GET /invoices/{uuid}``: the order's invoice rows;
+- ``POST /webhooks/payments`` (``{"event_id": "evt_...", "order_uuid": "...", "amount_cents":
+  2500}``), the way a payment provider calls you: fires ``pay`` once per ``event_id`` (idempotency
+  key ``psp:<event_id>``, fingerprint from the order and amount); a redelivery gets the first
+  result again and runs nothing. Receipts are kept per order, so an ``event_id`` is checked
+  against the deliveries of its own order only.
 
-An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
-``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
-``eventName``, ...), the shape a TypeScript duraflows service reads.
+An order, its history rows and an event's result are answered as ``WorkflowInstance.to_json()``,
+``HistoryRecord.to_json()`` and ``ExecutionResult.to_json()`` give them: upstream's camelCase
+objects (``currentState``, ``eventName``, ``toState``, ...), the shape a TypeScript duraflows
+service reads.
 
-Errors: unknown order 404, event not available in the current state 409, a bad argument (such
-as a malformed uuid or body) 422, a body over 64 KiB 413. An unpaid order expires after a day:
-the cleanup_ctx's timeout worker fires its ``expire`` event.
+Errors: unknown order 404, event not available in the current state 409, an idempotency key
+reused for another event or with another amount 409, a bad argument (such as a malformed
+uuid, body or ``Idempotency-Key``) 422, a body over 64 KiB 413. An unpaid order expires after a
+day: the cleanup_ctx's timeout worker fires its ``expire`` event.
 
 Input is checked before it reaches the workflow (the part to copy into your own app):
 
@@ -32,7 +41,10 @@ Input is checked before it reaches the workflow (the part to copy into your own 
   column); every other number in a context or an event body is a safe integer (at most
   2**53 - 1 either way, so JavaScript readers of the jsonb read it exactly) or a finite float,
   nested at most ``MAX_JSON_DEPTH`` levels;
-- path parameters are a canonical UUID and an event name of at most 63 characters;
+- path parameters are a canonical UUID and an event name of at most 63 characters; a webhook's
+  ``order_uuid`` is a canonical UUID too and its ``event_id`` 1 to 200 ASCII letters, digits,
+  ``_`` or ``-``, so its key stays within the runtime's 256 bytes; an ``Idempotency-Key`` header
+  is checked by the runtime (not blank, at most 256 bytes);
 - a 422 names the field (``{"detail": [{"loc": ["body", "amount_cents"], "msg": ...}]}``, the
   shape FastAPI uses) and no error body echoes the request: messages are clipped to
   ``MAX_DETAIL`` characters.
@@ -57,7 +69,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    ExecutionResult,
     PgTransactionRunner,
     State,
     Timeout,
@@ -67,6 +78,8 @@ from duraflows_pg_async import (
 )
 from duraflows_pg_async.contrib.aiohttp import POOL_KEY, RUNTIME_KEY, workflow_cleanup_ctx
 from duraflows_pg_async.errors import (
+    IdempotencyConflictError,
+    IdempotencyInProgressError,
     InvalidArgumentError,
     InvalidEventError,
     WorkflowInstanceNotFoundError,
@@ -118,6 +131,9 @@ MAX_DETAIL = 300
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 # The example's event names are identifiers; anything else cannot be one of them.
 EVENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# A payment provider's event id; "psp:" + 200 ASCII characters is well within the 256 bytes the
+# runtime allows an idempotency key.
+PSP_EVENT_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class InvalidRequest(Exception):
@@ -179,6 +195,22 @@ def amount_field(body: Mapping[str, Any]) -> int:
     return amount
 
 
+def uuid_field(body: Mapping[str, Any], name: str) -> UUID:
+    value = body.get(name)
+    if not isinstance(value, str) or not UUID_TEXT.fullmatch(value):
+        raise InvalidRequest(("body", name), "must be a UUID")
+    return UUID(value)
+
+
+def event_id_field(body: Mapping[str, Any]) -> str:
+    value = body.get("event_id")
+    if not isinstance(value, str) or not PSP_EVENT_ID.fullmatch(value):
+        raise InvalidRequest(
+            ("body", "event_id"), "must be 1 to 200 ASCII letters, digits, '_' or '-'"
+        )
+    return value
+
+
 def path_uuid(request: web.Request) -> UUID:
     text = request.match_info["uuid"]
     if not UUID_TEXT.fullmatch(text):
@@ -218,16 +250,6 @@ def build_runtime_factory(
 
 
 # --- JSON ------------------------------------------------------------------------------------
-
-
-def result_json(result: ExecutionResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome,
-        "from_state": result.from_state,
-        "state": result.to_state,
-        "rejected_by": result.rejected_by,
-        "command_results": [r.to_json() for r in result.command_results],
-    }
 
 
 async def json_body(request: web.Request, *, required: bool = False) -> dict[str, Any] | None:
@@ -270,6 +292,8 @@ async def workflow_errors(
         return web.json_response({"detail": clip(str(exc)), "state": exc.state}, status=409)
     except InvalidArgumentError as exc:
         return web.json_response({"detail": clip(str(exc))}, status=422)
+    except (IdempotencyConflictError, IdempotencyInProgressError) as exc:
+        return web.json_response({"detail": clip(str(exc))}, status=409)
 
 
 routes = web.RouteTableDef()
@@ -297,9 +321,14 @@ async def trigger(request: web.Request) -> web.Response:
             amount_field(body)
         json_field(body, "body")
     result = await request.app[RUNTIME_KEY].trigger_event(
-        uuid, event, subject=body, trigger_metadata={"source": "http"}
+        uuid,
+        event,
+        subject=body,
+        trigger_metadata={"source": "http"},
+        # Checked by the runtime: a blank or too long key is an InvalidArgumentError (422).
+        idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    return web.json_response(result_json(result))
+    return web.json_response(result.to_json())
 
 
 @routes.get("/orders/{uuid}")
@@ -335,7 +364,7 @@ async def pay_with_invoice(request: web.Request) -> web.Response:
             subject={"amount_cents": amount},
             trigger_metadata={"invoiceId": invoice_id},
         )
-    return web.json_response({"invoice_id": invoice_id, **result_json(result)})
+    return web.json_response({"invoice_id": invoice_id, **result.to_json()})
 
 
 @routes.get("/invoices/{uuid}")
@@ -345,6 +374,28 @@ async def invoices(request: web.Request) -> web.Response:
         path_uuid(request),
     )
     return web.json_response([dict(row) for row in rows])
+
+
+@routes.post("/webhooks/payments")
+async def payment_webhook(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True) or {}
+    # The provider's other fields are ignored.
+    event_id = event_id_field(body)
+    order_uuid = uuid_field(body, "order_uuid")
+    amount = amount_field(body)
+    # A provider delivers an event at least once: a redelivery (same event_id) replays the
+    # recorded result, even after the order moved on, and runs nothing. The fingerprint holds
+    # the inputs that change what "pay" does: the same event id with another amount is a
+    # conflict (409), not a replay. (With another order it is another order's receipt.)
+    result = await request.app[RUNTIME_KEY].trigger_event(
+        order_uuid,
+        "pay",
+        subject={"amount_cents": amount},
+        trigger_metadata={"source": "psp", "eventId": event_id},
+        idempotency_key=f"psp:{event_id}",
+        idempotency_fingerprint=f"pay:{order_uuid}:{amount}",
+    )
+    return web.json_response(result.to_json())
 
 
 async def invoices_table(app: web.Application) -> AsyncIterator[None]:
@@ -371,7 +422,8 @@ def create_app(
             worker=True,
             worker_options=worker_options,
             pool_options=pool_options,
-            persistence_options={"lock_timeout": 5},
+            # idempotency=True: keyed events (the webhook, Idempotency-Key) need its receipts.
+            persistence_options={"lock_timeout": 5, "idempotency": True},
         )
     )
     app.cleanup_ctx.append(invoices_table)

@@ -8,17 +8,26 @@ Run it (the migrations and the example's ``invoices`` table are created at start
 Routes:
 
 - ``POST /orders`` (``{"context": {...}}``): create an order, 201;
-- ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``);
+- ``POST /orders/{uuid}/events/{event}`` (optional JSON body, handed to commands as ``subject``;
+  an optional ``Idempotency-Key`` header makes a retry with the same key replay the first result);
 - ``GET /orders/{uuid}``: the instance and its ``history``, newest first;
 - ``POST /orders/{uuid}/pay-with-invoice`` (``{"amount_cents": 1250}``): inserts an invoice row
-  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written.
+  and fires ``pay`` in ONE transaction: if the event fails, the invoice is not written;
+- ``GET /invoices/{uuid}``: the order's invoice rows;
+- ``POST /webhooks/payments`` (``{"event_id": "evt_...", "order_uuid": "...", "amount_cents":
+  2500}``), the way a payment provider calls you: fires ``pay`` once per ``event_id`` (idempotency
+  key ``psp:<event_id>``, fingerprint from the order and amount); a redelivery gets the first
+  result again and runs nothing. Receipts are kept per order, so an ``event_id`` is checked
+  against the deliveries of its own order only.
 
-An order and its history rows are answered as ``WorkflowInstance.to_json()`` and
-``HistoryRecord.to_json()`` give them: upstream's camelCase objects (``currentState``,
-``eventName``, ...), the shape a TypeScript duraflows service reads.
+An order, its history rows and an event's result are answered as ``WorkflowInstance.to_json()``,
+``HistoryRecord.to_json()`` and ``ExecutionResult.to_json()`` give them: upstream's camelCase
+objects (``currentState``, ``eventName``, ``toState``, ...), the shape a TypeScript duraflows
+service reads.
 
-Errors: unknown order 404, event not available in the current state 409, a bad argument (such
-as a malformed uuid) 422, a body over 64 KiB 413. An unpaid order expires after a day: the
+Errors: unknown order 404, event not available in the current state 409, an idempotency key
+reused for another event or with another amount 409, a bad argument (such as a malformed uuid
+or ``Idempotency-Key``) 422, a body over 64 KiB 413. An unpaid order expires after a day: the
 lifespan's timeout worker fires its ``expire`` event.
 
 Input is checked before it reaches the workflow (the part to copy into your own app):
@@ -29,7 +38,10 @@ Input is checked before it reaches the workflow (the part to copy into your own 
   column); every other number in a context or an event body is a safe integer (at most
   2**53 - 1 either way, so JavaScript readers of the jsonb read it exactly) or a finite float,
   nested at most ``MAX_JSON_DEPTH`` levels;
-- path parameters are a UUID and an event name of at most 63 characters;
+- path parameters are a UUID and an event name of at most 63 characters; a webhook's
+  ``event_id`` is 1 to ``MAX_EVENT_ID`` ASCII letters, digits, ``_`` or ``-``, so its key stays
+  within the runtime's 256 bytes; an ``Idempotency-Key`` header is checked by the runtime (not
+  blank, at most 256 bytes);
 - error bodies never echo the request: the validation handler drops pydantic's ``input`` and
   every message is clipped to ``MAX_DETAIL`` characters.
 """
@@ -44,7 +56,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -59,7 +71,6 @@ from duraflows_pg_async import (
     DefinitionRegistry,
     Event,
     ExecutionContext,
-    ExecutionResult,
     PgTransactionRunner,
     State,
     Timeout,
@@ -69,6 +80,8 @@ from duraflows_pg_async import (
 )
 from duraflows_pg_async.contrib.fastapi import get_pool, get_runtime, workflow_lifespan
 from duraflows_pg_async.errors import (
+    IdempotencyConflictError,
+    IdempotencyInProgressError,
     InvalidArgumentError,
     InvalidEventError,
     WorkflowInstanceNotFoundError,
@@ -123,6 +136,9 @@ MAX_AMOUNT_CENTS = 2**31 - 1
 # integers would come back as other values.
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_JSON_DEPTH = 32
+# A payment provider's event id; "psp:" + 200 ASCII characters is well within the 256 bytes the
+# runtime allows an idempotency key.
+MAX_EVENT_ID = 200
 # Error messages are clipped to this many characters, whatever input they quote.
 MAX_DETAIL = 300
 MAX_ERRORS = 10
@@ -166,6 +182,11 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(bounded_json)]
 AmountCents = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_CENTS)]
 # The example's event names are identifiers; anything else cannot be one of them.
 EventName = Annotated[str, Path(max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+PspEventId = Annotated[
+    str, Field(strict=True, min_length=1, max_length=MAX_EVENT_ID, pattern=r"^[A-Za-z0-9_-]+$")
+]
+# Checked by the runtime (a blank or too long key is an InvalidArgumentError, a 422).
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 class NewOrder(BaseModel):
@@ -174,6 +195,23 @@ class NewOrder(BaseModel):
 
 class Payment(BaseModel):
     amount_cents: AmountCents
+
+
+class PaymentWebhook(BaseModel):
+    """What the payment provider posts; the fields it adds besides these are ignored."""
+
+    event_id: PspEventId
+    order_uuid: UUID
+    amount_cents: AmountCents
+
+    def idempotency_key(self) -> str:
+        """One payment event of the provider, whichever delivery of it this is."""
+        return f"psp:{self.event_id}"
+
+    def fingerprint(self) -> str:
+        """The inputs that change what ``pay`` does: the same event id with another amount is
+        a conflict (409), not a replay. (With another order it is another order's receipt.)"""
+        return f"pay:{self.order_uuid}:{self.amount_cents}"
 
 
 class EventBody(BaseModel):
@@ -276,19 +314,6 @@ def build_runtime_factory(clock: Clock | None = None) -> Any:
     return build_runtime
 
 
-# --- JSON ------------------------------------------------------------------------------------
-
-
-def result_json(result: ExecutionResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome,
-        "from_state": result.from_state,
-        "state": result.to_state,
-        "rejected_by": result.rejected_by,
-        "command_results": [r.to_json() for r in result.command_results],
-    }
-
-
 # --- the app ---------------------------------------------------------------------------------
 
 
@@ -307,7 +332,8 @@ def create_app(
         worker=True,
         worker_options=worker_options,
         pool_options=pool_options,
-        persistence_options={"lock_timeout": 5},
+        # idempotency=True: keyed events (the webhook, Idempotency-Key) need its receipts table.
+        persistence_options={"lock_timeout": 5, "idempotency": True},
     )
 
     @asynccontextmanager
@@ -336,6 +362,13 @@ def create_app(
     async def invalid_argument(request: Request, exc: InvalidArgumentError) -> JSONResponse:
         return JSONResponse({"detail": clip(str(exc))}, status_code=422)
 
+    @app.exception_handler(IdempotencyConflictError)
+    @app.exception_handler(IdempotencyInProgressError)
+    async def idempotency_conflict(
+        request: Request, exc: IdempotencyConflictError | IdempotencyInProgressError
+    ) -> JSONResponse:
+        return JSONResponse({"detail": clip(str(exc))}, status_code=409)
+
     @app.post("/orders", status_code=201)
     async def create_order(runtime: RuntimeDep, body: NewOrder | None = None) -> dict[str, Any]:
         context = body.context if body is not None else {}
@@ -348,12 +381,17 @@ def create_app(
         event_name: EventName,
         runtime: RuntimeDep,
         body: EventBody | None = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         subject = body.model_dump(exclude_unset=True) if body is not None else None
         result = await runtime.trigger_event(
-            order_uuid, event_name, subject=subject, trigger_metadata={"source": "http"}
+            order_uuid,
+            event_name,
+            subject=subject,
+            trigger_metadata={"source": "http"},
+            idempotency_key=idempotency_key,
         )
-        return result_json(result)
+        return result.to_json()
 
     @app.get("/orders/{order_uuid}")
     async def show(order_uuid: UUID, runtime: RuntimeDep) -> dict[str, Any]:
@@ -381,7 +419,7 @@ def create_app(
             result = await runtime.trigger_event(
                 uuid, "pay", subject=body.model_dump(), trigger_metadata={"invoiceId": invoice_id}
             )
-        return {"invoice_id": invoice_id, **result_json(result)}
+        return {"invoice_id": invoice_id, **result.to_json()}
 
     @app.get("/invoices/{order_uuid}")
     async def invoices(order_uuid: UUID, pool: PoolDep) -> list[dict[str, Any]]:
@@ -389,6 +427,20 @@ def create_app(
             "SELECT id, amount_cents FROM invoices WHERE order_uuid = $1 ORDER BY id", order_uuid
         )
         return [dict(row) for row in rows]
+
+    @app.post("/webhooks/payments")
+    async def payment_webhook(body: PaymentWebhook, runtime: RuntimeDep) -> dict[str, Any]:
+        # A provider delivers an event at least once: a redelivery (same event_id) replays the
+        # recorded result, even after the order moved on, and runs nothing.
+        result = await runtime.trigger_event(
+            body.order_uuid,
+            "pay",
+            subject={"amount_cents": body.amount_cents},
+            trigger_metadata={"source": "psp", "eventId": body.event_id},
+            idempotency_key=body.idempotency_key(),
+            idempotency_fingerprint=body.fingerprint(),
+        )
+        return result.to_json()
 
     return app
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -142,10 +142,9 @@ async def test_create_trigger_and_read(served: Served) -> None:
     uuid = await create_order(served.client, order_id="A-1")
     response = await served.client.post(f"/orders/{uuid}/events/pay", json={"amount_cents": 900})
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "success"
-    assert response.json()["state"] == "paid"
+    paid = response.json()
     response = await served.client.post(f"/orders/{uuid}/events/ship")
-    assert response.json()["state"] == "shipped"
+    assert response.json()["toState"] == "shipped"
 
     response = await served.client.get(f"/orders/{uuid}")
     assert response.status_code == 200
@@ -162,6 +161,14 @@ async def test_create_trigger_and_read(served: Served) -> None:
     assert body["createdAt"].endswith("Z")
     assert body["history"][1]["commandResultsJson"] == [{"ok": True, "code": "PAID"}]
     assert body["history"][1]["workflowInstanceUuid"] == uuid
+    # An event's result is ExecutionResult.to_json(): camelCase too, no rejectedBy unless set.
+    assert paid == {
+        "outcome": "success",
+        "fromState": "created",
+        "toState": "paid",
+        "commandResults": [{"ok": True, "code": "PAID"}],
+        "historyUuid": body["history"][1]["uuid"],
+    }
 
 
 async def test_error_mapping(served: Served) -> None:
@@ -190,7 +197,7 @@ async def test_pay_with_invoice_is_all_or_nothing(served: Served) -> None:
     )
     assert response.status_code == 200, response.text
     invoice_id = response.json()["invoice_id"]
-    assert response.json()["state"] == "paid"
+    assert response.json()["toState"] == "paid"
     invoices = (await served.client.get(f"/invoices/{uuid}")).json()
     assert invoices == [{"id": invoice_id, "amount_cents": 1250}]
     history = (await served.client.get(f"/orders/{uuid}")).json()["history"]
@@ -402,6 +409,158 @@ async def test_errors_do_not_echo_unbounded_input(served_long_urls: Served) -> N
     assert response.status_code == 409
     assert "ship" in response.json()["detail"]
     assert await stored_rows(served.dsn) == (1, 0)
+
+
+# --- idempotent webhooks and Idempotency-Key ------------------------------------------------
+
+
+async def order_rows(dsn: str, uuid: str) -> tuple[int, int]:
+    """(history rows, idempotency receipts) of one order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        history = await conn.fetchval(
+            "SELECT count(*) FROM workflow_history WHERE workflow_instance_uuid = $1", UUID(uuid)
+        )
+        receipts = await conn.fetchval(
+            "SELECT count(*) FROM workflow_event_idempotency WHERE workflow_instance_uuid = $1",
+            UUID(uuid),
+        )
+    finally:
+        await conn.close()
+    return history, receipts
+
+
+async def test_payment_webhook_pays_once_per_event_id(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    history_before, _ = await order_rows(served.dsn, uuid)
+    webhook = {"event_id": "evt_1Nq8", "order_uuid": uuid, "amount_cents": 2500}
+
+    response = await client.post("/webhooks/payments", json=webhook)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    order = (await client.get(f"/orders/{uuid}")).json()
+    assert result == {
+        "outcome": "success",
+        "fromState": "created",
+        "toState": "paid",
+        "commandResults": [{"ok": True, "code": "PAID"}],
+        "historyUuid": order["history"][0]["uuid"],
+    }
+    assert order["context"] == {"paid_cents": 2500}
+    assert order["history"][0]["triggerMetadata"] == {"source": "psp", "eventId": "evt_1Nq8"}
+    assert await order_rows(served.dsn, uuid) == (history_before + 1, 1)
+
+    # Redelivered (with a field the provider added): the first result, nothing runs, although
+    # "pay" is no longer available in "paid".
+    for _ in range(2):
+        response = await client.post("/webhooks/payments", json={**webhook, "attempt": 2})
+        assert response.status_code == 200, response.text
+        assert response.json() == result
+    assert await order_rows(served.dsn, uuid) == (history_before + 1, 1)
+    assert (await client.get(f"/orders/{uuid}")).json() == order
+
+    # The same event id with another amount is not a redelivery: 409, nothing runs.
+    response = await client.post("/webhooks/payments", json={**webhook, "amount_cents": 2600})
+    assert response.status_code == 409, response.text
+    assert "psp:evt_1Nq8" in response.json()["detail"]
+    assert len(response.content) < SMALL_ANSWER
+    # A new event id for the paid order: "pay" is not available (409 naming the state).
+    response = await client.post("/webhooks/payments", json={**webhook, "event_id": "evt_2"})
+    assert response.status_code == 409, response.text
+    assert response.json()["state"] == "paid"
+    assert await order_rows(served.dsn, uuid) == (history_before + 1, 1)
+    assert (await client.get(f"/orders/{uuid}")).json() == order
+
+    # Receipts are kept per order (docs/idempotency.md): the same event id for another order
+    # is that order's first delivery.
+    other = await create_order(client)
+    response = await client.post("/webhooks/payments", json={**webhook, "order_uuid": other})
+    assert response.status_code == 200, response.text
+    assert response.json()["historyUuid"] != result["historyUuid"]
+    assert await order_rows(served.dsn, other) == (history_before + 1, 1)
+
+
+async def test_payment_webhook_input_is_checked(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    rows = await order_rows(served.dsn, uuid)
+    valid = {"event_id": "evt_1", "order_uuid": uuid, "amount_cents": 2500}
+    bad_values = {
+        "event_id": (None, 7, "", "evt 1", "évt_1", "evt/1", "evt_1\n", "e" * 201),
+        "order_uuid": (None, 7, "not-a-uuid", "1" * 60_000),
+        "amount_cents": (None, 0, 2**31, 1.5, "2500", True),
+    }
+    for name, values in bad_values.items():
+        for value in values:
+            response = await client.post("/webhooks/payments", json={**valid, name: value})
+            assert response.status_code == 422, (name, value, response.text[:200])
+            assert ["body", name] in [error["loc"] for error in response.json()["detail"]]
+            assert len(response.content) < SMALL_ANSWER
+    for body in ({}, [valid], {k: v for k, v in valid.items() if k != "event_id"}):
+        response = await client.post("/webhooks/payments", json=body)
+        assert response.status_code == 422, (body, response.text[:200])
+    # Not echoed: a 60,000-character event id comes back as a short message.
+    response = await client.post("/webhooks/payments", json={**valid, "event_id": "k" * 60_000})
+    assert response.status_code == 422
+    assert "k" * 100 not in response.text
+    assert await order_rows(served.dsn, uuid) == rows
+
+    missing = str(uuid4())
+    response = await client.post("/webhooks/payments", json={**valid, "order_uuid": missing})
+    assert response.status_code == 404
+    assert (await client.get(f"/orders/{uuid}")).json()["currentState"] == "created"
+    assert await order_rows(served.dsn, uuid) == rows
+
+
+async def test_idempotency_key_header_replays_an_event(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    history_before, _ = await order_rows(served.dsn, uuid)
+    route = f"/orders/{uuid}/events/pay"
+
+    response = await client.post(
+        route, json={"amount_cents": 900}, headers={"Idempotency-Key": "req-1"}
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["toState"] == "paid"
+    # A retry (header names are case-insensitive): the same result, nothing runs.
+    response = await client.post(
+        route, json={"amount_cents": 900}, headers={"idempotency-key": "req-1"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == result
+    assert await order_rows(served.dsn, uuid) == (history_before + 1, 1)
+
+    # The key on another event: 409 (ship is available; the key is not).
+    ship = f"/orders/{uuid}/events/ship"
+    response = await client.post(ship, headers={"Idempotency-Key": "req-1"})
+    assert response.status_code == 409, response.text
+    assert "req-1" in response.json()["detail"]
+    assert await order_rows(served.dsn, uuid) == (history_before + 1, 1)
+    # A key of exactly 256 bytes is a key.
+    response = await client.post(ship, headers={"Idempotency-Key": "k" * 256})
+    assert response.status_code == 200, response.text
+    assert response.json()["toState"] == "shipped"
+    assert await order_rows(served.dsn, uuid) == (history_before + 2, 2)
+
+
+async def test_bad_idempotency_key_header_is_422(served: Served) -> None:
+    client = served.client
+    uuid = await create_order(client)
+    rows = await order_rows(served.dsn, uuid)
+    for key in ("", "k" * 257, "k" * 8000):
+        response = await client.post(
+            f"/orders/{uuid}/events/pay",
+            json={"amount_cents": 900},
+            headers={"Idempotency-Key": key},
+        )
+        assert response.status_code == 422, (len(key), response.text[:200])
+        assert "idempotency_key" in response.json()["detail"]
+        assert len(response.content) < SMALL_ANSWER
+    assert await order_rows(served.dsn, uuid) == rows
+    assert (await client.get(f"/orders/{uuid}")).json()["currentState"] == "created"
 
 
 async def test_get_runtime_without_lifespan_is_a_configuration_error() -> None:
