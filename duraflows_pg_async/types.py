@@ -19,6 +19,7 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.execution_worker import ExecutionWorkerStats
 from ._runtime.worker import WorkerStats
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "TimeoutFailure",
     "ParkedTimeout",
     "WorkerStats",
+    "ExecutionWorkerStats",
     "RegisteredCommand",
     "RegisteredGuard",
     "WorkflowExecution",
