@@ -21,6 +21,7 @@ from duraflows_pg_async import (
     ExecutionContext,
     ExecutionWorker,
     OnEnter,
+    PgTransactionRunner,
     State,
     StateEnterEvent,
     WorkflowDefinition,
@@ -30,6 +31,7 @@ from duraflows_pg_async import (
     memory_workflow_providers,
     pg_workflow_providers,
 )
+from duraflows_pg_async.contrib import workflow_service
 from duraflows_pg_async.errors import (
     DurableExecutionNotSupportedError,
     InvalidArgumentError,
@@ -380,3 +382,82 @@ def test_worker_arguments_are_validated() -> None:
     for bad_interval in (0, -1, float("nan"), "1"):
         with pytest.raises(InvalidArgumentError, match="poll_interval"):
             ExecutionWorker(shipping.runtime, poll_interval=bad_interval)  # type: ignore[arg-type]
+
+
+# --- workflow_service (contrib): the execution worker next to the timeout worker ------------------
+
+
+async def test_the_service_runs_an_execution_worker_with_an_execution_store(database: str) -> None:
+    shippings: list[Shipping] = []
+
+    def build(persistence: WorkflowPersistenceProvider) -> WorkflowRuntime:
+        shippings.append(Shipping(persistence, expected=2))
+        return shippings[-1].runtime
+
+    async with workflow_service(
+        dsn=database,
+        build_runtime=build,
+        persistence_options={"durable_execution": True},
+        execution_worker_options={"poll_interval": 0.05, "batch_size": 10},
+    ) as service:
+        assert service.worker is not None
+        assert service.execution_worker is not None
+        assert service.execution_worker.batch_size == 10
+        (shipping,) = shippings
+        await shipping.enqueue(2)
+        await asyncio.wait_for(shipping.all_shipped.wait(), 30)
+        assert service.execution_worker.running
+    assert service.execution_worker_task is not None
+    assert service.execution_worker_task.done()
+    assert not service.execution_worker.running
+    assert service.execution_worker.stats.completed == 2
+    assert service.worker_task is not None
+    assert service.worker_task.done()
+
+
+@pytest.mark.parametrize(
+    ("options", "timeouts", "executions"),
+    [
+        ({}, True, False),  # no execution store: no execution worker
+        ({"durable_execution": True, "execution_worker": False}, True, False),
+        ({"durable_execution": True, "worker": False}, False, False),
+        ({"durable_execution": True, "worker": False, "execution_worker": True}, False, True),
+    ],
+)
+async def test_the_service_starts_the_workers_asked_for(
+    database: str, options: dict[str, Any], timeouts: bool, executions: bool
+) -> None:
+    durable = options.pop("durable_execution", False)
+    async with workflow_service(
+        dsn=database,
+        build_runtime=lambda persistence: Shipping(persistence).runtime,
+        persistence_options={"durable_execution": durable},
+        **options,
+    ) as service:
+        assert (service.worker is not None, service.worker_task is not None) == (timeouts,) * 2
+        assert (
+            service.execution_worker is not None,
+            service.execution_worker_task is not None,
+        ) == (executions,) * 2
+
+
+async def test_the_service_refuses_an_execution_worker_without_a_store(database: str) -> None:
+    pools: list[asyncpg.Pool] = []
+
+    def build(persistence: WorkflowPersistenceProvider) -> WorkflowRuntime:
+        runner = persistence.transaction_runner
+        assert isinstance(runner, PgTransactionRunner)
+        pools.append(runner.pool)
+        return Shipping(persistence).runtime
+
+    with pytest.raises(DurableExecutionNotSupportedError):
+        async with workflow_service(dsn=database, build_runtime=build, execution_worker=True):
+            pass  # pragma: no cover - start-up fails
+    assert pools[0].is_closing()
+    with pytest.raises(InvalidArgumentError, match="execution_worker must be"):
+        async with workflow_service(
+            dsn=database,
+            build_runtime=build,
+            execution_worker="yes",  # type: ignore[arg-type]
+        ):
+            pass  # pragma: no cover - refused
