@@ -24,7 +24,7 @@ class ExecutionWorkerStats:
     metrics and tests).
 
     ``polls`` counts ``process_pending_executions`` calls that returned; the other fields add up
-    the [`ProcessPendingResult`][duraflows_pg_async.types.ProcessPendingResult] of each
+    the ``ProcessPendingResult`` of each
     (``processed``: executions claimed, each moved one command further or finished;
     ``progressed``, ``completed``, ``retrying``, ``parked``, ``skipped``, ``failed``: how many
     uuids each list held). ``errors`` counts polls that raised (the worker backed off).
