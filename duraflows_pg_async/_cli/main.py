@@ -2,8 +2,9 @@
 executions, workers, diagrams.
 
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
-missing, an unknown instance, the output cannot be written), 2 a usage error (no database URL, a
-malformed argument), 130 interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
+missing, an unknown instance or execution, the output cannot be written), 2 a usage error (no
+database URL, a malformed argument, a retry or cancel the execution's status refuses), 130
+interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
 early (a broken pipe, reported like a tool killed by SIGPIPE, and quietly). Errors go to stderr
 as one ``duraflows-pg: ...`` line, or with ``--json`` as one JSON object ``{"error": ...,
 "exit_code": ...}``, never as a traceback.
