@@ -50,6 +50,7 @@ from ._runtime.execution import (
     StateEnterEvent,
     TimeoutRetryPolicy,
 )
+from ._runtime.execution_worker import ExecutionWorker
 from ._runtime.runtime import Observer, WorkflowHandle, WorkflowRuntime
 from ._runtime.worker import TimeoutWorker
 
@@ -63,6 +64,7 @@ __all__ = [
     "WorkflowRuntime",
     "WorkflowHandle",
     "TimeoutWorker",
+    "ExecutionWorker",
     "TimeoutRetryPolicy",
     "DurableExecutionPolicy",
     "Observer",

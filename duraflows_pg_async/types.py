@@ -19,6 +19,7 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.execution_worker import ExecutionWorkerStats
 from ._runtime.migration_model import (
     ContextTransform,
     DefinitionVersionInfo,
@@ -37,6 +38,7 @@ __all__ = [
     "TimeoutFailure",
     "ParkedTimeout",
     "WorkerStats",
+    "ExecutionWorkerStats",
     "RegisteredCommand",
     "RegisteredGuard",
     "WorkflowExecution",

@@ -1,9 +1,10 @@
-"""The ``duraflows-pg`` command line: migrations, the schema generator, inspection, workers,
-diagrams.
+"""The ``duraflows-pg`` command line: migrations, the schema generator, inspection, queued
+executions, workers, diagrams.
 
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
-missing, an unknown instance, the output cannot be written), 2 a usage error (no database URL, a
-malformed argument), 130 interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
+missing, an unknown instance or execution, the output cannot be written), 2 a usage error (no
+database URL, a malformed argument, a retry or cancel the execution's status refuses), 130
+interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
 early (a broken pipe, reported like a tool killed by SIGPIPE, and quietly). Errors go to stderr
 as one ``duraflows-pg: ...`` line, or with ``--json`` as one JSON object ``{"error": ...,
 "exit_code": ...}``, never as a traceback.
@@ -12,8 +13,8 @@ Text read from the database (states, event names, errors, context) is escaped on
 ``output``).
 
 This module turns the command line into a command, and the command's outcome into an exit code;
-each command lives in a module of its own (``migrate``, ``inspect``, ``worker``, ``demo``,
-``diagram``).
+each command lives in a module of its own (``migrate``, ``inspect``, ``executions``, ``worker``,
+``demo``, ``diagram``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from .database import classify, connect_error, connect_timeout
 from .diagram import diagram_command
+from .executions import execution_command
 from .exits import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from .inspect import inspect_command, parked_command, rearm_command
 from .migrate import migrate_command, sql_command
@@ -61,6 +63,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": inspect_command,
     "parked": parked_command,
     "rearm": rearm_command,
+    "execution": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
 }

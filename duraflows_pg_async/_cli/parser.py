@@ -150,8 +150,45 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
     rearm.add_argument("uuid", help="the instance's uuid")
     rearm.add_argument("--schema", default=None, help="schema of the tables")
 
+    execution = commands.add_parser(
+        "execution",
+        parents=[common],
+        help="show, list, retry or cancel queued executions (enqueue_event)",
+    )
+    actions = execution.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show", parents=[common], help="one execution: status, attempts, lease, journal, result"
+    )
+    show.add_argument("uuid", help="the execution's uuid")
+    listing = actions.add_parser(
+        "list", parents=[common], help="list active executions (pending, running, parked)"
+    )
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=["pending", "running", "parked"],
+        default=None,
+        help="only executions in this status (repeatable; default: all three)",
+    )
+    listing.add_argument("--workflow", default=None, help="only this workflow name")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    retry = actions.add_parser(
+        "retry", parents=[common], help="make a parked execution pending again (attempts reset)"
+    )
+    retry.add_argument("uuid", help="the execution's uuid")
+    cancel = actions.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel an execution no worker holds; frees its instance, undoes nothing",
+    )
+    cancel.add_argument("uuid", help="the execution's uuid")
+    for action in (show, listing, retry, cancel):
+        action.add_argument("--schema", default=None, help="schema of the tables")
+
     worker = commands.add_parser(
-        "worker", parents=[common], help="run timeout workers until SIGINT/SIGTERM"
+        "worker",
+        parents=[common],
+        help="run timeout workers and execution workers until SIGINT/SIGTERM",
     )
     worker.add_argument(
         "app",
@@ -165,10 +202,31 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         metavar="DIR",
         help="look for APP's module in DIR first (default: the current directory)",
     )
-    worker.add_argument("--workers", type=int, default=1, help="concurrent workers (default 1)")
-    worker.add_argument("--batch-size", type=int, default=100, help="per sweep (default 100)")
     worker.add_argument(
-        "--poll-interval", type=float, default=1.0, help="seconds between sweeps (default 1)"
+        "--workers", type=int, default=1, help="concurrent workers of each kind (default 1)"
+    )
+    worker.add_argument(
+        "--batch-size", type=int, default=100, help="per sweep or poll (default 100)"
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between sweeps or polls when idle (default 1)",
+    )
+    worker.add_argument(
+        "--timeouts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run timeout workers (default: yes)",
+    )
+    worker.add_argument(
+        "--executions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run execution workers for queued executions (default: when the runtime's provider "
+        "has an execution store, for a factory APP when the database has workflow_executions, "
+        "and no --workflow is given)",
     )
     worker.add_argument(
         "--lease",

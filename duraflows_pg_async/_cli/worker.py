@@ -1,7 +1,10 @@
-"""``worker APP``: timeout workers on the APP's runtime until SIGINT or SIGTERM.
+"""``worker APP``: timeout workers and execution workers on the APP's runtime until SIGINT or
+SIGTERM.
 
-The first signal lets the workers finish the instances in hand (exit 0), a second cancels them
-(exit 1). Progress goes to stdout, logs to stderr; with --json both are one JSON object a line.
+Execution workers run when the runtime's provider has an execution store (for a factory APP: when
+the database has the ``workflow_executions`` table), unless --no-executions or --workflow says
+otherwise. The first signal lets the workers finish the work in hand (exit 0), a second cancels
+it (exit 1). Progress goes to stdout, logs to stderr; with --json both are one JSON object a line.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._runtime.execution_worker import ExecutionWorker
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
-from duraflows_pg_async._runtime.worker import TimeoutWorker
+from duraflows_pg_async._runtime.worker import PollingWorker, TimeoutWorker
+from duraflows_pg_async.errors import ConfigurationError
 
 from .app import build_runtime, load_app, use_app_dir
 from .database import Target, pool, schema_option, seconds, target_from
@@ -66,6 +73,8 @@ def _worker_options(args: argparse.Namespace) -> _WorkerOptions:
     """The worker's options, or a usage error."""
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
+    if not args.timeouts and args.executions is False:
+        raise CliError("--no-timeouts and --no-executions: nothing to run", EXIT_USAGE)
     workflows = None
     if args.workflow is not None:
         empty = [name for name in args.workflow if not name]
@@ -133,11 +142,94 @@ async def _runtime_of(
     return runtime
 
 
-def _announce_start(args: argparse.Namespace, options: _WorkerOptions) -> None:
+async def _has_execution_table(pool: asyncpg.Pool, schema: str | None) -> bool:
+    """Whether the database has migration 008's ``workflow_executions`` (one index read)."""
+    providers = pg_workflow_providers(pool, schema=schema, durable_execution=True)
+    assert providers.execution_store is not None
+    try:
+        await providers.execution_store.find_due(1, datetime.now(UTC))
+    except ConfigurationError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            return False
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class _Kinds:
+    """Which workers run."""
+
+    timeouts: bool
+    executions: bool
+
+
+async def _kinds(
+    runtime: WorkflowRuntime, app: object, args: argparse.Namespace, schema: str | None
+) -> _Kinds:
+    """The kinds of worker to run, from --timeouts/--executions and the runtime's provider."""
+    store = runtime.persistence.execution_store
+    if store is not None:
+        # Fail now, with a clear message, rather than in every poll's log line.
+        await store.find_due(1, datetime.now(UTC))
+    executions: bool | None = args.executions
+    if executions is None:
+        # --workflow narrows the worker to some workflows; the queue cannot be narrowed.
+        executions = store is not None and args.workflow is None
+    elif executions and store is None:
+        if isinstance(app, WorkflowRuntime):
+            raise CliError(
+                f"--executions: {args.app} is a WorkflowRuntime whose provider has no execution "
+                "store: build it with pg_workflow_providers(pool, durable_execution=True)",
+                EXIT_USAGE,
+            )
+        where = "" if schema is None else f' in schema "{schema}"'
+        migrate = "duraflows-pg migrate up" + ("" if schema is None else f" --schema {schema}")
+        raise CliError(
+            f"--executions: table workflow_executions is missing{where}: run `{migrate}`"
+        )
+    if not args.timeouts and not executions:
+        why = "--workflow narrows the worker" if store is not None else "no execution store"
+        raise CliError(
+            f"--no-timeouts: nothing to run ({why}; --executions runs execution workers)",
+            EXIT_USAGE,
+        )
+    kinds = _Kinds(timeouts=bool(args.timeouts), executions=executions)
+    _warn_ineffective(args, kinds)
+    return kinds
+
+
+def _warn_ineffective(args: argparse.Namespace, kinds: _Kinds) -> None:
+    """Say so when an option of the timeout workers has nothing to act on."""
+    if not kinds.timeouts:
+        for given, option in ((args.workflow, "--workflow"), (args.lease, "--lease")):
+            if given is not None:
+                notice(
+                    f"worker: {option} has no effect with --no-timeouts",
+                    args.json,
+                    level="warning",
+                )
+    elif kinds.executions and args.workflow is not None:
+        notice(
+            "worker: --workflow narrows the timeout sweeps only: the execution workers run the "
+            "queued executions of every workflow",
+            args.json,
+            level="warning",
+        )
+
+
+def _kinds_text(count: int, kinds: _Kinds) -> str:
+    if kinds.timeouts and kinds.executions:
+        return f"{count} worker(s) running for timeouts and {count} for queued executions"
+    return f"{count} worker(s) running for {'timeouts' if kinds.timeouts else 'queued executions'}"
+
+
+def _announce_start(args: argparse.Namespace, options: _WorkerOptions, kinds: _Kinds) -> None:
     if args.json:
         started = {
             "event": "started",
             "workers": args.workers,
+            "timeouts": kinds.timeouts,
+            "executions": kinds.executions,
             "batch_size": args.batch_size,
             "poll_interval": args.poll_interval,
             "lease": options.lease,
@@ -147,7 +239,7 @@ def _announce_start(args: argparse.Namespace, options: _WorkerOptions) -> None:
     else:
         scope = f"; workflows {', '.join(options.workflows)}" if options.workflows else ""
         emit(
-            f"{PROG} worker: {args.workers} worker(s) running "
+            f"{PROG} worker: {_kinds_text(args.workers, kinds)} "
             f"(batch size {args.batch_size}, poll interval {args.poll_interval}s{scope}); "
             "stop with SIGINT or SIGTERM",
             flush=True,
@@ -155,13 +247,17 @@ def _announce_start(args: argparse.Namespace, options: _WorkerOptions) -> None:
 
 
 async def _run_until_stopped(
-    workers: list[TimeoutWorker], args: argparse.Namespace, options: _WorkerOptions
+    workers: list[PollingWorker[Any]],
+    args: argparse.Namespace,
+    options: _WorkerOptions,
+    kinds: _Kinds,
 ) -> int:
     """Run the workers, once started say so, and wait until they stop; returns how many stop
     signals arrived.
 
-    The first SIGINT/SIGTERM lets each worker finish the instances in hand, a second cancels
-    them (rolled back, retried by a later sweep).
+    The first SIGINT/SIGTERM lets each worker finish the work in hand, a second cancels it
+    (a timeout rolls back and a later sweep retries it; a queued execution's command in hand is
+    run again once its lease ends).
     """
     tasks = [
         asyncio.create_task(w.run(), name=f"duraflows-worker-{n}") for n, w in enumerate(workers)
@@ -194,7 +290,7 @@ async def _run_until_stopped(
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
             pass
     try:
-        _announce_start(args, options)
+        _announce_start(args, options, kinds)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for t in tasks:
@@ -207,24 +303,40 @@ async def _run_until_stopped(
     return signals
 
 
-def _announce_end(workers: list[TimeoutWorker], signals: int, as_json: bool) -> int:
+def _announce_end(
+    timeout_workers: list[TimeoutWorker],
+    execution_workers: list[ExecutionWorker],
+    signals: int,
+    as_json: bool,
+) -> int:
     """Print the totals; returns the exit code."""
-    processed = sum(w.stats.processed for w in workers)
-    failed = sum(w.stats.failed for w in workers)
-    parked = sum(w.stats.parked for w in workers)
-    # A second signal cancelled the instances in hand: the exit status tells a supervisor that
-    # the stop was not clean.
+    processed = sum(w.stats.processed for w in timeout_workers)
+    failed = sum(w.stats.failed for w in timeout_workers)
+    parked = sum(w.stats.parked for w in timeout_workers)
+    queued = {
+        name: sum(getattr(w.stats, name) for w in execution_workers)
+        for name in ("processed", "completed", "retrying", "parked", "failed")
+    }
+    # A second signal cancelled the work in hand: the exit status tells a supervisor that the
+    # stop was not clean.
     how = "aborted" if signals > 1 else "stopped"
     code = 1 if signals > 1 else 0
     if as_json:
-        stats = {"processed": processed, "failed": failed, "parked": parked}
+        stats: dict[str, Any] = {"processed": processed, "failed": failed, "parked": parked}
+        if execution_workers:
+            stats["executions"] = queued
         emit(json_text({"event": how, **stats, "exit_code": code}, indent=None), flush=True)
     else:
-        emit(
-            f"{PROG} worker: {how}; {processed} timeouts processed, {failed} failed, "
-            f"{parked} parked",
-            flush=True,
-        )
+        totals = []
+        if timeout_workers:
+            totals.append(f"{processed} timeouts processed, {failed} failed, {parked} parked")
+        if execution_workers:
+            totals.append(
+                f"{queued['processed']} execution steps, {queued['completed']} executions "
+                f"completed, {queued['retrying']} retrying, {queued['parked']} parked, "
+                f"{queued['failed']} failed"
+            )
+        emit(f"{PROG} worker: {how}; {'; '.join(totals)}", flush=True)
     return code
 
 
@@ -234,18 +346,26 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
     _setup_logging(str(args.log_level), args.json)
     use_app_dir(args.app_dir)
     app = load_app(args.app)
-    async with pool(db, max_size=args.workers + 2) as opened:
+    async with pool(db, max_size=2 * args.workers + 2) as opened:
+        # A factory's provider has an execution store when the database has the table: then
+        # the timeout sweeps leave the instances of queued executions alone, as the
+        # application's own runtimes (built with durable_execution=True) do.
+        has_table = not isinstance(app, WorkflowRuntime) and await _has_execution_table(
+            opened, schema
+        )
         providers = pg_workflow_providers(
             opened,
             schema=schema,
             lock_timeout=options.lock_timeout,
             statement_timeout=options.statement_timeout,
+            durable_execution=has_table,
         )
         runtime = await _runtime_of(app, args, options, providers)
         await runtime.initialize()
         # Fail now, with a clear message, rather than in every sweep's log line.
         await runtime.persistence.instance_store.find_parked_timeouts(limit=1)
-        workers = [
+        kinds = await _kinds(runtime, app, args, schema)
+        timeout_workers = [
             TimeoutWorker(
                 runtime,
                 batch_size=args.batch_size,
@@ -253,10 +373,15 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
                 workflow_names=options.workflows,
                 lease=options.lease,
             )
-            for _ in range(args.workers)
+            for _ in range(args.workers if kinds.timeouts else 0)
         ]
-        signals = await _run_until_stopped(workers, args, options)
-        return _announce_end(workers, signals, args.json)
+        execution_workers = [
+            ExecutionWorker(runtime, batch_size=args.batch_size, poll_interval=args.poll_interval)
+            for _ in range(args.workers if kinds.executions else 0)
+        ]
+        workers: list[PollingWorker[Any]] = [*timeout_workers, *execution_workers]
+        signals = await _run_until_stopped(workers, args, options, kinds)
+        return _announce_end(timeout_workers, execution_workers, signals, args.json)
 
 
 def worker_command(args: argparse.Namespace) -> int:

@@ -355,3 +355,23 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         find_instance_uuids=_instance_uuids(instances, ""),
         find_instance_uuids_after=_instance_uuids(instances, " AND uuid > $6"),
     )
+
+
+@lru_cache(maxsize=32)
+def list_active_executions(schema: str | None) -> str:
+    """The active executions (``duraflows-pg execution list``), read-only, for one schema.
+
+    $1=statuses (text[], a subset of pending, running, parked) $2=workflow_name (NULL: every
+    workflow) $3=limit. The repeated status list is the predicate of migration 008's unique index
+    of active executions, which holds only active rows: however many completed executions the
+    table keeps, the listing reads that small index, never the whole table.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    return (
+        f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
+        "WHERE status IN ('pending', 'running', 'parked') AND status = ANY($1::text[]) "
+        "AND ($2::text IS NULL OR execution_json->>'workflowName' = $2) "
+        "ORDER BY available_at, uuid LIMIT $3"
+    )

@@ -1,4 +1,5 @@
-"""TimeoutWorker: the async loop that sweeps due timeouts."""
+"""TimeoutWorker: the async loop that sweeps due timeouts, and the loop it shares with
+ExecutionWorker (``execution_worker``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -16,13 +18,99 @@ from .execution import ProcessExpiredResult
 from .runtime import WorkflowRuntime
 from .sweeper import checked_lease, sweep_names
 
-__all__ = ["TimeoutWorker", "WorkerStats"]
+__all__ = ["PollingWorker", "TimeoutWorker", "WorkerStats"]
 
 logger = logging.getLogger("duraflows_pg_async")
 
-# After a sweep that could not even reach the database, wait this long (doubling up to the cap)
+# After a poll that could not even reach the database, wait this long (doubling up to the cap)
 # instead of the poll interval, so a database outage does not turn into a hot loop of errors.
 _ERROR_BACKOFF_CAP = 30.0
+
+
+class _Stats(Protocol):
+    errors: int
+
+
+StatsT = TypeVar("StatsT", bound=_Stats)
+
+
+class PollingWorker(Generic[StatsT]):
+    """The loop of both workers (not public): poll, then poll again at once or sleep; back off
+    on errors; ``stop()`` and cancellation.
+
+    A subclass sets ``stats`` and ``_what`` (what a poll is, for the log) and implements
+    ``_poll()``, which returns whether more work is known to be due now.
+    """
+
+    _what: ClassVar[str]
+    stats: StatsT
+
+    def __init__(self, runtime: WorkflowRuntime, batch_size: int, poll_interval: float) -> None:
+        if not isinstance(runtime, WorkflowRuntime):
+            raise InvalidArgumentError("runtime must be a WorkflowRuntime")
+        self.runtime = runtime
+        self.batch_size = require_int(batch_size, "batch_size", minimum=1)
+        self.poll_interval = require_duration(
+            poll_interval, "poll_interval", timedelta_ok=False, positive=True
+        )
+        self._stopping = False
+        self._wake: anyio.Event | None = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """Whether ``run()`` is active."""
+        return self._running
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the work in hand; ``run()`` then returns.
+
+        Called before ``run()``, it makes ``run()`` return at once.
+        """
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Poll until stopped or cancelled."""
+        if self._running:
+            raise InvalidArgumentError(f"this {type(self).__name__} is already running")
+        self._check_can_run()
+        self._running = True
+        self._wake = anyio.Event()
+        backoff = self.poll_interval
+        try:
+            while not self._stopping:
+                try:
+                    more_due_now = await self._poll()
+                except Exception:
+                    self.stats.errors += 1
+                    logger.warning(
+                        "duraflows: %s failed; retrying in %.1fs",
+                        self._what,
+                        backoff,
+                        exc_info=True,
+                    )
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, max(_ERROR_BACKOFF_CAP, self.poll_interval))
+                    continue
+                backoff = self.poll_interval
+                if not more_due_now:
+                    await self._sleep(self.poll_interval)
+        finally:
+            self._running = False
+
+    def _check_can_run(self) -> None:
+        """Raise if ``run()`` cannot work where it is called (nothing to check by default)."""
+
+    async def _poll(self) -> bool:
+        """One poll; returns whether more work is known to be due now."""
+        raise NotImplementedError
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
 
 
 @dataclass(slots=True)
@@ -46,7 +134,7 @@ class WorkerStats:
         self.parked += len(result.parked)
 
 
-class TimeoutWorker:
+class TimeoutWorker(PollingWorker[WorkerStats]):
     """Sweeps due timeouts until ``stop()`` is called or its task is cancelled.
 
     Each sweep takes up to ``batch_size`` due instances; a full batch is followed at once by the
@@ -61,6 +149,8 @@ class TimeoutWorker:
     ``sweep_lease``), the longest the batch of a killed worker waits for another worker.
     """
 
+    _what = "timeout sweep"
+
     def __init__(
         self,
         runtime: WorkflowRuntime,
@@ -70,72 +160,24 @@ class TimeoutWorker:
         workflow_names: Iterable[str] | None = None,
         lease: timedelta | float | None = None,
     ) -> None:
-        if not isinstance(runtime, WorkflowRuntime):
-            raise InvalidArgumentError("runtime must be a WorkflowRuntime")
-        self.runtime = runtime
-        self.batch_size = require_int(batch_size, "batch_size", minimum=1)
-        self.poll_interval = require_duration(
-            poll_interval, "poll_interval", timedelta_ok=False, positive=True
-        )
+        super().__init__(runtime, batch_size, poll_interval)
         self.workflow_names = (
             None if workflow_names is None else sweep_names(runtime.definitions, workflow_names)
         )
         self.lease = None if lease is None else checked_lease(lease, "lease")
         self.stats = WorkerStats()
-        self._stopping = False
-        self._wake: anyio.Event | None = None
-        self._running = False
 
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def stop(self) -> None:
-        """Ask the worker to stop after the instance in hand; ``run()`` then returns.
-
-        Called before ``run()``, it makes ``run()`` return at once.
-        """
-        self._stopping = True
-        if self._wake is not None:
-            self._wake.set()
-
-    async def run(self) -> None:
-        """Sweep until stopped or cancelled."""
-        if self._running:
-            raise InvalidArgumentError("this TimeoutWorker is already running")
-        self._running = True
-        self._wake = anyio.Event()
-        backoff = self.poll_interval
-        try:
-            while not self._stopping:
-                try:
-                    result = await self.runtime.sweep(
-                        self.batch_size,
-                        should_stop=lambda: self._stopping,
-                        workflow_names=self.workflow_names,
-                        lease=self.lease,
-                    )
-                except Exception:
-                    self.stats.errors += 1
-                    logger.warning(
-                        "duraflows: timeout sweep failed; retrying in %.1fs", backoff, exc_info=True
-                    )
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, max(_ERROR_BACKOFF_CAP, self.poll_interval))
-                    continue
-                backoff = self.poll_interval
-                self.stats.add(result)
-                # Only settled instances count: a failure whose retry could not be recorded is
-                # still due, and sweeping again at once would spin on it.
-                settled = sum(1 for f in result.failed if f.attempts is not None)
-                progress = result.processed + result.rejected + settled
-                # A full batch means more may be due now; anything less means we caught up.
-                if progress < self.batch_size:
-                    await self._sleep(self.poll_interval)
-        finally:
-            self._running = False
-
-    async def _sleep(self, seconds: float) -> None:
-        assert self._wake is not None
-        with anyio.move_on_after(seconds):
-            await self._wake.wait()
+    async def _poll(self) -> bool:
+        result = await self.runtime.sweep(
+            self.batch_size,
+            should_stop=lambda: self._stopping,
+            workflow_names=self.workflow_names,
+            lease=self.lease,
+        )
+        self.stats.add(result)
+        # Only settled instances count: a failure whose retry could not be recorded is still
+        # due, and sweeping again at once would spin on it.
+        settled = sum(1 for f in result.failed if f.attempts is not None)
+        progress = result.processed + result.rejected + settled
+        # A full batch means more may be due now; anything less means we caught up.
+        return progress >= self.batch_size
