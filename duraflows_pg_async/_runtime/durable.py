@@ -18,6 +18,7 @@ The rules kept (upstream 7.4's):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -277,9 +278,11 @@ class DurableExecutions:
 
     # -- the worker -----------------------------------------------------------------------------
 
-    async def process(self, limit: int) -> ProcessPendingResult:
+    async def process(
+        self, limit: int, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessPendingResult:
         """One worker poll: see ``durable_steps``."""
-        return await ExecutionSteps(self).process(limit)
+        return await ExecutionSteps(self).process(limit, should_stop)
 
 
 def _command_names(definition: WorkflowDefinition) -> set[str]:

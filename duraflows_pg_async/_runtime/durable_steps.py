@@ -90,8 +90,11 @@ class ExecutionSteps:
     def __init__(self, durable: DurableExecutions) -> None:
         self.durable = durable
 
-    async def process(self, limit: int) -> ProcessPendingResult:
-        """Claim up to ``limit`` due executions and move each one command further."""
+    async def process(
+        self, limit: int, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessPendingResult:
+        """Claim up to ``limit`` due executions and move each one command further; stop early
+        once ``should_stop()`` is true."""
         require_int(limit, "limit", minimum=1)
         runner = self.durable.runtime.persistence.transaction_runner
         if runner.is_transaction_active():
@@ -102,6 +105,8 @@ class ExecutionSteps:
         store = self.durable.store
         result = ProcessPendingResult()
         for candidate in await store.find_due(limit, self.durable._now()):
+            if should_stop is not None and should_stop():
+                break
             claimed: WorkflowExecution | None = None
             try:
                 claimed = await self._claim(candidate)

@@ -62,8 +62,8 @@ class ExecutionWorker(PollingWorker[ExecutionWorkerStats]):
     retried after ``poll_interval``, doubling up to 30 seconds. A failing command is retried
     with the backoff of the execution's policy and then parked, so it never makes a worker spin.
 
-    ``stop()`` lets the poll in hand finish (at most ``batch_size`` commands, one per
-    execution), then ``run()`` returns; cancelling the task instead abandons the command in
+    ``stop()`` lets the command in hand finish and be checkpointed, then ``run()`` returns;
+    cancelling the task instead abandons the command in
     hand: its execution keeps its lease, and a worker takes it again when the lease ends (the
     command runs again, as a new attempt). Any number of workers, in one process or many, can
     share the queue: a lease with fencing gives each execution to one worker at a time.
@@ -91,7 +91,9 @@ class ExecutionWorker(PollingWorker[ExecutionWorkerStats]):
             )
 
     async def _poll(self) -> bool:
-        result = await self.runtime.process_pending_executions(self.batch_size)
+        result = await self.runtime.process_pending_executions(
+            self.batch_size, should_stop=lambda: self._stopping
+        )
         self.stats.add(result)
         await self._log(result)
         # Settled: moved or decided. A skipped execution (another worker has it) and an error

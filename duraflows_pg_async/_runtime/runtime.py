@@ -572,10 +572,16 @@ class WorkflowRuntime:
             trigger_metadata=_json_object(trigger_metadata, "trigger_metadata"),
         )
 
-    async def process_pending_executions(self, limit: int = 100) -> ProcessPendingResult:
+    async def process_pending_executions(
+        self, limit: int = 100, *, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessPendingResult:
         """Run the next command of up to ``limit`` due executions, each checkpointed in its own
-        transaction. Call it outside any transaction (a worker's loop: ``ExecutionWorker``)."""
-        return await self._durable.process(limit)
+        transaction. Call it outside any transaction (a worker's loop: ``ExecutionWorker``).
+
+        ``should_stop()`` is asked before each execution: once it is true, the call returns
+        after the execution in hand.
+        """
+        return await self._durable.process(limit, should_stop)
 
     async def get_execution(self, execution_uuid: UUID | str) -> WorkflowExecution | None:
         """The execution and its journal, or None."""

@@ -44,6 +44,8 @@ def workflow_lifespan(
     migrate: bool = False,
     worker: bool = True,
     worker_options: Mapping[str, Any] | None = None,
+    execution_worker: bool | None = None,
+    execution_worker_options: Mapping[str, Any] | None = None,
     pool_options: Mapping[str, Any] | None = None,
     persistence_options: Mapping[str, Any] | None = None,
     shutdown_timeout: float = 10.0,
@@ -53,7 +55,9 @@ def workflow_lifespan(
     On start-up it opens the pool with [`create_pool()`][duraflows_pg_async.create_pool] (``dsn``,
     ``pool_options``), applies the migrations if ``migrate``, builds the runtime with
     ``build_runtime(persistence)``, calls ``initialize()`` and, if ``worker``, starts a
-    [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] (``worker_options``) in a background task.
+    [`TimeoutWorker`][duraflows_pg_async.TimeoutWorker] (``worker_options``) in a background task,
+    with an [`ExecutionWorker`][duraflows_pg_async.ExecutionWorker] when the provider has an
+    execution store (``execution_worker``: None follows ``worker``; ``execution_worker_options``).
     The runtime, pool and worker land on ``app.state.duraflows_runtime``, ``.duraflows_pool`` and
     ``.duraflows_worker`` (``None`` without a worker); read them with
     [`get_runtime()`][duraflows_pg_async.contrib.fastapi.get_runtime] and
@@ -71,6 +75,8 @@ def workflow_lifespan(
             migrate=migrate,
             worker=worker,
             worker_options=worker_options,
+            execution_worker=execution_worker,
+            execution_worker_options=execution_worker_options,
             pool_options=pool_options,
             persistence_options=persistence_options,
             shutdown_timeout=shutdown_timeout,

@@ -608,3 +608,20 @@ async def test_migration_leaves_a_busy_instance_untouched(setup: Setup) -> None:
     # The execution goes on under the version it captured.
     await setup.drain()
     assert (await setup.execution(execution.uuid)).status == "completed"
+
+
+async def test_should_stop_ends_a_poll_after_the_execution_in_hand(setup: Setup) -> None:
+    runtime = setup.runtime
+    for n in range(3):
+        instance = await runtime.create_instance("order")
+        await runtime.enqueue_event(instance.uuid, "submit", idempotency_key=f"k{n}")
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # let one execution through, then stop
+
+    result = await runtime.process_pending_executions(10, should_stop=should_stop)
+    assert result.processed == 1
+    assert setup.commands.names() == ["reserve"]
+    assert (await runtime.process_pending_executions(10)).processed == 3
