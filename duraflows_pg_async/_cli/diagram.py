@@ -1,7 +1,9 @@
-"""``diagram APP [NAME]``: a workflow definition as a Mermaid state diagram, on stdout.
+"""Workflow definitions as Mermaid state diagrams, on stdout.
 
-APP (``module:attr``) names a WorkflowDefinition, a DefinitionRegistry, a WorkflowRuntime, or
-the worker's runtime factory, which is called with in-memory providers: no database is opened.
+``diagram APP [NAME]``: APP (``module:attr``) names a WorkflowDefinition, a DefinitionRegistry,
+a WorkflowRuntime, or the worker's runtime factory, which is called with in-memory providers: no
+database is opened. ``graph WORKFLOW``: the definition snapshot stored in the database, as the
+runtimes registered it (no application code needed).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import argparse
 from duraflows_pg_async._definitions.model import WorkflowDefinition
 from duraflows_pg_async._definitions.registries import DefinitionRegistry
 from duraflows_pg_async._memory.provider import memory_workflow_providers
+from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async.errors import WorkflowDefinitionError
 
 from .app import build_runtime, load_app, use_app_dir
+from .database import Target, pool, schema_option, target_from
 from .exits import EXIT_USAGE, CliError
 from .output import emit, json_text
 from .signals import run
 
-__all__ = ["diagram_command"]
+__all__ = ["diagram_command", "graph_command"]
 
 
 def _registry_of(app: object, spec: str) -> DefinitionRegistry:
@@ -57,7 +61,10 @@ def _definition(app: object, args: argparse.Namespace) -> WorkflowDefinition:
 def diagram_command(args: argparse.Namespace) -> int:
     """``diagram``: the Mermaid text, or with --json an object holding it."""
     use_app_dir(args.app_dir)
-    definition = _definition(load_app(args.app), args)
+    return _print(_definition(load_app(args.app), args), args)
+
+
+def _print(definition: WorkflowDefinition, args: argparse.Namespace) -> int:
     text = definition.to_mermaid(show_commands=args.show_commands, direction=args.direction)
     if args.json:
         data = {"workflow": definition.name, "version": definition.version, "mermaid": text}
@@ -65,3 +72,32 @@ def diagram_command(args: argparse.Namespace) -> int:
     else:
         emit(text.removesuffix("\n"))
     return 0
+
+
+async def _stored(
+    db: Target, name: str, version: int | None, schema: str | None
+) -> dict[str, object]:
+    async with pool(db) as opened:
+        store = pg_workflow_providers(opened, schema=schema).definition_store
+        if version is not None:
+            found = await store.find_by_name_and_version(name, version)
+            if found is None:
+                raise CliError(f"no stored definition of workflow {name!r} version {version}")
+            return found.definition_json
+        versions = await store.list_versions(name)
+    if not versions:
+        raise CliError(f"no stored definition of workflow {name!r}")
+    return versions[-1].definition_json
+
+
+def graph_command(args: argparse.Namespace) -> int:
+    """``graph WORKFLOW``: the stored snapshot (latest, or ``--version``) as a diagram."""
+    if args.version is not None and args.version < 1:
+        raise CliError(f"--version must be at least 1, got {args.version}", EXIT_USAGE)
+    db = target_from(args)
+    data = run(_stored(db, args.name, args.version, schema_option(args.schema)))
+    try:
+        definition = WorkflowDefinition.from_dict(data)
+    except WorkflowDefinitionError as exc:
+        raise CliError(f"the stored definition cannot be read: {exc}") from exc
+    return _print(definition, args)

@@ -14,7 +14,7 @@ Text read from the database (states, event names, errors, context) is escaped on
 
 This module turns the command line into a command, and the command's outcome into an exit code;
 each command lives in a module of its own (``migrate``, ``inspect``, ``executions``, ``worker``,
-``demo``, ``diagram``).
+``demo``, ``diagram`` and ``graph``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .database import classify, connect_error, connect_timeout
-from .diagram import diagram_command
+from .diagram import diagram_command, graph_command
 from .executions import execution_command
 from .exits import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from .inspect import inspect_command, parked_command, rearm_command
@@ -66,6 +66,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "execution": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
+    "graph": graph_command,
 }
 
 

@@ -301,6 +301,30 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         default="TB",
         help="top to bottom (default), bottom to top, left to right, right to left",
     )
+    graph = commands.add_parser(
+        "graph",
+        parents=[common],
+        help="draw a workflow as a Mermaid state diagram from its definition snapshot stored in "
+        "the database (what the runtimes registered)",
+    )
+    graph.add_argument("name", metavar="WORKFLOW", help="the workflow's name")
+    graph.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this stored version (default: the latest stored)",
+    )
+    graph.add_argument(
+        "--show-commands", action="store_true", help="add each event's commands to its label"
+    )
+    graph.add_argument(
+        "--direction",
+        choices=["TB", "BT", "LR", "RL"],
+        default="TB",
+        help="top to bottom (default), bottom to top, left to right, right to left",
+    )
+    graph.add_argument("--schema", default=None, help="schema of the tables")
     return parser
 
 
