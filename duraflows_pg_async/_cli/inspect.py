@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from uuid import UUID
 
 from duraflows_pg_async._core.validate import coerce_uuid
@@ -12,7 +13,7 @@ from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 
 from .database import Target, pool, schema_option, target_from
 from .exits import EXIT_USAGE, CliError
-from .output import emit, emit_json, one_line, safe_text, table
+from .output import PROG, confirm, emit, emit_json, one_line, safe_text, table
 from .records import instance_text, retry_text, when
 from .signals import run
 
@@ -137,9 +138,74 @@ def parked_command(args: argparse.Namespace) -> int:
     return int(run(_parked(db, limit, args.workflow, schema, args.json)))
 
 
+# How many parked instances one listing of ``rearm --all`` reads at a time.
+_REARM_PAGE = 500
+
+
+async def _parked_uuids(db: Target, workflow: str, schema: str | None) -> list[UUID]:
+    async with pool(db) as opened:
+        store = pg_workflow_providers(opened, schema=schema).instance_store
+        found = await store.find_parked_timeouts(limit=_REARM_PAGE, workflow_name=workflow)
+    return [instance.uuid for instance in found]
+
+
+async def _rearm_all(db: Target, workflow: str, schema: str | None, as_json: bool) -> int:
+    """Rearm the parked timeouts of ``workflow``, page by page, each in its own transaction;
+    an instance that parks again meanwhile is not rearmed twice."""
+    done: list[UUID] = []
+    seen: set[UUID] = set()
+    async with pool(db) as opened:
+        providers = pg_workflow_providers(opened, schema=schema)
+        runtime = WorkflowRuntime(
+            definitions=DefinitionRegistry(), commands=CommandRegistry(), persistence=providers
+        )
+        while True:
+            page = await providers.instance_store.find_parked_timeouts(
+                limit=_REARM_PAGE, workflow_name=workflow
+            )
+            fresh = [instance.uuid for instance in page if instance.uuid not in seen]
+            if not fresh:
+                break
+            for key in fresh:
+                seen.add(key)
+                await runtime.rearm_timeout(key)
+                done.append(key)
+    if as_json:
+        emit_json({"workflow": workflow, "rearmed": len(done), "uuids": [str(k) for k in done]})
+    else:
+        emit(safe_text(f"rearmed {len(done)} parked timeout(s) of workflow {workflow!r}"))
+    return 0
+
+
 def rearm_command(args: argparse.Namespace) -> int:
-    """``rearm UUID``: clear a timeout retry, parked state or sweep claim."""
-    key = coerce_uuid(args.uuid, "uuid")
+    """``rearm UUID``: clear a timeout retry, parked state or sweep claim. ``rearm --all
+    --workflow NAME``: every parked timeout of the workflow, after a confirmation."""
     db = target_from(args)
     schema = schema_option(args.schema)
-    return int(run(_rearm(db, key, schema, args.json)))
+    if not args.all:
+        if args.uuid is None or args.workflow is not None or args.yes:
+            raise CliError(
+                "give the instance's UUID, or --all --workflow NAME for every parked timeout "
+                "of a workflow",
+                EXIT_USAGE,
+            )
+        key = coerce_uuid(args.uuid, "uuid")
+        return int(run(_rearm(db, key, schema, args.json)))
+    if args.uuid is not None or not args.workflow:
+        raise CliError("--all takes no UUID and needs --workflow NAME", EXIT_USAGE)
+    workflow: str = args.workflow
+    if not args.yes:
+        first = run(_parked_uuids(db, workflow, schema))
+        if not first:
+            return int(run(_rearm_all(db, workflow, schema, args.json)))
+        count = f"at least {len(first)}" if len(first) >= _REARM_PAGE else str(len(first))
+        question = f"{PROG}: rearm {count} parked timeout(s) of workflow {workflow!r}?"
+        if not sys.stdin.isatty():
+            raise CliError(
+                f"rearm --all would rearm {count} parked timeout(s) of workflow {workflow!r}: "
+                "pass --yes to confirm (standard input is not a terminal)",
+                EXIT_USAGE,
+            )
+        if not confirm(safe_text(question)):
+            raise CliError("not confirmed: nothing rearmed")
+    return int(run(_rearm_all(db, workflow, schema, args.json)))

@@ -11,7 +11,7 @@ from duraflows_pg_async import migrations
 
 from .database import Target, connect, schema_option, target_from, where
 from .exits import EXIT_USAGE, CliError
-from .output import PROG, emit, emit_json
+from .output import PROG, confirm, emit, emit_json
 from .signals import run
 
 __all__ = ["migrate_command", "sql_command"]
@@ -110,17 +110,6 @@ async def _migrate_down(
     return 0
 
 
-def _confirm(question: str) -> bool:
-    """Ask on the terminal; anything but y/yes (or end of input) is a no."""
-    try:
-        sys.stderr.write(f"{question} [y/N] ")
-        sys.stderr.flush()
-    except OSError:
-        return False
-    answer = sys.stdin.readline()
-    return answer.strip().lower() in ("y", "yes")
-
-
 def migrate_command(args: argparse.Namespace) -> int:
     """``migrate ACTION``; ``down`` asks first unless --yes (and refuses without a terminal)."""
     db = target_from(args)
@@ -140,7 +129,7 @@ def migrate_command(args: argparse.Namespace) -> int:
                 "included: pass --yes to confirm (standard input is not a terminal)",
                 EXIT_USAGE,
             )
-        if not _confirm(f"{PROG}: roll back {newest} in {place}? What it created is dropped."):
+        if not confirm(f"{PROG}: roll back {newest} in {place}? What it created is dropped."):
             raise CliError("not confirmed: nothing rolled back")
     return int(run(_migrate_down(db, schema, newest, args.json)))
 

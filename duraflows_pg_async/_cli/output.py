@@ -19,6 +19,7 @@ from uuid import UUID
 from .exits import EXIT_BROKEN_PIPE, CliError
 
 __all__ = [
+    "confirm",
     "PROG",
     "OutputError",
     "safe_text",
@@ -167,3 +168,14 @@ def output_failed(error: OSError, as_json: bool) -> int:
     if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
         return EXIT_BROKEN_PIPE  # the reader has all it wanted: nothing to report
     return fail(CliError(f"cannot write to standard output: {error}"), as_json)
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; anything but y/yes (or end of input) is a no."""
+    try:
+        sys.stderr.write(f"{question} [y/N] ")
+        sys.stderr.flush()
+    except OSError:
+        return False
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")

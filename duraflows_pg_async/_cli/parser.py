@@ -147,7 +147,16 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         parents=[common],
         help="clear an instance's timeout retry, parked state or sweep claim",
     )
-    rearm.add_argument("uuid", help="the instance's uuid")
+    rearm.add_argument("uuid", nargs="?", default=None, help="the instance's uuid")
+    rearm.add_argument(
+        "--all",
+        action="store_true",
+        help="rearm every parked timeout of the workflow named by --workflow (asks first)",
+    )
+    rearm.add_argument("--workflow", default=None, help="with --all: the workflow's name")
+    rearm.add_argument(
+        "--yes", action="store_true", help="with --all: rearm without asking for confirmation"
+    )
     rearm.add_argument("--schema", default=None, help="schema of the tables")
 
     execution = commands.add_parser(
