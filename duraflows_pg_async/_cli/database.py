@@ -12,13 +12,18 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._core.validate import require_identifier
 from duraflows_pg_async._pg.codecs import create_pool
+from duraflows_pg_async._pg.providers import pg_workflow_providers
+from duraflows_pg_async._pg.runner import PgTransactionRunner
 from duraflows_pg_async.errors import (
+    ConfigurationError,
     ConnectionLostError,
     InvalidArgumentError,
     WorkflowError,
@@ -28,6 +33,8 @@ from duraflows_pg_async.errors import (
 from .exits import EXIT_USAGE, CliError
 
 __all__ = [
+    "has_execution_table",
+    "workflow_providers",
     "DEFAULT_CONNECT_TIMEOUT",
     "Target",
     "target_from",
@@ -205,3 +212,26 @@ async def pool(target: Target, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]
         yield opened
     finally:
         await opened.close()
+
+
+async def has_execution_table(pool: asyncpg.Pool, schema: str | None) -> bool:
+    """Whether the database has migration 008's ``workflow_executions`` (one index read)."""
+    providers = pg_workflow_providers(pool, schema=schema, durable_execution=True)
+    assert providers.execution_store is not None
+    try:
+        await providers.execution_store.find_due(1, datetime.now(UTC))
+    except ConfigurationError as exc:
+        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+            return False
+        raise
+    return True
+
+
+async def workflow_providers(
+    pool: asyncpg.Pool, schema: str | None
+) -> WorkflowPersistenceProvider[PgTransactionRunner]:
+    """Providers as the application's runtimes see this database: with the execution store
+    when migration 008 is applied, so that an instance a queued execution occupies is refused
+    here too (WorkflowInstanceBusyError)."""
+    durable = await has_execution_table(pool, schema)
+    return pg_workflow_providers(pool, schema=schema, durable_execution=durable)

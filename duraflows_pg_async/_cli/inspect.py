@@ -10,8 +10,9 @@ from duraflows_pg_async._core.validate import coerce_uuid
 from duraflows_pg_async._definitions.registries import CommandRegistry, DefinitionRegistry
 from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
+from duraflows_pg_async.errors import WorkflowInstanceBusyError
 
-from .database import Target, pool, schema_option, target_from
+from .database import Target, pool, schema_option, target_from, workflow_providers
 from .exits import EXIT_USAGE, CliError
 from .output import PROG, confirm, emit, emit_json, one_line, safe_text, table
 from .records import instance_text, retry_text, when
@@ -92,7 +93,7 @@ async def _parked(
 
 async def _rearm(db: Target, key: UUID, schema: str | None, as_json: bool) -> int:
     async with pool(db) as opened:
-        providers = pg_workflow_providers(opened, schema=schema)
+        providers = await workflow_providers(opened, schema)
         # rearm_timeout reads no definition, and with empty registries initialize() stores and
         # checks nothing: the rule of what a rearm clears stays in the runtime alone.
         runtime = WorkflowRuntime(
@@ -153,9 +154,10 @@ async def _rearm_all(db: Target, workflow: str, schema: str | None, as_json: boo
     """Rearm the parked timeouts of ``workflow``, page by page, each in its own transaction;
     an instance that parks again meanwhile is not rearmed twice."""
     done: list[UUID] = []
+    busy: list[UUID] = []
     seen: set[UUID] = set()
     async with pool(db) as opened:
-        providers = pg_workflow_providers(opened, schema=schema)
+        providers = await workflow_providers(opened, schema)
         runtime = WorkflowRuntime(
             definitions=DefinitionRegistry(), commands=CommandRegistry(), persistence=providers
         )
@@ -168,12 +170,24 @@ async def _rearm_all(db: Target, workflow: str, schema: str | None, as_json: boo
                 break
             for key in fresh:
                 seen.add(key)
-                await runtime.rearm_timeout(key)
-                done.append(key)
+                try:
+                    await runtime.rearm_timeout(key)
+                except WorkflowInstanceBusyError:
+                    busy.append(key)  # a queued execution holds it: left for after it
+                else:
+                    done.append(key)
     if as_json:
-        emit_json({"workflow": workflow, "rearmed": len(done), "uuids": [str(k) for k in done]})
+        emit_json(
+            {
+                "workflow": workflow,
+                "rearmed": len(done),
+                "uuids": [str(k) for k in done],
+                "busy": [str(k) for k in busy],
+            }
+        )
     else:
-        emit(safe_text(f"rearmed {len(done)} parked timeout(s) of workflow {workflow!r}"))
+        skipped = f"; {len(busy)} busy with a queued execution, left alone" if busy else ""
+        emit(safe_text(f"rearmed {len(done)} parked timeout(s) of workflow {workflow!r}{skipped}"))
     return 0
 
 

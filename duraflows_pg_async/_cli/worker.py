@@ -19,17 +19,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.execution_worker import ExecutionWorker
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async._runtime.worker import PollingWorker, TimeoutWorker
-from duraflows_pg_async.errors import ConfigurationError
 
 from .app import build_runtime, load_app, use_app_dir
-from .database import Target, pool, schema_option, seconds, target_from
+from .database import (
+    Target,
+    has_execution_table,
+    pool,
+    schema_option,
+    seconds,
+    target_from,
+)
 from .exits import EXIT_USAGE, CliError
 from .output import PROG, emit, json_text, notice, safe_text
 from .signals import run
@@ -140,19 +144,6 @@ async def _runtime_of(
                 EXIT_USAGE,
             )
     return runtime
-
-
-async def _has_execution_table(pool: asyncpg.Pool, schema: str | None) -> bool:
-    """Whether the database has migration 008's ``workflow_executions`` (one index read)."""
-    providers = pg_workflow_providers(pool, schema=schema, durable_execution=True)
-    assert providers.execution_store is not None
-    try:
-        await providers.execution_store.find_due(1, datetime.now(UTC))
-    except ConfigurationError as exc:
-        if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
-            return False
-        raise
-    return True
 
 
 @dataclass(frozen=True)
@@ -350,7 +341,7 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
         # A factory's provider has an execution store when the database has the table: then
         # the timeout sweeps leave the instances of queued executions alone, as the
         # application's own runtimes (built with durable_execution=True) do.
-        has_table = not isinstance(app, WorkflowRuntime) and await _has_execution_table(
+        has_table = not isinstance(app, WorkflowRuntime) and await has_execution_table(
             opened, schema
         )
         providers = pg_workflow_providers(

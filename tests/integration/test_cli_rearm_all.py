@@ -9,7 +9,17 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from test_cli import assert_clean_error, cli
 
-from duraflows_pg_async import TimeoutRetry, WorkflowInstance, pg_workflow_providers
+from duraflows_pg_async import (
+    CommandRegistry,
+    DefinitionRegistry,
+    Event,
+    State,
+    TimeoutRetry,
+    WorkflowDefinition,
+    WorkflowInstance,
+    WorkflowRuntime,
+    pg_workflow_providers,
+)
 
 
 async def parked(pool: asyncpg.Pool, workflow: str) -> WorkflowInstance:
@@ -70,3 +80,32 @@ async def test_rearm_usage_errors(database: str) -> None:
         (("rearm", str(uuid.uuid4()), "--workflow", "x"), "give the instance's UUID, or --all"),
     ]:
         assert_clean_error(await cli(*args, url=database), 2, text)
+
+
+async def test_rearm_leaves_an_instance_a_queued_execution_holds(
+    database: str, pool: asyncpg.Pool
+) -> None:
+    held = await parked(pool, "order")
+    free = await parked(pool, "order")
+    definitions = DefinitionRegistry()
+    definitions.register(
+        WorkflowDefinition(
+            name="order",
+            initial_state="waiting",
+            states={"waiting": State(events={"go": Event(target_state="done")}), "done": State()},
+        )
+    )
+    runtime = WorkflowRuntime(
+        definitions=definitions,
+        commands=CommandRegistry(),
+        persistence=pg_workflow_providers(pool, durable_execution=True),
+    )
+    await runtime.enqueue_event(held.uuid, "go", idempotency_key="k")
+
+    one = await cli("rearm", str(held.uuid), url=database)
+    assert_clean_error(one, 1, "busy")
+    every = await cli("rearm", "--all", "--workflow", "order", "--yes", "--json", url=database)
+    assert every.returncode == 0, every.stderr
+    body = json.loads(every.stdout)
+    assert (body["uuids"], body["busy"]) == ([str(free.uuid)], [str(held.uuid)])
+    assert await parked_uuids(pool, "order") == {held.uuid}
