@@ -427,7 +427,8 @@ def workflow_router(
 
     Bodies and responses are camelCase JSON (the records' ``to_json()``). Errors answer
     ``{"detail": ...}``, clipped and never echoing the request: unknown instance or execution
-    404; event not available, idempotency conflict or in progress, instance busy, lease lost 409;
+    404; event not available, idempotency conflict or in progress, instance busy, lease lost, an
+    execution whose status does not allow the retry or cancel 409;
     body over ``max_body_bytes`` 413; invalid input or unknown workflow name 422; idempotency or
     durable execution not enabled 501. Other errors propagate (a 500).
 
@@ -457,9 +458,20 @@ def workflow_router(
     not_found: dict[int | str, dict[str, Any]] = {404: _ERRORS[404]}
     conflict: dict[int | str, dict[str, Any]] = {409: _ERRORS[409]}
 
-    async def execution_or_404(runtime: WorkflowRuntime, execution_uuid: UUID) -> None:
+    async def control(
+        runtime: WorkflowRuntime, execution_uuid: UUID, action: Literal["retry", "cancel"]
+    ) -> Response:
         if await runtime.get_execution(execution_uuid) is None:
             raise HTTPException(404, f'durable execution "{execution_uuid}" not found')
+        try:
+            if action == "retry":
+                execution = await runtime.retry_execution(execution_uuid)
+            else:
+                execution = await runtime.cancel_execution(execution_uuid)
+        except InvalidArgumentError as exc:
+            # The execution exists (the uuid is valid): its status does not allow the action.
+            return _error(409, str(exc))
+        return JSONResponse(execution.to_json())
 
     # Fixed paths first: /parked and /executions/... before /{instance_uuid}.
     @router.get(
@@ -496,8 +508,7 @@ def workflow_router(
             summary="Make a parked execution pending again",
         )
         async def retry_execution(execution_uuid: UUID, runtime: runtime_dep) -> Response:
-            await execution_or_404(runtime, execution_uuid)
-            return JSONResponse((await runtime.retry_execution(execution_uuid)).to_json())
+            return await control(runtime, execution_uuid, "retry")
 
         @router.post(
             "/executions/{execution_uuid}/cancel",
@@ -506,8 +517,7 @@ def workflow_router(
             summary="Cancel an execution no worker holds",
         )
         async def cancel_execution(execution_uuid: UUID, runtime: runtime_dep) -> Response:
-            await execution_or_404(runtime, execution_uuid)
-            return JSONResponse((await runtime.cancel_execution(execution_uuid)).to_json())
+            return await control(runtime, execution_uuid, "cancel")
 
         @router.post(
             "",
