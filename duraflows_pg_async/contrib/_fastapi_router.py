@@ -267,12 +267,14 @@ class WorkflowExecutionResponse(_ResponseBody):
     max_on_enter_depth: int
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_ResponseBody):
     """Every error: ``detail`` is a clipped message, or pydantic's errors without the input;
-    ``state`` is the instance's state when an event is not available in it."""
+    ``state`` is the instance's state when an event is not available in it, ``executionStatus``
+    the status of an execution that cannot be retried or cancelled."""
 
     detail: str | list[dict[str, Any]]
     state: str | None = None
+    execution_status: str | None = None
 
 
 def available_event_json(event: AvailableEvent) -> dict[str, Any]:
@@ -313,23 +315,35 @@ class _BodyTooLargeError(Exception):
     pass
 
 
+def _argument_problem(exc: InvalidArgumentError) -> str:
+    """The runtime's message without the value it quotes (``..., got 'x'...``)."""
+    return str(exc).split(", got ", 1)[0]
+
+
 def _mapped(exc: Exception) -> JSONResponse | None:
-    """The response for a workflow error the routes expect, or None (a 500)."""
+    """The response for a workflow error the routes expect, or None (a 500).
+
+    The messages are the router's own, made of what the server knows (uuids it parsed, states):
+    the runtime's would quote event names and idempotency keys from the request.
+    """
     if isinstance(exc, WorkflowInstanceNotFoundError):
-        return _error(404, str(exc))
+        return _error(404, f'workflow instance "{exc.instance_uuid}" not found')
     if isinstance(exc, InvalidEventError):
-        return _error(409, str(exc), state=exc.state)
-    if isinstance(
-        exc,
-        IdempotencyConflictError
-        | IdempotencyInProgressError
-        | WorkflowInstanceBusyError
-        | ExecutionLeaseLostError
-        | OptimisticLockError,
-    ):
-        return _error(409, str(exc))
+        return _error(409, "the event is not available in the current state", state=exc.state)
+    if isinstance(exc, IdempotencyConflictError):
+        return _error(
+            409, "the idempotency key was used for another event or with another fingerprint"
+        )
+    if isinstance(exc, IdempotencyInProgressError):
+        return _error(409, "an event with this idempotency key is still in progress")
+    if isinstance(exc, WorkflowInstanceBusyError):
+        return _error(409, "the instance is busy with a queued execution")
+    if isinstance(exc, ExecutionLeaseLostError):
+        return _error(409, "the execution's lease was lost to another worker")
+    if isinstance(exc, OptimisticLockError):
+        return _error(409, "the instance was changed concurrently; try again")
     if isinstance(exc, InvalidArgumentError):
-        return _error(422, str(exc))
+        return _error(422, _argument_problem(exc))
     if isinstance(exc, DurableExecutionNotSupportedError | IdempotencyNotSupportedError):
         return _error(501, str(exc))
     return None
@@ -468,9 +482,14 @@ def workflow_router(
                 execution = await runtime.retry_execution(execution_uuid)
             else:
                 execution = await runtime.cancel_execution(execution_uuid)
-        except InvalidArgumentError as exc:
+        except InvalidArgumentError:
             # The execution exists (the uuid is valid): its status does not allow the action.
-            return _error(409, str(exc))
+            current = await runtime.get_execution(execution_uuid)
+            status = "gone" if current is None else current.status
+            done = "retried (only a parked one can)" if action == "retry" else "cancelled"
+            return _error(
+                409, f"the execution is {status}: it cannot be {done}", executionStatus=status
+            )
         return JSONResponse(execution.to_json())
 
     # Fixed paths first: /parked and /executions/... before /{instance_uuid}.

@@ -312,7 +312,23 @@ async def test_errors_do_not_echo_the_request(served: Served) -> None:
         f"/workflows/{uuid}/events/pay", json={"idempotencyKey": "é" * 200}
     )
     assert response.status_code == 422
+    assert "é" not in response.text
     assert len(response.json()["detail"]) <= 300
+    # The runtime's messages quote event names and keys: the router answers its own.
+    long_event = "EV" * 100
+    response = await client.post(f"/workflows/{uuid}/events/{long_event}")
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "the event is not available in the current state",
+        "state": "created",
+    }
+    key = "KEY" * 80
+    assert (
+        await client.post(f"/workflows/{uuid}/events/pay", json={"idempotencyKey": key})
+    ).status_code == 200
+    response = await client.post(f"/workflows/{uuid}/events/ship", json={"idempotencyKey": key})
+    assert response.status_code == 409
+    assert "KEY" not in response.text
 
 
 async def test_bodies_over_the_limit_are_413(served: Served) -> None:
@@ -392,6 +408,7 @@ async def test_enqueue_get_cancel_and_retry_executions(served: Served) -> None:
     assert response.json()["status"] == "cancelled"
     response = await client.post(f"/workflows/executions/{execution['uuid']}/cancel")
     assert response.status_code == 409
+    assert response.json()["executionStatus"] == "cancelled"
     assert (await client.post(f"/workflows/{uuid}/events/cancel")).status_code == 200
 
     # A command that raises parks the execution (max_attempts=1); retry makes it pending.
