@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from starlette.types import Message
 
 from duraflows_pg_async import WorkflowRuntime
+from duraflows_pg_async._core.validate import require_str
 from duraflows_pg_async._runtime.execution import AvailableEvent
 from duraflows_pg_async.errors import (
     DurableExecutionNotSupportedError,
@@ -503,6 +504,8 @@ def workflow_router(
         workflow: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PARKED_LIMIT)] = 100,
     ) -> Response:
+        if workflow is not None:
+            require_str(workflow, "workflow")  # no NUL: a 422, not the database's error
         found = await runtime.find_parked_timeouts(limit=limit, workflow_name=workflow)
         return JSONResponse([instance.to_json() for instance in found])
 

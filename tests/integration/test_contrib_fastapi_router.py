@@ -331,6 +331,19 @@ async def test_errors_do_not_echo_the_request(served: Served) -> None:
     assert "KEY" not in response.text
 
 
+async def test_nul_characters_are_422(served: Served) -> None:
+    client = served.client
+    response = await client.post(
+        "/workflows", json={"workflowName": "order", "context": {"a": "\x00"}}
+    )
+    assert response.status_code == 422, response.text
+    uuid = (await create(client))["uuid"]
+    response = await client.post(f"/workflows/{uuid}/events/pay", json={"idempotencyKey": "k\x00"})
+    assert response.status_code == 422, response.text
+    response = await client.post(f"/workflows/{uuid}/events/pa%00y")
+    assert response.status_code in (409, 422), response.text
+
+
 async def test_bodies_over_the_limit_are_413(served: Served) -> None:
     client = served.client
     big = {"workflowName": "order", "context": {"pad": "x" * (65 * 1024)}}
@@ -456,6 +469,9 @@ async def test_parked_timeouts_and_rearm(served: Served) -> None:
     assert (await client.get("/workflows/parked", params={"workflow": "other"})).json() == []
     assert len((await client.get("/workflows/parked", params={"limit": 1})).json()) == 1
     assert (await client.get("/workflows/parked", params={"limit": 0})).status_code == 422
+    response = await client.get("/workflows/parked", params={"workflow": "a\x00b"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "workflow must not contain NUL characters"}
 
     response = await client.post(f"/workflows/{uuid}/rearm")
     assert response.status_code == 200
