@@ -5,6 +5,8 @@ app = FastAPI(lifespan=workflow_lifespan(dsn=DATABASE_URL, build_runtime=build_r
 
 @app.get("/orders/{uuid}")
 async def show(uuid: str, runtime: WorkflowRuntime = Depends(get_runtime)): ...
+
+app.include_router(workflow_router(prefix="/workflows", dependencies=[Depends(require_api_key)]))
 ```
 
 Needs the ``fastapi`` extra: ``pip install 'duraflows-pg-async[fastapi]'``.
@@ -30,7 +32,7 @@ from duraflows_pg_async import TimeoutWorker, WorkflowRuntime
 from duraflows_pg_async.contrib import BuildRuntime, workflow_service
 from duraflows_pg_async.errors import ConfigurationError
 
-__all__ = ["get_pool", "get_runtime", "get_worker", "workflow_lifespan"]
+__all__ = ["get_pool", "get_runtime", "get_worker", "workflow_lifespan", "workflow_router"]
 
 RUNTIME_ATTR = "duraflows_runtime"
 POOL_ATTR = "duraflows_pool"
@@ -122,3 +124,7 @@ def get_worker(request: Request) -> TimeoutWorker | None:
     _state(request, RUNTIME_ATTR)  # the lifespan ran
     worker: TimeoutWorker | None = getattr(request.app.state, WORKER_ATTR, None)
     return worker
+
+
+# At the end: the router module reads get_runtime from this one.
+from duraflows_pg_async.contrib._fastapi_router import workflow_router  # noqa: E402

@@ -1,0 +1,656 @@
+"""``workflow_router()``: the runtime's calls as REST endpoints on a FastAPI ``APIRouter``.
+
+Re-exported by [`duraflows_pg_async.contrib.fastapi`][duraflows_pg_async.contrib.fastapi]; the
+routes follow upstream's NestJS controllers (``POST /workflows``, ``POST
+/workflows/:uuid/events/:eventName``, ``GET /workflows/:uuid/history``, ...) and its durable
+execution routes. Bodies and responses are upstream's camelCase JSON: responses are the records'
+``to_json()``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations, which use
+# aliases local to workflow_router().
+
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from enum import Enum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from starlette.types import Message
+
+from duraflows_pg_async import WorkflowRuntime
+from duraflows_pg_async._core.validate import require_str
+from duraflows_pg_async._runtime.execution import AvailableEvent
+from duraflows_pg_async.errors import (
+    DurableExecutionNotSupportedError,
+    ExecutionLeaseLostError,
+    IdempotencyConflictError,
+    IdempotencyInProgressError,
+    IdempotencyNotSupportedError,
+    InvalidArgumentError,
+    InvalidEventError,
+    OptimisticLockError,
+    WorkflowDefinitionError,
+    WorkflowInstanceBusyError,
+    WorkflowInstanceNotFoundError,
+)
+
+# Request bodies are small JSON documents; a larger one is refused (413) before it is parsed.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# Numbers stored in jsonb are also read by JavaScript (@duraflows/pg), where a number is a double.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_JSON_DEPTH = 32
+# Error messages are clipped to this many characters, whatever they quote.
+MAX_DETAIL = 300
+MAX_ERRORS = 10
+MAX_NAME = 255
+MAX_HISTORY_LIMIT = 500
+MAX_PARKED_LIMIT = 500
+MAX_OFFSET = 10_000_000
+
+
+def _clip(text: str, limit: int = MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bounded_json(value: Any) -> Any:
+    """``value`` itself if every number is a safe integer or a finite float and it is nested at
+    most MAX_JSON_DEPTH levels; otherwise ValueError naming where (a 422)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise ValueError(
+                    f"{where or 'value'}: integers must lie within -{MAX_SAFE_INTEGER} to "
+                    f"{MAX_SAFE_INTEGER}"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where or 'value'}: numbers must be finite")
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"{where or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, int):
+                    path = f"{where}[{key}]"
+                else:
+                    path = f"{where}.{_clip(key, 40)}" if where else _clip(key, 40)
+                stack.append((child, path, depth + 1))
+    return value
+
+
+_JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
+_JsonValue = Annotated[Any, AfterValidator(_bounded_json)]
+_Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+# The runtime checks keys and fingerprints (at most 256 bytes, not blank): a 422 either way.
+_Key = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+class _RequestBody(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+
+
+class CreateInstanceRequest(_RequestBody):
+    """``POST {prefix}``: upstream's ``CreateWorkflowInstanceInput``."""
+
+    workflow_name: _Name
+    context: _JsonObject | None = None
+    metadata: _JsonObject | None = None
+    trigger_metadata: _JsonObject | None = None
+
+
+class TriggerEventRequest(_RequestBody):
+    """``POST {prefix}/{uuid}/events/{event}``; a repeated ``idempotencyKey`` replays the first
+    result."""
+
+    subject: _JsonValue = None
+    trigger_metadata: _JsonObject | None = None
+    idempotency_key: _Key | None = None
+    idempotency_fingerprint: _Key | None = None
+
+
+class EnqueueEventRequest(_RequestBody):
+    """``POST {prefix}/{uuid}/executions/{event}``: a queued event needs its idempotency key."""
+
+    idempotency_key: _Key
+    idempotency_fingerprint: _Key | None = None
+    subject: _JsonValue = None
+    trigger_metadata: _JsonObject | None = None
+
+
+# --- response schemas (OpenAPI only: the routes answer the records' to_json()) ----------------
+
+
+class _ResponseBody(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class TimeoutRetryResponse(_ResponseBody):
+    """``TimeoutRetry.to_json()``."""
+
+    attempts: int
+    last_error: str
+    retry_at: str | None
+    parked_at: str | None
+
+
+class WorkflowInstanceResponse(_ResponseBody):
+    """``WorkflowInstance.to_json()``: every key present, unset ones ``null``."""
+
+    uuid: UUID
+    workflow_name: str
+    current_state: str
+    version: int
+    definition_version: int | None
+    expires_at: str | None
+    timeout_retry: TimeoutRetryResponse | None
+    last_transition_at: str
+    context: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    claimed_until: str | None
+
+
+class CommandResultResponse(_ResponseBody):
+    """``CommandResult.to_json()``: unset keys left out."""
+
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    metadata: dict[str, Any] | None = None
+    error: Any = None
+
+
+class HistoryRecordResponse(_ResponseBody):
+    """``HistoryRecord.to_json()``: upstream's ``WorkflowHistoryRecord``."""
+
+    workflow_instance_uuid: UUID
+    from_state: str | None
+    event_name: str
+    to_state: str
+    outcome: Literal["success", "failure", "guard-rejected"]
+    error_message: str | None = None
+    rejected_by: str | None = None
+    command_results_json: list[CommandResultResponse]
+    trigger_metadata: dict[str, Any]
+    definition_version: int | None = None
+    created_at: str | None = None
+    uuid: UUID | None = None
+
+
+class ExecutionResultResponse(_ResponseBody):
+    """``ExecutionResult.to_json()``: upstream's ``WorkflowExecutionResult``."""
+
+    outcome: Literal["success", "failure", "guard-rejected"]
+    from_state: str
+    to_state: str
+    command_results: list[CommandResultResponse]
+    history_uuid: UUID
+    rejected_by: str | None = None
+
+
+class AvailableEventResponse(_ResponseBody):
+    """Upstream's ``AvailableWorkflowEvent`` (guards are not evaluated)."""
+
+    event_name: str
+    target_state: str | None = None
+    error_state: str | None = None
+    has_commands: bool
+    has_timeout: bool
+    metadata: dict[str, Any] | None = None
+
+
+class CommandCheckpointResponse(_ResponseBody):
+    """One finished command of a queued execution."""
+
+    id: str
+    name: str
+    result: CommandResultResponse
+    context: dict[str, Any]
+    attempts: int
+    completed_at: str
+
+
+class DurableExecutionPolicyResponse(_ResponseBody):
+    """``DurableExecutionPolicy.to_json()``."""
+
+    lease_duration_ms: int
+    initial_delay_ms: int
+    max_delay_ms: int
+    max_attempts: int
+
+
+class WorkflowExecutionResponse(_ResponseBody):
+    """``WorkflowExecution.to_json()``: a queued event and its journal."""
+
+    uuid: UUID
+    workflow_instance_uuid: UUID
+    workflow_name: str
+    event_name: str
+    idempotency_key: str
+    idempotency_fingerprint: str | None = None
+    status: Literal["pending", "running", "parked", "completed", "cancelled"]
+    revision: int
+    definition: dict[str, Any]
+    best_effort_commands: list[str]
+    instance_version: int
+    from_state: str
+    initial_context: dict[str, Any]
+    metadata: dict[str, Any]
+    subject: Any = None
+    trigger_metadata: dict[str, Any]
+    journal: list[CommandCheckpointResponse]
+    rejected_by: str | None = None
+    result: ExecutionResultResponse | None
+    attempts: int
+    last_error: str | None
+    available_at: str
+    lease_token: str | None
+    lease_until: str | None
+    created_at: str
+    updated_at: str
+    policy: DurableExecutionPolicyResponse
+    max_on_enter_depth: int
+
+
+class ErrorResponse(_ResponseBody):
+    """Every error: ``detail`` is a clipped message, or pydantic's errors without the input;
+    ``state`` is the instance's state when an event is not available in it, ``executionStatus``
+    the status of an execution that cannot be retried or cancelled."""
+
+    detail: str | list[dict[str, Any]]
+    state: str | None = None
+    execution_status: str | None = None
+
+
+def available_event_json(event: AvailableEvent) -> dict[str, Any]:
+    """Upstream's ``AvailableWorkflowEvent``: ``targetState``, ``errorState`` and ``metadata``
+    only when set."""
+    out: dict[str, Any] = {"eventName": event.event_name}
+    if event.target_state is not None:
+        out["targetState"] = event.target_state
+    if event.error_state is not None:
+        out["errorState"] = event.error_state
+    out["hasCommands"] = event.has_commands
+    out["hasTimeout"] = event.has_timeout
+    if event.metadata:
+        out["metadata"] = dict(event.metadata)
+    return out
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _bounded_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic's errors without ``input`` and ``ctx`` (they hold what the client sent)."""
+    return [
+        {
+            "loc": [_clip(part, 40) if isinstance(part, str) else part for part in error["loc"]],
+            "msg": _clip(str(error["msg"])),
+            "type": error["type"],
+        }
+        for error in errors[:MAX_ERRORS]
+    ]
+
+
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": _clip(detail), **extra}, status_code=status)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _argument_problem(exc: InvalidArgumentError) -> str:
+    """The runtime's message without the value it quotes (``..., got 'x'...``)."""
+    return str(exc).split(", got ", 1)[0]
+
+
+def _mapped(exc: Exception) -> JSONResponse | None:
+    """The response for a workflow error the routes expect, or None (a 500).
+
+    The messages are the router's own, made of what the server knows (uuids it parsed, states):
+    the runtime's would quote event names and idempotency keys from the request.
+    """
+    if isinstance(exc, WorkflowInstanceNotFoundError):
+        return _error(404, f'workflow instance "{exc.instance_uuid}" not found')
+    if isinstance(exc, InvalidEventError):
+        return _error(409, "the event is not available in the current state", state=exc.state)
+    if isinstance(exc, IdempotencyConflictError):
+        return _error(
+            409, "the idempotency key was used for another event or with another fingerprint"
+        )
+    if isinstance(exc, IdempotencyInProgressError):
+        return _error(409, "an event with this idempotency key is still in progress")
+    if isinstance(exc, WorkflowInstanceBusyError):
+        return _error(409, "the instance is busy with a queued execution")
+    if isinstance(exc, ExecutionLeaseLostError):
+        return _error(409, "the execution's lease was lost to another worker")
+    if isinstance(exc, OptimisticLockError):
+        return _error(409, "the instance was changed concurrently; try again")
+    if isinstance(exc, InvalidArgumentError):
+        return _error(422, _argument_problem(exc))
+    if isinstance(exc, DurableExecutionNotSupportedError | IdempotencyNotSupportedError):
+        return _error(501, str(exc))
+    return None
+
+
+def _route_class(max_body_bytes: int) -> type[APIRoute]:
+    class WorkflowRoute(APIRoute):
+        """Bounds the body, maps the runtime's errors and keeps the request out of 422s."""
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def bounded(request: Request) -> Response:
+                too_large = f"the request body is larger than {max_body_bytes} bytes"
+                declared = request.headers.get("content-length")
+                if declared is not None and (
+                    not (declared.isascii() and declared.isdigit())
+                    or int(declared) > max_body_bytes
+                ):
+                    return _error(413, too_large)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        return _error(413, too_large)
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+                sent = False
+
+                async def replay() -> Message:
+                    nonlocal sent
+                    if sent:
+                        return {"type": "http.disconnect"}
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                try:
+                    return await handler(Request(request.scope, replay))
+                except RequestValidationError as exc:
+                    return JSONResponse({"detail": _bounded_errors(exc.errors())}, status_code=422)
+                except Exception as exc:
+                    response = _mapped(exc)
+                    if response is None:
+                        raise
+                    return response
+
+            return bounded
+
+    return WorkflowRoute
+
+
+# --- the router ------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown instance or execution"},
+    409: {
+        "model": ErrorResponse,
+        "description": "Not available now: event not in the current state, idempotency key "
+        "reused or in progress, instance busy with a queued execution",
+    },
+    413: {"model": ErrorResponse, "description": "Body larger than the router's limit"},
+    422: {"model": ErrorResponse, "description": "Invalid request"},
+}
+_NOT_SUPPORTED: dict[int | str, dict[str, Any]] = {
+    501: {
+        "model": ErrorResponse,
+        "description": "The provider was built without idempotency or durable execution",
+    }
+}
+
+
+def workflow_router(
+    *,
+    prefix: str = "/workflows",
+    dependencies: Sequence[DependsParam] = (),
+    read_only: bool = False,
+    tags: Sequence[str | Enum] | None = ("workflows",),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> APIRouter:
+    """A ``fastapi.APIRouter`` serving the app's runtime as REST endpoints.
+
+    The runtime comes from [`get_runtime()`][duraflows_pg_async.contrib.fastapi.get_runtime]
+    (so the app needs [`workflow_lifespan()`][duraflows_pg_async.contrib.fastapi.workflow_lifespan],
+    or ``app.dependency_overrides[get_runtime]``). Mount it with ``app.include_router(...)``.
+
+    Routes (``{uuid}`` is a UUID, so ``/executions/...`` and ``/parked`` never reach it):
+
+    - ``POST {prefix}`` create an instance (201), ``GET {prefix}/{uuid}`` read it;
+    - ``POST {prefix}/{uuid}/events/{event}`` trigger an event, ``GET {prefix}/{uuid}/events``
+      the events of the current state, ``GET {prefix}/{uuid}/history?limit=&offset=``;
+    - ``GET {prefix}/parked?workflow=&limit=`` parked timeouts, ``POST {prefix}/{uuid}/rearm``;
+    - ``POST {prefix}/{uuid}/executions/{event}`` enqueue (202), ``GET
+      {prefix}/executions/{uuid}``, ``POST {prefix}/executions/{uuid}/retry`` and ``.../cancel``.
+
+    Bodies and responses are camelCase JSON (the records' ``to_json()``). Errors answer
+    ``{"detail": ...}``, clipped and never echoing the request: unknown instance or execution
+    404; event not available, idempotency conflict or in progress, instance busy, lease lost, an
+    execution whose status does not allow the retry or cancel 409;
+    body over ``max_body_bytes`` 413; invalid input or unknown workflow name 422; idempotency or
+    durable execution not enabled 501. Other errors propagate (a 500).
+
+    Args:
+        prefix: the path every route starts with.
+        dependencies: run before every route, e.g. ``[Depends(require_api_key)]``: this is where
+            authentication goes; the router checks none.
+        read_only: leave out every route that changes something (create, trigger, enqueue,
+            rearm, retry, cancel).
+        tags: OpenAPI tags of the routes.
+        max_body_bytes: a larger request body is answered 413 before it is parsed.
+    """
+    # Imported here: contrib.fastapi re-exports this function.
+    from duraflows_pg_async.contrib.fastapi import get_runtime
+
+    if type(max_body_bytes) is not int or max_body_bytes < 1:
+        raise InvalidArgumentError("max_body_bytes must be a positive integer")
+    router = APIRouter(
+        prefix=prefix,
+        dependencies=list(dependencies),
+        tags=list(tags) if tags is not None else None,
+        route_class=_route_class(max_body_bytes),
+        responses={413: _ERRORS[413], 422: _ERRORS[422]},
+    )
+    runtime_dep = Annotated[WorkflowRuntime, Depends(get_runtime)]
+    event_path = Annotated[str, Path(min_length=1, max_length=MAX_NAME)]
+    not_found: dict[int | str, dict[str, Any]] = {404: _ERRORS[404]}
+    conflict: dict[int | str, dict[str, Any]] = {409: _ERRORS[409]}
+
+    async def control(
+        runtime: WorkflowRuntime, execution_uuid: UUID, action: Literal["retry", "cancel"]
+    ) -> Response:
+        if await runtime.get_execution(execution_uuid) is None:
+            raise HTTPException(404, f'durable execution "{execution_uuid}" not found')
+        try:
+            if action == "retry":
+                execution = await runtime.retry_execution(execution_uuid)
+            else:
+                execution = await runtime.cancel_execution(execution_uuid)
+        except InvalidArgumentError:
+            # The execution exists (the uuid is valid): its status does not allow the action.
+            current = await runtime.get_execution(execution_uuid)
+            status = "gone" if current is None else current.status
+            done = "retried (only a parked one can)" if action == "retry" else "cancelled"
+            return _error(
+                409, f"the execution is {status}: it cannot be {done}", executionStatus=status
+            )
+        return JSONResponse(execution.to_json())
+
+    # Fixed paths first: /parked and /executions/... before /{instance_uuid}.
+    @router.get(
+        "/parked",
+        response_model=list[WorkflowInstanceResponse],
+        summary="Instances whose timeout is parked",
+    )
+    async def parked_timeouts(
+        runtime: runtime_dep,
+        workflow: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PARKED_LIMIT)] = 100,
+    ) -> Response:
+        if workflow is not None:
+            require_str(workflow, "workflow")  # no NUL: a 422, not the database's error
+        found = await runtime.find_parked_timeouts(limit=limit, workflow_name=workflow)
+        return JSONResponse([instance.to_json() for instance in found])
+
+    @router.get(
+        "/executions/{execution_uuid}",
+        response_model=WorkflowExecutionResponse,
+        responses={**not_found, **_NOT_SUPPORTED},
+        summary="A queued execution and its journal",
+    )
+    async def get_execution(execution_uuid: UUID, runtime: runtime_dep) -> Response:
+        execution = await runtime.get_execution(execution_uuid)
+        if execution is None:
+            raise HTTPException(404, f'durable execution "{execution_uuid}" not found')
+        return JSONResponse(execution.to_json())
+
+    if not read_only:
+
+        @router.post(
+            "/executions/{execution_uuid}/retry",
+            response_model=WorkflowExecutionResponse,
+            responses={**not_found, **conflict, **_NOT_SUPPORTED},
+            summary="Make a parked execution pending again",
+        )
+        async def retry_execution(execution_uuid: UUID, runtime: runtime_dep) -> Response:
+            return await control(runtime, execution_uuid, "retry")
+
+        @router.post(
+            "/executions/{execution_uuid}/cancel",
+            response_model=WorkflowExecutionResponse,
+            responses={**not_found, **conflict, **_NOT_SUPPORTED},
+            summary="Cancel an execution no worker holds",
+        )
+        async def cancel_execution(execution_uuid: UUID, runtime: runtime_dep) -> Response:
+            return await control(runtime, execution_uuid, "cancel")
+
+        @router.post(
+            "",
+            status_code=201,
+            response_model=WorkflowInstanceResponse,
+            summary="Create an instance",
+        )
+        async def create_instance(body: CreateInstanceRequest, runtime: runtime_dep) -> Response:
+            try:
+                runtime.definitions.get(body.workflow_name)
+            except WorkflowDefinitionError:
+                return _error(422, "workflowName: no workflow of this name is registered")
+            instance = await runtime.create_instance(
+                body.workflow_name,
+                context=body.context,
+                metadata=body.metadata,
+                trigger_metadata=body.trigger_metadata,
+            )
+            return JSONResponse(instance.to_json(), status_code=201)
+
+    @router.get(
+        "/{instance_uuid}",
+        response_model=WorkflowInstanceResponse,
+        responses=not_found,
+        summary="An instance",
+    )
+    async def get_instance(instance_uuid: UUID, runtime: runtime_dep) -> Response:
+        instance = await runtime.get_instance(instance_uuid)
+        if instance is None:
+            raise WorkflowInstanceNotFoundError(instance_uuid)
+        return JSONResponse(instance.to_json())
+
+    @router.get(
+        "/{instance_uuid}/history",
+        response_model=list[HistoryRecordResponse],
+        summary="An instance's history, newest first",
+    )
+    async def get_history(
+        instance_uuid: UUID,
+        runtime: runtime_dep,
+        limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> Response:
+        history = await runtime.get_history(instance_uuid, limit=limit, offset=offset)
+        return JSONResponse([record.to_json() for record in history])
+
+    @router.get(
+        "/{instance_uuid}/events",
+        response_model=list[AvailableEventResponse],
+        responses=not_found,
+        summary="The events of the instance's current state (guards not evaluated)",
+    )
+    async def get_available_events(instance_uuid: UUID, runtime: runtime_dep) -> Response:
+        events = await runtime.get_available_events(instance_uuid)
+        return JSONResponse([available_event_json(event) for event in events])
+
+    if not read_only:
+
+        @router.post(
+            "/{instance_uuid}/events/{event_name}",
+            response_model=ExecutionResultResponse,
+            responses={**not_found, **conflict, **_NOT_SUPPORTED},
+            summary="Trigger an event",
+        )
+        async def trigger_event(
+            instance_uuid: UUID,
+            event_name: event_path,
+            runtime: runtime_dep,
+            body: TriggerEventRequest | None = None,
+        ) -> Response:
+            body = body or TriggerEventRequest()
+            result = await runtime.trigger_event(
+                instance_uuid,
+                event_name,
+                subject=body.subject,
+                trigger_metadata=body.trigger_metadata,
+                idempotency_key=body.idempotency_key,
+                idempotency_fingerprint=body.idempotency_fingerprint,
+            )
+            return JSONResponse(result.to_json())
+
+        @router.post(
+            "/{instance_uuid}/executions/{event_name}",
+            status_code=202,
+            response_model=WorkflowExecutionResponse,
+            responses={**not_found, **conflict, **_NOT_SUPPORTED},
+            summary="Queue an event for the execution worker",
+        )
+        async def enqueue_event(
+            instance_uuid: UUID,
+            event_name: event_path,
+            body: EnqueueEventRequest,
+            runtime: runtime_dep,
+        ) -> Response:
+            execution = await runtime.enqueue_event(
+                instance_uuid,
+                event_name,
+                idempotency_key=body.idempotency_key,
+                idempotency_fingerprint=body.idempotency_fingerprint,
+                subject=body.subject,
+                trigger_metadata=body.trigger_metadata,
+            )
+            return JSONResponse(execution.to_json(), status_code=202)
+
+        @router.post(
+            "/{instance_uuid}/rearm",
+            response_model=WorkflowInstanceResponse,
+            responses={**not_found, **conflict},
+            summary="Clear a timeout's retry or parked state so it fires again when due",
+        )
+        async def rearm_timeout(instance_uuid: UUID, runtime: runtime_dep) -> Response:
+            return JSONResponse((await runtime.rearm_timeout(instance_uuid)).to_json())
+
+    return router
