@@ -29,6 +29,8 @@ from duraflows_pg_async import WorkflowRuntime
 from duraflows_pg_async._core.validate import require_str
 from duraflows_pg_async._runtime.execution import AvailableEvent
 from duraflows_pg_async.errors import (
+    CommandFailureError,
+    ConnectionLostError,
     DurableExecutionNotSupportedError,
     ExecutionLeaseLostError,
     IdempotencyConflictError,
@@ -36,7 +38,9 @@ from duraflows_pg_async.errors import (
     IdempotencyNotSupportedError,
     InvalidArgumentError,
     InvalidEventError,
+    LockTimeoutError,
     OptimisticLockError,
+    StatementTimeoutError,
     WorkflowDefinitionError,
     WorkflowInstanceBusyError,
     WorkflowInstanceNotFoundError,
@@ -343,6 +347,13 @@ def _mapped(exc: Exception) -> JSONResponse | None:
         return _error(409, "the execution's lease was lost to another worker")
     if isinstance(exc, OptimisticLockError):
         return _error(409, "the instance was changed concurrently; try again")
+    if isinstance(exc, CommandFailureError):
+        # A business failure with nowhere to route it: the request was fine, the state refuses.
+        return _error(
+            409, "a mandatory command failed and the event has no error state; nothing changed"
+        )
+    if isinstance(exc, LockTimeoutError | StatementTimeoutError | ConnectionLostError):
+        return _error(503, "the database did not answer in time; try again")
     if isinstance(exc, InvalidArgumentError):
         return _error(422, _argument_problem(exc))
     if isinstance(exc, DurableExecutionNotSupportedError | IdempotencyNotSupportedError):
@@ -404,10 +415,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorResponse,
         "description": "Not available now: event not in the current state, idempotency key "
-        "reused or in progress, instance busy with a queued execution",
+        "reused or in progress, instance busy with a queued execution, a mandatory command "
+        "failed with no error state",
     },
     413: {"model": ErrorResponse, "description": "Body larger than the router's limit"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
+    503: {
+        "model": ErrorResponse,
+        "description": "Lock or statement timeout, or the database connection was lost",
+    },
 }
 _NOT_SUPPORTED: dict[int | str, dict[str, Any]] = {
     501: {
@@ -445,7 +461,8 @@ def workflow_router(
     404; event not available, idempotency conflict or in progress, instance busy, lease lost, an
     execution whose status does not allow the retry or cancel 409;
     body over ``max_body_bytes`` 413; invalid input or unknown workflow name 422; idempotency or
-    durable execution not enabled 501. Other errors propagate (a 500).
+    durable execution not enabled 501; a lock or statement timeout or a lost connection 503.
+    Other errors propagate (a 500).
 
     Args:
         prefix: the path every route starts with.

@@ -64,7 +64,12 @@ ORDER = WorkflowDefinition(
                 ),
             }
         ),
-        "paid": State(events={"ship": Event(target_state="shipped")}),
+        "paid": State(
+            events={
+                "ship": Event(target_state="shipped"),
+                "refund": Event(target_state="shipped", commands=(CommandRef("refuse"),)),
+            }
+        ),
         "shipped": State(),
         "cancelled": State(),
         "expired": State(),
@@ -83,11 +88,16 @@ async def boom(subject: object, ctx: ExecutionContext) -> CommandResult:
     raise RuntimeError("boom")
 
 
+async def refuse(subject: object, ctx: ExecutionContext) -> CommandResult:
+    return CommandResult(ok=False, code="DECLINED")
+
+
 def build_runtime_factory(clock: ManualClock) -> Any:
     def build_runtime(persistence: WorkflowPersistenceProvider) -> WorkflowRuntime:
         commands = CommandRegistry()
         commands.register("record_payment", record_payment)
         commands.register("boom", boom)
+        commands.register("refuse", refuse)
         definitions = DefinitionRegistry()
         definitions.register(ORDER, command_names=commands.names())
         return WorkflowRuntime(
@@ -264,6 +274,12 @@ async def test_instance_errors(served: Served) -> None:
     response = await client.post(f"/workflows/{uuid}/events/ship")
     assert response.status_code == 409
     assert response.json()["state"] == "created"
+    # A mandatory command failed and the event has no error state: nothing changed.
+    assert (await client.post(f"/workflows/{uuid}/events/pay")).status_code == 200
+    response = await client.post(f"/workflows/{uuid}/events/refund")
+    assert response.status_code == 409
+    assert "no error state" in response.json()["detail"]
+    assert (await client.get(f"/workflows/{uuid}")).json()["currentState"] == "paid"
     for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"limit": "x"}):
         response = await client.get(f"/workflows/{uuid}/history", params=params)
         assert response.status_code == 422, params
