@@ -455,25 +455,36 @@ def stats_sql(schema: str | None, *, workflow: bool) -> str:
     counts, and the oldest due time (the sweep's order: the retry time or the ended claim, else the
     deadline); $1=now (the application's clock) [$2=workflow_name]. Unordered (the store sorts).
 
-    Instances are counted with an index-only scan of 101's (workflow_name, current_state, uuid)
-    index (all of it without a workflow: the one part that reads every row's index entry); due
-    rows through 005's index (100's for one workflow), bounded by the due backlog; the other
-    statuses from 101's partial index, which holds only rows with timeout state.
+    The (workflow, state) pairs are found by skipping through 101's (workflow_name, current_state,
+    uuid) index, one probe per pair (a loose index scan), and each pair's instances are counted
+    with an index-only scan of its range: the count reads every index entry of the workflows
+    asked for (not the rows), and no plan can turn it into a scan of the table. Due rows are found
+    through the due indexes, bounded by the due backlog; the other statuses from 101's partial
+    index, which holds only rows with timeout state. EXPLAIN-tested on 100,000 rows.
     """
     if schema is not None:
         require_identifier(schema, "schema")
     instances = qualify(schema, "workflow_instances")
     of = " AND workflow_name = $2" if workflow else ""
     due_of = f" AND workflow_name = $2 AND {_WORKFLOW_DUE_AT} < $1" if workflow else ""
-    where = " WHERE workflow_name = $2" if workflow else ""
+    first = " WHERE workflow_name = $2" if workflow else ""
     return (
+        "WITH RECURSIVE pairs AS ("
+        f"(SELECT workflow_name, current_state FROM {instances}{first} "
+        "ORDER BY workflow_name, current_state LIMIT 1) "
+        "UNION ALL "
+        "SELECT n.workflow_name, n.current_state FROM pairs AS p CROSS JOIN LATERAL ("
+        f"SELECT workflow_name, current_state FROM {instances} "
+        f"WHERE (workflow_name, current_state) > (p.workflow_name, p.current_state){of} "
+        "ORDER BY workflow_name, current_state LIMIT 1) AS n) "
         "SELECT workflow_name, current_state, max(instances) AS instances, max(due) AS due, "
         "max(retrying) AS retrying, max(parked) AS parked, max(claimed) AS claimed, "
         "max(oldest_due_at) AS oldest_due_at FROM ("
-        "SELECT workflow_name, current_state, count(*) AS instances, 0::bigint AS due, "
+        "SELECT workflow_name, current_state, "
+        f"(SELECT count(*) FROM {instances} AS i WHERE i.workflow_name = pairs.workflow_name "
+        "AND i.current_state = pairs.current_state) AS instances, 0::bigint AS due, "
         "0::bigint AS retrying, 0::bigint AS parked, 0::bigint AS claimed, "
-        f"NULL::timestamptz AS oldest_due_at FROM {instances}{where} "
-        "GROUP BY workflow_name, current_state "
+        "NULL::timestamptz AS oldest_due_at FROM pairs "
         "UNION ALL "
         f"SELECT workflow_name, current_state, 0, count(*), 0, 0, 0, min({_DUE_AT}) "
         f"FROM {instances} WHERE {_due_at('$1')}{due_of} GROUP BY workflow_name, current_state "
