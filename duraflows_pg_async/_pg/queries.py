@@ -123,7 +123,8 @@ def _instance_uuids(instances: str, after: str) -> str:
     SQL, hence ANY), then ``after`` (a further condition on uuid, or nothing). PostgreSQL's uuid
     order is the byte order, the order of Python's UUID and of the lowercase text form. A rare
     version is found with 006's index on (workflow_name, definition_version), then sorted; a
-    common one is read from the primary key in uuid order up to the page (EXPLAIN-tested).
+    common one is read in uuid order up to the page, from 101's (workflow_name, uuid) index (the
+    primary key without 101) (EXPLAIN-tested).
     """
     return (
         f"SELECT uuid FROM {instances} WHERE workflow_name = $1 AND definition_version = $2 "
@@ -415,9 +416,10 @@ def list_instances_sql(
     combination is a statement of its own (no "$n IS NULL OR ...", which a generic plan could not
     use as an index condition). The order is the uuid's (PostgreSQL's byte order, Python's UUID
     order): the primary key serves the unfiltered list, migration 101's indexes a workflow's
-    rows, by state, or those with timeout state, each in that order up to the page; due rows are
-    found through the due indexes of 005 and 100 and sorted (there are only as many as the due
-    backlog). EXPLAIN-tested on 100,000 rows (tests/integration/test_instance_queries.py).
+    rows, by state, or those with timeout state, each in that order up to the page. Due rows are
+    found through the deadline indexes (001's, 005's, 100's) and sorted: only as many as have
+    passed their deadline. A rare state or version may be found first, then sorted.
+    EXPLAIN-tested on 100,000 rows (tests/integration/test_instance_query_plans.py).
     """
     if schema is not None:
         require_identifier(schema, "schema")
@@ -460,7 +462,8 @@ def stats_sql(schema: str | None, *, workflow: bool) -> str:
     with an index-only scan of its range: the count reads every index entry of the workflows
     asked for (not the rows), and no plan can turn it into a scan of the table. Due rows are found
     through the due indexes, bounded by the due backlog; the other statuses from 101's partial
-    index, which holds only rows with timeout state. EXPLAIN-tested on 100,000 rows.
+    index, which holds only rows with timeout state. EXPLAIN-tested on 100,000 rows
+    (tests/integration/test_instance_query_plans.py).
     """
     if schema is not None:
         require_identifier(schema, "schema")

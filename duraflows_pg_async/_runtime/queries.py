@@ -12,7 +12,7 @@ from uuid import UUID
 
 from duraflows_pg_async._core.model import StateStats, WorkflowInstance
 from duraflows_pg_async._core.store_checks import checked_instance_query
-from duraflows_pg_async._core.validate import require_int
+from duraflows_pg_async._core.validate import require_int, require_str
 from duraflows_pg_async.errors import InvalidArgumentError
 
 from .instance_updates import utc_now
@@ -71,6 +71,8 @@ async def list_instances(
 
 
 async def stats(runtime: WorkflowRuntime, *, workflow_name: str | None) -> list[StateStats]:
+    if workflow_name is not None:
+        require_str(workflow_name, "workflow_name")
     return await runtime.persistence.instance_store.stats(
         now=utc_now(runtime.clock), workflow_name=workflow_name
     )
