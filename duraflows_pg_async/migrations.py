@@ -310,7 +310,7 @@ def generate_migration_sql(
     include_idempotency: bool = False,
     include_durable_execution: bool = False,
 ) -> MigrationSql:
-    """The whole schema of the packaged migrations (001-006 and 100, and with the flags the
+    """The whole schema of the packaged migrations (001-006, 100 and 101, and with the flags the
     optional 007 and 008) as one fresh-install script, and its drop script.
 
     ``uuid_strategy`` picks the history uuid default: ``"gen_random_uuid"`` (PostgreSQL 13+) or
@@ -461,6 +461,17 @@ CREATE INDEX workflow_instances_workflow_due_idx
     ON {instances}
     (workflow_name, (coalesce(timeout_retry_at, expires_at, 'infinity'::timestamptz)))
     WHERE expires_at IS NOT NULL AND timeout_parked_at IS NULL;
+
+CREATE INDEX workflow_instances_workflow_uuid_idx
+    ON {instances} (workflow_name, uuid);
+
+CREATE INDEX workflow_instances_workflow_state_idx
+    ON {instances} (workflow_name, current_state, uuid);
+
+CREATE INDEX workflow_instances_timeout_state_idx
+    ON {instances} (workflow_name, uuid)
+    INCLUDE (current_state, timeout_attempts, timeout_retry_at, timeout_parked_at)
+    WHERE timeout_attempts > 0 OR timeout_retry_at IS NOT NULL OR timeout_parked_at IS NOT NULL;
 
 CREATE TABLE {history} (
     uuid                   uuid        PRIMARY KEY DEFAULT {uuid_default},

@@ -8,6 +8,7 @@ Import them to annotate: code rarely builds one. The everyday ones
 from __future__ import annotations
 
 from ._core.executions import CommandCheckpoint, ExecutionStatus, WorkflowExecution
+from ._core.model import InstanceStatus, StateStats
 from ._definitions.registries import RegisteredCommand, RegisteredGuard
 from ._runtime.durable import ProcessPendingResult
 from ._runtime.execution import (
@@ -28,6 +29,7 @@ from ._runtime.migration_model import (
     MigrationResult,
     SkippedInstance,
 )
+from ._runtime.queries import InstancePage
 from ._runtime.worker import WorkerStats
 
 __all__ = [
@@ -52,6 +54,9 @@ __all__ = [
     "SkippedInstance",
     "MigrationFailure",
     "ContextTransform",
+    "InstancePage",
+    "InstanceStatus",
+    "StateStats",
 ]
 
 for _name in __all__:

@@ -13,7 +13,7 @@ from typing_extensions import TypeVar
 
 from .executions import WorkflowExecution
 from .idempotency import IdempotencyRecord
-from .model import HistoryRecord, StoredWorkflowDefinition, WorkflowInstance
+from .model import HistoryRecord, StateStats, StoredWorkflowDefinition, WorkflowInstance
 
 __all__ = [
     "Clock",
@@ -81,6 +81,22 @@ class WorkflowInstanceStore(Protocol):
         states: Sequence[str] | None = None,
         exclude_states: Sequence[str] | None = None,
     ) -> list[UUID]: ...
+
+    async def list_instances(
+        self,
+        *,
+        limit: int,
+        now: datetime,
+        workflow_name: str | None = None,
+        state: str | None = None,
+        definition_version: int | None = None,
+        status: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowInstance]: ...
+
+    async def stats(
+        self, *, now: datetime, workflow_name: str | None = None
+    ) -> list[StateStats]: ...
 
 
 @runtime_checkable

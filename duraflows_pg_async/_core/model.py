@@ -19,6 +19,8 @@ __all__ = [
     "ExecutionResult",
     "HistoryOutcome",
     "HistoryRecord",
+    "InstanceStatus",
+    "StateStats",
     "StoredWorkflowDefinition",
     "TimeoutRetry",
     "WorkflowInstance",
@@ -309,6 +311,33 @@ class StoredWorkflowDefinition:
             "definitionJson": copy_json(self.definition_json),
             "registeredAt": utc_text(self.registered_at, "StoredWorkflowDefinition.registered_at"),
         }
+
+
+InstanceStatus = Literal["due", "retrying", "parked", "claimed"]
+"""A timeout status ``list_instances`` filters by (the sweep's view of an instance's timeout).
+
+``"due"``: a sweep would take it now (its deadline, retry time or ended claim has passed, and it
+is not parked); ``"retrying"``: a timeout failed and waits for a retry; ``"parked"``: retries are
+exhausted; ``"claimed"``: a sweep took it (the claim ends at the stored retry time). Due overlaps
+retrying (a retry whose time has come) and claimed (a claim that has ended).
+"""
+INSTANCE_STATUSES: tuple[str, ...] = ("due", "retrying", "parked", "claimed")
+
+
+@dataclass(frozen=True, slots=True)
+class StateStats:
+    """How many instances of one workflow are in one state, and their timeout statuses."""
+
+    workflow_name: str
+    state: str
+    instances: int
+    due: int
+    """Instances a sweep would take now."""
+    retrying: int
+    parked: int
+    claimed: int
+    oldest_due_at: datetime | None
+    """When the longest-waiting due instance fell due (``None``: none is due)."""
 
 
 ExecutionOutcome = Literal["success", "failure", "guard-rejected"]

@@ -13,7 +13,14 @@ from uuid import UUID
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async.errors import InvalidArgumentError
 
-from .model import HISTORY_OUTCOMES, CommandResult, HistoryRecord, TimeoutRetry, WorkflowInstance
+from .model import (
+    HISTORY_OUTCOMES,
+    INSTANCE_STATUSES,
+    CommandResult,
+    HistoryRecord,
+    TimeoutRetry,
+    WorkflowInstance,
+)
 from .validate import (
     INT4_MAX,
     check_json,
@@ -30,8 +37,11 @@ __all__ = [
     "check_ensure_arguments",
     "checked_count_arguments",
     "checked_instance",
+    "checked_instance_query",
     "checked_listing_arguments",
+    "checked_listing_page",
     "checked_record",
+    "checked_stats_arguments",
     "checked_workflow_names",
 ]
 
@@ -118,6 +128,43 @@ def checked_listing_arguments(
         _optional_states(states, "states"),
         _optional_states(exclude_states, "exclude_states"),
     )
+
+
+def checked_instance_query(
+    workflow_name: object, state: object, definition_version: object, status: object
+) -> None:
+    """Validate the filters of ``list_instances`` (and of its cursor).
+
+    ``state`` and ``definition_version`` need ``workflow_name``: both are named per workflow, and
+    the indexes that serve them lead with it. ``status`` is None or one of ``INSTANCE_STATUSES``.
+    """
+    if workflow_name is not None:
+        require_str(workflow_name, "workflow_name")
+    if state is not None:
+        require_str(state, "state")
+    optional_int(definition_version, "definition_version", minimum=1, maximum=INT4_MAX)
+    if workflow_name is None:
+        for name, value in (("state", state), ("definition_version", definition_version)):
+            if value is not None:
+                raise InvalidArgumentError(f"{name} needs workflow_name")
+    if status is not None and (not isinstance(status, str) or status not in INSTANCE_STATUSES):
+        raise InvalidArgumentError(
+            f"status must be None or one of {list(INSTANCE_STATUSES)}, got {echo(status)}"
+        )
+
+
+def checked_listing_page(limit: object, now: object, after_uuid: object) -> UUID | None:
+    """Validate the page arguments of the store's ``list_instances``; returns ``after_uuid``."""
+    require_int(limit, "limit", minimum=1, maximum=INT4_MAX)
+    require_aware(now, "now")
+    return None if after_uuid is None else coerce_uuid(after_uuid, "after_uuid")
+
+
+def checked_stats_arguments(workflow_name: object, now: object) -> None:
+    """Validate the arguments of the store's ``stats``."""
+    if workflow_name is not None:
+        require_str(workflow_name, "workflow_name")
+    require_aware(now, "now")
 
 
 def _optional_states(states: object, name: str) -> list[str] | None:

@@ -9,11 +9,14 @@ from datetime import datetime
 from uuid import UUID
 
 from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async._core.model import WorkflowInstance
+from duraflows_pg_async._core.model import StateStats, WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
     checked_instance,
+    checked_instance_query,
     checked_listing_arguments,
+    checked_listing_page,
+    checked_stats_arguments,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
@@ -37,6 +40,42 @@ from .store_base import MemoryStore, reading_level, statement
 from .transaction import Level
 
 __all__ = ["MemoryWorkflowInstanceStore"]
+
+
+def _due_at(row: WorkflowInstance, claim: datetime | None, now: datetime) -> datetime | None:
+    """When ``row`` fell due if a sweep would take it at ``now`` (the PostgreSQL store's rule),
+    else None. ``claim`` is its sweep claim, if any."""
+    expires_at = row.expires_at
+    if expires_at is None or not expires_at < now:
+        return None
+    retry = row.timeout_retry
+    if retry is None:
+        if claim is None:
+            return expires_at
+        return claim if claim < now else None
+    if retry.parked_at is not None:
+        return None
+    if retry.retry_at is None:
+        return expires_at
+    return retry.retry_at if retry.retry_at < now else None
+
+
+_STATUS_NAMES = ("due", "retrying", "parked", "claimed")
+
+
+def _statuses(row: WorkflowInstance, claim: datetime | None, now: datetime) -> set[str]:
+    retry = row.timeout_retry
+    found = set()
+    if _due_at(row, claim, now) is not None:
+        found.add("due")
+    if retry is None:
+        if claim is not None:
+            found.add("claimed")
+    elif retry.parked_at is None:
+        found.add("retrying")
+    else:
+        found.add("parked")
+    return found
 
 
 class MemoryWorkflowInstanceStore(MemoryStore):
@@ -356,3 +395,71 @@ class MemoryWorkflowInstanceStore(MemoryStore):
             and row.current_state not in excluded_set
         )
         return found[:limit]
+
+    async def list_instances(
+        self,
+        *,
+        limit: int,
+        now: datetime,
+        workflow_name: str | None = None,
+        state: str | None = None,
+        definition_version: int | None = None,
+        status: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowInstance]:
+        """Up to ``limit`` instances matching every filter given, in ascending uuid order, each
+        greater than ``after_uuid`` (see the PostgreSQL store). Does not lock."""
+        checked_instance_query(workflow_name, state, definition_version, status)
+        after = checked_listing_page(limit, now, after_uuid)
+        database = self._database
+        level = reading_level(database, "list_instances")
+        claims = database._claims
+        found = sorted(
+            (
+                row
+                for row in database._all_instances(level).values()
+                if (workflow_name is None or row.workflow_name == workflow_name)
+                and (state is None or row.current_state == state)
+                and (definition_version is None or row.definition_version == definition_version)
+                and (after is None or row.uuid > after)
+                and (status is None or status in _statuses(row, claims.get(row.uuid), now))
+            ),
+            # UUIDs compare as 128-bit integers: PostgreSQL's (byte) order of uuid values.
+            key=lambda row: row.uuid,
+        )
+        return [export_instance(row, claims) for row in found[:limit]]
+
+    async def stats(self, *, now: datetime, workflow_name: str | None = None) -> list[StateStats]:
+        """Per (workflow, state) with at least one instance: the counts and the oldest due time
+        (see the PostgreSQL store); sorted by workflow name then state."""
+        checked_stats_arguments(workflow_name, now)
+        database = self._database
+        level = reading_level(database, "stats")
+        claims = database._claims
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        oldest: dict[tuple[str, str], datetime] = {}
+        for row in database._all_instances(level).values():
+            if workflow_name is not None and row.workflow_name != workflow_name:
+                continue
+            key = (row.workflow_name, row.current_state)
+            tally = counts.setdefault(key, dict.fromkeys(("instances", *_STATUS_NAMES), 0))
+            tally["instances"] += 1
+            claim = claims.get(row.uuid)
+            for name in _statuses(row, claim, now):
+                tally[name] += 1
+            due_at = _due_at(row, claim, now)
+            if due_at is not None and (key not in oldest or due_at < oldest[key]):
+                oldest[key] = due_at
+        return [
+            StateStats(
+                workflow_name=key[0],
+                state=key[1],
+                instances=tally["instances"],
+                due=tally["due"],
+                retrying=tally["retrying"],
+                parked=tally["parked"],
+                claimed=tally["claimed"],
+                oldest_due_at=oldest.get(key),
+            )
+            for key, tally in sorted(counts.items())
+        ]

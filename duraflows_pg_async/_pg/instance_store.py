@@ -11,11 +11,19 @@ from uuid import UUID
 import asyncpg
 
 from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async._core.model import TimeoutRetry, WorkflowInstance
+from duraflows_pg_async._core.model import (
+    INSTANCE_STATUSES,
+    StateStats,
+    TimeoutRetry,
+    WorkflowInstance,
+)
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
     checked_instance,
+    checked_instance_query,
     checked_listing_arguments,
+    checked_listing_page,
+    checked_stats_arguments,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
@@ -40,7 +48,7 @@ from duraflows_pg_async.errors import (
 
 from .codecs import decoded
 from .json_numbers import UnreadableJsonError
-from .queries import render_queries
+from .queries import list_instances_sql, render_queries, stats_sql
 from .runner import AnyConnection
 from .store_base import PgStore
 
@@ -442,3 +450,69 @@ class PgWorkflowInstanceStore(PgStore):
             else:
                 rows = await executor.fetch(self._q.find_instance_uuids_after, *args, after)
         return [row["uuid"] for row in rows]
+
+    async def list_instances(
+        self,
+        *,
+        limit: int,
+        now: datetime,
+        workflow_name: str | None = None,
+        state: str | None = None,
+        definition_version: int | None = None,
+        status: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowInstance]:
+        """Up to ``limit`` instances matching every filter given, in ascending uuid order, each
+        greater than ``after_uuid`` (a keyset cursor). Does not lock.
+
+        ``state`` and ``definition_version`` need ``workflow_name``; ``status`` is one of
+        ``"due"`` (at ``now``), ``"retrying"``, ``"parked"``, ``"claimed"``. Each combination is
+        served by an index (see ``queries.list_instances_sql``).
+        """
+        checked_instance_query(workflow_name, state, definition_version, status)
+        after = checked_listing_page(limit, now, after_uuid)
+        # The tuple's own string: a str subclass never reaches the statement cache.
+        wanted = None if status is None else INSTANCE_STATUSES[INSTANCE_STATUSES.index(status)]
+        sql = list_instances_sql(
+            self._schema,
+            workflow=workflow_name is not None,
+            state=state is not None,
+            version=definition_version is not None,
+            status=wanted,
+            after=after is not None,
+        )
+        args: list[Any] = [limit]
+        args += [v for v in (workflow_name, state, definition_version) if v is not None]
+        if wanted == "due":
+            args.append(now)
+        if after is not None:
+            args.append(after)
+        executor = self._executor()
+        with map_db_errors("list_instances", executor):
+            rows = await executor.fetch(sql, *args)
+        return [_instance_from_row(row) for row in rows]
+
+    async def stats(self, *, now: datetime, workflow_name: str | None = None) -> list[StateStats]:
+        """Per (workflow, state) with at least one instance: the instance count, the due (at
+        ``now``), retrying, parked and claimed counts, and the oldest due time; sorted by
+        workflow name then state (Python's string order)."""
+        checked_stats_arguments(workflow_name, now)
+        sql = stats_sql(self._schema, workflow=workflow_name is not None)
+        args: tuple[Any, ...] = (now,) if workflow_name is None else (now, workflow_name)
+        executor = self._executor()
+        with map_db_errors("stats", executor):
+            rows = await executor.fetch(sql, *args)
+        found = [
+            StateStats(
+                workflow_name=row["workflow_name"],
+                state=row["current_state"],
+                instances=row["instances"],
+                due=row["due"],
+                retrying=row["retrying"],
+                parked=row["parked"],
+                claimed=row["claimed"],
+                oldest_due_at=row["oldest_due_at"],
+            )
+            for row in rows
+        ]
+        return sorted(found, key=lambda s: (s.workflow_name, s.state))

@@ -123,7 +123,8 @@ def _instance_uuids(instances: str, after: str) -> str:
     SQL, hence ANY), then ``after`` (a further condition on uuid, or nothing). PostgreSQL's uuid
     order is the byte order, the order of Python's UUID and of the lowercase text form. A rare
     version is found with 006's index on (workflow_name, definition_version), then sorted; a
-    common one is read from the primary key in uuid order up to the page (EXPLAIN-tested).
+    common one is read in uuid order up to the page, from 101's (workflow_name, uuid) index (the
+    primary key without 101) (EXPLAIN-tested).
     """
     return (
         f"SELECT uuid FROM {instances} WHERE workflow_name = $1 AND definition_version = $2 "
@@ -374,4 +375,127 @@ def list_active_executions(schema: str | None) -> str:
         "WHERE status IN ('pending', 'running', 'parked') AND status = ANY($1::text[]) "
         "AND ($2::text IS NULL OR execution_json->>'workflowName' = $2) "
         "ORDER BY available_at, uuid LIMIT $3"
+    )
+
+
+# --- list_instances and stats ------------------------------------------------------------------
+
+# The statuses list_instances filters by and stats counts, as docs/operations.md defines them.
+# "due" is the sweep's rule (_DUE) at the application clock's now: a claim that has not ended is
+# not due, an ended one is due from its end.
+_STATUS_OF = {
+    "retrying": "timeout_attempts > 0 AND timeout_parked_at IS NULL",
+    "parked": "timeout_parked_at IS NOT NULL",
+    "claimed": "timeout_attempts = 0 AND timeout_retry_at IS NOT NULL",
+}
+# Migration 101's partial index: every retrying, parked or claimed row (repeated in the queries
+# so that the planner matches the index without proving the implication).
+_TIMEOUT_STATE = (
+    "(timeout_attempts > 0 OR timeout_retry_at IS NOT NULL OR timeout_parked_at IS NOT NULL)"
+)
+
+
+def _due_at(now: str) -> str:
+    return _DUE.replace("$2", now)
+
+
+@lru_cache(maxsize=256)
+def list_instances_sql(
+    schema: str | None,
+    *,
+    workflow: bool,
+    state: bool,
+    version: bool,
+    status: str | None,
+    after: bool,
+) -> str:
+    """One page of list_instances, in uuid order, for one combination of filters.
+
+    $1=limit, then one parameter per filter given, in this order: workflow_name, current_state,
+    definition_version, now (status "due" only), after (the last uuid of the page before). Each
+    combination is a statement of its own (no "$n IS NULL OR ...", which a generic plan could not
+    use as an index condition). The order is the uuid's (PostgreSQL's byte order, Python's UUID
+    order): the primary key serves the unfiltered list, migration 101's indexes a workflow's
+    rows, by state, or those with timeout state, each in that order up to the page. Due rows are
+    found through the deadline indexes (001's, 005's, 100's) and sorted: only as many as have
+    passed their deadline. A rare state or version may be found first, then sorted.
+    EXPLAIN-tested on 100,000 rows (tests/integration/test_instance_query_plans.py).
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    instances = qualify(schema, "workflow_instances")
+    where: list[str] = []
+    number = 1
+
+    def param() -> str:
+        nonlocal number
+        number += 1
+        return f"${number}"
+
+    if workflow:
+        where.append(f"workflow_name = {param()}")
+    if state:
+        where.append(f"current_state = {param()}")
+    if version:
+        where.append(f"definition_version = {param()}")
+    if status == "due":
+        now = param()
+        where.append(_due_at(now))
+        if workflow:
+            where.append(f"{_WORKFLOW_DUE_AT} < {now}")
+    elif status is not None:
+        where.append(f"{_STATUS_OF[status]} AND {_TIMEOUT_STATE}")
+    if after:
+        where.append(f"uuid > {param()}")
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {INSTANCE_COLUMNS} FROM {instances}{condition} ORDER BY uuid LIMIT $1"
+
+
+@lru_cache(maxsize=32)
+def stats_sql(schema: str | None, *, workflow: bool) -> str:
+    """Per (workflow_name, current_state): instances and the due, retrying, parked and claimed
+    counts, and the oldest due time (the sweep's order: the retry time or the ended claim, else the
+    deadline); $1=now (the application's clock) [$2=workflow_name]. Unordered (the store sorts).
+
+    The (workflow, state) pairs are found by skipping through 101's (workflow_name, current_state,
+    uuid) index, one probe per pair (a loose index scan), and each pair's instances are counted
+    with an index-only scan of its range: the count reads every index entry of the workflows
+    asked for (not the rows), and no plan can turn it into a scan of the table. Due rows are found
+    through the due indexes, bounded by the due backlog; the other statuses from 101's partial
+    index, which holds only rows with timeout state. EXPLAIN-tested on 100,000 rows
+    (tests/integration/test_instance_query_plans.py).
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    instances = qualify(schema, "workflow_instances")
+    of = " AND workflow_name = $2" if workflow else ""
+    due_of = f" AND workflow_name = $2 AND {_WORKFLOW_DUE_AT} < $1" if workflow else ""
+    first = " WHERE workflow_name = $2" if workflow else ""
+    return (
+        "WITH RECURSIVE pairs AS ("
+        f"(SELECT workflow_name, current_state FROM {instances}{first} "
+        "ORDER BY workflow_name, current_state LIMIT 1) "
+        "UNION ALL "
+        "SELECT n.workflow_name, n.current_state FROM pairs AS p CROSS JOIN LATERAL ("
+        f"SELECT workflow_name, current_state FROM {instances} "
+        f"WHERE (workflow_name, current_state) > (p.workflow_name, p.current_state){of} "
+        "ORDER BY workflow_name, current_state LIMIT 1) AS n) "
+        "SELECT workflow_name, current_state, max(instances) AS instances, max(due) AS due, "
+        "max(retrying) AS retrying, max(parked) AS parked, max(claimed) AS claimed, "
+        "max(oldest_due_at) AS oldest_due_at FROM ("
+        "SELECT workflow_name, current_state, "
+        f"(SELECT count(*) FROM {instances} AS i WHERE i.workflow_name = pairs.workflow_name "
+        "AND i.current_state = pairs.current_state) AS instances, 0::bigint AS due, "
+        "0::bigint AS retrying, 0::bigint AS parked, 0::bigint AS claimed, "
+        "NULL::timestamptz AS oldest_due_at FROM pairs "
+        "UNION ALL "
+        f"SELECT workflow_name, current_state, 0, count(*), 0, 0, 0, min({_DUE_AT}) "
+        f"FROM {instances} WHERE {_due_at('$1')}{due_of} GROUP BY workflow_name, current_state "
+        "UNION ALL "
+        "SELECT workflow_name, current_state, 0, 0, "
+        f"count(*) FILTER (WHERE {_STATUS_OF['retrying']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['parked']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['claimed']}), NULL "
+        f"FROM {instances} WHERE {_TIMEOUT_STATE}{of} GROUP BY workflow_name, current_state"
+        ") AS parts GROUP BY workflow_name, current_state"
     )

@@ -15,7 +15,7 @@ class PgStore:
     """Base of the stores: runs a statement on the current transaction's connection, else on the
     pool as one autocommit statement. The pool is never closed by a store."""
 
-    __slots__ = ("_pool", "_q")
+    __slots__ = ("_pool", "_q", "_schema")
 
     def __init__(self, pool: asyncpg.Pool, *, schema: str | None = None) -> None:
         if not isinstance(pool, asyncpg.Pool):
@@ -25,6 +25,7 @@ class PgStore:
             # Checked before render_queries: its lru_cache needs a hashable key, and any bad
             # schema must be an InvalidArgumentError.
             require_identifier(schema, "schema")
+        self._schema = schema
         self._q: Queries = render_queries(schema)
 
     def _executor(self) -> AnyConnection | asyncpg.Pool:

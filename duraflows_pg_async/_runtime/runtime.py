@@ -18,7 +18,12 @@ from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.executions import DurableExecutionPolicy, WorkflowExecution
-from duraflows_pg_async._core.model import HistoryRecord, WorkflowInstance
+from duraflows_pg_async._core.model import (
+    HistoryRecord,
+    InstanceStatus,
+    StateStats,
+    WorkflowInstance,
+)
 from duraflows_pg_async._core.validate import (
     check_json,
     coerce_uuid,
@@ -60,6 +65,7 @@ from .migration_model import (
     checked_migration,
 )
 from .observers import EnteredStates, Observer
+from .queries import InstancePage, list_instances, stats
 from .sweeper import DEFAULT_SWEEP_LEASE, Sweeper, checked_lease, sweep_names
 from .transitions import Transition, result_attributes
 
@@ -511,6 +517,36 @@ class WorkflowRuntime:
             dry_run=dry_run,
         )
         return await migrate_instances(self, request)
+
+    async def list_instances(
+        self,
+        *,
+        workflow_name: str | None = None,
+        state: str | None = None,
+        definition_version: int | None = None,
+        status: InstanceStatus | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> InstancePage:
+        """One page (``limit``: 1 to 1,000) of the instances matching every filter, by uuid;
+        ``next_cursor`` is the ``after`` of the next page. ``state`` and ``definition_version``
+        need ``workflow_name``; ``status``: see
+        [`InstanceStatus`][duraflows_pg_async.types.InstanceStatus] (due at the runtime's clock).
+        See docs/operations.md; a bad argument or cursor raises InvalidArgumentError."""
+        return await list_instances(
+            self,
+            workflow_name=workflow_name,
+            state=state,
+            definition_version=definition_version,
+            status=status,
+            limit=limit,
+            after=after,
+        )
+
+    async def stats(self, *, workflow_name: str | None = None) -> list[StateStats]:
+        """Instance and timeout-status counts per workflow and state, sorted; due at the
+        runtime's clock. See [`StateStats`][duraflows_pg_async.types.StateStats]."""
+        return await stats(self, workflow_name=workflow_name)
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

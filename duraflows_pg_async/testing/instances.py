@@ -29,14 +29,15 @@ from ._helpers import (
 )
 from .data import make_instance
 from .instance_listing import InstanceListingChecks
+from .instance_queries import InstanceQueryChecks
 from .instance_timeouts import InstanceTimeoutChecks
 
 __all__ = ["InstanceStoreConformance"]
 
 
-class InstanceStoreConformance(InstanceTimeoutChecks, InstanceListingChecks):
+class InstanceStoreConformance(InstanceTimeoutChecks, InstanceListingChecks, InstanceQueryChecks):
     """The ``WorkflowInstanceStore`` contract (create, find, lock, update, due timeouts, parked
-    timeouts, counting, listing by version).
+    timeouts, counting, listing by version, listing and counting by filter and status).
 
     Subclass in a test module as ``class TestX(InstanceStoreConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh, empty ``WorkflowPersistenceProvider``.

@@ -34,7 +34,7 @@ def run_demo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_demo_output(out: str) -> None:
-    assert "migrations applied now: 001, 002, 003, 004, 005, 006, 007, 008, 100\n" in out
+    assert "migrations applied now: 001, 002, 003, 004, 005, 006, 007, 008, 100, 101\n" in out
     assert "4 orders cancelled, each exactly once" in out
     states = dict(re.findall(r"Order #(\d+) .* state=(\S+)", out))
     assert states == {

@@ -409,12 +409,18 @@ async def test_find_instance_uuids_is_served_by_an_index(pool: asyncpg.Pool) -> 
             nodes = plan_nodes(await pool.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
             indexes = {n["Index Name"] for n in nodes if "Index Name" in n}
             assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
-            # A common version is read in uuid order from the primary key, up to the page; a
-            # rare one from 006's index, then sorted.
+            # A common version is read in uuid order from 101's (workflow_name, uuid) index (or
+            # the primary key), up to the page; a rare workflow's rows from 006's index or 101's,
+            # then sorted.
             if workflow == "rare":
-                assert indexes == {version_index}, nodes
+                assert len(indexes) == 1, nodes
+                assert indexes <= {version_index, "workflow_instances_workflow_uuid_idx"}, nodes
             else:
-                assert indexes <= {"workflow_instances_pkey", version_index}, nodes
+                assert indexes <= {
+                    "workflow_instances_pkey",
+                    "workflow_instances_workflow_uuid_idx",
+                    version_index,
+                }, nodes
                 assert indexes, nodes
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from conftest import MakeDatabase, PgServer
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "007", "008", "100"]
+ALL_VERSIONS = ["001", "002", "003", "004", "005", "006", "007", "008", "100", "101"]
 # The release before 007 and 008 shipped these.
 PREVIOUS_RELEASE = ["001", "002", "003", "004", "005", "006", "100"]
 MIGRATION = {m.version: m for m in list_migrations()}
@@ -402,16 +402,17 @@ async def test_apply_up_to_a_target(conn: asyncpg.Connection) -> None:
         ("007", False),
         ("008", False),
         ("100", False),
+        ("101", False),
     ]
     assert not await table_exists(conn, "workflow_definitions")
     assert "rejected_by" in await columns(conn, "workflow_history")
     assert await apply(conn, target="002") == []  # a target never rolls back
-    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100", "101"]
 
 
 async def test_target_006_stops_before_the_optional_tables(conn: asyncpg.Connection) -> None:
     assert versions(await apply(conn, target="006")) == ALL_VERSIONS[:6]
-    assert [s.version for s in await status(conn) if not s.applied] == ["007", "008", "100"]
+    assert [s.version for s in await status(conn) if not s.applied] == ["007", "008", "100", "101"]
     for table in OPTIONAL_TABLES:
         assert not await table_exists(conn, table)
     assert versions(await apply(conn, target="007")) == ["007"]
@@ -430,9 +431,10 @@ async def test_a_database_of_the_previous_release_gets_007_and_008(
     assert [(s.version, s.name) for s in await status(conn) if not s.applied] == [
         ("007", "event_idempotency"),
         ("008", "durable_execution"),
+        ("101", "instance_listing"),
     ]
 
-    assert versions(await apply(conn)) == ["007", "008"]
+    assert versions(await apply(conn)) == ["007", "008", "101"]
     assert await applied_versions(conn) == ALL_VERSIONS
     await assert_upstream_optional_tables(conn)
     fresh = await asyncpg.connect(other_empty_database)
@@ -442,8 +444,8 @@ async def test_a_database_of_the_previous_release_gets_007_and_008(
     finally:
         await fresh.close()
 
-    # Rolled back in version order: 100 first, then 008 and 007.
-    assert versions(await rollback(conn, steps=3)) == ["100", "008", "007"]
+    # Rolled back in version order: 101 and 100 first, then 008 and 007.
+    assert versions(await rollback(conn, steps=4)) == ["101", "100", "008", "007"]
     assert await applied_versions(conn) == ALL_VERSIONS[:6]
     for table in OPTIONAL_TABLES:
         assert not await table_exists(conn, table)
@@ -490,6 +492,9 @@ async def test_versions_of_other_tools_are_left_alone(conn: asyncpg.Connection) 
 
 async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     await apply(conn)
+    assert versions(await rollback(conn)) == ["101"]
+    assert await index_count(conn, "workflow_instances_workflow_state_idx") == 0
+    assert await index_count(conn, "workflow_instances_timeout_state_idx") == 0
     assert versions(await rollback(conn)) == ["100"]
     assert await index_count(conn, "workflow_instances_workflow_due_idx") == 0
     assert versions(await rollback(conn)) == ["008"]
@@ -506,7 +511,7 @@ async def test_rollback_steps(conn: asyncpg.Connection) -> None:
     assert "definition_version" not in instance_columns
     assert not any(c.startswith("timeout_") for c in instance_columns)
     assert not await table_exists(conn, "workflow_definitions")
-    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100"]
+    assert versions(await apply(conn)) == ["004", "005", "006", "007", "008", "100", "101"]
 
 
 @pytest.mark.parametrize("steps", [0, -1, True, 1.5, "1", None])
@@ -653,7 +658,15 @@ async def test_003_down_fails_while_guard_rejected_rows_exist(conn: asyncpg.Conn
         "rejected_by) VALUES ($1, 'approve', 'new', 'guard-rejected', 'is_manager')",
         instance,
     )
-    assert versions(await rollback(conn, steps=6)) == ["100", "008", "007", "006", "005", "004"]
+    assert versions(await rollback(conn, steps=7)) == [
+        "101",
+        "100",
+        "008",
+        "007",
+        "006",
+        "005",
+        "004",
+    ]
     before = await catalog(conn, "public")
     with pytest.raises(DatabaseError, match="003_event_guards") as info:
         await rollback(conn)
@@ -1000,6 +1013,9 @@ async def test_generator_and_files_build_the_same_catalog(
         "workflow_instances_timeout_parked_idx",
         "workflow_instances_definition_version_idx",
         "workflow_instances_workflow_due_idx",
+        "workflow_instances_workflow_uuid_idx",
+        "workflow_instances_workflow_state_idx",
+        "workflow_instances_timeout_state_idx",
     }
     column_counts = {
         t: sum(1 for c in expected["columns"] if c[0] == t) for t in expected["tables"]
@@ -1305,10 +1321,10 @@ async def test_duraflows_pg_applies_and_dbmate_agrees(
     assert "Applying" not in await tools.dbmate("up")  # nothing left for dbmate to do
     await tools.agree(ALL_VERSIONS)
 
-    assert "rolled back 100_" in await tools.cli("down", "--yes")
+    assert "rolled back 101_" in await tools.cli("down", "--yes")
     await tools.agree(ALL_VERSIONS[:-1])
     report = await tools.dbmate("up")
-    assert "Applying: 100_" in report
+    assert "Applying: 101_" in report
     assert "Applying: 006_" not in report
     await tools.agree(ALL_VERSIONS)
 
@@ -1338,6 +1354,7 @@ async def test_dbmate_adds_007_and_008_to_a_database_of_the_previous_release(
     assert re.findall(r"^Applying: (\S+)$", report, re.MULTILINE) == [
         "007_event_idempotency.sql",
         "008_durable_execution.sql",
+        "101_instance_listing.sql",
     ]
     await tools.agree(ALL_VERSIONS)
     await assert_upstream_optional_tables(conn)
@@ -1348,7 +1365,9 @@ async def test_dbmate_adds_007_and_008_to_a_database_of_the_previous_release(
     finally:
         await ours.close()
 
-    # Both tools roll back the newest version first: 100, then 008; each finishes the other's.
+    # Both tools roll back the newest version first: 101, 100, then 008; each finishes the
+    # other's.
+    assert "Rolling back: 101_" in await tools.dbmate("rollback")
     assert "Rolling back: 100_" in await tools.dbmate("rollback")
     assert "rolled back 008_durable_execution" in await tools.cli("down", "--yes")
     await tools.agree(ALL_VERSIONS[:7])
@@ -1356,5 +1375,6 @@ async def test_dbmate_adds_007_and_008_to_a_database_of_the_previous_release(
     assert (await tools.cli("up")).splitlines() == [
         "applied 008_durable_execution",
         "applied 100_sweep_workflow_index",
+        "applied 101_instance_listing",
     ]
     await tools.agree(ALL_VERSIONS)

@@ -34,6 +34,7 @@ EXPECTED = [
     ("007", "event_idempotency"),
     ("008", "durable_execution"),
     ("100", "sweep_workflow_index"),
+    ("101", "instance_listing"),
 ]
 OPTIONAL_TABLES = ("workflow_event_idempotency", "workflow_executions")
 
@@ -76,7 +77,7 @@ def test_unknown_strategy_is_rejected_naming_the_allowed_values(strategy: object
 # --- generator: content ------------------------------------------------------------------------
 
 
-def test_up_creates_the_three_tables_and_seven_indexes() -> None:
+def test_up_creates_the_three_tables_and_ten_indexes() -> None:
     up = _normalise(generate_migration_sql().up)
     for table in ("workflow_instances", "workflow_history", "workflow_definitions"):
         assert f"CREATE TABLE {table} (" in up
@@ -93,6 +94,9 @@ def test_up_creates_the_three_tables_and_seven_indexes() -> None:
         ("workflow_instances_timeout_parked_idx", "workflow_instances"),
         ("workflow_instances_definition_version_idx", "workflow_instances"),
         ("workflow_instances_workflow_due_idx", "workflow_instances"),
+        ("workflow_instances_workflow_uuid_idx", "workflow_instances"),
+        ("workflow_instances_workflow_state_idx", "workflow_instances"),
+        ("workflow_instances_timeout_state_idx", "workflow_instances"),
         ("workflow_history_instance_created_idx", "workflow_history"),
     ]
 
@@ -323,7 +327,7 @@ def test_schema_qualifies_every_table_reference() -> None:
         assert f'CREATE TABLE "duraflows_app".{table} (' in up
     assert 'REFERENCES "duraflows_app".workflow_instances (uuid)' in up
     indexes = re.findall(r"CREATE INDEX (\S+) ON (\S+)", up)
-    assert len(indexes) == 7
+    assert len(indexes) == 10
     for name, table in indexes:
         assert not name.startswith('"'), "index names are never qualified"
         assert table.startswith('"duraflows_app".workflow_')
@@ -412,6 +416,8 @@ def test_idempotent_migrations_say_so() -> None:
     assert "DROP INDEX IF EXISTS" in by_version["006"].down
     assert "CREATE INDEX IF NOT EXISTS" in by_version["100"].up
     assert "DROP INDEX IF EXISTS" in by_version["100"].down
+    assert _normalise(by_version["101"].up).count("CREATE INDEX IF NOT EXISTS") == 3
+    assert by_version["101"].down.count("DROP INDEX IF EXISTS") == 3
 
 
 def test_wheel_config_ships_the_directory_the_loader_reads() -> None:
