@@ -36,12 +36,8 @@ from duraflows_pg_async._definitions.registries import (
     DefinitionRegistry,
     GuardRegistry,
 )
-from duraflows_pg_async._definitions.validation import validate_definition
 from duraflows_pg_async.errors import (
-    IncompatibleDefinitionError,
     InvalidArgumentError,
-    WorkflowDefinitionError,
-    WorkflowError,
     WorkflowInstanceBusyError,
     WorkflowInstanceNotFoundError,
 )
@@ -55,6 +51,8 @@ from .execution import (
     freeze,
     json_clone,
 )
+from .governing import check_executable, ensure_snapshot, governing
+from .handle import WorkflowHandle
 from .idempotency import checked_event_key
 from .instance_updates import deadline, next_version, utc_now
 from .migration import list_definition_versions, migrate_instances
@@ -175,62 +173,11 @@ class WorkflowRuntime:
                     await self._ensure_snapshot(definition)
                 self._synced = True
             if not self._checked:
-                await self._check_executable()
+                await check_executable(self)
                 self._checked = True
 
     async def _ensure_snapshot(self, definition: WorkflowDefinition) -> None:
-        content_hash = definition.content_hash()
-        stored = await self.persistence.definition_store.ensure(
-            workflow_name=definition.name,
-            version=definition.version,
-            content_hash=content_hash,
-            definition_json=definition.to_dict(),
-        )
-        if stored.content_hash != content_hash:
-            raise WorkflowDefinitionError(
-                definition.name,
-                f"Definition content changed but version {definition.version} was not bumped "
-                f"(stored {stored.content_hash}, registered {content_hash}). Bump the version to "
-                "deploy the change; instances in flight keep the stored version.",
-            )
-
-    async def _check_executable(self) -> None:
-        problems: list[str] = []
-        first: str | None = None
-        for latest in self.definitions.latest():
-            if latest.version_policy == "latest":
-                continue
-            for stored in await self.persistence.definition_store.list_versions(latest.name):
-                definition = self.definitions.find(latest.name, stored.version)
-                if definition is None:
-                    try:
-                        definition = WorkflowDefinition.from_dict(stored.definition_json)
-                    except WorkflowError as exc:
-                        problems.append(f"{latest.name} v{stored.version}: {exc}")
-                        first = first or latest.name
-                        continue
-                terminal = [name for name, state in definition.states.items() if state.is_terminal]
-                active = await self.persistence.instance_store.count_instances(
-                    workflow_name=latest.name,
-                    definition_version=stored.version,
-                    exclude_states=terminal,
-                )
-                if not active:
-                    continue
-                try:
-                    validate_definition(
-                        definition,
-                        command_names=self.commands.names(),
-                        guard_names=self.guards.names() if self.guards is not None else (),
-                    )
-                except WorkflowDefinitionError as exc:
-                    problems.append(
-                        f"{latest.name} v{stored.version} has {active} active instance(s) that "
-                        f"cannot run: {exc}"
-                    )
-                    first = first or latest.name
-        if problems:
-            raise WorkflowDefinitionError(first or "?", "\n".join(problems))
+        await ensure_snapshot(self, definition)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -256,39 +203,8 @@ class WorkflowRuntime:
     async def _governing(
         self, instance: WorkflowInstance, *, stamp: bool = True
     ) -> WorkflowDefinition:
-        """The definition that rules ``instance``: the version it is pinned to, or the latest.
-
-        With ``stamp``, moving the instance to another version stores that version's snapshot in
-        the current transaction, so the two commit together.
-        """
-        latest = self.definitions.get(instance.workflow_name)
-        pinned = instance.definition_version
-        if latest.version_policy == "latest" or pinned is None or pinned == latest.version:
-            definition = latest
-            if stamp and pinned != latest.version:
-                await self._ensure_snapshot(latest)
-        else:
-            found = self.definitions.find(instance.workflow_name, pinned)
-            if found is None:
-                stored = await self.persistence.definition_store.find_by_name_and_version(
-                    instance.workflow_name, pinned
-                )
-                if stored is None:
-                    raise WorkflowDefinitionError(
-                        instance.workflow_name,
-                        f"instance {instance.uuid} is pinned to version {pinned}, which is neither "
-                        "registered nor stored",
-                    )
-                found = WorkflowDefinition.from_dict(stored.definition_json)
-                validate_definition(found)
-            definition = found
-        if instance.current_state not in definition.states:
-            raise IncompatibleDefinitionError(
-                instance.workflow_name,
-                f'instance {instance.uuid} is in state "{instance.current_state}", which version '
-                f"{definition.version} does not define",
-            )
-        return definition
+        """The definition that rules ``instance`` (see ``governing``)."""
+        return await governing(self, instance, stamp=stamp)
 
     # -- public operations ----------------------------------------------------------------------
 
@@ -634,60 +550,3 @@ class WorkflowRuntime:
     def handle(self, instance_uuid: UUID | str) -> WorkflowHandle:
         """A small object bound to one instance; it caches nothing."""
         return WorkflowHandle(self, coerce_uuid(instance_uuid, "instance_uuid"))
-
-
-class WorkflowHandle:
-    """``runtime.handle(uuid)``: the runtime's per-instance calls without repeating the uuid."""
-
-    __slots__ = ("runtime", "uuid")
-
-    def __init__(self, runtime: WorkflowRuntime, instance_uuid: UUID) -> None:
-        self.runtime = runtime
-        self.uuid = instance_uuid
-
-    async def get_instance(self) -> WorkflowInstance | None:
-        return await self.runtime.get_instance(self.uuid)
-
-    async def trigger_event(
-        self,
-        event_name: str,
-        *,
-        subject: Any = None,
-        trigger_metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        idempotency_fingerprint: str | None = None,
-    ) -> ExecutionResult:
-        """``WorkflowRuntime.trigger_event`` on this instance."""
-        return await self.runtime.trigger_event(
-            self.uuid,
-            event_name,
-            subject=subject,
-            trigger_metadata=trigger_metadata,
-            idempotency_key=idempotency_key,
-            idempotency_fingerprint=idempotency_fingerprint,
-        )
-
-    async def enqueue_event(
-        self,
-        event_name: str,
-        *,
-        idempotency_key: str,
-        idempotency_fingerprint: str | None = None,
-        subject: Any = None,
-        trigger_metadata: Mapping[str, Any] | None = None,
-    ) -> WorkflowExecution:
-        """``WorkflowRuntime.enqueue_event`` on this instance."""
-        return await self.runtime.enqueue_event(
-            self.uuid,
-            event_name,
-            idempotency_key=idempotency_key,
-            idempotency_fingerprint=idempotency_fingerprint,
-            subject=subject,
-            trigger_metadata=trigger_metadata,
-        )
-
-    async def get_available_events(self) -> list[AvailableEvent]:
-        return await self.runtime.get_available_events(self.uuid)
-
-    async def get_history(self, *, limit: int = 50, offset: int = 0) -> list[HistoryRecord]:
-        return await self.runtime.get_history(self.uuid, limit=limit, offset=offset)

@@ -1,0 +1,123 @@
+"""Which definition rules an instance, and the stored snapshots that make that answer durable.
+
+The rules kept: every registered version is stored once, and a version's content never changes
+under the same number; an instance is ruled by the version it is pinned to (registered, or read
+back from its snapshot) unless its workflow follows the latest; moving an instance to another
+version stores that version's snapshot in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from duraflows_pg_async._core.model import WorkflowInstance
+from duraflows_pg_async._definitions.model import WorkflowDefinition
+from duraflows_pg_async._definitions.validation import validate_definition
+from duraflows_pg_async.errors import (
+    IncompatibleDefinitionError,
+    WorkflowDefinitionError,
+    WorkflowError,
+)
+
+if TYPE_CHECKING:
+    from .runtime import WorkflowRuntime
+
+__all__ = ["check_executable", "ensure_snapshot", "governing"]
+
+
+async def ensure_snapshot(runtime: WorkflowRuntime, definition: WorkflowDefinition) -> None:
+    """Store ``definition``'s snapshot unless stored; WorkflowDefinitionError when the stored
+    one of that version has another content hash (changed without a version bump)."""
+    content_hash = definition.content_hash()
+    stored = await runtime.persistence.definition_store.ensure(
+        workflow_name=definition.name,
+        version=definition.version,
+        content_hash=content_hash,
+        definition_json=definition.to_dict(),
+    )
+    if stored.content_hash != content_hash:
+        raise WorkflowDefinitionError(
+            definition.name,
+            f"Definition content changed but version {definition.version} was not bumped "
+            f"(stored {stored.content_hash}, registered {content_hash}). Bump the version to "
+            "deploy the change; instances in flight keep the stored version.",
+        )
+
+
+async def check_executable(runtime: WorkflowRuntime) -> None:
+    """WorkflowDefinitionError naming every stored version whose active instances could not
+    run: a snapshot that cannot be read, or commands and guards no longer registered."""
+    problems: list[str] = []
+    first: str | None = None
+    for latest in runtime.definitions.latest():
+        if latest.version_policy == "latest":
+            continue
+        for stored in await runtime.persistence.definition_store.list_versions(latest.name):
+            definition = runtime.definitions.find(latest.name, stored.version)
+            if definition is None:
+                try:
+                    definition = WorkflowDefinition.from_dict(stored.definition_json)
+                except WorkflowError as exc:
+                    problems.append(f"{latest.name} v{stored.version}: {exc}")
+                    first = first or latest.name
+                    continue
+            terminal = [name for name, state in definition.states.items() if state.is_terminal]
+            active = await runtime.persistence.instance_store.count_instances(
+                workflow_name=latest.name,
+                definition_version=stored.version,
+                exclude_states=terminal,
+            )
+            if not active:
+                continue
+            try:
+                validate_definition(
+                    definition,
+                    command_names=runtime.commands.names(),
+                    guard_names=runtime.guards.names() if runtime.guards is not None else (),
+                )
+            except WorkflowDefinitionError as exc:
+                problems.append(
+                    f"{latest.name} v{stored.version} has {active} active instance(s) that "
+                    f"cannot run: {exc}"
+                )
+                first = first or latest.name
+    if problems:
+        raise WorkflowDefinitionError(first or "?", "\n".join(problems))
+
+
+async def governing(
+    runtime: WorkflowRuntime, instance: WorkflowInstance, *, stamp: bool = True
+) -> WorkflowDefinition:
+    """The definition that rules ``instance``: the version it is pinned to, or the latest.
+
+    With ``stamp``, moving the instance to another version stores that version's snapshot in
+    the current transaction, so the two commit together.
+    """
+    latest = runtime.definitions.get(instance.workflow_name)
+    pinned = instance.definition_version
+    if latest.version_policy == "latest" or pinned is None or pinned == latest.version:
+        definition = latest
+        if stamp and pinned != latest.version:
+            await ensure_snapshot(runtime, latest)
+    else:
+        found = runtime.definitions.find(instance.workflow_name, pinned)
+        if found is None:
+            stored = await runtime.persistence.definition_store.find_by_name_and_version(
+                instance.workflow_name, pinned
+            )
+            if stored is None:
+                raise WorkflowDefinitionError(
+                    instance.workflow_name,
+                    f"instance {instance.uuid} is pinned to version {pinned}, which is neither "
+                    "registered nor stored",
+                )
+            found = WorkflowDefinition.from_dict(stored.definition_json)
+            validate_definition(found)
+        definition = found
+    if instance.current_state not in definition.states:
+        raise IncompatibleDefinitionError(
+            instance.workflow_name,
+            f'instance {instance.uuid} is in state "{instance.current_state}", which version '
+            f"{definition.version} does not define",
+        )
+    return definition
