@@ -11,7 +11,10 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from duraflows_pg_async._core.json_form import optional_utc_text
+from duraflows_pg_async._core.model import StateStats
 from duraflows_pg_async._runtime.execution import AvailableEvent
+from duraflows_pg_async._runtime.queries import MAX_PAGE_SIZE
 
 # Request bodies are small JSON documents; a larger one is refused (413) before it is parsed.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -25,6 +28,9 @@ MAX_NAME = 255
 MAX_HISTORY_LIMIT = 500
 MAX_PARKED_LIMIT = 500
 MAX_OFFSET = 10_000_000
+MAX_LIST_LIMIT = MAX_PAGE_SIZE
+# list_instances refuses a longer cursor anyway; the query parameter is bounded before it.
+MAX_CURSOR = 2000
 
 
 def clip(text: str, limit: int = MAX_DETAIL) -> str:
@@ -239,6 +245,28 @@ class WorkflowExecutionResponse(_ResponseBody):
     max_on_enter_depth: int
 
 
+class InstancePageResponse(_ResponseBody):
+    """``GET {prefix}``: one page of instances in ascending uuid order; ``nextCursor`` is the
+    ``after`` of the next page (with the same filters), ``null`` on the last."""
+
+    items: list[WorkflowInstanceResponse]
+    next_cursor: str | None
+
+
+class StateStatsResponse(_ResponseBody):
+    """``GET {prefix}/stats``: one workflow and state; ``oldestDueAt`` is when the
+    longest-waiting due instance fell due (``null``: none is due)."""
+
+    workflow_name: str
+    state: str
+    instances: int
+    due: int
+    retrying: int
+    parked: int
+    claimed: int
+    oldest_due_at: str | None
+
+
 class ErrorResponse(_ResponseBody):
     """Every error: ``detail`` is a clipped message, or pydantic's errors without the input;
     ``state`` is the instance's state when an event is not available in it, ``executionStatus``
@@ -262,3 +290,17 @@ def available_event_json(event: AvailableEvent) -> dict[str, Any]:
     if event.metadata:
         out["metadata"] = dict(event.metadata)
     return out
+
+
+def state_stats_json(row: StateStats) -> dict[str, Any]:
+    """A ``StateStats`` as camelCase JSON, ``oldestDueAt`` in UTC text or ``null``."""
+    return {
+        "workflowName": row.workflow_name,
+        "state": row.state,
+        "instances": row.instances,
+        "due": row.due,
+        "retrying": row.retrying,
+        "parked": row.parked,
+        "claimed": row.claimed,
+        "oldestDueAt": optional_utc_text(row.oldest_due_at, "StateStats.oldest_due_at"),
+    }

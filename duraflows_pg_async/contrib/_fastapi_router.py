@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.types import Message
 
 from duraflows_pg_async import WorkflowRuntime
-from duraflows_pg_async._core.validate import require_str
+from duraflows_pg_async._core.validate import INT4_MAX, require_str
 from duraflows_pg_async.errors import (
     CommandFailureError,
     ConnectionLostError,
@@ -44,8 +44,10 @@ from duraflows_pg_async.errors import (
 
 from ._fastapi_bodies import (
     DEFAULT_MAX_BODY_BYTES,
+    MAX_CURSOR,
     MAX_ERRORS,
     MAX_HISTORY_LIMIT,
+    MAX_LIST_LIMIT,
     MAX_NAME,
     MAX_OFFSET,
     MAX_PARKED_LIMIT,
@@ -55,11 +57,14 @@ from ._fastapi_bodies import (
     ErrorResponse,
     ExecutionResultResponse,
     HistoryRecordResponse,
+    InstancePageResponse,
+    StateStatsResponse,
     TriggerEventRequest,
     WorkflowExecutionResponse,
     WorkflowInstanceResponse,
     available_event_json,
     clip,
+    state_stats_json,
 )
 
 # --- errors ----------------------------------------------------------------------------------
@@ -212,9 +217,12 @@ def workflow_router(
     (so the app needs [`workflow_lifespan()`][duraflows_pg_async.contrib.fastapi.workflow_lifespan],
     or ``app.dependency_overrides[get_runtime]``). Mount it with ``app.include_router(...)``.
 
-    Routes (``{uuid}`` is a UUID, so ``/executions/...`` and ``/parked`` never reach it):
+    Routes (``{uuid}`` is a UUID, so ``/executions/...``, ``/parked`` and ``/stats`` never reach
+    it):
 
     - ``POST {prefix}`` create an instance (201), ``GET {prefix}/{uuid}`` read it;
+    - ``GET {prefix}?workflow=&state=&version=&status=&limit=&after=`` a page of instances
+      (``{"items", "nextCursor"}``), ``GET {prefix}/stats?workflow=`` counts per workflow and state;
     - ``POST {prefix}/{uuid}/events/{event}`` trigger an event, ``GET {prefix}/{uuid}/events``
       the events of the current state, ``GET {prefix}/{uuid}/history?limit=&offset=``;
     - ``GET {prefix}/parked?workflow=&limit=`` parked timeouts, ``POST {prefix}/{uuid}/rearm``;
@@ -275,7 +283,60 @@ def workflow_router(
             )
         return JSONResponse(execution.to_json())
 
-    # Fixed paths first: /parked and /executions/... before /{instance_uuid}.
+    # Fixed paths first: /parked, /stats and /executions/... before /{instance_uuid} (whose
+    # path matches any segment; only its validation refuses what is not a UUID).
+    @router.get(
+        "",
+        response_model=InstancePageResponse,
+        summary="A page of instances, in uuid order (keyset paging: pass nextCursor as after)",
+    )
+    async def list_instances(
+        runtime: runtime_dep,
+        workflow: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
+        state: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
+        version: Annotated[int | None, Query(ge=1, le=INT4_MAX)] = None,
+        status: Literal["due", "retrying", "parked", "claimed"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
+        after: Annotated[str | None, Query(min_length=1, max_length=MAX_CURSOR)] = None,
+    ) -> Response:
+        # The runtime would name its own arguments (workflow_name, definition_version).
+        if workflow is not None:
+            require_str(workflow, "workflow")
+        if state is not None:
+            require_str(state, "state")
+        if workflow is None and (state is not None or version is not None):
+            raise InvalidArgumentError(
+                f"{'state' if state is not None else 'version'} needs workflow"
+            )
+        page = await runtime.list_instances(
+            workflow_name=workflow,
+            state=state,
+            definition_version=version,
+            status=status,
+            limit=limit,
+            after=after,
+        )
+        return JSONResponse(
+            {
+                "items": [instance.to_json() for instance in page.items],
+                "nextCursor": page.next_cursor,
+            }
+        )
+
+    @router.get(
+        "/stats",
+        response_model=list[StateStatsResponse],
+        summary="Instance and timeout-status counts per workflow and state",
+    )
+    async def stats(
+        runtime: runtime_dep,
+        workflow: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME)] = None,
+    ) -> Response:
+        if workflow is not None:
+            require_str(workflow, "workflow")
+        rows = await runtime.stats(workflow_name=workflow)
+        return JSONResponse([state_stats_json(row) for row in rows])
+
     @router.get(
         "/parked",
         response_model=list[WorkflowInstanceResponse],

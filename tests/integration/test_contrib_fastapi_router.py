@@ -495,6 +495,159 @@ async def test_parked_timeouts_and_rearm(served: Served) -> None:
     assert (await client.get("/workflows/parked")).json() == []
 
 
+async def test_list_instances_filters_and_pages(served: Served) -> None:
+    client = served.client
+    uuids = sorted([(await create(client))["uuid"] for _ in range(5)])
+    paid = uuids[1]
+    assert (await client.post(f"/workflows/{paid}/events/pay")).status_code == 200
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor is not None:
+            params["after"] = cursor
+        response = await client.get("/workflows", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert set(page) == {"items", "nextCursor"}
+        assert len(page["items"]) <= 2
+        seen += [item["uuid"] for item in page["items"]]
+        pages += 1
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert (pages, seen) == (3, uuids)
+    everything = (await client.get("/workflows")).json()
+    assert [item["uuid"] for item in everything["items"]] == uuids
+    assert everything["nextCursor"] is None
+    assert everything["items"][0]["workflowName"] == "order"
+
+    async def listed(**params: Any) -> list[str]:
+        response = await client.get("/workflows", params=params)
+        assert response.status_code == 200, response.text
+        return [item["uuid"] for item in response.json()["items"]]
+
+    assert await listed(workflow="order", state="paid") == [paid]
+    assert await listed(workflow="order", state="created") == [u for u in uuids if u != paid]
+    assert await listed(workflow="other") == []
+    version = everything["items"][0]["definitionVersion"]
+    assert version == 1
+    assert await listed(workflow="order", version=version) == uuids
+    assert await listed(workflow="order", version=version + 1) == []
+
+    # Timeouts: the four "created" ones fall due; processing parks them (boom, one attempt);
+    # rearming one makes it due again.
+    assert await listed(status="due") == []
+    served.clock.advance(timedelta(minutes=2))
+    created = [u for u in uuids if u != paid]
+    assert await listed(status="due") == created
+    await served.runtime.process_expired_workflows()
+    assert await listed(status="parked") == created
+    assert (await client.post(f"/workflows/{created[0]}/rearm")).status_code == 200
+    assert await listed(status="due") == [created[0]]
+    assert await listed(status="parked", workflow="order", state="created") == created[1:]
+    assert await listed(status="retrying") == []
+    assert await listed(status="claimed") == []
+
+    # The read-only router lists too.
+    response = await client.get("/ro", params={"status": "due"})
+    assert response.status_code == 200
+    assert [item["uuid"] for item in response.json()["items"]] == [created[0]]
+
+
+async def test_list_instances_refusals_are_422(served: Served) -> None:
+    client = served.client
+    for _ in range(3):
+        await create(client)
+    first = (await client.get("/workflows", params={"limit": 1})).json()
+    cursor = first["nextCursor"]
+    assert cursor is not None
+    assert (await client.get("/workflows", params={"limit": 1, "after": cursor})).status_code == 200
+    for params in (
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "many"},
+        {"status": "sleeping"},
+        {"version": 0, "workflow": "order"},
+        {"version": 2**31, "workflow": "order"},
+        {"workflow": ""},
+        {"workflow": "w" * 256},
+        {"after": ""},
+        {"after": "c" * 2001},
+    ):
+        response = await client.get("/workflows", params=params)
+        assert response.status_code == 422, params
+        assert "sleeping" not in response.text
+    for params, detail in (
+        ({"state": "created"}, "state needs workflow"),
+        ({"version": 1}, "version needs workflow"),
+        ({"workflow": "a\x00b"}, "workflow must not contain NUL characters"),
+        ({"workflow": "order", "state": "a\x00b"}, "state must not contain NUL characters"),
+    ):
+        response = await client.get("/workflows", params=params)
+        assert response.status_code == 422, params
+        assert response.json() == {"detail": detail}, params
+    # Not a cursor, an edited one, one of another listing: 422 without the cursor's text.
+    for params in (
+        {"after": "not-a-cursor-SECRETISH"},
+        {"after": cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")},
+        {"after": cursor, "workflow": "order"},
+    ):
+        response = await client.get("/workflows", params=params)
+        assert response.status_code == 422, params
+        detail = response.json()["detail"]
+        assert isinstance(detail, str)
+        assert detail.startswith("after "), detail
+        assert params["after"] not in response.text
+        assert "SECRETISH" not in response.text
+
+
+async def test_stats_counts_per_workflow_and_state(served: Served) -> None:
+    client = served.client
+    assert (await client.get("/workflows/stats")).json() == []
+    uuids = [(await create(client))["uuid"] for _ in range(3)]
+    assert (await client.post(f"/workflows/{uuids[2]}/events/pay")).status_code == 200
+    served.clock.advance(timedelta(minutes=2))
+    await served.runtime.process_expired_workflows()
+    assert (await client.post(f"/workflows/{uuids[0]}/rearm")).status_code == 200
+    due_at = (await client.get(f"/workflows/{uuids[0]}")).json()["expiresAt"]
+
+    response = await client.get("/workflows/stats")
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {
+            "workflowName": "order",
+            "state": "created",
+            "instances": 2,
+            "due": 1,
+            "retrying": 0,
+            "parked": 1,
+            "claimed": 0,
+            "oldestDueAt": due_at,
+        },
+        {
+            "workflowName": "order",
+            "state": "paid",
+            "instances": 1,
+            "due": 0,
+            "retrying": 0,
+            "parked": 0,
+            "claimed": 0,
+            "oldestDueAt": None,
+        },
+    ]
+    assert due_at.endswith("Z")
+    assert (await client.get("/workflows/stats", params={"workflow": "order"})).json() == (
+        response.json()
+    )
+    assert (await client.get("/workflows/stats", params={"workflow": "other"})).json() == []
+    assert (await client.get("/ro/stats")).json() == response.json()
+    for params in ({"workflow": ""}, {"workflow": "w" * 256}, {"workflow": "a\x00b"}):
+        assert (await client.get("/workflows/stats", params=params)).status_code == 422
+
+
 async def test_read_only_leaves_out_every_mutation(served: Served) -> None:
     client = served.client
     uuid = (await create(client))["uuid"]
@@ -502,6 +655,8 @@ async def test_read_only_leaves_out_every_mutation(served: Served) -> None:
         await client.post(f"/workflows/{uuid}/executions/pay", json={"idempotencyKey": "r"})
     ).json()["uuid"]
     for path in (
+        "/ro",
+        "/ro/stats",
         f"/ro/{uuid}",
         f"/ro/{uuid}/events",
         f"/ro/{uuid}/history",
@@ -533,6 +688,8 @@ async def test_dependencies_guard_every_route(served: Served) -> None:
         ("GET", f"/secure/{uuid}/history"),
         ("POST", f"/secure/{uuid}/events/pay"),
         ("GET", "/secure/parked"),
+        ("GET", "/secure"),
+        ("GET", "/secure/stats"),
     ]:
         response = await client.request(method, path, json={"workflowName": "order"})
         assert response.status_code == 401, (method, path)
@@ -562,15 +719,30 @@ async def test_openapi_lists_every_body_and_response(served: Served) -> None:
         "ExecutionResultResponse",
         "AvailableEventResponse",
         "WorkflowExecutionResponse",
+        "InstancePageResponse",
+        "StateStatsResponse",
         "ErrorResponse",
     ):
         assert name in schemas, name
     assert "workflowName" in schemas["CreateInstanceRequest"]["properties"]
     assert "currentState" in schemas["WorkflowInstanceResponse"]["properties"]
     assert schemas["EnqueueEventRequest"]["required"] == ["idempotencyKey"]
+    assert set(schemas["InstancePageResponse"]["properties"]) == {"items", "nextCursor"}
+    assert set(schemas["StateStatsResponse"]["properties"]) == {
+        "workflowName",
+        "state",
+        "instances",
+        "due",
+        "retrying",
+        "parked",
+        "claimed",
+        "oldestDueAt",
+    }
     paths = spec["paths"]
     expected = {
         ("post", "/workflows"): "201",
+        ("get", "/workflows"): "200",
+        ("get", "/workflows/stats"): "200",
         ("get", "/workflows/{instance_uuid}"): "200",
         ("get", "/workflows/{instance_uuid}/history"): "200",
         ("get", "/workflows/{instance_uuid}/events"): "200",
@@ -582,6 +754,10 @@ async def test_openapi_lists_every_body_and_response(served: Served) -> None:
         ("post", "/workflows/executions/{execution_uuid}/retry"): "200",
         ("post", "/workflows/executions/{execution_uuid}/cancel"): "200",
     }
+    listing = {p["name"]: p for p in paths["/workflows"]["get"]["parameters"]}
+    assert set(listing) == {"workflow", "state", "version", "status", "limit", "after"}
+    assert listing["limit"]["schema"]["maximum"] == 1000
+    assert "requestBody" not in paths["/workflows"]["get"]
     for (method, path), status in expected.items():
         operation = paths[path][method]
         content = operation["responses"][status]["content"]["application/json"]
