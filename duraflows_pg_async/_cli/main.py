@@ -13,8 +13,8 @@ Text read from the database (states, event names, errors, context) is escaped on
 ``output``).
 
 This module turns the command line into a command, and the command's outcome into an exit code;
-each command lives in a module of its own (``migrate``, ``inspect``, ``executions``, ``worker``,
-``demo``, ``diagram`` and ``graph``).
+each command lives in a module of its own (``migrate``, ``inspect``, ``queries`` (``list`` and
+``stats``), ``executions``, ``worker``, ``demo``, ``diagram`` and ``graph``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .inspect import inspect_command, parked_command, rearm_command
 from .migrate import migrate_command, sql_command
 from .output import OutputError, emit, emit_json, fail, output_failed, safe_text, stderr
 from .parser import UsageError, build_parser, wants_json
+from .queries import list_command, stats_command
 from .signals import Interrupted, run
 from .worker import worker_command
 
@@ -63,6 +64,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": inspect_command,
     "parked": parked_command,
     "rearm": rearm_command,
+    "list": list_command,
+    "stats": stats_command,
     "execution": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
