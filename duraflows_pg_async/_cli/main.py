@@ -4,7 +4,8 @@ executions, workers, diagrams.
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
 missing, an unknown instance or execution, the output cannot be written), 2 a usage error (no
 database URL, a malformed argument, a retry or cancel the execution's status refuses), 130
-interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
+interrupted (SIGINT), 143 stopped (SIGTERM) (``stats --watch`` and a worker's first signal
+end with 0 instead), 141 standard output closed
 early (a broken pipe, reported like a tool killed by SIGPIPE, and quietly). Errors go to stderr
 as one ``duraflows-pg: ...`` line, or with ``--json`` as one JSON object ``{"error": ...,
 "exit_code": ...}``, never as a traceback.
