@@ -4,7 +4,8 @@ executions, workers, diagrams.
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
 missing, an unknown instance or execution, the output cannot be written), 2 a usage error (no
 database URL, a malformed argument, a retry or cancel the execution's status refuses), 130
-interrupted (SIGINT), 143 stopped (SIGTERM), 141 standard output closed
+interrupted (SIGINT), 143 stopped (SIGTERM) (``stats --watch`` and a worker's first signal
+end with 0 instead), 141 standard output closed
 early (a broken pipe, reported like a tool killed by SIGPIPE, and quietly). Errors go to stderr
 as one ``duraflows-pg: ...`` line, or with ``--json`` as one JSON object ``{"error": ...,
 "exit_code": ...}``, never as a traceback.
@@ -13,8 +14,8 @@ Text read from the database (states, event names, errors, context) is escaped on
 ``output``).
 
 This module turns the command line into a command, and the command's outcome into an exit code;
-each command lives in a module of its own (``migrate``, ``inspect``, ``executions``, ``worker``,
-``demo``, ``diagram`` and ``graph``).
+each command lives in a module of its own (``migrate``, ``inspect``, ``queries`` (``list`` and
+``stats``), ``executions``, ``worker``, ``demo``, ``diagram`` and ``graph``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .inspect import inspect_command, parked_command, rearm_command
 from .migrate import migrate_command, sql_command
 from .output import OutputError, emit, emit_json, fail, output_failed, safe_text, stderr
 from .parser import UsageError, build_parser, wants_json
+from .queries import list_command, stats_command
 from .signals import Interrupted, run
 from .worker import worker_command
 
@@ -63,6 +65,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": inspect_command,
     "parked": parked_command,
     "rearm": rearm_command,
+    "list": list_command,
+    "stats": stats_command,
     "execution": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,

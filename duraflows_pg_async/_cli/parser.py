@@ -159,6 +159,58 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
     )
     rearm.add_argument("--schema", default=None, help="schema of the tables")
 
+    listing_all = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list instances by workflow, state, definition version or timeout status, a page "
+        "at a time",
+    )
+    listing_all.add_argument("--workflow", default=None, metavar="NAME", help="only this workflow")
+    listing_all.add_argument(
+        "--state", default=None, metavar="STATE", help="only this state (needs --workflow)"
+    )
+    listing_all.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only this definition version (needs --workflow)",
+    )
+    listing_all.add_argument(
+        "--status",
+        choices=["due", "retrying", "parked", "claimed"],
+        default=None,
+        help="only instances whose timeout has this status",
+    )
+    listing_all.add_argument(
+        "--limit", type=int, default=50, help="instances per page, 1 to 1000 (default 50)"
+    )
+    listing_all.add_argument(
+        "--after",
+        default=None,
+        metavar="CURSOR",
+        help="the next page: the cursor the previous page printed (with the same filters)",
+    )
+    listing_all.add_argument("--schema", default=None, help="schema of the tables")
+
+    stats = commands.add_parser(
+        "stats",
+        parents=[common],
+        help="instances per workflow and state, with their due, retrying, parked and claimed "
+        "timeouts",
+    )
+    stats.add_argument("--workflow", default=None, metavar="NAME", help="only this workflow")
+    stats.add_argument(
+        "--watch",
+        nargs="?",
+        const="2",
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until SIGINT/SIGTERM; with --json, one JSON "
+        "document per line",
+    )
+    stats.add_argument("--schema", default=None, help="schema of the tables")
+
     execution = commands.add_parser(
         "execution",
         parents=[common],
