@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import StateStats, WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
@@ -23,6 +22,7 @@ from duraflows_pg_async._core.validate import (
     INT4_MAX,
     coerce_uuid,
     require_aware,
+    require_bool,
     require_int,
     require_str,
 )
@@ -95,10 +95,8 @@ class MemoryWorkflowInstanceStore(MemoryStore):
         self, database: MemoryDatabase, *, js_safe_integers: bool = False, skip_busy: bool = False
     ) -> None:
         super().__init__(database)
-        for flag, value in (("js_safe_integers", js_safe_integers), ("skip_busy", skip_busy)):
-            if type(value) is not bool:
-                raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
-        self._js_safe_integers = js_safe_integers
+        self._js_safe_integers = require_bool(js_safe_integers, "js_safe_integers")
+        require_bool(skip_busy, "skip_busy")
         self._skip_busy = skip_busy
 
     async def create(self, instance: WorkflowInstance) -> None:

@@ -26,8 +26,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
-from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async.errors import InvalidArgumentError
+from duraflows_pg_async._core.validate import require_bool
 
 from .database import MemoryDatabase
 from .definition_store import MemoryWorkflowDefinitionStore
@@ -66,9 +65,8 @@ def memory_workflow_providers(
     ±(2**53 - 1) in contexts and metadata, as ``pg_workflow_providers`` does. Bad values raise
     InvalidArgumentError here.
     """
-    for flag, value in (("idempotency", idempotency), ("durable_execution", durable_execution)):
-        if type(value) is not bool:
-            raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
+    require_bool(idempotency, "idempotency")
+    require_bool(durable_execution, "durable_execution")
     database = MemoryDatabase()
     return WorkflowPersistenceProvider(
         instance_store=MemoryWorkflowInstanceStore(

@@ -10,7 +10,6 @@ from uuid import UUID
 
 import asyncpg
 
-from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import (
     INSTANCE_STATUSES,
     StateStats,
@@ -30,6 +29,7 @@ from duraflows_pg_async._core.validate import (
     INT4_MAX,
     coerce_uuid,
     require_aware,
+    require_bool,
     require_int,
     require_str,
 )
@@ -155,10 +155,8 @@ class PgWorkflowInstanceStore(PgStore):
         skip_busy: bool = False,
     ) -> None:
         super().__init__(pool, schema=schema)
-        for flag, value in (("js_safe_integers", js_safe_integers), ("skip_busy", skip_busy)):
-            if type(value) is not bool:
-                raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
-        self._js_safe_integers = js_safe_integers
+        self._js_safe_integers = require_bool(js_safe_integers, "js_safe_integers")
+        require_bool(skip_busy, "skip_busy")
         self._skip_busy = skip_busy
         if skip_busy:
             self._q = render_queries(schema, skip_busy=True)

@@ -7,8 +7,7 @@ from datetime import timedelta
 import asyncpg
 
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
-from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async.errors import InvalidArgumentError
+from duraflows_pg_async._core.validate import require_bool
 
 from .definition_store import PgWorkflowDefinitionStore
 from .execution_store import PgWorkflowExecutionStore
@@ -41,9 +40,8 @@ def pg_workflow_providers(
     The pool should come from ``create_pool()`` (or carry ``register_codecs``); it is never closed
     by this package.
     """
-    for flag, value in (("idempotency", idempotency), ("durable_execution", durable_execution)):
-        if type(value) is not bool:
-            raise InvalidArgumentError(f"{flag} must be True or False, got {echo(value)}")
+    require_bool(idempotency, "idempotency")
+    require_bool(durable_execution, "durable_execution")
     runner = PgTransactionRunner(
         pool, lock_timeout=lock_timeout, statement_timeout=statement_timeout
     )
