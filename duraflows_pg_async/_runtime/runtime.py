@@ -192,13 +192,16 @@ class WorkflowRuntime:
                 runner.after_commit(entered.notify)
         return result
 
+    async def _active_execution(self, instance: WorkflowInstance) -> WorkflowExecution | None:
+        """The queued execution occupying the (locked) instance, if any (None without a store)."""
+        store = self.persistence.execution_store
+        return None if store is None else await store.find_active(instance.uuid)
+
     async def _refuse_if_busy(self, instance: WorkflowInstance) -> None:
         """WorkflowInstanceBusyError when a queued execution occupies the (locked) instance."""
-        store = self.persistence.execution_store
-        if store is not None:
-            active = await store.find_active(instance.uuid)
-            if active is not None:
-                raise WorkflowInstanceBusyError(instance.uuid, active.uuid)
+        active = await self._active_execution(instance)
+        if active is not None:
+            raise WorkflowInstanceBusyError(instance.uuid, active.uuid)
 
     async def _governing(
         self, instance: WorkflowInstance, *, stamp: bool = True

@@ -264,8 +264,7 @@ class Sweeper:
 
     async def _occupied(self, instance: WorkflowInstance) -> bool:
         """Whether a queued execution occupies the (locked) instance."""
-        executions = self._runtime.persistence.execution_store
-        return executions is not None and await executions.find_active(instance.uuid) is not None
+        return await self._runtime._active_execution(instance) is not None
 
     async def _record_timeout_failure(
         self, scanned: WorkflowInstance, message: str, claim_until: datetime
