@@ -34,7 +34,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .durable_plan import NextCommand, Plan, plan_execution
-from .execution import DurableContext, ExecutionContext, json_clone, maybe_await
+from .execution import MAX_ERROR_LENGTH, DurableContext, ExecutionContext, json_clone, maybe_await
 from .instance_updates import deadline, next_version
 from .observers import EnteredStates
 from .transitions import error_text, failure_message, storable_result
@@ -47,8 +47,6 @@ __all__ = ["ExecutionSteps", "ProcessPendingResult", "diagnostic", "json_snapsho
 T = TypeVar("T")
 
 _ON_ENTER_TRIGGER: Mapping[str, Any] = {"source": "onEnter"}
-# How much of an error a record keeps (upstream's bound, in UTF-16 units there).
-_ERROR_LIMIT = 2000
 
 
 @dataclass(slots=True)
@@ -72,8 +70,9 @@ class ProcessPendingResult:
 
 
 def diagnostic(exc: BaseException) -> str:
-    text = error_text(exc)
-    return text if len(text) <= _ERROR_LIMIT else text[:_ERROR_LIMIT]
+    """The error as a record keeps it: storable text, at most MAX_ERROR_LENGTH characters (the
+    bound of a timeout's last error too)."""
+    return error_text(exc)[:MAX_ERROR_LENGTH]
 
 
 def json_snapshot(value: Any, name: str) -> Any:
