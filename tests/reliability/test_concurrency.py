@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -254,22 +255,37 @@ def _delays(duration: float, trials: int) -> list[float]:
     return [duration * 1.3 * n / (trials - 1) for n in range(trials)]
 
 
+async def _cut_everywhere(
+    trial: Callable[[float], Awaitable[bool]], duration: float, trials: int
+) -> tuple[int, int]:
+    """Run ``trial(delay)`` over ``_delays(duration, trials)``; returns (finished, runs).
+
+    The duration was measured once, and a busy machine may slow every later run past it; then
+    no run finished and the late points were never reached, so the delay keeps doubling until
+    one run finishes (the condition waited on), bounded only as a last resort."""
+    delays = _delays(duration, trials)
+    finished = 0
+    for delay in delays:
+        finished += await trial(delay)
+    delay, runs = delays[-1], len(delays)
+    while finished == 0:
+        delay *= 2
+        assert delay < 60, "the operation never finished within a minute"
+        runs += 1
+        finished += await trial(delay)
+    return finished, runs
+
+
 @pytest.mark.slow
 async def test_cancellation_at_every_await_point_leaves_no_partial_write(database: str) -> None:
     pool = await create_pool(database, min_size=2, max_size=4)
     clock = ManualClock(START)
     runtime = make_runtime(pool, clock)
-    trials = {"create": 0, "event": 0, "sweep": 0}
-    finished = {"create": 0, "event": 0, "sweep": 0}
     try:
         # create_instance with its onEnter chain (new -> ready): nothing, or the whole thing.
-        create_time = await _duration(lambda: runtime.create_instance("flow"))
-        for delay in _delays(create_time, 80):
-            trials["create"] += 1
+        async def create_trial(delay: float) -> bool:
             before = await pool.fetchval("SELECT count(*) FROM workflow_instances")
-            finished["create"] += await _cancel_after(
-                delay, lambda: runtime.create_instance("flow")
-            )
+            done = await _cancel_after(delay, lambda: runtime.create_instance("flow"))
             rows = await pool.fetch(
                 "SELECT current_state, version, context_json->>'n' AS n FROM workflow_instances"
             )
@@ -278,14 +294,12 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
                 (r["current_state"], r["version"], r["n"]) == ("ready", 1, "1") for r in rows
             )
             assert await idle_in_transaction(pool) == 0
+            return done
 
         # An event whose chain runs two more hops (ready -> step1 -> step2 -> done).
-        probe = [await runtime.create_instance("flow") for _ in range(3)]
-        event_time = await _duration(lambda: runtime.trigger_event(probe.pop().uuid, "advance"))
-        for delay in _delays(event_time, 120):
-            trials["event"] += 1
+        async def event_trial(delay: float) -> bool:
             instance = await runtime.create_instance("flow")
-            finished["event"] += await _cancel_after(
+            done = await _cancel_after(
                 delay, functools.partial(runtime.trigger_event, instance.uuid, "advance")
             )
             stored = await runtime.get_instance(instance.uuid)
@@ -297,6 +311,7 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
                 assert (stored.current_state, stored.version, len(history)) == ("done", 4, 4)
                 assert stored.context["n"] == 4
             assert await idle_in_transaction(pool) == 0
+            return done
 
         # A sweep of due instances: each instance fires whole or not at all.
         async def due_sweep() -> None:
@@ -306,15 +321,11 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
             await runtime.process_expired_workflows(limit=5)
             clock.set(START)
 
-        sweep_time = await _duration(due_sweep)
-        for delay in _delays(sweep_time, 60):
-            trials["sweep"] += 1
+        async def sweep_trial(delay: float) -> bool:
             await pool.execute("UPDATE workflow_instances SET expires_at = NULL")
             instance = await runtime.create_instance("flow")
             clock.set(START + timedelta(minutes=10))
-            finished["sweep"] += await _cancel_after(
-                delay, lambda: runtime.process_expired_workflows(limit=5)
-            )
+            done = await _cancel_after(delay, lambda: runtime.process_expired_workflows(limit=5))
             clock.set(START)
             stored = await runtime.get_instance(instance.uuid)
             assert stored is not None
@@ -324,11 +335,22 @@ async def test_cancellation_at_every_await_point_leaves_no_partial_write(databas
                 ("expired", 2, 2),
             )
             assert await idle_in_transaction(pool) == 0
+            return done
+
+        # Each phase is timed right before it runs: the create phase's check reads every row,
+        # so no instance may have moved on yet.
+        results = {}
+        create_time = await _duration(lambda: runtime.create_instance("flow"))
+        results["create"] = await _cut_everywhere(create_trial, create_time, 80)
+        probe = [await runtime.create_instance("flow") for _ in range(3)]
+        event_time = await _duration(lambda: runtime.trigger_event(probe.pop().uuid, "advance"))
+        results["event"] = await _cut_everywhere(event_trial, event_time, 120)
+        results["sweep"] = await _cut_everywhere(sweep_trial, await _duration(due_sweep), 60)
         assert pool.get_idle_size() == pool.get_size()
-        assert sum(trials.values()) >= 250
-        # Every phase was cut at early, middle and late points and also ran to the end.
-        for phase, count in finished.items():
-            assert 0 < count < trials[phase], (phase, count, trials[phase])
+        # Every phase was cut at early, middle and late points and also ran to the end (a
+        # delay of zero always cancels before the first round trip completes).
+        for phase, (finished, runs) in results.items():
+            assert 0 < finished < runs, (phase, finished, runs)
     finally:
         await pool.close()
 
