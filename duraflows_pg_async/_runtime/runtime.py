@@ -27,6 +27,7 @@ from duraflows_pg_async._core.model import (
 from duraflows_pg_async._core.validate import (
     check_json,
     coerce_uuid,
+    require_bool,
     require_int,
     require_str,
 )
@@ -321,7 +322,11 @@ class WorkflowRuntime:
         )
 
     async def process_expired_workflows(
-        self, limit: int = 100, *, workflow_names: Iterable[str] | None = None
+        self,
+        limit: int = 100,
+        *,
+        workflow_names: Iterable[str] | None = None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
         """Run the timeout event of up to ``limit`` due instances, each in its own transaction.
 
@@ -332,8 +337,11 @@ class WorkflowRuntime:
         the batch. Safe to run from many workers at once: each instance is processed under its
         row lock after re-checking that it is still due; a row someone else holds is passed
         over, not waited for, and left to a later sweep.
+
+        ``batched=True`` runs the instances in one transaction per batch instead, each under a
+        savepoint (see docs/timeouts-and-workers.md, "Batched sweeps").
         """
-        return await self.sweep(limit, workflow_names=workflow_names)
+        return await self.sweep(limit, workflow_names=workflow_names, batched=batched)
 
     async def sweep(
         self,
@@ -342,17 +350,21 @@ class WorkflowRuntime:
         should_stop: Callable[[], bool] | None = None,
         workflow_names: Iterable[str] | None = None,
         lease: timedelta | float | None = None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
         """``process_expired_workflows`` that checks ``should_stop()`` before each instance.
 
         ``lease`` (default ``sweep_lease``) is how long the batch stays claimed: the longest
-        the batch of a killed worker waits before other sweeps take it.
+        the batch of a killed worker waits before other sweeps take it. ``batched``: one
+        transaction per batch, each instance under a savepoint (no claims: the batch's rows
+        stay locked until its COMMIT).
         """
         require_int(limit, "limit", minimum=1)
+        require_bool(batched, "batched")
         names = sweep_names(self.definitions, workflow_names)
         claim = self.sweep_lease if lease is None else checked_lease(lease, "lease")
         await self.initialize()
-        return await self._sweeper.sweep(limit, should_stop, names, claim)
+        return await self._sweeper.sweep(limit, should_stop, names, claim, batched)
 
     async def get_instance(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None (no lock, no transaction)."""

@@ -1,5 +1,6 @@
 """The sweep of due timeouts: claiming a batch, running each timeout in a transaction of its own,
-recording failures, and handing back the claims a sweep did not use."""
+recording failures, and handing back the claims a sweep did not use. The batched sweep (one
+transaction per batch) is ``sweep_batches.py``; both share the firing of a locked instance."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from duraflows_pg_async._core.validate import require_duration, require_str
 from duraflows_pg_async._definitions.registries import DefinitionRegistry
 from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 
-from .execution import BusinessFailure, ParkedTimeout, ProcessExpiredResult, TimeoutFailure
+from .execution import BusinessFailure, ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version, utc_now
 from .observers import EnteredStates
+from .sweep_batches import sweep_in_batches
+from .sweep_outcomes import Outcome, Tally, log_failure, still_due
 from .transitions import Transition, error_text, result_attributes
 
 if TYPE_CHECKING:
@@ -35,10 +38,6 @@ logger = logging.getLogger("duraflows_pg_async")
 DEFAULT_SWEEP_LEASE = timedelta(seconds=20)
 
 _TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
-
-# What one instance of a sweep came to: "processed" or "rejected", a business failure (processed,
-# routed to an error state), a timeout failure (rolled back), or None (passed over).
-_Outcome = str | BusinessFailure | TimeoutFailure | None
 
 
 def checked_lease(value: object, name: str) -> timedelta:
@@ -66,18 +65,6 @@ def sweep_names(definitions: DefinitionRegistry, workflow_names: Iterable[str] |
     return list(dict.fromkeys(names))
 
 
-def _still_due(instance: WorkflowInstance, now: datetime) -> bool:
-    retry = instance.timeout_retry
-    return (
-        instance.expires_at is not None
-        and instance.expires_at <= now
-        and (
-            retry is None
-            or (retry.parked_at is None and (retry.retry_at is None or retry.retry_at <= now))
-        )
-    )
-
-
 def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]:
     return {
         "duraflows.sweep.processed": result.processed,
@@ -88,7 +75,7 @@ def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]
     }
 
 
-def _timeout_attributes(outcome: _Outcome) -> dict[str, _tracing.Value]:
+def _timeout_attributes(outcome: Outcome) -> dict[str, _tracing.Value]:
     if not isinstance(outcome, TimeoutFailure):
         what = (
             "skipped" if outcome is None else "rejected" if outcome == "rejected" else "processed"
@@ -121,18 +108,27 @@ class Sweeper:
         should_stop: Callable[[], bool] | None,
         names: list[str],
         lease: timedelta,
+        batched: bool = False,
     ) -> Awaitable[ProcessExpiredResult]:
         """One sweep of up to ``limit`` due instances of ``names``, its batch claimed for
-        ``lease``; the arguments are already checked."""
+        ``lease`` (``batched``: locked in one transaction per batch instead, see
+        ``sweep_batches``); the arguments are already checked."""
         return _tracing.traced(
             _tracing.SWEEP,
-            lambda span: self._sweep(limit, should_stop, names, lease, span),
+            lambda span: self._sweep(limit, should_stop, names, lease, span, batched),
             lambda: {"duraflows.sweep.limit": limit},
             _sweep_attributes,
         )
 
-    def _now(self) -> datetime:
+    @property
+    def runtime(self) -> WorkflowRuntime:
+        return self._runtime
+
+    def now(self) -> datetime:
+        """The runtime clock's time, in UTC."""
         return utc_now(self._runtime.clock)
+
+    _now = now
 
     async def _sweep(
         self,
@@ -141,7 +137,14 @@ class Sweeper:
         names: list[str],
         lease: timedelta,
         span: _tracing.Span | None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
+        if batched:
+            # Claims queued by earlier per-instance sweeps of this runtime still go back first.
+            await self._release_unreleased_claims(self._now())
+            if not names:
+                return ProcessExpiredResult()
+            return await sweep_in_batches(self, limit, should_stop, names, lease, span)
         now = self._now()
         store = self._runtime.persistence.instance_store
         # The scan claims its batch for the lease, so that concurrent sweeps take disjoint
@@ -159,10 +162,7 @@ class Sweeper:
             )
         if span is not None and span.recording:
             span.update({"duraflows.sweep.found": len(due)})
-        processed = rejected = 0
-        business_failed: list[BusinessFailure] = []
-        failed: list[TimeoutFailure] = []
-        parked: list[ParkedTimeout] = []
+        tally = Tally()
         # Claims to hand back are queued at once, so that a cancellation later in the batch
         # leaves them to the next sweep rather than to the end of the lease.
         hand_back = self._unreleased_claims
@@ -175,31 +175,32 @@ class Sweeper:
                 outcome = await self._sweep_one(scanned, claim_until, None)
             else:
                 outcome = await self._traced_sweep_one(scanned, claim_until)
-            if isinstance(outcome, TimeoutFailure):
-                failed.append(outcome)
-                if outcome.attempts is not None and outcome.retry_at is None:
-                    parked.append(ParkedTimeout(scanned.uuid, outcome.error))
-            elif outcome == "rejected":
-                rejected += 1
-            elif outcome is None:
+            if outcome is None:
                 # Held by someone else, or no longer due: a later sweep takes it if it still
                 # needs it, without waiting for this claim to run out.
                 hand_back.append((scanned.uuid, claim_until))
-            else:
-                processed += 1
-                if isinstance(outcome, BusinessFailure):
-                    business_failed.append(outcome)
+            tally.add(scanned.uuid, outcome)
         if self._unreleased_claims:
             await self._release_unreleased_claims(self._now())
-        return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
+        return tally.result()
 
     def _traced_sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime
-    ) -> Awaitable[_Outcome]:
+    ) -> Awaitable[Outcome]:
         """``_sweep_one`` in a "duraflows.timeout" span, a child of the sweep's."""
+        return self.traced_timeout(
+            scanned, lambda span: self._sweep_one(scanned, claim_until, span)
+        )
+
+    def traced_timeout(
+        self,
+        scanned: WorkflowInstance,
+        work: Callable[[_tracing.Span | None], Awaitable[Outcome]],
+    ) -> Awaitable[Outcome]:
+        """``work`` for one instance in a "duraflows.timeout" span, a child of the sweep's."""
         return _tracing.traced(
             _tracing.TIMEOUT,
-            lambda span: self._sweep_one(scanned, claim_until, span),
+            work,
             lambda: {
                 "duraflows.workflow.name": scanned.workflow_name,
                 "duraflows.instance.uuid": str(scanned.uuid),
@@ -210,7 +211,7 @@ class Sweeper:
 
     async def _sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime, span: _tracing.Span | None
-    ) -> _Outcome:
+    ) -> Outcome:
         """Process one scanned instance in a transaction of its own. A failure is rolled back,
         recorded (retry or parking) and returned, never raised. None: passed over (held by
         another transaction, gone, or no longer due)."""
@@ -229,11 +230,21 @@ class Sweeper:
         self, instance_uuid: UUID, span: _tracing.Span | None, entered: EnteredStates
     ) -> str | BusinessFailure | None:
         """Fire the timeout event of the instance, if it is still due and nobody holds it."""
+        store = self._runtime.persistence.instance_store
+        instance = await store.lock_by_uuid(instance_uuid, skip_locked=True)
+        if instance is None:
+            return None  # gone, or held by another transaction
+        return await self.fire_locked(instance, span, entered)
+
+    async def fire_locked(
+        self, instance: WorkflowInstance, span: _tracing.Span | None, entered: EnteredStates
+    ) -> str | BusinessFailure | None:
+        """Fire the timeout event of ``instance``, which this transaction holds locked, if it is
+        still due; the per-instance and the batched sweeps share this."""
         runtime = self._runtime
         store = runtime.persistence.instance_store
-        instance = await store.lock_by_uuid(instance_uuid, skip_locked=True)
-        if instance is None or not _still_due(instance, self._now()):
-            return None  # gone, taken by another worker, or handled since the scan
+        if not still_due(instance, self._now()):
+            return None  # taken by another worker, or handled since the scan
         if await self._occupied(instance):
             return None  # a queued execution holds it: sweeps leave it alone
         definition = await runtime._governing(instance)
@@ -287,7 +298,7 @@ class Sweeper:
                     or instance.version != scanned.version
                     or instance.current_state != scanned.current_state
                     or instance.expires_at != scanned.expires_at
-                    or not _still_due(instance, now)
+                    or not still_due(instance, now)
                     or await self._occupied(instance)
                 ):
                     self._unreleased_claims.append((scanned.uuid, claim_until))
@@ -299,26 +310,9 @@ class Sweeper:
         except Exception as exc:
             await self._postpone_unrecorded(scanned, message, claim_until, exc)
             return TimeoutFailure(scanned.uuid, message)
-        if retry.parked_at is not None:
-            logger.warning(
-                "duraflows: timeout of instance %s (workflow %r) parked after %d failed "
-                "attempts: %s",
-                scanned.uuid,
-                scanned.workflow_name,
-                retry.attempts,
-                retry.last_error,
-            )
-        else:
-            logger.warning(
-                "duraflows: timeout of instance %s (workflow %r) failed, attempt %d; next "
-                "attempt at %s: %s",
-                scanned.uuid,
-                scanned.workflow_name,
-                retry.attempts,
-                retry.retry_at.isoformat() if retry.retry_at is not None else "?",
-                retry.last_error,
-            )
-        return TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+        failure = TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+        log_failure(scanned.workflow_name, failure)
+        return failure
 
     async def _postpone_unrecorded(
         self, scanned: WorkflowInstance, message: str, claim_until: datetime, exc: Exception

@@ -1,0 +1,150 @@
+"""The batched sweep: many due timeouts in one transaction, each under a savepoint of its own.
+
+One transaction per batch. The scan locks the batch's rows (``find_expired``, FOR UPDATE SKIP
+LOCKED, no claim: the locks keep other sweeps off the rows until COMMIT, and a batch that never
+commits leaves them due at once). Each instance is re-checked and fired under its savepoint, as
+the per-instance sweep fires it; one that raises rolls back to its savepoint and its failed
+attempt (retry or parking) is written in the same transaction, without holding back the rest.
+One COMMIT for the batch, then the observers of the whole batch.
+
+The rows of a batch stay locked until its COMMIT, so a batch takes no new instance once it has
+held them for ``BATCH_LOCK_BUDGET`` (or half the lease is spent): it commits what it fired, which
+lets the rest go, and the sweep goes on with a new batch. A failed attempt that cannot be written
+(the connection is gone) rolls the batch back and the sweep raises: those instances are due again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.model import WorkflowInstance
+from duraflows_pg_async.errors import DatabaseError
+
+from .execution import ProcessExpiredResult, TimeoutFailure
+from .instance_updates import next_version
+from .sweep_outcomes import Outcome, Tally, log_failure, still_due
+from .transitions import error_text
+
+if TYPE_CHECKING:
+    from .sweeper import Sweeper
+
+__all__ = ["BATCH_LOCK_BUDGET", "sweep_in_batches"]
+
+logger = logging.getLogger("duraflows_pg_async")
+
+# Seconds a batch may hold its rows before it takes no new instance and commits: what a request
+# waiting for one of those rows waits at most, plus the command in hand. Fast commands fill a
+# batch of 100 in a few milliseconds, far below it.
+BATCH_LOCK_BUDGET = 1.0
+
+
+async def sweep_in_batches(
+    sweeper: Sweeper,
+    limit: int,
+    should_stop: Callable[[], bool] | None,
+    names: list[str],
+    lease: timedelta,
+    span: _tracing.Span | None,
+) -> ProcessExpiredResult:
+    """Up to ``limit`` due instances of ``names``, in one or more batch transactions."""
+    runtime = sweeper.runtime
+    runner = runtime.persistence.transaction_runner
+    store = runtime.persistence.instance_store
+    # As in the per-instance sweep: past half the lease a sweep takes nothing more.
+    hand_back_at = sweeper.now() + lease / 2
+    tally = Tally()
+    remaining = limit
+    found_total = 0
+
+    def stopping() -> bool:
+        return (should_stop is not None and should_stop()) or sweeper.now() >= hand_back_at
+
+    while remaining > 0 and not stopping():
+        fired: list[tuple[WorkflowInstance, Outcome]] = []
+        cut = False
+        async with runner.transaction():
+            due = await store.find_expired(remaining, sweeper.now(), workflow_names=names)
+            found_total += len(due)
+            budget_end = time.monotonic() + BATCH_LOCK_BUDGET
+            for scanned in due:
+                if stopping() or time.monotonic() >= budget_end:
+                    cut = True  # the rest is let go at COMMIT, still due
+                    break
+                if span is None:
+                    outcome = await _fire(sweeper, scanned, None)
+                else:
+                    outcome = await sweeper.traced_timeout(
+                        scanned, functools.partial(_fire, sweeper, scanned)
+                    )
+                fired.append((scanned, outcome))
+        # Committed: only now do the outcomes count and the failed attempts get logged.
+        for scanned, outcome in fired:
+            tally.add(scanned.uuid, outcome)
+            if isinstance(outcome, TimeoutFailure) and outcome.attempts is not None:
+                log_failure(scanned.workflow_name, outcome)
+        remaining -= len(fired)
+        if not cut or not fired:
+            # Every row found was fired: either the limit is reached or nothing more is due
+            # (or free) now. A batch cut by its lock budget is followed by another.
+            break
+    if span is not None and span.recording:
+        span.update({"duraflows.sweep.found": found_total})
+    return tally.result()
+
+
+async def _fire(sweeper: Sweeper, scanned: WorkflowInstance, span: _tracing.Span | None) -> Outcome:
+    """Fire one locked instance under a savepoint; a failure is rolled back to it and recorded
+    in the batch's transaction. Raises only when the failure cannot be recorded."""
+    runtime = sweeper.runtime
+    try:
+        # A savepoint of the batch's transaction; its observers wait for the batch's COMMIT.
+        return await runtime._in_transaction(functools.partial(sweeper.fire_locked, scanned, span))
+    except Exception as exc:
+        if span is not None:
+            span.fail(exc)
+        return await _record_failure(sweeper, scanned.uuid, error_text(exc))
+
+
+async def _record_failure(sweeper: Sweeper, instance_uuid: UUID, message: str) -> TimeoutFailure:
+    """Write the failed attempt (retry or parking) of an instance this batch holds locked.
+
+    The transition may have changed the scanned instance before it raised, so the row is read
+    again (the lock is this transaction's: no wait). A database error means the batch's
+    transaction is lost: it propagates and rolls the batch back. Any other error while recording
+    (a policy that raises) postpones the instance by the first retry delay instead, so that no
+    sweep takes it again at once.
+    """
+    runtime = sweeper.runtime
+    store = runtime.persistence.instance_store
+    now = sweeper.now()
+    try:
+        async with runtime.persistence.transaction_runner.transaction():
+            instance = await store.lock_by_uuid(instance_uuid)
+            if instance is None or not still_due(instance, now):
+                return TimeoutFailure(instance_uuid, message)
+            retry = runtime.timeout_retry.next(instance.timeout_retry, message, now)
+            instance.timeout_retry = retry
+            next_version(instance, now)
+            await store.update(instance)
+    except DatabaseError:
+        raise
+    except Exception:
+        until = now + runtime.timeout_retry.initial_delay
+        await store.postpone_timeout(instance_uuid, until)
+        logger.error(
+            "duraflows: could not record the failed timeout of instance %s; next attempt not "
+            "before %s: %s",
+            instance_uuid,
+            until.isoformat(),
+            message,
+            exc_info=True,
+        )
+        return TimeoutFailure(instance_uuid, message)
+    return TimeoutFailure(instance_uuid, retry.last_error, retry.attempts, retry.retry_at)
