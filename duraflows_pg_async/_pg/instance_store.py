@@ -225,33 +225,55 @@ class PgWorkflowInstanceStore(PgStore):
         raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
         written.
         """
+        row = self.update_row(instance)
+        instance_uuid, expected = row[0], row[-1]
+        executor = self._executor()
+        try:
+            status = await executor.execute(self._q.update_instance, *row)
+        except Exception as exc:
+            raise_mapped(exc, f"update instance {instance_uuid}", executor)
+        if status != "UPDATE 1":
+            raise OptimisticLockError(instance_uuid, expected)
+
+    def update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]:
+        """What ``update`` writes for ``instance``, checked (the same errors), for
+        ``update_rows``: a batched sweep checks each instance as it fires and writes them all at
+        the end of the batch. The last element is the version expected in the database."""
         inst = checked_instance(
             instance, "update", create=False, js_safe_integers=self._js_safe_integers
         )
         require_int(
             inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
         )
-        instance_uuid = coerce_uuid(inst.uuid, "instance.uuid")
-        expected = inst.version - 1
+        return (
+            coerce_uuid(inst.uuid, "instance.uuid"),
+            inst.current_state,
+            inst.version,
+            inst.expires_at,
+            inst.last_transition_at,
+            inst.context,
+            inst.updated_at,
+            inst.definition_version,
+            *_retry_columns(inst.timeout_retry),
+            inst.version - 1,
+        )
+
+    async def update_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write rows of ``update_row`` in one statement (at most one per instance). A row whose
+        stored version is not its expected one raises OptimisticLockError (nothing is written
+        once the transaction rolls back)."""
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*rows, strict=True)]
         executor = self._executor()
         try:
-            status = await executor.execute(
-                self._q.update_instance,
-                instance_uuid,
-                inst.current_state,
-                inst.version,
-                inst.expires_at,
-                inst.last_transition_at,
-                inst.context,
-                inst.updated_at,
-                inst.definition_version,
-                *_retry_columns(inst.timeout_retry),
-                expected,
-            )
+            written = await executor.fetch(self._q.update_instances, *columns)
         except Exception as exc:
-            raise_mapped(exc, f"update instance {instance_uuid}", executor)
-        if status != "UPDATE 1":
-            raise OptimisticLockError(instance_uuid, expected)
+            raise_mapped(exc, f"update {len(rows)} instances", executor)
+        if len(written) != len(rows):
+            done = {row["uuid"] for row in written}
+            missing = next(row for row in rows if row[0] not in done)
+            raise OptimisticLockError(missing[0], missing[-1])
 
     async def find_expired(
         self,

@@ -85,6 +85,7 @@ class Queries:
     lock_instance: str
     try_lock_instance: str
     update_instance: str
+    update_instances: str
     find_expired: str
     find_expired_of: str
     claim_expired: str
@@ -98,6 +99,7 @@ class Queries:
     find_parked: str
     count_instances: str
     insert_history: str
+    insert_histories: str
     select_history: str
     ensure_definition: str
     select_definition: str
@@ -188,6 +190,25 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "timeout_last_error = $11, timeout_parked_at = $12 "
             "WHERE uuid = $1 AND version = $13"
         ),
+        # update_instance for many rows in one statement (a batched sweep's): $1..$13 hold
+        # update_instance's parameters, one element per row, in arrays, except $6, the contexts:
+        # one JSON array of them (the pool's JSON codec encodes it; element n is row n's). Returns
+        # the uuids written; a row whose version is not its expected one is not written.
+        update_instances=(
+            f"UPDATE {instances} AS i SET current_state = u.current_state, version = u.version, "
+            "expires_at = u.expires_at, last_transition_at = u.last_transition_at, "
+            "context_json = $6::jsonb -> (u.n::int - 1), updated_at = u.updated_at, "
+            "definition_version = u.definition_version, timeout_attempts = u.timeout_attempts, "
+            "timeout_retry_at = u.timeout_retry_at, timeout_last_error = u.timeout_last_error, "
+            "timeout_parked_at = u.timeout_parked_at "
+            "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], "
+            "$5::timestamptz[], $7::timestamptz[], $8::int[], $9::int[], $10::timestamptz[], "
+            "$11::text[], $12::timestamptz[], $13::int[]) WITH ORDINALITY AS u(uuid, "
+            "current_state, version, expires_at, last_transition_at, updated_at, "
+            "definition_version, timeout_attempts, timeout_retry_at, timeout_last_error, "
+            "timeout_parked_at, expected, n) "
+            "WHERE i.uuid = u.uuid AND i.version = u.expected RETURNING i.uuid"
+        ),
         # $1=limit $2=now (the application's clock, never the database's). The uuids of due rows,
         # oldest due first; select_instances reads them, so that one row the codec cannot decode
         # does not fail the batch. SKIP LOCKED lets many sweepers share the work; it does not make
@@ -272,6 +293,27 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             f"greatest(now(), (SELECT max(created_at) FROM {history} "
             "WHERE workflow_instance_uuid = $1) + interval '1 microsecond')) "
             "RETURNING uuid"
+        ),
+        # insert_history for many rows in one statement (a batched sweep's), their uuids chosen by
+        # the caller: $1=uuids, $2..$11 insert_history's $1..$10 in arrays, except $9 and $10 (the
+        # command results and trigger metadata): one JSON array each, element n being row n's;
+        # $12=each row's rank among the rows of its instance in this statement (0, 1, ...). The
+        # stamps are what appending the rows one by one in that order gives: the first as
+        # insert_history's, each next one 1 µs later (the subquery does not see the rows of its
+        # own statement).
+        insert_histories=(
+            f"INSERT INTO {history} (uuid, workflow_instance_uuid, from_state, event_name, "
+            "to_state, outcome, error_message, rejected_by, command_results_json, "
+            "trigger_metadata_json, definition_version, created_at) "
+            "SELECT r.uuid, r.instance, r.from_state, r.event_name, r.to_state, r.outcome, "
+            "r.error_message, r.rejected_by, $9::jsonb -> (r.n::int - 1), "
+            "$10::jsonb -> (r.n::int - 1), r.definition_version, greatest(now(), (SELECT "
+            f"max(created_at) FROM {history} WHERE workflow_instance_uuid = r.instance) "
+            "+ interval '1 microsecond') + r.rank * interval '1 microsecond' "
+            "FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::text[], $8::text[], $11::int[], $12::int[]) WITH ORDINALITY AS "
+            "r(uuid, instance, from_state, event_name, to_state, outcome, error_message, "
+            "rejected_by, definition_version, rank, n)"
         ),
         # $1=workflow_instance_uuid $2=limit $3=offset. Newest first; uuid breaks ties as the
         # TypeScript reader does.

@@ -5,7 +5,10 @@ LOCKED, no claim: the locks keep other sweeps off the rows until COMMIT, and a b
 commits leaves them due at once). Each instance is re-checked and fired under its savepoint, as
 the per-instance sweep fires it; one that raises rolls back to its savepoint and its failed
 attempt (retry or parking) is written in the same transaction, without holding back the rest.
-One COMMIT for the batch, then the observers of the whole batch.
+With PostgreSQL the instance and history rows are kept and written at the end of the batch in
+two statements (``sweep_writes.py``), and the savepoint is lazy (sent only if the commands use
+the connection): an instance whose commands send no SQL costs no round trip. One COMMIT for the
+batch, then the observers of the whole batch.
 
 The rows of a batch stay locked until its COMMIT, so a batch takes no new instance once it has
 held them for ``BATCH_LOCK_BUDGET`` (or half the lease is spent): it commits what it fired, which
@@ -29,7 +32,9 @@ from duraflows_pg_async.errors import DatabaseError
 
 from .execution import ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version
+from .observers import EnteredStates
 from .sweep_outcomes import Outcome, Tally, log_failure, still_due
+from .sweep_writes import BatchWrites, batch_writes
 from .transitions import error_text
 
 if TYPE_CHECKING:
@@ -73,17 +78,20 @@ async def sweep_in_batches(
             due = await store.find_expired(remaining, sweeper.now(), workflow_names=names)
             found_total += len(due)
             budget_end = time.monotonic() + BATCH_LOCK_BUDGET
+            writes = batch_writes(runtime.persistence)
             for scanned in due:
                 if stopping() or time.monotonic() >= budget_end:
                     cut = True  # the rest is let go at COMMIT, still due
                     break
                 if span is None:
-                    outcome = await _fire(sweeper, scanned, None)
+                    outcome = await _fire(sweeper, scanned, writes, None)
                 else:
                     outcome = await sweeper.traced_timeout(
-                        scanned, functools.partial(_fire, sweeper, scanned)
+                        scanned, functools.partial(_fire, sweeper, scanned, writes)
                     )
                 fired.append((scanned, outcome))
+            if writes is not None:
+                await writes.flush()
         # Committed: only now do the outcomes count and the failed attempts get logged.
         for scanned, outcome in fired:
             tally.add(scanned.uuid, outcome)
@@ -99,17 +107,39 @@ async def sweep_in_batches(
     return tally.result()
 
 
-async def _fire(sweeper: Sweeper, scanned: WorkflowInstance, span: _tracing.Span | None) -> Outcome:
+async def _fire(
+    sweeper: Sweeper,
+    scanned: WorkflowInstance,
+    batch: BatchWrites | None,
+    span: _tracing.Span | None,
+) -> Outcome:
     """Fire one locked instance under a savepoint; a failure is rolled back to it and recorded
-    in the batch's transaction. Raises only when the failure cannot be recorded."""
+    in the batch's transaction. Raises only when the failure cannot be recorded, or cannot be
+    undone alone (then the whole batch rolls back)."""
     runtime = sweeper.runtime
+    runner = runtime.persistence.transaction_runner
+    observers = runtime._observers
+    entered = EnteredStates(observers)
+    writes = None if batch is None else batch.instance_writes()
+    lazy = getattr(runner, "lazy_savepoint", None)
+    savepoint = runner.transaction() if lazy is None else lazy()
     try:
         # A savepoint of the batch's transaction; its observers wait for the batch's COMMIT.
-        return await runtime._in_transaction(functools.partial(sweeper.fire_locked, scanned, span))
+        async with savepoint:
+            outcome = await sweeper.fire_locked(
+                scanned, span, entered, None if batch is None or writes is None else (batch, writes)
+            )
+            if entered.events and observers:
+                runner.after_commit(entered.notify)
     except Exception as exc:
+        if getattr(savepoint, "unguarded", False):
+            raise  # its SQL may have run outside the savepoint: only the batch can undo it
         if span is not None:
             span.fail(exc)
         return await _record_failure(sweeper, scanned.uuid, error_text(exc))
+    if batch is not None and writes is not None:
+        batch.keep(writes)
+    return outcome
 
 
 async def _record_failure(sweeper: Sweeper, instance_uuid: UUID, message: str) -> TimeoutFailure:

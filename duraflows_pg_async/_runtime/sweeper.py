@@ -23,6 +23,7 @@ from .instance_updates import next_version, utc_now
 from .observers import EnteredStates
 from .sweep_batches import sweep_in_batches
 from .sweep_outcomes import Outcome, Tally, log_failure, still_due
+from .sweep_writes import BatchWrites, BufferedTransition, InstanceWrites
 from .transitions import Transition, error_text, result_attributes
 
 if TYPE_CHECKING:
@@ -237,28 +238,36 @@ class Sweeper:
         return await self.fire_locked(instance, span, entered)
 
     async def fire_locked(
-        self, instance: WorkflowInstance, span: _tracing.Span | None, entered: EnteredStates
+        self,
+        instance: WorkflowInstance,
+        span: _tracing.Span | None,
+        entered: EnteredStates,
+        buffered: tuple[BatchWrites, InstanceWrites] | None = None,
     ) -> str | BusinessFailure | None:
         """Fire the timeout event of ``instance``, which this transaction holds locked, if it is
-        still due; the per-instance and the batched sweeps share this."""
+        still due; the per-instance and the batched sweeps share this. ``buffered``: the
+        batch's writes and this instance's, to keep the rows in instead of writing them."""
         runtime = self._runtime
-        store = runtime.persistence.instance_store
         if not still_due(instance, self._now()):
             return None  # taken by another worker, or handled since the scan
         if await self._occupied(instance):
             return None  # a queued execution holds it: sweeps leave it alone
         definition = await runtime._governing(instance)
+        transition = (
+            Transition(runtime, instance, definition, entered, span)
+            if buffered is None
+            else BufferedTransition(runtime, instance, definition, entered, span, *buffered)
+        )
         timeout = definition.timeout_event(instance.current_state)
         if timeout is None:
             # The state has no timeout (any more): clear the deadline quietly.
             instance.expires_at = None
             instance.timeout_retry = None
             next_version(instance, self._now(), definition=definition)
-            await store.update(instance)
+            await transition.write_instance()
             return None
         event_name, _event = timeout
         trigger = dict(_TIMEOUT_TRIGGER)
-        transition = Transition(runtime, instance, definition, entered, span)
         result = await transition.fire(event_name, None, trigger)
         if span is not None and span.recording:
             span.update(result_attributes(result))
@@ -267,7 +276,7 @@ class Sweeper:
             instance.expires_at = None
             instance.timeout_retry = None
             next_version(instance, self._now(), definition=definition, transition=True)
-            await store.update(instance)
+            await transition.write_instance()
             return "rejected"
         if result.outcome == "failure":
             return BusinessFailure(instance.uuid, result.to_state)

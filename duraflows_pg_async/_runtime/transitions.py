@@ -153,7 +153,7 @@ class Transition:
             transition_uuid=uuid4(),
         )
         if event.guard is not None and not await self.guard_allows(event_name, event, subject, ctx):
-            history_uuid = await self.runtime.persistence.history_store.append(
+            history_uuid = await self.write_history(
                 HistoryRecord(
                     workflow_instance_uuid=instance.uuid,
                     from_state=from_state,
@@ -271,6 +271,16 @@ class Transition:
                 return steps
             predecessor, state_name, entry_uuid = state_name, hop_to, hop_uuid
 
+    # -- the writes (a batched sweep buffers them: see sweep_batches.py) ------------------------
+
+    async def write_instance(self) -> None:
+        """Write the instance (its version already incremented)."""
+        await self.runtime.persistence.instance_store.update(self.instance)
+
+    async def write_history(self, record: HistoryRecord) -> UUID:
+        """Append one history row of this instance; returns its uuid."""
+        return await self.runtime.persistence.history_store.append(record)
+
     # -- the steps ------------------------------------------------------------------------------
 
     async def guard_allows(
@@ -360,7 +370,7 @@ class Transition:
         instance.context = context
         instance.expires_at = deadline(state, now)
         instance.timeout_retry = None
-        await self.runtime.persistence.instance_store.update(instance)
+        await self.write_instance()
         return now
 
     async def _append_history(
@@ -373,7 +383,7 @@ class Transition:
         trigger_metadata: dict[str, Any],
     ) -> UUID:
         """Append the history row of a transition just written."""
-        return await self.runtime.persistence.history_store.append(
+        return await self.write_history(
             HistoryRecord(
                 workflow_instance_uuid=self.instance.uuid,
                 from_state=from_state,

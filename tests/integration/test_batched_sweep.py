@@ -19,13 +19,21 @@ import pytest
 from helpers import ManualClock, reminder, wait_until
 
 from duraflows_pg_async import (
+    CommandRef,
     CommandRegistry,
     DefinitionRegistry,
+    Event,
     ExecutionContext,
+    GuardRef,
+    GuardRegistry,
+    OnEnter,
     PgTransactionRunner,
+    State,
     StateEnterEvent,
+    Timeout,
     TimeoutRetryPolicy,
     TimeoutWorker,
+    WorkflowDefinition,
     WorkflowPersistenceProvider,
     WorkflowRuntime,
     create_pool,
@@ -274,3 +282,106 @@ async def test_batched_must_be_a_bool(
         await runtime.process_expired_workflows(batched=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="batched"):
         TimeoutWorker(runtime, batched="yes")  # type: ignore[arg-type]
+
+
+CHAIN = WorkflowDefinition(
+    name="chain",
+    initial_state="waiting",
+    states={
+        "waiting": State(
+            events={
+                "expire": Event(
+                    target_state="expired",
+                    commands=(CommandRef("send"),),
+                    guard=GuardRef("allowed"),
+                    timeout=Timeout(minutes=5),
+                )
+            }
+        ),
+        # One hop on entering "expired": two history rows per instance, version + 2.
+        "expired": State(on_enter=OnEnter(target_state="archived", commands=(CommandRef("send"),))),
+        "archived": State(),
+    },
+)
+
+
+def chain_runtime(
+    persistence: WorkflowPersistenceProvider, clock: ManualClock, commands: Commands
+) -> WorkflowRuntime:
+    definitions = DefinitionRegistry()
+    definitions.register(CHAIN)
+    registry = CommandRegistry()
+
+    async def send(subject: Any, ctx: ExecutionContext) -> None:
+        await commands.send(subject, ctx)  # looked up at each call: a test may swap it
+
+    registry.register("send", send)
+    guards = GuardRegistry()
+    guards.register("allowed", lambda subject, ctx: not ctx.context.get("refuse", False))
+    return WorkflowRuntime(
+        definitions=definitions,
+        commands=registry,
+        guards=guards,
+        persistence=persistence,
+        clock=clock,
+    )
+
+
+async def test_hops_rejections_and_bad_writes_in_one_batch(
+    any_persistence: WorkflowPersistenceProvider, clock: ManualClock
+) -> None:
+    commands = Commands()
+    runtime = chain_runtime(any_persistence, clock, commands)
+
+    async def make(name: str, **context: Any) -> UUID:
+        created = await runtime.create_instance("chain", context={"name": name, **context})
+        return created.uuid
+
+    hopping = [await make(f"h{i}") for i in range(3)]
+    refused = await make("refused", refuse=True)
+    send = commands.send
+
+    async def unstorable(subject: Any, ctx: ExecutionContext) -> None:
+        await send(subject, ctx)
+        if ctx.context["name"] == "unstorable":
+            ctx.context["bad"] = {1, 2}  # not JSON: refused when its row is checked
+            ctx.context["sent"] = True
+
+    commands.send = unstorable  # type: ignore[method-assign]
+    bad = await make("unstorable")
+    clock.advance(minutes=6)
+
+    result = await runtime.process_expired_workflows(batched=True)
+    assert (result.processed, result.rejected) == (3, 1)
+    (failure,) = result.failed
+    assert (failure.uuid, failure.attempts) == (bad, 1)
+    for key in hopping:
+        instance = await runtime.get_instance(key)
+        assert instance is not None
+        assert (instance.current_state, instance.version) == ("archived", 2)
+        history = await runtime.get_history(key)  # newest first, in the order written
+        assert [(h.from_state, h.event_name, h.to_state) for h in history] == [
+            ("expired", "onEnter", "archived"),
+            ("waiting", "expire", "expired"),
+        ]
+        newest, oldest = history[0].created_at, history[1].created_at
+        assert newest is not None
+        assert oldest is not None
+        assert newest > oldest
+    rejected = await runtime.get_instance(refused)
+    assert rejected is not None
+    assert (rejected.current_state, rejected.expires_at, rejected.version) == (
+        "waiting",
+        None,
+        1,
+    )
+    (row,) = await runtime.get_history(refused)
+    assert (row.outcome, row.rejected_by) == ("guard-rejected", "allowed")
+    unsaved = await runtime.get_instance(bad)
+    assert unsaved is not None
+    assert (unsaved.current_state, unsaved.version, "bad" in unsaved.context) == (
+        "waiting",
+        1,
+        False,
+    )
+    assert await runtime.get_history(bad) == []
