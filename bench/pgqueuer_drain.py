@@ -122,11 +122,15 @@ async def _drain(dsn: str, jobs: int, dequeue: int, batch_size: int) -> dict[str
 def main() -> None:
     import logging
 
-    import uvloop
-
     logging.basicConfig(level=logging.WARNING)
     jobs, dequeue, batch_size = (int(arg) for arg in sys.argv[1:4])
-    result = uvloop.run(_drain(os.environ["DATABASE_URL"], jobs, dequeue, batch_size))
+    drain = _drain(os.environ["DATABASE_URL"], jobs, dequeue, batch_size)
+    try:
+        import uvloop
+    except ImportError:  # Windows: pgqueuer runs on asyncio's own loop there
+        result = asyncio.run(drain)
+    else:
+        result = uvloop.run(drain)
     print(json.dumps(result), flush=True)
 
 
