@@ -358,6 +358,12 @@ class _LazySavepoint:
         self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
 
     @property
+    def used(self) -> bool:
+        """Whether the block reached the connection (sent SQL, or might have)."""
+        guard = self._guard
+        return guard is not None and (guard.materialized or guard.unguarded)
+
+    @property
     def unguarded(self) -> bool:
         guard = self._guard
         return guard is not None and guard.unguarded and not guard.materialized

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from duraflows_pg_async._core import tracing as _tracing
+from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._core.model import WorkflowInstance
 from duraflows_pg_async.errors import DatabaseError
 
@@ -34,7 +35,7 @@ from .execution import ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version
 from .observers import EnteredStates
 from .sweep_outcomes import Outcome, Tally, log_failure, still_due
-from .sweep_writes import BatchWrites, batch_writes
+from .sweep_writes import batch_writes
 from .transitions import error_text
 
 if TYPE_CHECKING:
@@ -78,18 +79,19 @@ async def sweep_in_batches(
             due = await store.find_expired(remaining, sweeper.now(), workflow_names=names)
             found_total += len(due)
             budget_end = time.monotonic() + BATCH_LOCK_BUDGET
-            writes = batch_writes(runtime.persistence)
+            batch = _Batch(runtime.persistence)
             for scanned in due:
                 if stopping() or time.monotonic() >= budget_end:
                     cut = True  # the rest is let go at COMMIT, still due
                     break
                 if span is None:
-                    outcome = await _fire(sweeper, scanned, writes, None)
+                    outcome = await _fire(sweeper, scanned, batch, None)
                 else:
                     outcome = await sweeper.traced_timeout(
-                        scanned, functools.partial(_fire, sweeper, scanned, writes)
+                        scanned, functools.partial(_fire, sweeper, scanned, batch)
                     )
                 fired.append((scanned, outcome))
+            writes = batch.writes
             if writes is not None:
                 await writes.flush()
         # Committed: only now do the outcomes count and the failed attempts get logged.
@@ -107,38 +109,71 @@ async def sweep_in_batches(
     return tally.result()
 
 
+class _Batch:
+    """What the instances of one batch share: its buffered writes (None: write at once), and
+    whether a command may have written other instances' rows (then each next instance is read
+    again under its lock instead of trusting the scan's copy)."""
+
+    __slots__ = ("reread", "writes")
+
+    def __init__(self, persistence: WorkflowPersistenceProvider) -> None:
+        self.writes = batch_writes(persistence)
+        # A runner without lazy savepoints cannot tell whether a command sent SQL.
+        self.reread = getattr(persistence.transaction_runner, "lazy_savepoint", None) is None
+
+
 async def _fire(
     sweeper: Sweeper,
     scanned: WorkflowInstance,
-    batch: BatchWrites | None,
+    batch: _Batch,
     span: _tracing.Span | None,
 ) -> Outcome:
     """Fire one locked instance under a savepoint; a failure is rolled back to it and recorded
     in the batch's transaction. Raises only when the failure cannot be recorded, or cannot be
     undone alone (then the whole batch rolls back)."""
     runtime = sweeper.runtime
-    runner = runtime.persistence.transaction_runner
+    persistence = runtime.persistence
+    runner = persistence.transaction_runner
     observers = runtime._observers
     entered = EnteredStates(observers)
-    writes = None if batch is None else batch.instance_writes()
+    buffer = batch.writes
+    writes = None if buffer is None else buffer.instance_writes()
     lazy = getattr(runner, "lazy_savepoint", None)
     savepoint = runner.transaction() if lazy is None else lazy()
     try:
+        instance: WorkflowInstance | None = scanned
+        if batch.reread:
+            # This transaction holds the row: no wait, and what commands wrote is seen.
+            instance = await persistence.instance_store.lock_by_uuid(scanned.uuid)
+            if instance is None:
+                return None
+        assert instance is not None
         # A savepoint of the batch's transaction; its observers wait for the batch's COMMIT.
         async with savepoint:
             outcome = await sweeper.fire_locked(
-                scanned, span, entered, None if batch is None or writes is None else (batch, writes)
+                instance,
+                span,
+                entered,
+                None if buffer is None or writes is None else (buffer, writes),
             )
             if entered.events and observers:
                 runner.after_commit(entered.notify)
+            if getattr(savepoint, "used", True):
+                # Its commands sent SQL, which may have written this or another instance of
+                # the batch: its own rows are written now (a conflict fails it alone), and the
+                # next instances are read again.
+                batch.reread = True
+                if buffer is not None and writes is not None:
+                    await buffer.write(writes)
+                    writes = None
     except Exception as exc:
         if getattr(savepoint, "unguarded", False):
             raise  # its SQL may have run outside the savepoint: only the batch can undo it
         if span is not None:
             span.fail(exc)
         return await _record_failure(sweeper, scanned.uuid, error_text(exc))
-    if batch is not None and writes is not None:
-        batch.keep(writes)
+    if buffer is not None and writes is not None:
+        buffer.keep(writes)
     return outcome
 
 

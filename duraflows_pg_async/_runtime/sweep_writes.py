@@ -78,6 +78,12 @@ class BatchWrites:
     def append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]:
         return self._history_store.append_row(record, row_uuid, rank)
 
+    async def write(self, writes: InstanceWrites) -> None:
+        """Write one instance's rows now (inside its savepoint)."""
+        if writes.instance is not None:
+            await self._instance_store.update_rows([writes.instance])
+        await self._history_store.append_rows(writes.history)
+
     async def flush(self) -> None:
         """Write the batch's rows, instances first (history rows reference them)."""
         instances, history = self._instances, self._history

@@ -69,7 +69,11 @@ def make_runtime(
     definitions = DefinitionRegistry()
     definitions.register(reminder())
     registry = CommandRegistry()
-    registry.register("send", commands.send)
+
+    async def send(subject: Any, ctx: ExecutionContext) -> None:
+        await commands.send(subject, ctx)  # looked up at each call: a test may swap it
+
+    registry.register("send", send)
     return WorkflowRuntime(
         definitions=definitions,
         commands=registry,
@@ -385,3 +389,30 @@ async def test_hops_rejections_and_bad_writes_in_one_batch(
         False,
     )
     assert await runtime.get_history(bad) == []
+
+
+async def test_an_event_a_command_triggers_on_another_instance_of_the_batch_is_seen(
+    any_persistence: WorkflowPersistenceProvider, clock: ManualClock
+) -> None:
+    commands = Commands()
+    runtime = make_runtime(any_persistence, clock, commands)
+    (first,) = await create(runtime, 1)
+    second = (await runtime.create_instance("reminder", context={"name": "second"})).uuid
+    send = commands.send
+
+    async def send_both(subject: Any, ctx: ExecutionContext) -> None:
+        await send(subject, ctx)
+        if ctx.context["name"] == "i0":
+            # Joins the batch's transaction: the second instance is locked by it already.
+            await runtime.trigger_event(second, "remind", trigger_metadata={"by": "i0"})
+
+    commands.send = send_both  # type: ignore[method-assign]
+    clock.advance(minutes=6)
+
+    result = await runtime.process_expired_workflows(batched=True)
+    # The second instance's timeout is no longer due once the first one's command moved it on.
+    assert (result.processed, result.failed) == (1, [])
+    assert await states(runtime, [first, second]) == ["reminded", "reminded"]
+    (row,) = await runtime.get_history(second)
+    assert row.trigger_metadata == {"by": "i0"}
+    assert commands.ran == {"i0": 1, "second": 1}
