@@ -148,6 +148,10 @@ async def _fire(
             if instance is None:
                 return None
         assert instance is not None
+        # Checked before the savepoint: a read of the store's own, which needs no savepoint
+        # (and does not count as a command's SQL).
+        if persistence.execution_store is not None and await sweeper.occupied(instance):
+            return None  # a queued execution holds it: sweeps leave it alone
         # A savepoint of the batch's transaction; its observers wait for the batch's COMMIT.
         async with savepoint:
             outcome = await sweeper.fire_locked(
@@ -155,6 +159,7 @@ async def _fire(
                 span,
                 entered,
                 None if buffer is None or writes is None else (buffer, writes),
+                occupied_checked=True,
             )
             if entered.events and observers:
                 runner.after_commit(entered.notify)

@@ -243,14 +243,17 @@ class Sweeper:
         span: _tracing.Span | None,
         entered: EnteredStates,
         buffered: tuple[BatchWrites, InstanceWrites] | None = None,
+        *,
+        occupied_checked: bool = False,
     ) -> str | BusinessFailure | None:
         """Fire the timeout event of ``instance``, which this transaction holds locked, if it is
         still due; the per-instance and the batched sweeps share this. ``buffered``: the
-        batch's writes and this instance's, to keep the rows in instead of writing them."""
+        batch's writes and this instance's, to keep the rows in instead of writing them;
+        ``occupied_checked``: the caller has made sure no queued execution holds it."""
         runtime = self._runtime
         if not still_due(instance, self._now()):
             return None  # taken by another worker, or handled since the scan
-        if await self._occupied(instance):
+        if not occupied_checked and await self.occupied(instance):
             return None  # a queued execution holds it: sweeps leave it alone
         definition = await runtime._governing(instance)
         transition = (
@@ -282,7 +285,7 @@ class Sweeper:
             return BusinessFailure(instance.uuid, result.to_state)
         return "processed"
 
-    async def _occupied(self, instance: WorkflowInstance) -> bool:
+    async def occupied(self, instance: WorkflowInstance) -> bool:
         """Whether a queued execution occupies the (locked) instance."""
         return await self._runtime._active_execution(instance) is not None
 
@@ -308,7 +311,7 @@ class Sweeper:
                     or instance.current_state != scanned.current_state
                     or instance.expires_at != scanned.expires_at
                     or not still_due(instance, now)
-                    or await self._occupied(instance)
+                    or await self.occupied(instance)
                 ):
                     self._unreleased_claims.append((scanned.uuid, claim_until))
                     return TimeoutFailure(scanned.uuid, message)

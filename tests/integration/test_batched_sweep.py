@@ -37,6 +37,7 @@ from duraflows_pg_async import (
     WorkflowPersistenceProvider,
     WorkflowRuntime,
     create_pool,
+    memory_workflow_providers,
     pg_workflow_providers,
 )
 from duraflows_pg_async.errors import InvalidArgumentError
@@ -416,3 +417,24 @@ async def test_an_event_a_command_triggers_on_another_instance_of_the_batch_is_s
     (row,) = await runtime.get_history(second)
     assert row.trigger_metadata == {"by": "i0"}
     assert commands.ran == {"i0": 1, "second": 1}
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+async def test_an_instance_a_queued_execution_holds_is_left_alone(
+    kind: str, pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    persistence = (
+        memory_workflow_providers(durable_execution=True)
+        if kind == "memory"
+        else pg_workflow_providers(pool, durable_execution=True)
+    )
+    commands = Commands()
+    runtime = make_runtime(persistence, clock, commands)
+    held, free = await create(runtime, 2)
+    await runtime.enqueue_event(held, "remind", idempotency_key="k1")
+    clock.advance(minutes=6)
+
+    result = await runtime.process_expired_workflows(batched=True)
+    assert (result.processed, result.failed) == (1, [])
+    assert await states(runtime, [held, free]) == ["waiting", "reminded"]
+    assert commands.ran == {"i1": 1}
