@@ -309,19 +309,33 @@ class _GuardedConnection:
     a listener) marks the block ``unguarded``: its SQL may have run outside the savepoint.
     """
 
-    __slots__ = ("materialized", "name", "real", "unguarded")
+    __slots__ = ("before", "materialized", "name", "real", "root", "unguarded")
 
-    def __init__(self, real: AnyConnection, name: str) -> None:
-        self.real = real
+    def __init__(
+        self, root: _Root, name: str, before: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        self.root = root
+        self.real = root.connection
         self.name = name
+        self.before = before
         self.materialized = False
         self.unguarded = False
 
     async def materialize(self) -> None:
-        if not self.materialized:
-            with map_db_errors(f"SAVEPOINT {self.name}", self.real):
-                await self.real.execute(f"SAVEPOINT {self.name}")
-            self.materialized = True
+        if self.materialized:
+            return
+        before, self.before = self.before, None
+        if before is not None:
+            # Outside the savepoint, on the plain connection: what the caller kept back until
+            # now (a batch's rows) must be in the database before the block's SQL reads it.
+            self.root.connection = self.real
+            try:
+                await before()
+            finally:
+                self.root.connection = cast(AnyConnection, self)
+        with map_db_errors(f"SAVEPOINT {self.name}", self.real):
+            await self.real.execute(f"SAVEPOINT {self.name}")
+        self.materialized = True
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.real, name)
@@ -348,10 +362,13 @@ class _LazySavepoint:
     cover (see ``_GuardedConnection``): then a failure of it cannot be undone alone.
     """
 
-    __slots__ = ("_guard", "_parent", "_runner", "_scope", "_token")
+    __slots__ = ("_before", "_guard", "_parent", "_runner", "_scope", "_token")
 
-    def __init__(self, runner: PgTransactionRunner) -> None:
+    def __init__(
+        self, runner: PgTransactionRunner, before: Callable[[], Awaitable[None]] | None
+    ) -> None:
         self._runner = runner
+        self._before = before
         self._guard: _GuardedConnection | None = None
         self._parent: _Scope | None = None
         self._scope: _Scope | None = None
@@ -377,7 +394,7 @@ class _LazySavepoint:
             raise NoActiveTransactionError("lazy_savepoint requires an active transaction")
         root = parent.root
         root.savepoints += 1
-        guard = _GuardedConnection(root.connection, f"duraflows_sp_{root.savepoints}")
+        guard = _GuardedConnection(root, f"duraflows_sp_{root.savepoints}", self._before)
         # Every use of the transaction's connection inside the block (stores, connection(),
         # nested savepoints) goes through the guard until the block ends.
         root.connection = cast(AnyConnection, guard)
@@ -507,11 +524,14 @@ class PgTransactionRunner:
         async with _Transaction(self):
             return await fn()
 
-    def lazy_savepoint(self) -> _LazySavepoint:
+    def lazy_savepoint(
+        self, before_first_statement: Callable[[], Awaitable[None]] | None = None
+    ) -> _LazySavepoint:
         """A savepoint in the current transaction whose SAVEPOINT is sent only before the
-        block's first statement: free for a block that sends none. For the batched sweep, whose
-        instances buffer their writes; outside a transaction: NoActiveTransactionError."""
-        return _LazySavepoint(self)
+        block's first statement: free for a block that sends none. ``before_first_statement``
+        is awaited just before that SAVEPOINT, outside it (the batched sweep writes the rows it
+        kept back). For the batched sweep; outside a transaction: NoActiveTransactionError."""
+        return _LazySavepoint(self, before_first_statement)
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback()`` (awaited if it returns an awaitable) after the outermost COMMIT.

@@ -139,7 +139,10 @@ async def _fire(
     buffer = batch.writes
     writes = None if buffer is None else buffer.instance_writes()
     lazy = getattr(runner, "lazy_savepoint", None)
-    savepoint = runner.transaction() if lazy is None else lazy()
+    # Rows the batch kept back are written before a command's first SQL: it must see them.
+    savepoint = (
+        runner.transaction() if lazy is None else lazy(None if buffer is None else buffer.flush)
+    )
     try:
         instance: WorkflowInstance | None = scanned
         if batch.reread:

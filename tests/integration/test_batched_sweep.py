@@ -438,3 +438,30 @@ async def test_an_instance_a_queued_execution_holds_is_left_alone(
     assert (result.processed, result.failed) == (1, [])
     assert await states(runtime, [held, free]) == ["waiting", "reminded"]
     assert commands.ran == {"i1": 1}
+
+
+async def test_a_command_sees_the_instances_the_batch_fired_before_it(
+    any_persistence: WorkflowPersistenceProvider, clock: ManualClock
+) -> None:
+    commands = Commands()
+    runtime = make_runtime(any_persistence, clock, commands)
+    (first,) = await create(runtime, 1)
+    second = (await runtime.create_instance("reminder", context={"name": "second"})).uuid
+    send = commands.send
+
+    async def send_again(subject: Any, ctx: ExecutionContext) -> None:
+        await send(subject, ctx)
+        if ctx.context["name"] == "second":
+            # The first instance fired earlier in this batch: it is no longer waiting.
+            await runtime.trigger_event(first, "remind")
+
+    commands.send = send_again  # type: ignore[method-assign]
+    clock.advance(minutes=6)
+
+    result = await runtime.process_expired_workflows(batched=True)
+    assert result.processed == 1
+    (failure,) = result.failed
+    assert failure.uuid == second
+    assert 'Event "remind"' in failure.error or "remind" in failure.error
+    assert await states(runtime, [first, second]) == ["reminded", "waiting"]
+    assert len(await runtime.get_history(first)) == 1
