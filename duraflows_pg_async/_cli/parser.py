@@ -297,6 +297,12 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "runtime's sweep lease)",
     )
     worker.add_argument(
+        "--batched",
+        action="store_true",
+        help="sweep each batch of timeouts in one transaction, a savepoint per instance (see "
+        "docs/timeouts-and-workers.md, batched sweeps)",
+    )
+    worker.add_argument(
         "--workflow",
         action="append",
         default=None,
