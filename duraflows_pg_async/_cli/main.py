@@ -68,6 +68,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": list_command,
     "stats": stats_command,
     "execution": execution_command,
+    "executions": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
     "graph": graph_command,

@@ -213,6 +213,8 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
 
     execution = commands.add_parser(
         "execution",
+        # The plural reads as the issue's and peers' CLIs name it (`dbos workflow list`); both work.
+        aliases=["executions"],
         parents=[common],
         help="show, list, retry or cancel queued executions (enqueue_event)",
     )
@@ -369,6 +371,20 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "the database (what the runtimes registered)",
     )
     graph.add_argument("name", metavar="WORKFLOW", help="the workflow's name")
+    graph.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="draw WORKFLOW from this application's definitions instead of the stored snapshot "
+        "(what `diagram` loads: a definition, a registry, a runtime or a runtime factory; no "
+        "database is opened)",
+    )
+    graph.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="with --app: look for its module in DIR first (default: the current directory)",
+    )
     graph.add_argument(
         "--version",
         type=int,
