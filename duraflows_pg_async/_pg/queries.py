@@ -102,6 +102,7 @@ class Queries:
     ensure_definition: str
     select_definition: str
     list_definitions: str
+    replace_definition: str
     select_receipt: str
     insert_receipt: str
     complete_receipt: str
@@ -298,6 +299,13 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         list_definitions=(
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
             "ORDER BY version"
+        ),
+        # $1=workflow_name $2=version $3=content_hash $4=definition_json (development only:
+        # WorkflowRuntime(allow_unbumped_edits=True))
+        replace_definition=(
+            f"UPDATE {definitions} SET content_hash = $3, definition_json = $4, "
+            "registered_at = now() WHERE workflow_name = $1 AND version = $2 "
+            f"RETURNING {DEFINITION_COLUMNS}"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key
         select_receipt=(

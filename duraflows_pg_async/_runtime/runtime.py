@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from duraflows_pg_async._core.model import (
 from duraflows_pg_async._core.validate import (
     check_json,
     coerce_uuid,
+    require_bool,
     require_int,
     require_str,
 )
@@ -71,6 +73,8 @@ __all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]
 
 T = TypeVar("T")
 
+logger = logging.getLogger("duraflows_pg_async")
+
 
 def _json_object(value: object, name: str) -> dict[str, Any]:
     if value is None:
@@ -112,6 +116,7 @@ class WorkflowRuntime:
         max_on_enter_depth: int = 10,
         sweep_lease: timedelta | float = DEFAULT_SWEEP_LEASE,
         durable_execution: DurableExecutionPolicy | None = None,
+        allow_unbumped_edits: bool = False,
     ) -> None:
         if not isinstance(definitions, DefinitionRegistry):
             raise InvalidArgumentError("definitions must be a DefinitionRegistry")
@@ -137,6 +142,12 @@ class WorkflowRuntime:
         self.timeout_retry = timeout_retry if timeout_retry is not None else TimeoutRetryPolicy()
         self.max_on_enter_depth = require_int(max_on_enter_depth, "max_on_enter_depth", minimum=1)
         self.sweep_lease = checked_lease(sweep_lease, "sweep_lease")
+        self.allow_unbumped_edits = require_bool(allow_unbumped_edits, "allow_unbumped_edits")
+        if self.allow_unbumped_edits:
+            logger.warning(
+                "duraflows: DEVELOPMENT ONLY: allow_unbumped_edits=True lets an edited definition "
+                "replace its stored snapshot without a version bump; never use it in production"
+            )
         self._observers: list[Observer] = []
         for observer in observers:
             self.add_observer(observer)
