@@ -324,6 +324,29 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="logging level of the worker (default INFO)"
     )
 
+    dev_db = commands.add_parser(
+        "dev-db",
+        parents=[common],
+        help="start an embedded PostgreSQL in the foreground, migrate it and print its URL; "
+        "Ctrl-C stops it",
+    )
+    dev_db.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the data (and the server's password) in DIR between runs (default: a "
+        "temporary directory deleted at the stop)",
+    )
+    dev_db.add_argument(
+        "--port", type=int, default=None, help="listen on this port (default: a free one)"
+    )
+    dev_db.add_argument(
+        "--database",
+        default="duraflows",
+        metavar="NAME",
+        help="the database to create and migrate (default: duraflows)",
+    )
+
     diagram = commands.add_parser(
         "diagram",
         parents=[common],
