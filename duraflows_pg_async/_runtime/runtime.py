@@ -18,7 +18,11 @@ from uuid import UUID, uuid4
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async._core.executions import DurableExecutionPolicy, WorkflowExecution
+from duraflows_pg_async._core.executions import (
+    DurableExecutionPolicy,
+    ExecutionStats,
+    WorkflowExecution,
+)
 from duraflows_pg_async._core.model import (
     HistoryRecord,
     InstanceStatus,
@@ -477,6 +481,12 @@ class WorkflowRuntime:
         """Instance and timeout-status counts per workflow and state, sorted; due at the
         runtime's clock. See [`StateStats`][duraflows_pg_async.types.StateStats]."""
         return await stats(self, workflow_name=workflow_name)
+
+    async def execution_stats(self) -> list[ExecutionStats]:
+        """The active queued executions per status (pending, running, parked), due at the
+        runtime's clock. See [`ExecutionStats`][duraflows_pg_async.types.ExecutionStats];
+        DurableExecutionNotSupportedError without an execution store."""
+        return await self._durable.store.stats(now=utc_now(self.clock))
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None
