@@ -36,6 +36,7 @@ ACTIVE_STATUSES: tuple[ExecutionStatus, ...] = ("pending", "running", "parked")
 # Statuses a worker may pick up.
 DUE_STATUSES: tuple[str, ...] = ("pending", "running")
 
+
 @dataclass(frozen=True, slots=True)
 class ExecutionStats:
     """How many queued executions are in one active status (pending, running or parked)."""

@@ -172,7 +172,9 @@ class MemoryWorkflowExecutionStore(MemoryStore):
                 continue
             counts[status][0] += 1
             available = parse_utc(row["availableAt"], "availableAt")
-            lease = None if row["leaseUntil"] is None else parse_utc(row["leaseUntil"], "leaseUntil")
+            lease = (
+                None if row["leaseUntil"] is None else parse_utc(row["leaseUntil"], "leaseUntil")
+            )
             if status in DUE_STATUSES and available <= when and (lease is None or lease <= when):
                 counts[status][1] += 1
                 due_at = available if lease is None else max(available, lease)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
@@ -310,16 +311,21 @@ class WorkflowRuntime:
         trigger = _json_object(trigger_metadata, "trigger_metadata")
         keyed = checked_event_key(self.persistence, idempotency_key, idempotency_fingerprint)
         await self.initialize()
+        probe = _metrics.probe(self, "event")
 
         async def work(span: _tracing.Span | None, entered: EnteredStates) -> ExecutionResult:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
+            if probe is not None:
+                probe.workflow = instance.workflow_name
             if keyed is not None:
                 replayed = await keyed.replay_or_reserve(key, event_name)
                 if replayed is not None:
                     if span is not None and span.recording:
                         span.update({"duraflows.idempotency.replayed": True})
+                    if probe is not None:
+                        probe.outcome = "replayed"
                     return replayed
             await self._refuse_if_busy(instance)
             definition = await self._governing(instance)
@@ -328,12 +334,13 @@ class WorkflowRuntime:
             return result if keyed is None else await keyed.record(key, result)
 
         # The span starts before the transaction, so that the transaction span is its child.
-        return await _tracing.traced(
+        traced = _tracing.traced(
             _tracing.TRIGGER_EVENT,
             lambda span: self._in_transaction(functools.partial(work, span)),
             lambda: {"duraflows.instance.uuid": str(key), "duraflows.event.name": event_name},
             result_attributes,
         )
+        return await _metrics.observed(probe, traced)
 
     async def process_expired_workflows(
         self, limit: int = 100, *, workflow_names: Iterable[str] | None = None
