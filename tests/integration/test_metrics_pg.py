@@ -9,14 +9,16 @@ global registry and OpenTelemetry's global provider are left alone.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from helpers import ManualClock
+from helpers import ManualClock, run_python
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry
@@ -68,6 +70,7 @@ SHOP = WorkflowDefinition(
         "expired": State(),
     },
 )
+DOC = Path(__file__).parents[2] / "docs" / "metrics.md"
 LEASE = DurableExecutionPolicy(lease_duration=timedelta(seconds=30))
 
 
@@ -430,3 +433,24 @@ async def test_execution_stats_read_the_active_executions_only(
         ("running", 0),
         ("parked", 0),
     ]
+
+
+async def test_the_docs_example_runs_as_written(database: str) -> None:
+    match = re.search(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert match is not None, "docs/metrics.md has no python block"
+    result = await run_python(match.group(1), database)
+    assert result.returncode == 0, result.stderr
+    content_type, body = result.stdout.split("\n", 1)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    scraped = Scrape(body.encode())
+    labels = {"workflow": "ticket", "source": "event", "outcome": "success"}
+    assert scraped.value("duraflows_transitions_total", **labels) == 1
+    assert scraped.value("duraflows_stats_up") == 1
+    assert scraped.value("duraflows_instances", workflow="ticket", state="closed") == 1
+    # The lines the page shows are in the output as printed.
+    shown = re.search(
+        r"It prints, among the rest:\n\n```text\n(.*?)```", DOC.read_text(), re.DOTALL
+    )
+    assert shown is not None
+    for line in shown.group(1).splitlines():
+        assert line in body.splitlines(), line
