@@ -109,7 +109,8 @@ class OpenTelemetryMetrics:
     Counters and histograms are recorded as ``runtime`` works. The gauges are observable: they
     report the database figures of the last refresh, so something must refresh them: ``start()``
     a task that does it every ``interval`` seconds, or ``await refresh()`` yourself. Needs the
-    ``otel`` extra (ConfigurationError without it). ``close()`` stops recording.
+    ``otel`` extra (ConfigurationError without it). ``close()`` stops recording. Build one per
+    runtime and meter provider: OpenTelemetry keeps the first instrument of a name.
     """
 
     def __init__(

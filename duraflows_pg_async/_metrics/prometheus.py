@@ -147,7 +147,9 @@ class PrometheusMetrics:
     Needs the ``prometheus`` extra (ConfigurationError without it).
     """
 
-    def __init__(self, runtime: WorkflowRuntime, *, registry: CollectorRegistry | None = None):
+    def __init__(
+        self, runtime: WorkflowRuntime, *, registry: CollectorRegistry | None = None
+    ) -> None:
         self.runtime = checked_runtime(runtime)
         prometheus = _import_prometheus()
         if registry is None:
