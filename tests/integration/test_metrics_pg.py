@@ -297,6 +297,15 @@ async def test_a_failed_refresh_leaves_the_gauges_out_and_the_scrape_up(
         assert [r.levelno for r in failures] == [logging.WARNING, logging.DEBUG]
         with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the closed pool raises
             await metrics.refresh()
+        # A sweep and a poll that raise are counted as errors.
+        with pytest.raises(Exception):  # noqa: B017, PT011
+            await runtime.sweep()
+        with pytest.raises(Exception):  # noqa: B017, PT011
+            await runtime.process_pending_executions()
+        failed = await scrape(metrics)
+        for kind in ("timeout", "execution"):
+            assert failed.value("duraflows_worker_sweeps_total", kind=kind, outcome="error") == 1
+            assert failed.value("duraflows_worker_sweeps_total", kind=kind, outcome="ok") is None
     finally:
         metrics.close()
         await pool.close()
