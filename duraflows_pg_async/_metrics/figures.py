@@ -266,6 +266,8 @@ STATS_UP = Figure(
 
 
 def checked_runtime(runtime: object) -> WorkflowRuntime:
+    """``runtime``, if it is a WorkflowRuntime (InvalidArgumentError naming it otherwise)."""
+    # Imported here: the runtime's modules import _core/metrics.py, never this module.
     from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 
     if not isinstance(runtime, WorkflowRuntime):
