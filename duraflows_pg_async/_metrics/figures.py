@@ -14,15 +14,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from duraflows_pg_async._core.executions import ExecutionStats
 from duraflows_pg_async._core.model import StateStats
 from duraflows_pg_async._runtime.instance_updates import utc_now
+from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async.errors import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 
 __all__ = [
     "ATTRIBUTES",
@@ -267,9 +264,6 @@ STATS_UP = Figure(
 
 def checked_runtime(runtime: object) -> WorkflowRuntime:
     """``runtime``, if it is a WorkflowRuntime (InvalidArgumentError naming it otherwise)."""
-    # Imported here: the runtime's modules import _core/metrics.py, never this module.
-    from duraflows_pg_async._runtime.runtime import WorkflowRuntime
-
     if not isinstance(runtime, WorkflowRuntime):
         raise InvalidArgumentError(
             f"runtime must be a WorkflowRuntime, got {type(runtime).__name__}"
