@@ -60,9 +60,10 @@ class Recorder(Protocol):
 
 
 ACTIVE = False
-# id(runtime) -> its recorders. A recorder holds its runtime, which cannot be collected (and its
-# id reused) while attached.
+# id(runtime) -> its recorders. The hooks look runtimes up by id, which is cheaper than hashing
+# them; _runtimes keeps each one alive while it has recorders, so that its id is not reused.
 _recorders: dict[int, tuple[Recorder, ...]] = {}
+_runtimes: dict[int, object] = {}
 _warned = False
 
 
@@ -70,6 +71,7 @@ def attach(runtime: object, recorder: Recorder) -> None:
     """Send ``runtime``'s figures to ``recorder`` too."""
     global ACTIVE
     _recorders[id(runtime)] = (*_recorders.get(id(runtime), ()), recorder)
+    _runtimes[id(runtime)] = runtime
     ACTIVE = True
 
 
@@ -81,6 +83,7 @@ def detach(runtime: object, recorder: Recorder) -> None:
         _recorders[id(runtime)] = left
     else:
         _recorders.pop(id(runtime), None)
+        _runtimes.pop(id(runtime), None)
     ACTIVE = bool(_recorders)
 
 

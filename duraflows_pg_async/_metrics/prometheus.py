@@ -143,7 +143,8 @@ class PrometheusMetrics:
     figures of the database, read by ``await refresh()``, which
     [`render_prometheus()`][duraflows_pg_async.metrics.render_prometheus] and
     [`metrics_app()`][duraflows_pg_async.metrics.metrics_app] call on each scrape. A registry
-    holds one ``PrometheusMetrics`` (InvalidArgumentError otherwise); ``close()`` takes it out.
+    holds one ``PrometheusMetrics`` (InvalidArgumentError otherwise); ``close()`` takes it out,
+    and lets go of the runtime, when the runtime is done with.
     Needs the ``prometheus`` extra (ConfigurationError without it).
     """
 
