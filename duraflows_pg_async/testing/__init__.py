@@ -64,6 +64,7 @@ Hooks a subclass may override:
   the logger name that must record a warning when an after-commit callback raises (``None`` skips
   that check).
 
+[`ManualClock`][duraflows_pg_async.testing.ManualClock] is a clock your tests move by hand, and
 [`make_instance()`][duraflows_pg_async.testing.make_instance] builds a valid new
 [`WorkflowInstance`][duraflows_pg_async.WorkflowInstance] with any field overridden; it is handy in
 your own tests too.
@@ -71,6 +72,7 @@ your own tests too.
 
 from __future__ import annotations
 
+from .clock import ManualClock
 from .data import make_instance
 from .definitions import DefinitionStoreConformance
 from .executions import ExecutionStoreConformance
@@ -80,6 +82,7 @@ from .instances import InstanceStoreConformance
 from .runner import TransactionRunnerConformance
 
 __all__ = [
+    "ManualClock",
     "make_instance",
     "InstanceStoreConformance",
     "HistoryStoreConformance",
