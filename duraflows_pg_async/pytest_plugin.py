@@ -97,7 +97,11 @@ def _duraflows_server() -> Iterator[DatabaseServer]:
     try:
         server = start_server()
     except ServerUnavailableError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    else:
+        failure = ""
+    if failure:  # outside the except block: the message alone, with no chained traceback
+        pytest.fail(failure, pytrace=False)
     try:
         yield server
     finally:
