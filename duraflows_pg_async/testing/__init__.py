@@ -1,4 +1,7 @@
-"""Conformance suites for persistence providers, to run with pytest.
+"""Conformance suites for persistence providers, to run with pytest, and a clock for tests.
+
+To test your own workflows (not a provider), see the pytest plugin,
+[`duraflows_pg_async.pytest_plugin`][duraflows_pg_async.pytest_plugin].
 
 Every [`WorkflowPersistenceProvider`][duraflows_pg_async.WorkflowPersistenceProvider] (the
 PostgreSQL one of this package, an in-memory one, a third-party adapter) must behave the same way
