@@ -118,7 +118,14 @@ def _duraflows_databases(
             f"duraflows_template_setup must return an async callable or None, got {setup!r}",
             pytrace=False,
         )
-    databases = TemplateDatabases(_duraflows_server, setup=setup)
+    try:
+        databases = TemplateDatabases(_duraflows_server, setup=setup)
+    except ServerUnavailableError as exc:
+        failure = str(exc)
+    else:
+        failure = ""
+    if failure:  # outside the except block, as above
+        pytest.fail(failure, pytrace=False)
     try:
         yield databases
     finally:

@@ -147,9 +147,20 @@ class TemplateDatabases:
         self._thread.start()
 
     async def _create_template(self, setup: TemplateSetup | None) -> None:
-        admin = await asyncpg.connect(self.server.admin_dsn)
         try:
-            await admin.execute(f"CREATE DATABASE {_quoted(self.template)}")
+            admin = await asyncpg.connect(self.server.admin_dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise ServerUnavailableError(
+                f"cannot connect to the tests' server ({self.server.source}): {exc}"
+            ) from exc
+        try:
+            try:
+                await admin.execute(f"CREATE DATABASE {_quoted(self.template)}")
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise ServerUnavailableError(
+                    f"the role of {self.server.source} may not CREATE DATABASE, which the "
+                    f"fixtures need (a template, then a copy of it per test): {exc}"
+                ) from exc
             try:
                 conn = await asyncpg.connect(self.server.dsn(self.template))
                 try:

@@ -12,8 +12,10 @@ import json
 import os
 import re
 import tomllib
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -292,24 +294,63 @@ async def test_payouts(duraflows_pool, n):
     pytester.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=3)
 
 
-def test_a_template_setup_that_is_not_callable_is_a_clear_error(
-    pytester: pytest.Pytester, external_server: PgServer
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        pytest.param(
+            'return "CREATE TABLE payouts (id int)"',
+            "*duraflows_template_setup must return an async callable*",
+            id="not-callable",
+        ),
+        pytest.param(
+            "async def setup(conn):\n        await conn.execute('CREATE TABLE broken (')\n\n"
+            "    return setup",
+            "*PostgresSyntaxError*",
+            id="failing",
+        ),
+    ],
+)
+async def test_a_bad_template_setup_fails_the_tests_clearly_and_leaves_nothing(
+    pytester: pytest.Pytester, external_server: PgServer, setup: str, message: str
 ) -> None:
     write_ini(pytester)
     pytester.makeconftest(
-        """
+        f"""
 import pytest
 
 
 @pytest.fixture(scope="session")
 def duraflows_template_setup():
-    return "CREATE TABLE payouts (id int)"
+    {setup}
 """
     )
     pytester.makepyfile(test_user="def test_it(duraflows_dsn):\n    pass\n")
+    before = await databases_like(external_server.admin_dsn, "duraflows_pytest_")
     result = run(pytester)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*duraflows_template_setup must return an async callable*"])
+    result.stdout.fnmatch_lines([message])
+    assert await databases_like(external_server.admin_dsn, "duraflows_pytest_") == before
+
+
+async def test_a_role_that_may_not_create_databases_is_a_clear_error(
+    pytester: pytest.Pytester, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = f"plugin_user_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB PASSWORD 'secret'")
+        parts = urlsplit(pg_server.admin_dsn)
+        netloc = f"{role}:secret@{parts.hostname}:{parts.port}"
+        monkeypatch.setenv("DURAFLOWS_TEST_DSN", urlunsplit(parts._replace(netloc=netloc)))
+        write_ini(pytester)
+        pytester.makepyfile(test_user="def test_it(duraflows_dsn):\n    pass\n")
+        result = run(pytester)
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*the role of DURAFLOWS_TEST_DSN may not CREATE DATABASE*"])
+        assert "During handling" not in result.stdout.str()
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
 
 
 def test_the_plugin_is_not_loaded_unless_asked_for(pytester: pytest.Pytester) -> None:
