@@ -8,6 +8,7 @@ two); one starts the embedded server for real and checks that nothing of it is l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from helpers import wait_until
 
 if TYPE_CHECKING:
     from conftest import PgServer
@@ -404,7 +406,7 @@ def test_without_a_server_the_error_names_the_extra(
     assert "During handling" not in out  # the message alone, no chained traceback
 
 
-def test_the_embedded_server_starts_once_and_stops_at_the_end(
+async def test_the_embedded_server_starts_once_and_stops_at_the_end(
     pytester: pytest.Pytester, records: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DURAFLOWS_TEST_DSN", raising=False)
@@ -425,6 +427,24 @@ async def test_it(duraflows_pool, n):
     first, second = (json.loads((records / f"server{n}.json").read_text()) for n in range(2))
     assert first == second  # one server for the session
     pid, data_dir = first
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-    assert not Path(data_dir).exists()
+    # `pg_ctl stop -w` returns once the server removed its pid file, just before it exits.
+    await wait_until(
+        lambda: asyncio.to_thread(lambda: not running(pid)),
+        what=f"the embedded server (pid {pid}) to exit",
+    )
+    assert not await asyncio.to_thread(Path(data_dir).exists)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
