@@ -49,6 +49,8 @@ NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench": (("embedded", "orjson"), ("bench",)),
     "lint": ((), ("lint",)),
     "docs": ((), ("docs",)),
+    # hatchling (in the test group) builds the wheel; the user project gets a virtualenv of its own.
+    "user-project": ((), ("test",)),
 }
 
 USAGE = """\
@@ -63,6 +65,10 @@ commands:
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
   bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
   docs [serve]         build the docs site into site/ with warnings as errors; `serve` serves it
+  user-project [--latest] [pytest args]
+                       build the wheel, install it with its 'pytest' extra into a new virtualenv
+                       (at the lock's versions; --latest: the newest allowed) and run the tests of
+                       examples/user_project there, as a user of the package runs them
   lock                 update uv.lock after a change to pyproject.toml's dependencies, and
                        requirements-dev.txt (the same pins for pip)
 
@@ -461,9 +467,9 @@ def _exec(argv: list[str]) -> int:
     return _call(argv)
 
 
-def _call(argv: list[str]) -> int:
+def _call(argv: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> int:
     try:
-        return subprocess.run(argv, cwd=ROOT, check=False).returncode
+        return subprocess.run(argv, cwd=cwd, env=env, check=False).returncode
     except OSError as exc:
         _say(f"cannot run {argv[0]}: {exc}")
         return 127
@@ -544,6 +550,75 @@ def cmd_docs(args: list[str]) -> int:
     return _exec([mkdocs, "build", "--strict", "--clean", "--site-dir", str(ROOT / "site")])
 
 
+USER_PROJECT = Path("examples") / "user_project"
+# Fails unless the package is imported from the virtualenv's site-packages (not from a checkout).
+_FROM_THE_WHEEL = (
+    "import sys, duraflows_pg_async as p; "
+    "sys.exit(0 if p.__file__.startswith(sys.prefix) else f'imported from {p.__file__}')"
+)
+
+
+def cmd_user_project(args: list[str]) -> int:
+    """examples/user_project's tests against the built wheel, in a new virtualenv.
+
+    What a user does: install the package (the wheel, with its ``pytest`` extra) into a clean
+    environment and run their tests with the plugin. Everything happens in a temporary
+    directory, removed afterwards; the project is copied there, so nothing of this checkout is
+    importable. The versions are the lock's (requirements-dev.txt) unless ``--latest``.
+    """
+    latest = args[:1] == ["--latest"]
+    pytest_args = args[1:] if latest else args
+    with tempfile.TemporaryDirectory(prefix="duraflows-user-project-") as tmp:
+        work = Path(tmp)
+        dist = work / "dist"
+        _say("building the wheel")
+        build = [str(venv_python(ROOT)), "-m", "hatchling", "build", "-t", "wheel", "-d", str(dist)]
+        code = _call(build)
+        if code != 0:
+            return code
+        wheels = sorted(dist.glob("duraflows_pg_async-*.whl"))
+        if len(wheels) != 1:
+            _say(f"expected one wheel in {dist}, found {[w.name for w in wheels]}")
+            return 1
+        venv = work / "venv"
+        python = venv / ("Scripts/python.exe" if _WINDOWS else "bin/python")
+        requirement = f"{wheels[0]}[pytest]"
+        pins = [] if latest else ["--constraint", str(ROOT / PINS_NAME)]
+        uv, why_not = find_uv()
+        if uv is not None:
+            env = _uv_env(ROOT)
+            steps = [
+                [str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)],
+                [str(uv), "pip", "install", "--quiet", "--python", str(python), *pins, requirement],
+            ]
+        else:
+            _say(f"installing with pip, not uv ({why_not})")
+            env = _pip_env()
+            steps = [
+                [sys.executable, "-m", "venv", str(venv)],
+                [str(python), "-m", "pip", "install", "--quiet", *pins, requirement],
+            ]
+        _say(f"installing {wheels[0].name}[pytest] into a new virtualenv")
+        for step in steps:
+            code = _call(step, env=env)
+            if code != 0:
+                return code
+        project = work / "user_project"
+        shutil.copytree(
+            ROOT / USER_PROJECT,
+            project,
+            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
+        )
+        # The user's environment: nothing of this checkout's (its PYTHONPATH, its .venv).
+        user_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        code = _call([str(python), "-c", _FROM_THE_WHEEL], cwd=project, env=user_env)
+        if code != 0:
+            return code
+        _say(f"running the tests of {USER_PROJECT.as_posix()}")
+        pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args]
+        return _call(pytest, cwd=project, env=user_env)
+
+
 def cmd_lint(args: list[str]) -> int:
     steps = [
         ["ruff", "check", "."],
@@ -592,6 +667,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "docs": cmd_docs,
     "lock": cmd_lock,
+    "user-project": cmd_user_project,
 }
 NO_ARGS = {"lint", "lock"}
 

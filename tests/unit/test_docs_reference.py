@@ -25,6 +25,7 @@ PUBLIC_MODULES = [
     "duraflows_pg_async.migrations",
     "duraflows_pg_async.embedded",
     "duraflows_pg_async.testing",
+    "duraflows_pg_async.pytest_plugin",
     "duraflows_pg_async.contrib",
     "duraflows_pg_async.contrib.fastapi",
     "duraflows_pg_async.contrib.aiohttp",
