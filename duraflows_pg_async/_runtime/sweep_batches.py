@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._core.model import WorkflowInstance
@@ -34,7 +35,7 @@ from duraflows_pg_async.errors import DatabaseError
 from .execution import ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version
 from .observers import EnteredStates
-from .sweep_outcomes import Outcome, Tally, log_failure, still_due
+from .sweep_outcomes import Outcome, Tally, log_failure, still_due, timeout_outcome
 from .sweep_writes import batch_writes
 from .transitions import error_text
 
@@ -73,7 +74,7 @@ async def sweep_in_batches(
         return (should_stop is not None and should_stop()) or sweeper.now() >= hand_back_at
 
     while remaining > 0 and not stopping():
-        fired: list[tuple[WorkflowInstance, Outcome]] = []
+        fired: list[tuple[WorkflowInstance, Outcome, _metrics.Probe | None]] = []
         cut = False
         async with runner.transaction():
             due = await store.find_expired(remaining, sweeper.now(), workflow_names=names)
@@ -84,18 +85,21 @@ async def sweep_in_batches(
                 if stopping() or time.monotonic() >= budget_end:
                     cut = True  # the rest is let go at COMMIT, still due
                     break
+                probe = _metrics.probe(runtime, "timeout", scanned.workflow_name)
                 if span is None:
                     outcome = await _fire(sweeper, scanned, batch, None)
                 else:
                     outcome = await sweeper.traced_timeout(
                         scanned, functools.partial(_fire, sweeper, scanned, batch)
                     )
-                fired.append((scanned, outcome))
+                fired.append((scanned, outcome, probe))
             writes = batch.writes
             if writes is not None:
                 await writes.flush()
         # Committed: only now do the outcomes count and the failed attempts get logged.
-        for scanned, outcome in fired:
+        for scanned, outcome, probe in fired:
+            if probe is not None:
+                probe.done(timeout_outcome(outcome))
             tally.add(scanned.uuid, outcome)
             if isinstance(outcome, TimeoutFailure) and outcome.attempts is not None:
                 log_failure(scanned.workflow_name, outcome)

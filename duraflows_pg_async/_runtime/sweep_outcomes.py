@@ -11,13 +11,25 @@ from duraflows_pg_async._core.model import WorkflowInstance
 
 from .execution import BusinessFailure, ParkedTimeout, ProcessExpiredResult, TimeoutFailure
 
-__all__ = ["Outcome", "Tally", "log_failure", "still_due"]
+__all__ = ["Outcome", "Tally", "log_failure", "still_due", "timeout_outcome"]
 
 logger = logging.getLogger("duraflows_pg_async")
 
 # What one instance of a sweep came to: "processed" or "rejected", a business failure (processed,
 # routed to an error state), a timeout failure (rolled back), or None (passed over).
 Outcome = str | BusinessFailure | TimeoutFailure | None
+
+
+def timeout_outcome(outcome: Outcome) -> str | None:
+    """A timeout's outcome as a transition's (for the metrics): the event's, or "error" (rolled
+    back); None when it was passed over."""
+    if outcome is None:
+        return None
+    if isinstance(outcome, TimeoutFailure):
+        return "error"
+    if isinstance(outcome, BusinessFailure):
+        return "failure"
+    return "guard-rejected" if outcome == "rejected" else "success"
 
 
 class Tally:

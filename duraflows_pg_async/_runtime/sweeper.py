@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import WorkflowInstance
@@ -22,7 +23,7 @@ from .execution import BusinessFailure, ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version, utc_now
 from .observers import EnteredStates
 from .sweep_batches import sweep_in_batches
-from .sweep_outcomes import Outcome, Tally, log_failure, still_due
+from .sweep_outcomes import Outcome, Tally, log_failure, still_due, timeout_outcome
 from .sweep_writes import BatchWrites, BufferedTransition, InstanceWrites
 from .transitions import Transition, error_text, result_attributes
 
@@ -76,6 +77,16 @@ def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]
     }
 
 
+def _sweep_counts(result: ProcessExpiredResult) -> dict[str, int]:
+    return {
+        "processed": result.processed,
+        "rejected": result.rejected,
+        "business_failed": len(result.business_failed),
+        "failed": len(result.failed),
+        "parked": len(result.parked),
+    }
+
+
 def _timeout_attributes(outcome: Outcome) -> dict[str, _tracing.Value]:
     if not isinstance(outcome, TimeoutFailure):
         what = (
@@ -114,12 +125,13 @@ class Sweeper:
         """One sweep of up to ``limit`` due instances of ``names``, its batch claimed for
         ``lease`` (``batched``: locked in one transaction per batch instead, see
         ``sweep_batches``); the arguments are already checked."""
-        return _tracing.traced(
+        traced = _tracing.traced(
             _tracing.SWEEP,
             lambda span: self._sweep(limit, should_stop, names, lease, span, batched),
             lambda: {"duraflows.sweep.limit": limit},
             _sweep_attributes,
         )
+        return _metrics.swept(self._runtime, "timeout", traced, _sweep_counts)
 
     @property
     def runtime(self) -> WorkflowRuntime:
@@ -172,10 +184,13 @@ class Sweeper:
                 # Other sweepers take the rest at once instead of waiting out the claims.
                 hand_back.extend((i.uuid, claim_until) for i in due[index:])
                 break
+            probe = _metrics.probe(self._runtime, "timeout", scanned.workflow_name)
             if span is None:
                 outcome = await self._sweep_one(scanned, claim_until, None)
             else:
                 outcome = await self._traced_sweep_one(scanned, claim_until)
+            if probe is not None:
+                probe.done(timeout_outcome(outcome))
             if outcome is None:
                 # Held by someone else, or no longer due: a later sweep takes it if it still
                 # needs it, without waiting for this claim to run out.
