@@ -220,6 +220,29 @@ async def test_transitions_sweeps_and_the_timeout_gauges(
     assert parked.value("duraflows_worker_sweeps_total", kind="timeout", outcome="ok") == 2
 
 
+async def test_a_batched_sweep_counts_each_timeout_once_its_batch_commits(
+    shop: Shop, prometheus: PrometheusMetrics
+) -> None:
+    runtime, clock = shop.runtime, shop.clock
+    for _ in range(2):
+        await runtime.create_instance("shop")
+    await runtime.create_instance("shop", context={"broken": True})
+    clock.advance(minutes=10)
+
+    result = await runtime.sweep(batched=True)
+    assert (result.processed, len(result.failed)) == (2, 1)
+    after = await scrape(prometheus)
+    transitions = "duraflows_transitions_total"
+    assert after.value(transitions, workflow="shop", source="timeout", outcome="success") == 2
+    assert after.value(transitions, workflow="shop", source="timeout", outcome="error") == 1
+    assert (
+        after.value("duraflows_event_duration_seconds_count", workflow="shop", source="timeout")
+        == 3
+    )
+    assert after.value("duraflows_worker_sweeps_total", kind="timeout", outcome="ok") == 1
+    assert after.value("duraflows_worker_items_total", kind="timeout", result="processed") == 2
+
+
 async def test_queued_executions_their_latency_and_a_lost_lease(
     shop: Shop, prometheus: PrometheusMetrics
 ) -> None:
