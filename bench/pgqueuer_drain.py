@@ -57,7 +57,11 @@ async def run_pgqueuer_drain(
         str(batch_size),
         cwd=root,
         # The DSN carries the server's password: never on a command line.
-        env={**os.environ, "DATABASE_URL": dsn, "PYTHONPATH": root},
+        env={
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        },
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await child.communicate()

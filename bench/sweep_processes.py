@@ -52,7 +52,11 @@ async def run_sweep_processes(
             "1" if batched else "0",
             cwd=root,
             # The DSN carries the server's password: never on a command line.
-            env={**os.environ, "DATABASE_URL": dsn, "PYTHONPATH": root},
+            env={
+                **os.environ,
+                "DATABASE_URL": dsn,
+                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+            },
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
