@@ -49,7 +49,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from helpers import REMINDER
+from helpers import REMINDER, wait_until
 
 from duraflows_pg_async import (
     CommandRef,
@@ -111,9 +111,7 @@ JOB = WorkflowDefinition(
     states={
         "new": State(
             events={
-                "run": Event(
-                    target_state="done", commands=(CommandRef("step"), CommandRef("step"))
-                )
+                "run": Event(target_state="done", commands=(CommandRef("step"), CommandRef("step")))
             }
         ),
         "done": State(),
@@ -223,13 +221,17 @@ async def _migrate(dsn: str) -> None:
 async def _wait_for_sync_standby(primary: EmbeddedPostgres) -> None:
     """Until the primary's walsender reports the standby streaming as its synchronous one."""
     conn = await asyncpg.connect(primary.dsn())
-    try:
-        async with asyncio.timeout(STALL):
-            while not await conn.fetchval(
+
+    async def synchronous() -> bool:
+        return bool(
+            await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_replication "
                 "WHERE state = 'streaming' AND sync_state = 'sync'"
-            ):
-                await asyncio.sleep(0.05)  # the poll's interval, bounded above
+            )
+        )
+
+    try:
+        await wait_until(synchronous, within=STALL, interval=0.05, what="a synchronous standby")
     finally:
         await conn.close()
 
@@ -396,8 +398,7 @@ async def test_failover_to_a_synchronous_standby_loses_nothing_acknowledged(
     pings = [(await runtime.create_instance("ping")).uuid for _ in range(REQUESTERS)]
     jobs = [(await runtime.create_instance("job")).uuid for _ in range(EXECUTIONS)]
     executions = [
-        (await runtime.enqueue_event(job, "run", idempotency_key=f"run:{job}")).uuid
-        for job in jobs
+        (await runtime.enqueue_event(job, "run", idempotency_key=f"run:{job}")).uuid for job in jobs
     ]
     past = datetime.now(UTC) - timedelta(minutes=10)
     reminders: list[UUID] = [
@@ -507,9 +508,9 @@ async def test_failover_to_a_synchronous_standby_loses_nothing_acknowledged(
                 polls(w) > n for w, n in zip(workers, polls_at_promotion, strict=True)
             )
 
-        async with asyncio.timeout(RECOVERY_BOUND):
-            while not await recovered():
-                await asyncio.sleep(0.02)  # the poll's interval, bounded by RECOVERY_BOUND
+        await wait_until(
+            recovered, within=RECOVERY_BOUND, interval=0.02, what="every client back at work"
+        )
         recovery = loop.time() - promoted_at
 
         async def rest_left() -> int:
