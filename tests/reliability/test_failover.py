@@ -145,9 +145,10 @@ class StandbyPostgres(EmbeddedPostgres):
     """
 
     def __init__(self, primary: EmbeddedPostgres, settings: dict[str, str]) -> None:
-        super().__init__(settings=settings, bin_dir=primary.bin_dir)
+        # The copy's superuser is the primary's, with its password.
+        password = urlsplit(primary.dsn()).password
+        super().__init__(settings=settings, bin_dir=primary.bin_dir, password=password)
         self.primary = primary
-        self._password = primary._password  # the copy's superuser is the primary's
 
     def _initdb(self, user: tuple[int, int] | None) -> None:
         passfile = self.base_dir / "primary.pgpass"
