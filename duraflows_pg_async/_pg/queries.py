@@ -499,3 +499,43 @@ def stats_sql(schema: str | None, *, workflow: bool) -> str:
         f"FROM {instances} WHERE {_TIMEOUT_STATE}{of} GROUP BY workflow_name, current_state"
         ") AS parts GROUP BY workflow_name, current_state"
     )
+
+
+# --- list_executions ---------------------------------------------------------------------------
+
+_ACTIVE_EXECUTION = "status IN ('pending', 'running', 'parked')"
+
+
+@lru_cache(maxsize=64)
+def list_executions_sql(
+    schema: str | None, *, status: str | None, workflow: bool, after: bool
+) -> str:
+    """One page of list_executions, in uuid order, for one combination of filters.
+
+    $1=limit, then one parameter per filter given, in this order: status, workflow_name (the
+    record's ``workflowName``), after (the last uuid of the page before). Unfiltered and
+    completed/cancelled pages walk the primary key in uuid order up to the page. An active status
+    repeats the predicate of migration 008's unique index of active executions, which holds only
+    active rows: those are found there (however many finished ones the table keeps) and sorted.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    where: list[str] = []
+    number = 1
+
+    def param() -> str:
+        nonlocal number
+        number += 1
+        return f"${number}"
+
+    if status is not None:
+        if status in ("pending", "running", "parked"):
+            where.append(_ACTIVE_EXECUTION)
+        where.append(f"status = {param()}")
+    if workflow:
+        where.append(f"execution_json->>'workflowName' = {param()}")
+    if after:
+        where.append(f"uuid > {param()}")
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {EXECUTION_COLUMNS} FROM {executions}{condition} ORDER BY uuid LIMIT $1"
