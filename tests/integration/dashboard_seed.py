@@ -137,4 +137,3 @@ async def seed(runtime: WorkflowRuntime, down: dict[str, bool], clock: Any) -> S
         pending_execution=pending.uuid,
         history=history.uuid,
     )
-
