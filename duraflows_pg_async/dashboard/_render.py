@@ -54,6 +54,8 @@ def _ago(value: datetime | None, now: datetime) -> str:
         return ""
     seconds = (value - now).total_seconds()
     size = abs(seconds)
+    if size < 1:
+        return "now"
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
         if size >= length:
             amount = f"{int(size // length)}{unit}"
