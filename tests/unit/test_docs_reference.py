@@ -28,6 +28,7 @@ PUBLIC_MODULES = [
     "duraflows_pg_async.contrib",
     "duraflows_pg_async.contrib.fastapi",
     "duraflows_pg_async.contrib.aiohttp",
+    "duraflows_pg_async.dashboard",
 ]
 # Names that are data, not API to document on a page of its own.
 NOT_DOCUMENTED = {("duraflows_pg_async", "__version__")}
