@@ -72,7 +72,8 @@ def _definition(n: int) -> WorkflowDefinition:
 
 
 async def populate(conn: asyncpg.Connection, instances: int, now: datetime) -> None:
-    """The instances (as tests/integration/test_instance_query_plans.py lays them out, scaled),
+    """The instances (as tests/integration/test_instance_query_plans.py lays them out, scaled;
+    each workflow with all four states),
     a history of three rows for one in 100, and executions: one in 1,000 instances has a
     completed one, a few are parked or pending."""
     await conn.execute(
@@ -80,8 +81,8 @@ async def populate(conn: asyncpg.Connection, instances: int, now: datetime) -> N
         "expires_at, timeout_attempts, timeout_retry_at, timeout_parked_at, timeout_last_error, "
         "context_json) "
         "SELECT gen_random_uuid(), 'wf' || (g % 10), "
-        "CASE WHEN g % 2000 < 10 THEN 'failed' WHEN g % 10 < 6 THEN 'open' "
-        "WHEN g % 10 < 9 THEN 'review' ELSE 'done' END, 1, "
+        "CASE WHEN g % 2000 < 10 THEN 'failed' WHEN (g / 10) % 10 < 6 THEN 'open' "
+        "WHEN (g / 10) % 10 < 9 THEN 'review' ELSE 'done' END, 1, "
         "CASE WHEN g % 50 = 0 THEN $1::timestamptz - interval '1 hour' "
         "WHEN g % 3 = 0 THEN $1::timestamptz + interval '1 hour' END, "
         "CASE WHEN g % 50 = 0 AND g % 1000 = 0 THEN 0 "

@@ -14,12 +14,13 @@ from duraflows_pg_async._core.executions import ACTIVE_STATUSES, EXECUTION_STATU
 from duraflows_pg_async._core.model import INSTANCE_STATUSES, StateStats
 from duraflows_pg_async._definitions.model import WorkflowDefinition
 from duraflows_pg_async._runtime.execution import AvailableEvent
+from duraflows_pg_async._runtime.instance_updates import utc_now
 from duraflows_pg_async._runtime.queries import MAX_PAGE_SIZE
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async.errors import InvalidArgumentError, WorkflowError
 
 from . import _params
-from ._diagram import STATUSES, counted_diagram
+from ._diagram import STATUSES, counted_diagram, number
 from ._render import Renderer
 
 __all__ = ["Pages"]
@@ -39,6 +40,8 @@ class WorkflowCard:
     diagram: str | None
     rows: list[StateStats] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
+    rough: set[str] = field(default_factory=set)
+    """The totals that add up estimates."""
 
 
 def parse_uuid(value: str, what: str) -> UUID:
@@ -74,8 +77,20 @@ class Pages:
             _log.warning("duraflows dashboard: cannot read the snapshot of %r: %s", name, exc)
             return None
 
+    async def _stats(self) -> tuple[list[StateStats], frozenset[tuple[str, str, str]]]:
+        """Every workflow's stats; on a large PostgreSQL table, with the counts of large states
+        estimated (``estimate_stats``: counting a million instances exactly takes longer than a
+        page may)."""
+        estimate = getattr(self.runtime.persistence.instance_store, "estimate_stats", None)
+        if estimate is not None:
+            found = await estimate(now=utc_now(self.runtime.clock))
+            if found is not None:
+                stats, estimated = found
+                return stats, estimated
+        return await self.runtime.stats(), frozenset()
+
     async def workflows(self, request: Request) -> Response:
-        stats = await self.runtime.stats()
+        stats, estimated = await self._stats()
         names = sorted({s.workflow_name for s in stats} | set(self.runtime.definitions.names()))
         cards: list[WorkflowCard] = []
         for name in names:
@@ -87,10 +102,19 @@ class Pages:
                 ordered = [counts.get(state) or StateStats(name, state, 0, 0, 0, 0, 0, None)
                            for state in definition.states]  # fmt: skip
                 rows = ordered + [s for s in rows if s.state not in definition.states]
-            totals = {key: sum(getattr(s, key) for s in rows) for key in ("instances", *STATUSES)}
-            diagram = None if definition is None else counted_diagram(definition, counts)
-            cards.append(WorkflowCard(name, definition, diagram, rows, totals))
-        return self.render.page(request, "workflows.html", cards=cards, statuses=STATUSES)
+            fields = ("instances", *STATUSES)
+            totals = {key: sum(getattr(s, key) for s in rows) for key in fields}
+            rough = {key for key in fields if any((name, s.state, key) in estimated for s in rows)}
+            diagram = None if definition is None else counted_diagram(definition, counts, estimated)
+            cards.append(WorkflowCard(name, definition, diagram, rows, totals, rough))
+        return self.render.page(
+            request,
+            "workflows.html",
+            cards=cards,
+            statuses=STATUSES,
+            estimated=estimated,
+            count=number,
+        )
 
     async def instances(self, request: Request) -> Response:
         workflow = _params.text(request, "workflow")
