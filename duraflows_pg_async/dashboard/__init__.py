@@ -10,6 +10,15 @@ application's (see docs/dashboard.md). Needs the ``dashboard`` extra (Starlette 
 
 from __future__ import annotations
 
+try:
+    import jinja2  # noqa: F401
+    import starlette  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        "duraflows_pg_async.dashboard needs Starlette and Jinja2; install the extra: "
+        "pip install 'duraflows-pg-async[dashboard]'"
+    ) from exc
+
 from ._app import dashboard_app
 
 __all__ = ["dashboard_app"]

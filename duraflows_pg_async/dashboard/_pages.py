@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from duraflows_pg_async._core.executions import ACTIVE_STATUSES, EXECUTION_STATUSES
-from duraflows_pg_async._core.model import INSTANCE_STATUSES, StateStats
+from duraflows_pg_async._core.model import INSTANCE_STATUSES, StateStats, WorkflowInstance
 from duraflows_pg_async._definitions.model import WorkflowDefinition
 from duraflows_pg_async._runtime.execution import AvailableEvent
 from duraflows_pg_async._runtime.instance_updates import utc_now
@@ -116,6 +116,37 @@ class Pages:
             count=number,
         )
 
+    async def _snapshot_events(self, instance: WorkflowInstance) -> list[AvailableEvent] | None:
+        """The events of the instance's state in the stored snapshot of its definition version
+        (the newest stored one when it has none), as ``get_available_events`` lists them."""
+        store = self.runtime.persistence.definition_store
+        name, version = instance.workflow_name, instance.definition_version
+        if version is not None:
+            stored = await store.find_by_name_and_version(name, version)
+        else:
+            versions = await store.list_versions(name)
+            stored = versions[-1] if versions else None
+        if stored is None:
+            return None
+        try:
+            definition = WorkflowDefinition.from_dict(stored.definition_json)
+        except WorkflowError:
+            return None
+        state = definition.states.get(instance.current_state)
+        if state is None:
+            return None
+        return [
+            AvailableEvent(
+                event_name=event_name,
+                target_state=event.target_state,
+                error_state=event.error_state,
+                has_commands=bool(event.commands),
+                has_timeout=event.timeout is not None,
+                metadata=dict(event.metadata),
+            )
+            for event_name, event in state.events.items()
+        ]
+
     async def instances(self, request: Request) -> Response:
         workflow = _params.text(request, "workflow")
         state = _params.text(request, "state")
@@ -160,9 +191,10 @@ class Pages:
         try:
             events = await self.runtime.get_available_events(key)
         except WorkflowError as exc:
-            # Its definition is neither registered here nor stored: shown as unknown.
-            _log.info("duraflows dashboard: no events for %s: %s", key, exc)
-            events = None
+            # Not registered here (duraflows-pg dashboard registers nothing): read the stored
+            # snapshot of its version; with none, its events are unknown.
+            _log.debug("duraflows dashboard: events of %s from the snapshot: %s", key, exc)
+            events = await self._snapshot_events(instance)
         store = self.runtime.persistence.execution_store
         active = None if store is None else await store.find_active(key)
         return self.render.page(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html as html_module
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
@@ -15,7 +17,13 @@ from dashboard_seed import XSS, Shop, seed, shop_runtime
 from fastapi import FastAPI
 from helpers import ManualClock
 
-from duraflows_pg_async import memory_workflow_providers, pg_workflow_providers
+from duraflows_pg_async import (
+    CommandRegistry,
+    DefinitionRegistry,
+    WorkflowRuntime,
+    memory_workflow_providers,
+    pg_workflow_providers,
+)
 from duraflows_pg_async.dashboard import dashboard_app
 from duraflows_pg_async.errors import InvalidArgumentError
 
@@ -271,3 +279,34 @@ async def test_refuses_what_is_not_a_runtime() -> None:
     runtime, _ = shop_runtime(memory_workflow_providers())
     with pytest.raises(InvalidArgumentError, match="read_only"):
         dashboard_app(runtime, read_only=1)  # type: ignore[arg-type]
+
+
+async def test_an_empty_runtime_reads_the_stored_definitions(
+    pool: asyncpg.Pool, shop: Shop
+) -> None:
+    """As ``duraflows-pg dashboard`` runs it: no registered workflow, the stored snapshots."""
+    runtime = WorkflowRuntime(
+        definitions=DefinitionRegistry(),
+        commands=CommandRegistry(),
+        persistence=pg_workflow_providers(pool, durable_execution=True),
+    )
+    async for client in _client(dashboard_app(runtime)):
+        home = (await client.get("/")).text
+        assert "state &#34;approved · 4 (" in home
+        page = (await client.get(f"/instances/{shop.parked}")).text
+        assert "<strong>ship</strong> → shipped" in page
+        assert "<strong>cancel</strong> → rejected" in page
+
+
+def test_the_dashboard_names_its_extra_when_starlette_is_missing() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"
+        "try:\n"
+        "    import duraflows_pg_async.dashboard\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'duraflows-pg-async[dashboard]'" in result.stdout
