@@ -157,6 +157,12 @@ async def test_click_through_every_page_and_action(page: Page, shop: Shop) -> No
         assert "new · 59" in drawn
         await shot(page, "workflows")
 
+        # A status count leads to the instances in that status.
+        await page.get_by_role("link", name="1 parked").click()
+        await page.wait_for_url(re.compile(r"/instances\?workflow=orders&status=parked$"))
+        assert await page.locator("table.instances tbody tr").count() == 1
+        await page.go_back()
+
         # The state table leads to the instances in that state; the filter form narrows them.
         await page.get_by_role("link", name="approved", exact=True).click()
         await page.wait_for_url(re.compile(r"/instances\?workflow=orders&state=approved$"))
@@ -218,6 +224,18 @@ async def test_click_through_every_page_and_action(page: Page, shop: Shop) -> No
         execution = await runtime.get_execution(shop.parked_execution)
         assert execution is not None
         assert execution.status == "pending"
+        await page.get_by_role("link", name="Parked", exact=True).click()
+        await page.wait_for_url(re.compile(r"/executions\?status=parked$"))
+        assert "No execution matches." in await page.locator("main").inner_text()
+        await page.get_by_role("link", name="Pending", exact=True).click()
+        assert await page.locator("table.executions tbody tr").count() == 2
+        await page.fill("input[name=workflow]", "nothing")
+        await page.get_by_role("button", name="Filter").click()
+        await page.wait_for_url(re.compile(r"status=pending&workflow=nothing"))
+        assert "No execution matches." in await page.locator("main").inner_text()
+        await page.get_by_role("link", name="All", exact=True).click()
+        assert page.url.endswith("/executions?workflow=nothing")  # the filter stays
+        await page.get_by_role("link", name="Executions").click()
         await page.get_by_role("link", name=str(shop.pending_execution)).click()
         await page.wait_for_url(f"**/executions/{shop.pending_execution}")
         await shot(page, "execution")
