@@ -7,7 +7,12 @@ Import them to annotate: code rarely builds one. The everyday ones
 
 from __future__ import annotations
 
-from ._core.executions import CommandCheckpoint, ExecutionStatus, WorkflowExecution
+from ._core.executions import (
+    CommandCheckpoint,
+    ExecutionStats,
+    ExecutionStatus,
+    WorkflowExecution,
+)
 from ._core.model import InstanceStatus, StateStats
 from ._definitions.registries import RegisteredCommand, RegisteredGuard
 from ._runtime.durable import ProcessPendingResult
@@ -59,6 +64,7 @@ __all__ = [
     "ExecutionPage",
     "InstanceStatus",
     "StateStats",
+    "ExecutionStats",
 ]
 
 for _name in __all__:

@@ -15,7 +15,8 @@ Text read from the database (states, event names, errors, context) is escaped on
 
 This module turns the command line into a command, and the command's outcome into an exit code;
 each command lives in a module of its own (``migrate``, ``inspect``, ``queries`` (``list`` and
-``stats``), ``executions``, ``worker``, ``demo``, ``diagram`` and ``graph``, ``dashboard``).
+``stats``), ``executions``, ``worker``, ``demo``, ``dev_db``, ``diagram`` and ``graph``,
+``dashboard``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 from .dashboard import dashboard_command
 from .database import classify, connect_error, connect_timeout
+from .dev_db import dev_db_command
 from .diagram import diagram_command, graph_command
 from .executions import execution_command
 from .exits import EXIT_INTERRUPTED, EXIT_USAGE, CliError
@@ -69,8 +71,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": list_command,
     "stats": stats_command,
     "execution": execution_command,
+    "executions": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
+    "dev-db": dev_db_command,
     "graph": graph_command,
     "dashboard": dashboard_command,
 }

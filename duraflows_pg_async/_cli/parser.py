@@ -213,6 +213,8 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
 
     execution = commands.add_parser(
         "execution",
+        # The plural reads as the issue's and peers' CLIs name it (`dbos workflow list`); both work.
+        aliases=["executions"],
         parents=[common],
         help="show, list, retry or cancel queued executions (enqueue_event)",
     )
@@ -322,6 +324,29 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="logging level of the worker (default INFO)"
     )
 
+    dev_db = commands.add_parser(
+        "dev-db",
+        parents=[common],
+        help="start an embedded PostgreSQL in the foreground, migrate it and print its URL; "
+        "Ctrl-C stops it",
+    )
+    dev_db.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the data (and the server's password) in DIR between runs (default: a "
+        "temporary directory deleted at the stop)",
+    )
+    dev_db.add_argument(
+        "--port", type=int, default=None, help="listen on this port (default: a free one)"
+    )
+    dev_db.add_argument(
+        "--database",
+        default="duraflows",
+        metavar="NAME",
+        help="the database to create and migrate (default: duraflows)",
+    )
+
     diagram = commands.add_parser(
         "diagram",
         parents=[common],
@@ -369,6 +394,20 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "the database (what the runtimes registered)",
     )
     graph.add_argument("name", metavar="WORKFLOW", help="the workflow's name")
+    graph.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="draw WORKFLOW from this application's definitions instead of the stored snapshot "
+        "(what `diagram` loads: a definition, a registry, a runtime or a runtime factory; no "
+        "database is opened)",
+    )
+    graph.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="with --app: look for its module in DIR first (default: the current directory)",
+    )
     graph.add_argument(
         "--version",
         type=int,

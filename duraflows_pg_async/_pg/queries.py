@@ -102,6 +102,7 @@ class Queries:
     ensure_definition: str
     select_definition: str
     list_definitions: str
+    replace_definition: str
     select_receipt: str
     insert_receipt: str
     complete_receipt: str
@@ -298,6 +299,13 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         list_definitions=(
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
             "ORDER BY version"
+        ),
+        # $1=workflow_name $2=version $3=content_hash $4=definition_json (development only:
+        # WorkflowRuntime(allow_unbumped_edits=True))
+        replace_definition=(
+            f"UPDATE {definitions} SET content_hash = $3, definition_json = $4, "
+            "registered_at = now() WHERE workflow_name = $1 AND version = $2 "
+            f"RETURNING {DEFINITION_COLUMNS}"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key
         select_receipt=(
@@ -498,6 +506,38 @@ def stats_sql(schema: str | None, *, workflow: bool) -> str:
         f"count(*) FILTER (WHERE {_STATUS_OF['claimed']}), NULL "
         f"FROM {instances} WHERE {_TIMEOUT_STATE}{of} GROUP BY workflow_name, current_state"
         ") AS parts GROUP BY workflow_name, current_state"
+    )
+
+
+# --- execution stats (metrics) -----------------------------------------------------------------
+
+# A worker would take it now: select_due_executions' rule at $1.
+_EXECUTION_DUE = (
+    "status IN ('pending', 'running') AND available_at <= $1 "
+    "AND (lease_until IS NULL OR lease_until <= $1)"
+)
+
+
+@lru_cache(maxsize=32)
+def execution_stats_sql(schema: str | None) -> str:
+    """Per active status (pending, running, parked): the executions, the due ones at $1 (the
+    application's clock) and when the oldest due one fell due (available and its lease over;
+    greatest() skips a NULL lease). Statuses without executions are left out.
+
+    The status list is the predicate of migration 008's unique index of active executions, which
+    holds only active rows: however many completed executions the table keeps, this reads that
+    small index and the active rows, never the whole table (EXPLAIN-tested in
+    tests/integration/test_metrics_pg.py).
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    return (
+        "SELECT status, count(*) AS executions, "
+        f"count(*) FILTER (WHERE {_EXECUTION_DUE}) AS due, "
+        f"min(greatest(available_at, lease_until)) FILTER (WHERE {_EXECUTION_DUE}) "
+        f"AS oldest_due_at FROM {executions} "
+        "WHERE status IN ('pending', 'running', 'parked') GROUP BY status"
     )
 
 

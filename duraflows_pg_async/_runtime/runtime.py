@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.executions import (
     DurableExecutionPolicy,
+    ExecutionStats,
     ExecutionStatus,
     WorkflowExecution,
 )
@@ -31,6 +34,7 @@ from duraflows_pg_async._core.model import (
 from duraflows_pg_async._core.validate import (
     check_json,
     coerce_uuid,
+    require_bool,
     require_int,
     require_str,
 )
@@ -76,6 +80,8 @@ __all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]
 
 T = TypeVar("T")
 
+logger = logging.getLogger("duraflows_pg_async")
+
 
 def _json_object(value: object, name: str) -> dict[str, Any]:
     if value is None:
@@ -117,6 +123,7 @@ class WorkflowRuntime:
         max_on_enter_depth: int = 10,
         sweep_lease: timedelta | float = DEFAULT_SWEEP_LEASE,
         durable_execution: DurableExecutionPolicy | None = None,
+        allow_unbumped_edits: bool = False,
     ) -> None:
         if not isinstance(definitions, DefinitionRegistry):
             raise InvalidArgumentError("definitions must be a DefinitionRegistry")
@@ -142,6 +149,12 @@ class WorkflowRuntime:
         self.timeout_retry = timeout_retry if timeout_retry is not None else TimeoutRetryPolicy()
         self.max_on_enter_depth = require_int(max_on_enter_depth, "max_on_enter_depth", minimum=1)
         self.sweep_lease = checked_lease(sweep_lease, "sweep_lease")
+        self.allow_unbumped_edits = require_bool(allow_unbumped_edits, "allow_unbumped_edits")
+        if self.allow_unbumped_edits:
+            logger.warning(
+                "duraflows: DEVELOPMENT ONLY: allow_unbumped_edits=True lets an edited definition "
+                "replace its stored snapshot without a version bump; never use it in production"
+            )
         self._observers: list[Observer] = []
         for observer in observers:
             self.add_observer(observer)
@@ -300,16 +313,21 @@ class WorkflowRuntime:
         trigger = _json_object(trigger_metadata, "trigger_metadata")
         keyed = checked_event_key(self.persistence, idempotency_key, idempotency_fingerprint)
         await self.initialize()
+        probe = _metrics.probe(self, "event")
 
         async def work(span: _tracing.Span | None, entered: EnteredStates) -> ExecutionResult:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
+            if probe is not None:
+                probe.workflow = instance.workflow_name
             if keyed is not None:
                 replayed = await keyed.replay_or_reserve(key, event_name)
                 if replayed is not None:
                     if span is not None and span.recording:
                         span.update({"duraflows.idempotency.replayed": True})
+                    if probe is not None:
+                        probe.outcome = "replayed"
                     return replayed
             await self._refuse_if_busy(instance)
             definition = await self._governing(instance)
@@ -318,12 +336,13 @@ class WorkflowRuntime:
             return result if keyed is None else await keyed.record(key, result)
 
         # The span starts before the transaction, so that the transaction span is its child.
-        return await _tracing.traced(
+        traced = _tracing.traced(
             _tracing.TRIGGER_EVENT,
             lambda span: self._in_transaction(functools.partial(work, span)),
             lambda: {"duraflows.instance.uuid": str(key), "duraflows.event.name": event_name},
             result_attributes,
         )
+        return await _metrics.observed(probe, traced)
 
     async def process_expired_workflows(
         self, limit: int = 100, *, workflow_names: Iterable[str] | None = None
@@ -471,6 +490,12 @@ class WorkflowRuntime:
         """Instance and timeout-status counts per workflow and state, sorted; due at the
         runtime's clock. See [`StateStats`][duraflows_pg_async.types.StateStats]."""
         return await stats(self, workflow_name=workflow_name)
+
+    async def execution_stats(self) -> list[ExecutionStats]:
+        """The active queued executions per status (pending, running, parked), due at the
+        runtime's clock. See [`ExecutionStats`][duraflows_pg_async.types.ExecutionStats];
+        DurableExecutionNotSupportedError without an execution store."""
+        return await self._durable.store.stats(now=utc_now(self.clock))
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None

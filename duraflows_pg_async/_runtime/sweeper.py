@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import WorkflowInstance
@@ -88,6 +89,28 @@ def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]
     }
 
 
+def _sweep_counts(result: ProcessExpiredResult) -> dict[str, int]:
+    return {
+        "processed": result.processed,
+        "rejected": result.rejected,
+        "business_failed": len(result.business_failed),
+        "failed": len(result.failed),
+        "parked": len(result.parked),
+    }
+
+
+def _timeout_outcome(outcome: _Outcome) -> str | None:
+    """A timeout's outcome as a transition's: the event's, or "error" (rolled back); None when
+    it was passed over."""
+    if outcome is None:
+        return None
+    if isinstance(outcome, TimeoutFailure):
+        return "error"
+    if isinstance(outcome, BusinessFailure):
+        return "failure"
+    return "guard-rejected" if outcome == "rejected" else "success"
+
+
 def _timeout_attributes(outcome: _Outcome) -> dict[str, _tracing.Value]:
     if not isinstance(outcome, TimeoutFailure):
         what = (
@@ -124,12 +147,13 @@ class Sweeper:
     ) -> Awaitable[ProcessExpiredResult]:
         """One sweep of up to ``limit`` due instances of ``names``, its batch claimed for
         ``lease``; the arguments are already checked."""
-        return _tracing.traced(
+        traced = _tracing.traced(
             _tracing.SWEEP,
             lambda span: self._sweep(limit, should_stop, names, lease, span),
             lambda: {"duraflows.sweep.limit": limit},
             _sweep_attributes,
         )
+        return _metrics.swept(self._runtime, "timeout", traced, _sweep_counts)
 
     def _now(self) -> datetime:
         return utc_now(self._runtime.clock)
@@ -171,10 +195,13 @@ class Sweeper:
                 # Other sweepers take the rest at once instead of waiting out the claims.
                 hand_back.extend((i.uuid, claim_until) for i in due[index:])
                 break
+            probe = _metrics.probe(self._runtime, "timeout", scanned.workflow_name)
             if span is None:
                 outcome = await self._sweep_one(scanned, claim_until, None)
             else:
                 outcome = await self._traced_sweep_one(scanned, claim_until)
+            if probe is not None:
+                probe.done(_timeout_outcome(outcome))
             if isinstance(outcome, TimeoutFailure):
                 failed.append(outcome)
                 if outcome.attempts is not None and outcome.retry_at is None:

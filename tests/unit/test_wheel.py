@@ -54,6 +54,15 @@ def test_wheel_ships_migrations_and_py_typed(tmp_path: Path) -> None:
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "License-Expression: MIT" in headers
     assert "License-File: LICENSE" in headers
+    # PEP 639: a licence expression and "License ::" classifiers do not go together.
+    classifiers = [h.removeprefix("Classifier: ") for h in headers if h.startswith("Classifier:")]
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    # The Python versions claimed are the ones CI tests the wheel on, and requires-python agrees.
+    versions = [c.rsplit(" ", 1)[1] for c in classifiers if c.startswith("Programming Language ::")]
+    assert {"3.11", "3.12", "3.13"} <= set(versions)
+    assert "Requires-Python: >=3.11" in headers
+    urls = {h.split(", ", 1)[0].removeprefix("Project-URL: ") for h in headers if "URL" in h}
+    assert {"Homepage", "Documentation", "Source", "Issues", "Changelog"} <= urls
 
     # Imported from the unpacked wheel (ahead of the editable install on sys.path), the package
     # reads its migrations from the packaged copy, and that copy is the repository's.
