@@ -450,8 +450,16 @@ async def test_killed_workers_lose_no_execution_and_rerun_no_checkpointed_comman
             if completed != last_completed:
                 progress_at, last_completed = time.monotonic(), completed
             elif time.monotonic() - progress_at > STALL:
+                statuses = await conn.fetch(
+                    "SELECT status, count(*) FROM workflow_executions GROUP BY 1 ORDER BY 1"
+                )
+                tails = [
+                    f"{w.proc.pid} ({w.proc.returncode}): {w.output.read_text()[-400:]!r}"
+                    for w in run.workers[-4:]
+                ]
                 raise AssertionError(
-                    f"no execution completed for {STALL} s ({completed} of {N} completed)"
+                    f"no execution completed for {STALL} s ({completed} of {N} completed; "
+                    f"{dict(statuses)}); the last workers' output: {tails}"
                 )
             killed = {k.pid for k in run.kills}
             for worker in run.workers:
