@@ -459,7 +459,7 @@ async def test_killed_workers_lose_no_execution_and_rerun_no_checkpointed_comman
                 ]
                 raise AssertionError(
                     f"no execution completed for {STALL} s ({completed} of {N} completed; "
-                    f"{dict(statuses)}); the last workers' output: {tails}"
+                    f"{ {r[0]: r[1] for r in statuses} }); the last workers' output: {tails}"
                 )
             killed = {k.pid for k in run.kills}
             for worker in run.workers:
