@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 from duraflows_pg_async.errors import InvalidArgumentError, WorkflowInstanceNotFoundError
+from duraflows_pg_async.metrics import PrometheusMetrics, render_prometheus
 
 from ._actions import Actions
 from ._pages import Pages
@@ -35,12 +37,22 @@ _TITLES = {
 }
 
 
-def dashboard_app(runtime: WorkflowRuntime, *, read_only: bool = False) -> Starlette:
+def dashboard_app(
+    runtime: WorkflowRuntime,
+    *,
+    read_only: bool = False,
+    metrics: PrometheusMetrics | None = None,
+) -> Starlette:
     """The dashboard of ``runtime``'s database, as an ASGI app to mount anywhere
     (``app.mount("/ops", dashboard_app(runtime))``); links follow the mount point.
 
     It has no authentication: put it behind the host application's. ``read_only=True`` renders
     no action and answers every POST with 403. Needs the ``dashboard`` extra.
+
+    ``GET /metrics`` serves ``metrics`` (a [`PrometheusMetrics`][duraflows_pg_async.metrics.
+    PrometheusMetrics] of the application's, which counts from its start); without one, and
+    with the ``prometheus`` extra installed, the dashboard makes its own on a private registry
+    (its counters start with the dashboard); without the extra, ``/metrics`` answers 404.
     """
     if not isinstance(runtime, WorkflowRuntime):
         raise InvalidArgumentError(
@@ -48,6 +60,15 @@ def dashboard_app(runtime: WorkflowRuntime, *, read_only: bool = False) -> Starl
         )
     if not isinstance(read_only, bool):
         raise InvalidArgumentError(f"read_only must be True or False, got {read_only!r}")
+    if metrics is not None and not isinstance(metrics, PrometheusMetrics):
+        raise InvalidArgumentError(
+            f"metrics must be a PrometheusMetrics or None, got {type(metrics).__name__}"
+        )
+    if metrics is None and importlib.util.find_spec("prometheus_client") is not None:
+        from prometheus_client import CollectorRegistry
+
+        metrics = PrometheusMetrics(runtime, registry=CollectorRegistry())
+    scraped = metrics
     renderer = Renderer(read_only=read_only, now=runtime.clock.now)
     pages = Pages(runtime, renderer)
     actions = Actions(runtime)
@@ -55,9 +76,15 @@ def dashboard_app(runtime: WorkflowRuntime, *, read_only: bool = False) -> Starl
     async def refuse(request: Request) -> Response:
         raise HTTPException(403, "this dashboard is read-only: it takes no action")
 
-    async def metrics(request: Request) -> Response:
-        # METRICS: the Prometheus exposition of duraflows_pg_async.metrics goes here.
-        raise HTTPException(404, "no metrics here yet")
+    async def metrics_page(request: Request) -> Response:
+        if scraped is None:
+            raise HTTPException(
+                404,
+                "no metrics: install the prometheus extra "
+                "(pip install 'duraflows-pg-async[prometheus]')",
+            )
+        body, content_type = await render_prometheus(scraped, accept=request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     def post(path: str, endpoint: object, name: str) -> Route:
         return Route(path, refuse if read_only else endpoint, methods=["POST"], name=name)  # type: ignore[arg-type]
@@ -72,7 +99,7 @@ def dashboard_app(runtime: WorkflowRuntime, *, read_only: bool = False) -> Starl
         post("/instances/{uuid}/rearm", actions.rearm, "rearm"),
         post("/executions/{uuid}/retry", actions.retry, "retry"),
         post("/executions/{uuid}/cancel", actions.cancel, "cancel"),
-        Route("/metrics", metrics, name="metrics"),
+        Route("/metrics", metrics_page, name="metrics"),
         Mount("/static", app=StaticFiles(directory=_STATIC), name="static"),
     ]
 

@@ -210,7 +210,6 @@ async def test_error_pages(client: httpx.AsyncClient, shop: Shop) -> None:
         "/timeouts?status=due": (400, "Bad parameter &#39;status&#39;"),
         "/executions?status=late": (400, "Bad parameter &#39;status&#39;"),
         "/executions?after=garbage": (400, "Bad parameter &#39;after&#39;"),
-        "/metrics": (404, "no metrics here yet"),
     }
     for path, (status, text) in cases.items():
         response = await client.get(path)
@@ -310,3 +309,41 @@ def test_the_dashboard_names_its_extra_when_starlette_is_missing() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'duraflows-pg-async[dashboard]'" in result.stdout
+
+
+async def test_metrics_of_its_own_or_the_applications(shop: Shop) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from duraflows_pg_async.metrics import PrometheusMetrics
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    # Its own collector, on a private registry: the database figures of the seeded shop.
+    async for client in _client(dashboard_app(shop.runtime, read_only=True)):
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        own = samples(response.text)
+        assert own[("duraflows_stats_up", ())] == 1
+        parked = [v for (name, _), v in own.items() if name == "duraflows_parked_timeouts"]
+        assert sum(parked) == 1  # the seeded shop parks one timeout
+
+    # The application's collector: what the runtime did since it was made is counted there.
+    registry = CollectorRegistry()
+    collector = PrometheusMetrics(shop.runtime, registry=registry)
+    try:
+        await shop.runtime.create_instance("orders")
+        async for client in _client(dashboard_app(shop.runtime, metrics=collector)):
+            text = (await client.get("/metrics")).text
+        assert samples(text)[("duraflows_stats_up", ())] == 1
+        assert "duraflows_transitions_total" in text
+    finally:
+        collector.close()
+    with pytest.raises(InvalidArgumentError, match="metrics must be a PrometheusMetrics"):
+        dashboard_app(shop.runtime, metrics=registry)  # type: ignore[arg-type]
