@@ -25,6 +25,7 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.execution_queries import ExecutionPage
 from ._runtime.execution_worker import ExecutionWorkerStats
 from ._runtime.migration_model import (
     ContextTransform,
@@ -60,6 +61,7 @@ __all__ = [
     "MigrationFailure",
     "ContextTransform",
     "InstancePage",
+    "ExecutionPage",
     "InstanceStatus",
     "StateStats",
     "ExecutionStats",

@@ -431,6 +431,32 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         help="top to bottom (default), bottom to top, left to right, right to left",
     )
     graph.add_argument("--schema", default=None, help="schema of the tables")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the web dashboard (needs the `dashboard` extra) until SIGINT/SIGTERM; it has "
+        "no authentication: keep it on a private address or behind a proxy that has",
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)"
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="show no action and refuse every POST"
+    )
+    dashboard.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="the path a proxy serves the dashboard under, e.g. /ops (default: none)",
+    )
+    dashboard.add_argument(
+        "--pool-size", type=int, default=4, help="database connections at most (default 4)"
+    )
+    dashboard.add_argument("--schema", default=None, help="schema of the tables")
     return parser
 
 

@@ -193,6 +193,15 @@ class WorkflowExecutionStore(Protocol):
 
     async def find_due(self, limit: int, now: datetime) -> list[WorkflowExecution]: ...
 
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]: ...
+
     async def stats(self, *, now: datetime) -> list[ExecutionStats]: ...
 
 

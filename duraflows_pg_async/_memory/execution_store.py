@@ -14,6 +14,7 @@ from duraflows_pg_async._core.executions import (
 )
 from duraflows_pg_async._core.idempotency import require_idempotency_text
 from duraflows_pg_async._core.json_form import parse_utc
+from duraflows_pg_async._core.store_checks import checked_execution_listing
 from duraflows_pg_async._core.validate import coerce_uuid, require_aware, require_int
 from duraflows_pg_async.errors import (
     DatabaseError,
@@ -158,6 +159,31 @@ class MemoryWorkflowExecutionStore(MemoryStore):
                 due.append((available, uuid, row))
         due.sort(key=lambda item: (item[0], item[1]))
         return [_read(row) for _, _, row in due[:limit]]
+
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]:
+        """Up to ``limit`` executions matching every filter given (``workflow_name`` is the
+        record's), in ascending uuid order, each greater than ``after_uuid``."""
+        after = checked_execution_listing(limit, status, workflow_name, after_uuid)
+        level = reading_level(self._database, "list executions")
+        # UUIDs compare as 128-bit integers: PostgreSQL's (byte) order of uuid values.
+        found = sorted(
+            (
+                (uuid, row)
+                for uuid, row in self._database._all_executions(level).items()
+                if (status is None or row["status"] == status)
+                and (workflow_name is None or row["workflowName"] == workflow_name)
+                and (after is None or uuid > after)
+            ),
+            key=lambda item: item[0],
+        )
+        return [_read(row) for _, row in found[:limit]]
 
     async def stats(self, *, now: datetime) -> list[ExecutionStats]:
         """The active executions per status, pending, running then parked, with the due ones at

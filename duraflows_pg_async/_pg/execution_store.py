@@ -11,6 +11,7 @@ import asyncpg
 
 from duraflows_pg_async._core.executions import ACTIVE_STATUSES, ExecutionStats, WorkflowExecution
 from duraflows_pg_async._core.idempotency import require_idempotency_text
+from duraflows_pg_async._core.store_checks import checked_execution_listing
 from duraflows_pg_async._core.validate import coerce_uuid, require_aware, require_int
 from duraflows_pg_async._pg.error_mapping import map_optional_table_errors
 from duraflows_pg_async.errors import (
@@ -21,7 +22,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .codecs import decoded
-from .queries import execution_stats_sql
+from .queries import execution_stats_sql, list_executions_sql
 from .runner import AnyConnection
 from .store_base import PgStore
 
@@ -148,6 +149,26 @@ class PgWorkflowExecutionStore(PgStore):
                 # One unreadable record must not stop the others: it stays for an operator.
                 _log.warning("duraflows: skipped a due execution: %s", exc)
         return out
+
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]:
+        """Up to ``limit`` executions matching every filter given (``workflow_name`` is the
+        record's), in ascending uuid order, each greater than ``after_uuid``. No locks."""
+        after = checked_execution_listing(limit, status, workflow_name, after_uuid)
+        sql = list_executions_sql(
+            self._schema, status=status, workflow=workflow_name is not None, after=after is not None
+        )
+        arguments = [value for value in (status, workflow_name, after) if value is not None]
+        executor = self._executor()
+        with _mapped("list executions", executor):
+            rows = await executor.fetch(sql, limit, *arguments)
+        return [_execution_from(row) for row in rows]
 
     async def stats(self, *, now: datetime) -> list[ExecutionStats]:
         """The active executions per status, pending, running then parked (a status without

@@ -581,3 +581,134 @@ def execution_stats_sql(schema: str | None) -> str:
         f"AS oldest_due_at FROM {executions} "
         "WHERE status IN ('pending', 'running', 'parked') GROUP BY status"
     )
+
+
+# --- list_executions ---------------------------------------------------------------------------
+
+_ACTIVE_EXECUTION = "status IN ('pending', 'running', 'parked')"
+
+
+@lru_cache(maxsize=64)
+def list_executions_sql(
+    schema: str | None, *, status: str | None, workflow: bool, after: bool
+) -> str:
+    """One page of list_executions, in uuid order, for one combination of filters.
+
+    $1=limit, then one parameter per filter given, in this order: status, workflow_name (the
+    record's ``workflowName``), after (the last uuid of the page before). Unfiltered and
+    completed/cancelled pages walk the primary key in uuid order up to the page. An active status
+    repeats the predicate of migration 008's unique index of active executions, which holds only
+    active rows: those are found there (however many finished ones the table keeps) and sorted.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    where: list[str] = []
+    number = 1
+
+    def param() -> str:
+        nonlocal number
+        number += 1
+        return f"${number}"
+
+    if status is not None:
+        if status in ("pending", "running", "parked"):
+            where.append(_ACTIVE_EXECUTION)
+        where.append(f"status = {param()}")
+    if workflow:
+        where.append(f"execution_json->>'workflowName' = {param()}")
+    if after:
+        where.append(f"uuid > {param()}")
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {EXECUTION_COLUMNS} FROM {executions}{condition} ORDER BY uuid LIMIT $1"
+
+
+# --- estimated stats (the dashboard's overview of a large table) -------------------------------
+
+
+@lru_cache(maxsize=32)
+def table_rows_sql(schema: str | None) -> str:
+    """The planner's row count of workflow_instances (``pg_class.reltuples``, kept by ANALYZE
+    and autovacuum; -1 before the first); no parameter."""
+    if schema is not None:
+        require_identifier(schema, "schema")
+    name = qualify(schema, "workflow_instances").replace("'", "''")
+    return f"SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass('{name}')"
+
+
+@lru_cache(maxsize=32)
+def estimated_stats_sql(schema: str | None) -> str:
+    """stats_sql over every workflow, with the counts of large states sampled.
+
+    $1=now $2=the sample's percent of the table's pages (TABLESAMPLE SYSTEM) $3=the sampled rows
+    under which a state's instances are counted exactly. Per (workflow_name, current_state):
+    ``instances`` (exact, or NULL where it was not counted), ``sampled`` and ``sampled_due``
+    (the state's rows, and due rows, in the sample), ``sampled_oldest`` (the sample's oldest due
+    time), and the exact retrying, parked and claimed counts. Counting every index entry grows
+    with the table (about 200 ms a million on a small machine); the sample reads a fixed number
+    of pages, and a state with few rows in it is counted exactly, cheaply (its range of 101's
+    (workflow_name, current_state, uuid) index is short). Retrying, parked and claimed come from
+    101's partial index; due rows from due_probe_sql.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    instances = qualify(schema, "workflow_instances")
+    return (
+        "WITH RECURSIVE pairs AS ("
+        f"(SELECT workflow_name, current_state FROM {instances} "
+        "ORDER BY workflow_name, current_state LIMIT 1) "
+        "UNION ALL "
+        "SELECT n.workflow_name, n.current_state FROM pairs AS p CROSS JOIN LATERAL ("
+        f"SELECT workflow_name, current_state FROM {instances} "
+        "WHERE (workflow_name, current_state) > (p.workflow_name, p.current_state) "
+        "ORDER BY workflow_name, current_state LIMIT 1) AS n), "
+        "sampled AS (SELECT workflow_name, current_state, count(*) AS rows, "
+        f"count(*) FILTER (WHERE {_due_at('$1')}) AS due, "
+        f"min({_DUE_AT}) FILTER (WHERE {_due_at('$1')}) AS oldest "
+        f"FROM {instances} TABLESAMPLE SYSTEM ($2) GROUP BY workflow_name, current_state) "
+        "SELECT workflow_name, current_state, max(instances) AS instances, "
+        "max(sampled) AS sampled, max(sampled_due) AS sampled_due, "
+        "max(sampled_oldest) AS sampled_oldest, max(retrying) AS retrying, "
+        "max(parked) AS parked, max(claimed) AS claimed "
+        "FROM ("
+        "SELECT p.workflow_name, p.current_state, CASE WHEN coalesce(s.rows, 0) < $3 THEN "
+        f"(SELECT count(*) FROM {instances} AS i WHERE i.workflow_name = p.workflow_name "
+        "AND i.current_state = p.current_state) END AS instances, "
+        "coalesce(s.rows, 0) AS sampled, coalesce(s.due, 0) AS sampled_due, "
+        "s.oldest AS sampled_oldest, 0::bigint AS retrying, 0::bigint AS parked, "
+        "0::bigint AS claimed "
+        "FROM pairs AS p LEFT JOIN sampled AS s "
+        "ON s.workflow_name = p.workflow_name AND s.current_state = p.current_state "
+        "UNION ALL "
+        "SELECT workflow_name, current_state, NULL, 0, 0, NULL, "
+        f"count(*) FILTER (WHERE {_STATUS_OF['retrying']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['parked']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['claimed']}) "
+        f"FROM {instances} WHERE {_TIMEOUT_STATE} GROUP BY workflow_name, current_state"
+        ") AS parts GROUP BY workflow_name, current_state"
+    )
+
+
+# The sweep's due rule with "expires_at < $1" written so that no index can serve it: the plain
+# form lets the planner pick 001's deadline index, read every overdue row and sort them (it
+# underestimates how many), where 005's due index gives them in due order up to the cap.
+_PROBE_DUE = _due_at("$1").replace("AND expires_at < $1", "AND (expires_at < $1) IS TRUE")
+
+
+@lru_cache(maxsize=32)
+def due_probe_sql(schema: str | None, cap: int) -> str:
+    """Up to ``cap`` due rows at $1=now, oldest first (005's due index, in due order), counted
+    per (workflow_name, current_state) with their oldest due time: every due row when fewer than
+    ``cap`` come back, else the oldest ``cap`` of the backlog. The cap is written into the
+    statement: as a parameter, a generic plan would not know the LIMIT is small."""
+    if schema is not None:
+        require_identifier(schema, "schema")
+    if type(cap) is not int or cap < 1:
+        raise ValueError("cap must be a positive int")
+    instances = qualify(schema, "workflow_instances")
+    return (
+        "SELECT workflow_name, current_state, count(*) AS due, min(due_at) AS oldest_due_at "
+        f"FROM (SELECT workflow_name, current_state, {_DUE_AT} AS due_at FROM {instances} "
+        f"WHERE {_PROBE_DUE} ORDER BY {_DUE_AT} LIMIT {cap}) AS d "
+        "GROUP BY workflow_name, current_state"
+    )

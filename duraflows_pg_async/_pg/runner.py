@@ -165,7 +165,7 @@ class _Transaction:
                 try:
                     conn = await pool.acquire()
                 except Exception as exc:
-                    raise_mapped(exc, "acquire a connection")
+                    raise_mapped(exc, "acquire a connection", connecting=True)
                 try:
                     await conn.execute(runner._begin_sql)
                 except BaseException as exc:

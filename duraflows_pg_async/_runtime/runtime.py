@@ -22,6 +22,7 @@ from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.executions import (
     DurableExecutionPolicy,
     ExecutionStats,
+    ExecutionStatus,
     WorkflowExecution,
 )
 from duraflows_pg_async._core.model import (
@@ -58,6 +59,7 @@ from .execution import (
     freeze,
     json_clone,
 )
+from .execution_queries import ExecutionPage, list_executions
 from .governing import check_executable, ensure_snapshot, governing
 from .handle import WorkflowHandle
 from .idempotency import checked_event_key
@@ -592,3 +594,20 @@ class WorkflowRuntime:
     def handle(self, instance_uuid: UUID | str) -> WorkflowHandle:
         """A small object bound to one instance; it caches nothing."""
         return WorkflowHandle(self, coerce_uuid(instance_uuid, "instance_uuid"))
+
+    async def list_executions(
+        self,
+        *,
+        status: ExecutionStatus | None = None,
+        workflow_name: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """One page (``limit``: 1 to 1,000) of the queued executions matching every filter, by
+        uuid; ``next_cursor`` is the ``after`` of the next page. An active ``status``
+        (pending, running, parked) is read from the index of active executions. A bad argument
+        or cursor raises InvalidArgumentError; DurableExecutionNotSupportedError without an
+        execution store."""
+        return await list_executions(
+            self, status=status, workflow_name=workflow_name, limit=limit, after=after
+        )

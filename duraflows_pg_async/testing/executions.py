@@ -30,6 +30,7 @@ from duraflows_pg_async.errors import (
 
 from ._helpers import MALFORMED_UUIDS, NOW, Rollback, assert_aware, create_committed
 from .data import make_instance
+from .execution_listing import ExecutionListingChecks
 from .idempotency import BAD_TEXTS
 
 __all__ = ["ExecutionStoreConformance"]
@@ -163,11 +164,12 @@ def _uuids(executions: list[WorkflowExecution]) -> list[UUID]:
     return [execution.uuid for execution in executions]
 
 
-class ExecutionStoreConformance:
+class ExecutionStoreConformance(ExecutionListingChecks):
     """The ``WorkflowExecutionStore`` contract: executions stored whole and read back as
     independent copies; writes in a transaction, with an optimistic revision; one execution per
     (instance, key) and one active execution per instance; due executions in due order, leased
-    ones left out before the limit; rolled back (savepoints included) with their transaction.
+    ones left out before the limit; rolled back (savepoints included) with their transaction;
+    listed by status and workflow in uuid pages.
 
     Subclass as ``class TestX(ExecutionStoreConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh provider with an ``execution_store``.

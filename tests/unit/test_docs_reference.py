@@ -29,6 +29,7 @@ PUBLIC_MODULES = [
     "duraflows_pg_async.contrib",
     "duraflows_pg_async.contrib.fastapi",
     "duraflows_pg_async.contrib.aiohttp",
+    "duraflows_pg_async.dashboard",
     "duraflows_pg_async.metrics",
 ]
 # Names that are data, not API to document on a page of its own.

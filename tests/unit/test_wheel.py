@@ -94,3 +94,27 @@ def test_sdist_ships_the_license(tmp_path: Path) -> None:
         source = archive.extractfile(member)
         assert source is not None
         assert source.read() == (REPO / "LICENSE").read_bytes()
+
+
+def test_wheel_ships_the_dashboards_templates_and_static_files(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "dist")
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    package = REPO / "duraflows_pg_async" / "dashboard"
+    files = sorted(
+        p.relative_to(REPO).as_posix()
+        for folder in ("templates", "static")
+        for p in (package / folder).iterdir()
+    )
+    assert "duraflows_pg_async/dashboard/static/mermaid.min.js" in files
+    assert "duraflows_pg_async/dashboard/static/mermaid.LICENSE.txt" in files
+    assert "duraflows_pg_async/dashboard/templates/workflows.html" in files
+    for name in files:
+        assert name in names, name
+        assert archive.read(name) == (REPO / name).read_bytes(), name
+    # Mermaid is shipped whole, with its licence, and no page loads anything from elsewhere.
+    assert b"mermaid" in archive.read("duraflows_pg_async/dashboard/static/mermaid.min.js")[:200]
+    assert b"MIT License" in archive.read("duraflows_pg_async/dashboard/static/mermaid.LICENSE.txt")
+    for name in files:
+        if name.endswith(".html"):
+            assert b"http" not in archive.read(name), name
