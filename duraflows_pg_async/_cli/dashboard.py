@@ -20,7 +20,7 @@ from duraflows_pg_async._runtime.runtime import WorkflowRuntime
 
 from .database import Target, pool, schema_option, target_from, workflow_providers
 from .exits import EXIT_USAGE, CliError
-from .output import emit
+from .output import emit, json_text
 
 __all__ = ["dashboard_command"]
 
@@ -58,7 +58,7 @@ def _server_class() -> type[Any]:
     return Server
 
 
-async def _announce(server: Any, read_only: bool) -> None:
+async def _announce(server: Any, read_only: bool, as_json: bool) -> None:
     """Print the address once the server listens (with --port 0, the port it was given)."""
     while not server.started:
         if server.should_exit:
@@ -66,8 +66,12 @@ async def _announce(server: Any, read_only: bool) -> None:
         await asyncio.sleep(0.05)
     host, port = server.servers[0].sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    mode = " (read-only)" if read_only else ""
-    emit(f"dashboard on http://{shown}:{port}/{mode}")
+    url = f"http://{shown}:{port}/"
+    # Flushed: a parent reading through a pipe waits for this line to know the port.
+    if as_json:
+        emit(json_text({"url": url, "readOnly": read_only}, indent=None), flush=True)
+    else:
+        emit(f"dashboard on {url}{' (read-only)' if read_only else ''}", flush=True)
 
 
 async def _serve(db: Target, args: argparse.Namespace, schema: str | None) -> None:
@@ -95,7 +99,7 @@ async def _serve(db: Target, args: argparse.Namespace, schema: str | None) -> No
             server_header=False,
         )
         server = server_class(config)
-        announce = asyncio.create_task(_announce(server, args.read_only))
+        announce = asyncio.create_task(_announce(server, args.read_only, args.json))
         try:
             await server.serve()
         finally:

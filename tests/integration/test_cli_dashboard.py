@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -52,8 +53,12 @@ async def start(database: str, *args: str) -> AsyncIterator[Dashboard]:
     )
     try:
         assert proc.stdout is not None
-        line = await wait_for_line(proc.stdout, "dashboard on http://", within=60)
-        found = re.search(r"dashboard on (http://\S+/)", line)
+        as_json = "--json" in args
+        needle = '"url": "http://' if as_json else "dashboard on http://"
+        line = await wait_for_line(proc.stdout, needle, within=60)
+        found = re.search(
+            r'"url": "(http://\S+/)"' if as_json else r"dashboard on (http://\S+/)", line
+        )
         assert found, line
         yield Dashboard(proc, found.group(1), line)
     finally:
@@ -101,6 +106,11 @@ async def test_read_only_under_a_root_path(database: str, shop: Shop) -> None:
             )
             assert refused.status_code == 403
         assert "(read-only)" in dashboard.line
+        code, _, err = await dashboard.stop()
+        assert code == 0, err
+    async for dashboard in start(database, "--read-only", "--json"):
+        announced = json.loads(dashboard.line.strip().splitlines()[-1])
+        assert announced == {"url": dashboard.url, "readOnly": True}
         code, _, err = await dashboard.stop()
         assert code == 0, err
 
