@@ -52,7 +52,8 @@ def dashboard_app(
     ``GET /metrics`` serves ``metrics`` (a [`PrometheusMetrics`][duraflows_pg_async.metrics.
     PrometheusMetrics] of the application's, which counts from its start); without one, and
     with the ``prometheus`` extra installed, the dashboard makes its own on a private registry
-    (its counters start with the dashboard); without the extra, ``/metrics`` answers 404.
+    at the first scrape (its counters start then; ``app.state.duraflows_metrics`` holds it, to
+    ``close()`` when the runtime is done with); without the extra, ``/metrics`` answers 404.
     """
     if not isinstance(runtime, WorkflowRuntime):
         raise InvalidArgumentError(
@@ -64,11 +65,9 @@ def dashboard_app(
         raise InvalidArgumentError(
             f"metrics must be a PrometheusMetrics or None, got {type(metrics).__name__}"
         )
-    if metrics is None and importlib.util.find_spec("prometheus_client") is not None:
-        from prometheus_client import CollectorRegistry
-
-        metrics = PrometheusMetrics(runtime, registry=CollectorRegistry())
-    scraped = metrics
+    # Made at the first scrape, not here: until something scrapes, the runtime's hooks stay off
+    # and cost nothing. It lives as long as the app; app.state.duraflows_metrics holds it.
+    scraped: list[PrometheusMetrics] = [] if metrics is None else [metrics]
     renderer = Renderer(read_only=read_only, now=runtime.clock.now)
     pages = Pages(runtime, renderer)
     actions = Actions(runtime)
@@ -77,13 +76,20 @@ def dashboard_app(
         raise HTTPException(403, "this dashboard is read-only: it takes no action")
 
     async def metrics_page(request: Request) -> Response:
-        if scraped is None:
-            raise HTTPException(
-                404,
-                "no metrics: install the prometheus extra "
-                "(pip install 'duraflows-pg-async[prometheus]')",
-            )
-        body, content_type = await render_prometheus(scraped, accept=request.headers.get("accept"))
+        if not scraped:
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise HTTPException(
+                    404,
+                    "no metrics: install the prometheus extra "
+                    "(pip install 'duraflows-pg-async[prometheus]')",
+                )
+            from prometheus_client import CollectorRegistry
+
+            scraped.append(PrometheusMetrics(runtime, registry=CollectorRegistry()))
+            app.state.duraflows_metrics = scraped[0]
+        body, content_type = await render_prometheus(
+            scraped[0], accept=request.headers.get("accept")
+        )
         return Response(body, media_type=content_type)
 
     def post(path: str, endpoint: object, name: str) -> Route:
@@ -128,7 +134,7 @@ def dashboard_app(
         _log.exception("duraflows dashboard: %s %s failed", request.method, request.url.path)
         return error_page(request, 500, "The page failed; the server's log says why.")
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={
             HTTPException: http_error,
@@ -137,3 +143,5 @@ def dashboard_app(
             Exception: server_error,
         },
     )
+    app.state.duraflows_metrics = metrics
+    return app

@@ -24,6 +24,7 @@ from duraflows_pg_async import (
     memory_workflow_providers,
     pg_workflow_providers,
 )
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async.dashboard import dashboard_app
 from duraflows_pg_async.errors import InvalidArgumentError
 
@@ -324,15 +325,24 @@ async def test_metrics_of_its_own_or_the_applications(shop: Shop) -> None:
             for s in family.samples
         }
 
-    # Its own collector, on a private registry: the database figures of the seeded shop.
-    async for client in _client(dashboard_app(shop.runtime, read_only=True)):
-        response = await client.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        own = samples(response.text)
-        assert own[("duraflows_stats_up", ())] == 1
-        parked = [v for (name, _), v in own.items() if name == "duraflows_parked_timeouts"]
-        assert sum(parked) == 1  # the seeded shop parks one timeout
+    # Its own collector, on a private registry, made at the first scrape (until then the
+    # runtime's hooks cost nothing): the database figures of the seeded shop.
+    dashboard = dashboard_app(shop.runtime, read_only=True)
+    assert dashboard.state.duraflows_metrics is None
+    assert not _metrics.ACTIVE
+    try:
+        async for client in _client(dashboard):
+            response = await client.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            own = samples(response.text)
+            assert own[("duraflows_stats_up", ())] == 1
+            parked = [v for (name, _), v in own.items() if name == "duraflows_parked_timeouts"]
+            assert sum(parked) == 1  # the seeded shop parks one timeout
+            assert (await client.get("/metrics")).status_code == 200  # the same collector
+    finally:
+        dashboard.state.duraflows_metrics.close()
+    assert not _metrics.ACTIVE
 
     # The application's collector: what the runtime did since it was made is counted there.
     registry = CollectorRegistry()
