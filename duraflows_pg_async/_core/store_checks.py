@@ -42,6 +42,8 @@ __all__ = [
     "checked_listing_page",
     "checked_record",
     "checked_stats_arguments",
+    "checked_transition",
+    "checked_update",
     "checked_workflow_names",
 ]
 
@@ -190,15 +192,44 @@ def checked_workflow_names(workflow_names: object) -> list[str]:
     return list(dict.fromkeys(require_str(n, "workflow_names[]") for n in workflow_names))
 
 
-def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
+def checked_update(
+    instance: object, method: str, *, js_safe_integers: bool
+) -> tuple[WorkflowInstance, UUID, int]:
+    """Validate an instance write of ``update``; returns (instance, uuid, the expected stored
+    version: ``instance.version - 1``)."""
+    inst = checked_instance(instance, method, create=False, js_safe_integers=js_safe_integers)
+    require_int(
+        inst.version, f"{method}: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
+    )
+    return inst, coerce_uuid(inst.uuid, "instance.uuid"), inst.version - 1
+
+
+def checked_transition(
+    instance: object, record: object, *, js_safe_integers: bool
+) -> tuple[WorkflowInstance, UUID, int, list[dict[str, Any]], dict[str, Any]]:
+    """Validate ``persist_transition``'s instance write and history record before any write;
+    returns (instance, uuid, expected version, results JSON, trigger metadata)."""
+    method = "persist_transition"
+    inst, key, expected = checked_update(instance, method, js_safe_integers=js_safe_integers)
+    record_uuid, results, trigger_metadata = checked_record(record, method)
+    if record_uuid != key:
+        raise InvalidArgumentError(
+            f"{method}: the record is of instance {record_uuid}, not of instance {key}"
+        )
+    return inst, key, expected, results, trigger_metadata
+
+
+def checked_record(
+    record: object, method: str = "append"
+) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
     """Validate a history record before any write; returns (instance uuid, results JSON,
     trigger metadata)."""
     if not isinstance(record, HistoryRecord):
         raise InvalidArgumentError(
-            f"append: record must be a HistoryRecord, got {type(record).__name__}"
+            f"{method}: record must be a HistoryRecord, got {type(record).__name__}"
         )
     instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
-    label = f"append: history of instance {instance_uuid}"
+    label = f"{method}: history of instance {instance_uuid}"
     optional_str(record.from_state, f"{label}: from_state")
     require_str(record.event_name, f"{label}: event_name")
     require_str(record.to_state, f"{label}: to_state")

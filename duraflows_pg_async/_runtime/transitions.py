@@ -176,9 +176,8 @@ class Transition:
         else:
             assert event.error_state is not None
             to_state = event.error_state
-        now = await self._persist_transition(to_state, ctx.context)
-        history_uuid = await self._append_history(
-            from_state, event_name, to_state, succeeded, results, trigger_metadata
+        now, history_uuid = await self._persist_transition(
+            to_state, ctx.context, from_state, event_name, succeeded, results, trigger_metadata
         )
         self.entered.record(
             instance, from_state, ctx.transition_uuid, event_name, trigger_metadata, now
@@ -254,11 +253,15 @@ class Transition:
             else:
                 return steps
             # A stay-in-place hop keeps the state's own onEnter writes over its declared context.
-            now = await self._persist_transition(
-                hop_to, hop_ctx.context, apply_declared_context=not stay
-            )
-            history_uuid = await self._append_history(
-                state_name, "onEnter", hop_to, succeeded, results, dict(_ON_ENTER_TRIGGER)
+            now, history_uuid = await self._persist_transition(
+                hop_to,
+                hop_ctx.context,
+                state_name,
+                "onEnter",
+                succeeded,
+                results,
+                dict(_ON_ENTER_TRIGGER),
+                apply_declared_context=not stay,
             )
             self.entered.record(instance, state_name, hop_uuid, "onEnter", _ON_ENTER_TRIGGER, now)
             if steps is None:
@@ -347,9 +350,19 @@ class Transition:
         return True, results
 
     async def _persist_transition(
-        self, to_state: str, context: dict[str, Any], *, apply_declared_context: bool = True
-    ) -> datetime:
-        """Move the instance to ``to_state`` and write it; returns the time used."""
+        self,
+        to_state: str,
+        context: dict[str, Any],
+        from_state: str,
+        event_name: str,
+        succeeded: bool,
+        results: list[CommandResult],
+        trigger_metadata: dict[str, Any],
+        *,
+        apply_declared_context: bool = True,
+    ) -> tuple[datetime, UUID]:
+        """Move the instance to ``to_state`` and write it with its history row, in one store
+        call (one statement on PostgreSQL); returns the time used and the row's uuid."""
         instance, definition = self.instance, self.definition
         now = utc_now(self.runtime.clock)
         state = definition.states[to_state]
@@ -360,22 +373,10 @@ class Transition:
         instance.context = context
         instance.expires_at = deadline(state, now)
         instance.timeout_retry = None
-        await self.runtime.persistence.instance_store.update(instance)
-        return now
-
-    async def _append_history(
-        self,
-        from_state: str,
-        event_name: str,
-        to_state: str,
-        succeeded: bool,
-        results: list[CommandResult],
-        trigger_metadata: dict[str, Any],
-    ) -> UUID:
-        """Append the history row of a transition just written."""
-        return await self.runtime.persistence.history_store.append(
+        history_uuid = await self.runtime.persistence.instance_store.persist_transition(
+            instance,
             HistoryRecord(
-                workflow_instance_uuid=self.instance.uuid,
+                workflow_instance_uuid=instance.uuid,
                 from_state=from_state,
                 event_name=event_name,
                 to_state=to_state,
@@ -383,6 +384,7 @@ class Transition:
                 command_results=results,
                 error_message=failure_message(succeeded, results),
                 trigger_metadata=trigger_metadata,
-                definition_version=self.definition.version,
-            )
+                definition_version=definition.version,
+            ),
         )
+        return now, history_uuid
