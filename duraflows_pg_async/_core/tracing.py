@@ -1,10 +1,12 @@
 """Optional OpenTelemetry spans for transactions, events and sweeps (docs/tracing.md).
 
 OpenTelemetry is an optional dependency, so it is looked for once, here, at import. Callers test
-``_tracing.ENABLED`` before anything else (``traced`` does it for them): without the API a
-transaction or an event costs a flag test (and a call) more, and no span is made. With the API but
-no SDK, the API's no-op tracer hands back an invalid span; ``start`` then returns None at once,
-so the callers skip attributes and context changes as when the API is absent. Attributes are only
+``_tracing.active()`` before anything else (``traced`` does it for them): without the API, or with
+the API but no tracer provider set (no SDK configured: a dependency pulled the API in), a
+transaction or an event costs that test and no span is made. The API's proxy would hand back
+non-recording spans carrying the current context unchanged, so skipping them changes nothing a
+child span or a propagator sees. ``start`` still returns None for an invalid span (a no-op
+tracer), so the callers skip attributes and context changes then too. Attributes are only
 computed for spans that record (a sampler may drop a span and still want it propagated).
 
 A tracing failure (a faulty span processor, say) is logged and swallowed: it must never break the
@@ -29,6 +31,7 @@ __all__ = [
     "TRANSACTION",
     "TRIGGER_EVENT",
     "Span",
+    "active",
     "connection_attributes",
     "start",
     "traced",
@@ -159,6 +162,20 @@ class Span:
             raise
 
 
+def active() -> bool:
+    """Whether spans may be made: the API is installed and its tracer is more than a no-op.
+
+    The tracer taken at import is the API's proxy, which follows the global provider once the
+    application sets one (an SDK's); until then it can only make non-recording spans.
+    """
+    if not ENABLED:
+        return False
+    tracer = _tracer
+    if isinstance(tracer, _trace.ProxyTracer):
+        return not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    return not isinstance(tracer, _trace.NoOpTracer)
+
+
 def start(name: str, attributes: Mapping[str, Value] | None = None) -> Span | None:
     """Start span ``name`` as a child of the current one and make it current.
 
@@ -207,9 +224,9 @@ def traced(
 
     ``attributes()`` describes the span at its start and ``outcome(result)`` at its end, both
     only when it records. If ``run`` raises, the span ends failed by the error. Without tracing
-    this is one flag test: ``run(None)`` is handed back as it is.
+    this is one test (``active()``): ``run(None)`` is handed back as it is.
     """
-    if not ENABLED:
+    if not active():
         return run(None)
     return _traced(name, run, attributes, outcome)
 

@@ -136,7 +136,7 @@ class _Transaction:
         runner = self._runner
         pool = runner._pool
         parent = _SCOPES.owned(pool)
-        if _tracing.ENABLED:
+        if _tracing.active():
             # Started before acquire(): time spent waiting for a pooled connection shows here.
             self._span = (
                 _tracing.start(_tracing.TRANSACTION, _tracing.DB_ATTRIBUTES)
