@@ -362,7 +362,7 @@ def describe_run(results: Results) -> str:
         f"{server.get('pgbench', 'pgbench ?')}",
         f"- Run: {options.get('rounds', '?')} interleaved rounds of "
         f"{options.get('duration', '?')} s per variant and concurrency, "
-        f"JSON codec `{options.get('codec', '?')}`"
+        f"JSON codec `{options.get('codec', '?')}`, event loop `{options.get('loop', 'asyncio')}`"
         + (" (**smoke run**: figures are not meaningful)" if options.get("smoke") else "")
         + f"; started {results.get('started_at', '?')}, took {results.get('wall_seconds', 0):.0f} s"
         + (f"; commit {machine['git_commit']}" if machine.get("git_commit") else ""),

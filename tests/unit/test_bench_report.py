@@ -343,6 +343,11 @@ def test_smoke_options_and_explicit_overrides() -> None:
     full = cli.options_from(cli.parser().parse_args([]))
     assert (full.duration, full.rounds, full.concurrency) == (5.0, 3, (1, 4, 8, 16))
     assert (full.sweep_instances, full.memory_transitions) == (20_000, 100_000)
+    assert full.loop == "auto"
+    assert cli.options_from(cli.parser().parse_args(["--loop", "asyncio"])).loop == "asyncio"
+    assert cli.loop_factory("asyncio") == ("asyncio", None)
+    name, factory = cli.loop_factory("auto")
+    assert (name == "uvloop") is (factory is not None)
 
 
 @pytest.mark.parametrize("argv", [["--concurrency", "0"], ["--duration", "-1"], ["--rounds", "x"]])
