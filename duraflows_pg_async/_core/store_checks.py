@@ -63,7 +63,20 @@ def checked_instance(
         )
     # The uuid is checked before it is formatted into the label: a hostile value (an int too long
     # to print, an object whose __str__ raises) must raise InvalidArgumentError, not its own error.
-    label = f"{method}: instance {coerce_uuid(instance.uuid, f'{method}: instance.uuid')}"
+    key = coerce_uuid(instance.uuid, f"{method}: instance.uuid")
+    # The fields are checked first under names without the uuid, which costs more to format than
+    # the checks themselves; a failure is checked again under the names its message gives.
+    try:
+        _check_instance_fields(instance, method, create, js_safe_integers)
+    except InvalidArgumentError:
+        _check_instance_fields(instance, f"{method}: instance {key}", create, js_safe_integers)
+        raise
+    return instance
+
+
+def _check_instance_fields(
+    instance: WorkflowInstance, label: str, create: bool, js_safe_integers: bool
+) -> None:
     if create:
         require_str(instance.workflow_name, f"{label}: workflow_name")
     require_str(instance.current_state, f"{label}: current_state")
@@ -91,7 +104,6 @@ def checked_instance(
         require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
         optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
         optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
-    return instance
 
 
 def checked_count_arguments(
@@ -229,7 +241,18 @@ def checked_record(
             f"{method}: record must be a HistoryRecord, got {type(record).__name__}"
         )
     instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
-    label = f"{method}: history of instance {instance_uuid}"
+    # As in checked_instance: names without the uuid first, a failure checked again with it.
+    try:
+        results, trigger_metadata = _check_record_fields(record, method)
+    except InvalidArgumentError:
+        _check_record_fields(record, f"{method}: history of instance {instance_uuid}")
+        raise
+    return instance_uuid, results, trigger_metadata
+
+
+def _check_record_fields(
+    record: HistoryRecord, label: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     optional_str(record.from_state, f"{label}: from_state")
     require_str(record.event_name, f"{label}: event_name")
     require_str(record.to_state, f"{label}: to_state")
@@ -252,7 +275,7 @@ def checked_record(
     optional_int(
         record.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
     )
-    return instance_uuid, results, trigger_metadata
+    return results, trigger_metadata
 
 
 def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, Any]]:
