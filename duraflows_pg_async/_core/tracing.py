@@ -16,6 +16,7 @@ transaction it describes.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -85,6 +86,13 @@ if ENABLED:
     # Taken once: before an SDK is configured this is the API's proxy tracer, which follows the
     # global TracerProvider as soon as the application sets one.
     _tracer = _trace.get_tracer(TRACER_NAME, _version())
+    # Until a provider is set, get_tracer_provider() looks its variable up in os.environ (a
+    # KeyError raised and caught) on every call. The API module's own record of the global
+    # provider answers the same question for a read; an API without it, or a provider named in
+    # the environment (loaded by that call), takes the public call.
+    _READ_PROVIDER = (
+        hasattr(_trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    )
 
 _warned = False
 
@@ -172,6 +180,8 @@ def active() -> bool:
         return False
     tracer = _tracer
     if isinstance(tracer, _trace.ProxyTracer):
+        if _READ_PROVIDER:
+            return _trace._TRACER_PROVIDER is not None
         return not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
     return not isinstance(tracer, _trace.NoOpTracer)
 

@@ -180,6 +180,8 @@ def test_without_a_tracer_provider_no_span_is_started(monkeypatch: pytest.Monkey
     # it could only make non-recording spans that carry the current context unchanged.
     monkeypatch.setattr(_tracing, "_tracer", trace.ProxyTracer(_tracing.TRACER_NAME))
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert _tracing._READ_PROVIDER  # the API's record agrees with its public answer
+    assert trace._TRACER_PROVIDER is None
     assert not _tracing.active()
     monkeypatch.setattr(_tracing, "_tracer", trace.NoOpTracer())
     assert not _tracing.active()
