@@ -52,10 +52,24 @@ _PATH_KEY_LIMIT = 100
 _PATH_LIMIT = 600
 
 
+# The types whose instances coerce_uuid hands back as they are. Another UUID subclass may
+# override int or __str__, so it is copied into a plain UUID; asyncpg's own, which every uuid
+# column of a row comes back as, is added by the adapter (trust_uuid_type).
+_AS_IS_UUID_TYPES: set[type] = {UUID}
+
+
+def trust_uuid_type(kind: object) -> None:
+    """Let ``coerce_uuid`` hand back instances of ``kind`` (a UUID subclass that keeps UUID's
+    value semantics: equality, hash and text) without copying them."""
+    if not (isinstance(kind, type) and issubclass(kind, UUID)):
+        raise InvalidArgumentError(f"{kind!r} is not a UUID subclass")
+    _AS_IS_UUID_TYPES.add(kind)
+
+
 def coerce_uuid(value: object, name: str) -> UUID:
     """A UUID from a UUID or its string form; anything else is InvalidArgumentError."""
-    if type(value) is UUID:
-        return value
+    if type(value) in _AS_IS_UUID_TYPES:
+        return value  # type: ignore[return-value]
     if isinstance(value, UUID):
         return UUID(int=value.int)
     if isinstance(value, str):
