@@ -261,6 +261,8 @@ def check_json(value: object, name: str, *, js_safe_integers: bool = False) -> N
     integers beyond JavaScript's safe range (±(2**53 - 1)), which JSON.parse rounds, are refused.
     """
     low, high = (-JS_SAFE_INTEGER - 1, JS_SAFE_INTEGER + 1) if js_safe_integers else _LONG_BOUNDS
+    if type(value) is dict and _flat_and_plain(value, low, high):
+        return
     # An explicit stack instead of recursion: depth is bounded by MAX_JSON_DEPTH, not by Python.
     # Each entry carries its trail, (parent trail, key or index), from which the path is written
     # only when there is an error to report.
@@ -306,6 +308,31 @@ def check_json(value: object, name: str, *, js_safe_integers: bool = False) -> N
                 push((child, (trail, index), depth + 1))
         else:
             _check_json_other(item, name, trail, js_safe_integers)
+
+
+def _flat_and_plain(value: dict[Any, Any], low: int, high: int) -> bool:
+    """Whether ``value`` passes check_json for certain on a shortcut: an object of at most 32
+    keys whose keys and values are of JSON's exact types, with ASCII strings, no nested
+    container, no NUL, integers inside (low, high) and finite floats: the shape of most contexts
+    and metadata. False sends it down check_json's full walk, which names any problem."""
+    if len(value) > 32:
+        return False
+    for key, child in value.items():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
+            return False
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() or "\x00" in child:
+                return False
+        elif kind is int:
+            if not low < child < high:
+                return False
+        elif kind is float:
+            if not math.isfinite(child):
+                return False
+        elif kind is not bool and child is not None:
+            return False
+    return True
 
 
 _LONG_BOUNDS = (-_LONG_INT, _LONG_INT)

@@ -6,6 +6,7 @@ transaction.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,6 @@ from .execution import (
     ExecutionResult,
     freeze,
     json_clone,
-    maybe_await,
 )
 from .instance_updates import deadline, next_version, utc_now
 from .observers import EnteredStates
@@ -293,7 +293,10 @@ class Transition:
             context=json_clone(ctx.context),
             command_metadata=freeze(guard_ref.metadata) if guard_ref.metadata else None,
         )
-        verdict = await maybe_await(registered.fn(subject, guard_ctx))
+        verdict = registered.fn(subject, guard_ctx)
+        # Sync or async: awaited here rather than through maybe_await, one coroutine less.
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
         if not isinstance(verdict, bool):
             raise WorkflowError(
                 f'Guard "{guard_ref.name}" returned {type(verdict).__name__}; expected a bool'
@@ -320,7 +323,9 @@ class Transition:
             registered = self.runtime.commands.get(ref.name)
             call_ctx = ctx.derive(command_metadata=freeze(ref.metadata) if ref.metadata else None)
             try:
-                returned = await maybe_await(registered.fn(subject, call_ctx))
+                returned = registered.fn(subject, call_ctx)
+                if inspect.isawaitable(returned):
+                    returned = await returned
             except Exception as exc:
                 if not registered.best_effort:
                     raise
