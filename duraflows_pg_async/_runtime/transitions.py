@@ -153,7 +153,7 @@ class Transition:
             transition_uuid=uuid4(),
         )
         if event.guard is not None and not await self.guard_allows(event_name, event, subject, ctx):
-            history_uuid = await self.runtime.persistence.history_store.append(
+            history_uuid = await self.write_history(
                 HistoryRecord(
                     workflow_instance_uuid=instance.uuid,
                     from_state=from_state,
@@ -274,6 +274,19 @@ class Transition:
                 return steps
             predecessor, state_name, entry_uuid = state_name, hop_to, hop_uuid
 
+    # -- the writes -----------------------------------------------------------------------------
+
+    async def write_transition(self, record: HistoryRecord) -> UUID:
+        """Write the instance (its version already incremented) and its history row ``record``
+        in one store call, one statement on PostgreSQL; returns the row's uuid."""
+        return await self.runtime.persistence.instance_store.persist_transition(
+            self.instance, record
+        )
+
+    async def write_history(self, record: HistoryRecord) -> UUID:
+        """Append one history row of this instance (no state change); returns its uuid."""
+        return await self.runtime.persistence.history_store.append(record)
+
     # -- the steps ------------------------------------------------------------------------------
 
     async def guard_allows(
@@ -378,8 +391,7 @@ class Transition:
         instance.context = context
         instance.expires_at = deadline(state, now)
         instance.timeout_retry = None
-        history_uuid = await self.runtime.persistence.instance_store.persist_transition(
-            instance,
+        history_uuid = await self.write_transition(
             HistoryRecord(
                 workflow_instance_uuid=instance.uuid,
                 from_state=from_state,
