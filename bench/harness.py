@@ -24,8 +24,10 @@ from . import report, sql
 from .machine import describe_machine, describe_server
 from .memory import SURFACES, measure_in_child
 from .pgbench import run_pgbench
+from .pgqueuer_drain import run_pgqueuer_drain
 from .stats import median, summarize_ns
 from .sweep import run_sweep
+from .sweep_processes import run_sweep_processes
 from .workloads import (
     Codec,
     RoundResult,
@@ -58,6 +60,11 @@ class Options:
     sweep_workers: tuple[int, ...] = (1, 2, 4)
     sweep_batch_size: int = 100
     sweep_poll_interval: float = 0.05
+    # Batched sweeps: k TimeoutWorkers in this process, then k worker processes; pgqueuer's
+    # drain (one queue manager, its default batch of 10) as the yardstick.
+    batched_workers: tuple[int, ...] = (1, 2, 4)
+    batched_processes: tuple[int, ...] = (1, 2, 4)
+    pgqueuer_batch_size: int = 10
     memory_transitions: int = 100_000
     memory_warmup: int = 5_000
     memory_concurrency: int = 4
@@ -252,6 +259,53 @@ async def _sweep(options: Options, dsn: str, admin: asyncpg.Pool, say: Progress)
     }
 
 
+async def _batched_sweep(
+    options: Options, dsn: str, admin: asyncpg.Pool, say: Progress
+) -> dict[str, Any]:
+    """Batched sweeps in tasks and in processes, and pgqueuer's drain, on the same rows count."""
+    runs = []
+    for workers in options.batched_workers:
+        result = await run_sweep(
+            dsn=dsn,
+            admin=admin,
+            instances=options.sweep_instances,
+            workers=workers,
+            batch_size=options.sweep_batch_size,
+            poll_interval=options.sweep_poll_interval,
+            codec=options.codec,
+            batched=True,
+        )
+        say(
+            f"batched sweep, {workers} worker(s) in this process: {result.per_second:,.0f} "
+            f"instances/s, {result.processed_twice} processed twice"
+        )
+        runs.append({"mode": "tasks", **dataclasses.asdict(result)})
+    for processes in options.batched_processes:
+        result = await run_sweep_processes(
+            dsn=dsn,
+            admin=admin,
+            instances=options.sweep_instances,
+            processes=processes,
+            batch_size=options.sweep_batch_size,
+            codec=options.codec,
+        )
+        say(
+            f"batched sweep, {processes} worker process(es): {result.per_second:,.0f} "
+            f"instances/s, {result.processed_twice} processed twice"
+        )
+        runs.append({"mode": "processes", **dataclasses.asdict(result)})
+    queue = await run_pgqueuer_drain(
+        dsn, jobs=options.sweep_instances, batch_size=options.pgqueuer_batch_size
+    )
+    say(f"pgqueuer {queue.version} drain, 1 queue manager: {queue.per_second:,.0f} jobs/s")
+    return {
+        "instances": options.sweep_instances,
+        "batch_size": options.sweep_batch_size,
+        "runs": runs,
+        "pgqueuer": dataclasses.asdict(queue),
+    }
+
+
 async def _memory(options: Options, dsn: str, say: Progress) -> list[dict[str, Any]]:
     results = []
     for surface in SURFACES:
@@ -290,6 +344,7 @@ async def run(options: Options) -> dict[str, Any]:
             say(f"PostgreSQL {server_info['version']} ready; measuring throughput")
             throughput = await _throughput(options, server, dsn, admin, say)
             sweep = await _sweep(options, dsn, admin, say)
+            batched = await _batched_sweep(options, dsn, admin, say)
             memory = await _memory(options, dsn, say)
         finally:
             await admin.close()
@@ -308,6 +363,7 @@ async def run(options: Options) -> dict[str, Any]:
         "server": server_info,
         "throughput": throughput,
         "sweep": sweep,
+        "batched_sweep": batched,
         "memory": memory,
     }
     results["targets"] = report.evaluate_targets(results)

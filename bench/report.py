@@ -112,6 +112,32 @@ def sweep_scaling(results: Results) -> float | None:
     return ratio(four["per_second"], one["per_second"])
 
 
+def batched_run(results: Results, mode: str, workers: int) -> Mapping[str, Any] | None:
+    """A batched sweep run: ``mode`` "tasks" (workers in this process) or "processes"."""
+    for run in results.get("batched_sweep", {}).get("runs", []):
+        if run["mode"] == mode and run["workers"] == workers:
+            return run  # type: ignore[no-any-return]
+    return None
+
+
+def pgqueuer_rate(results: Results) -> float | None:
+    queue = results.get("batched_sweep", {}).get("pgqueuer")
+    return None if queue is None else float(queue["per_second"])
+
+
+def batched_speedup(results: Results) -> float | None:
+    """One batched worker against one per-instance worker, in the same run."""
+    batched, baseline = batched_run(results, "tasks", 1), sweep_run(results, 1)
+    if batched is None or baseline is None:
+        return None
+    return ratio(batched["per_second"], baseline["per_second"])
+
+
+def batched_vs_pgqueuer(results: Results) -> float | None:
+    batched = batched_run(results, "tasks", 1)
+    return None if batched is None else ratio(batched["per_second"], pgqueuer_rate(results))
+
+
 # --- tables ------------------------------------------------------------------------------------
 
 
@@ -229,6 +255,51 @@ def sweep_table(results: Results) -> str:
     )
 
 
+def batched_table(results: Results) -> str:
+    baseline = sweep_run(results, 1)
+    queue = pgqueuer_rate(results)
+    rows: list[list[object]] = []
+    for run in results.get("batched_sweep", {}).get("runs", []):
+        rate = float(run["per_second"])
+        one = batched_run(results, run["mode"], 1)
+        rows.append(
+            [
+                "tasks, one process" if run["mode"] == "tasks" else "one per process",
+                int(run["workers"]),
+                f"{int(run['instances']):,}",
+                f"{float(run['seconds']):.2f}",
+                fmt_rate(rate),
+                fmt_ratio(ratio(rate, baseline["per_second"] if baseline else None)),
+                fmt_ratio(ratio(rate, queue)),
+                fmt_ratio(ratio(rate, one["per_second"] if one else None)),
+                run.get("sweeps", "n/a"),
+                run["processed_twice"],
+                run["commands_repeated"],
+                run["failed"],
+                run["left_due"],
+            ]
+        )
+    return markdown_table(
+        [
+            "workers",
+            "how many",
+            "instances",
+            "seconds",
+            "instances/s",
+            "x per-instance 1 worker",
+            "x pgqueuer",
+            "x batched 1",
+            "sweeps",
+            "processed twice",
+            "command ran twice",
+            "failed attempts",
+            "left due",
+        ],
+        rows,
+        "l" + "r" * 12,
+    )
+
+
 def memory_table(results: Results) -> str:
     rows = [
         [
@@ -327,7 +398,26 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
             f"{growth:+.2f} MB",
             _verdict(growth, 10.0, at_least=False),
         )
-    runs = results.get("sweep", {}).get("runs", [])
+    speedup = batched_speedup(results)
+    add(
+        "batched sweep, 1 worker, against the per-instance sweep",
+        "≥ 20.0x",
+        speedup,
+        fmt_ratio(speedup),
+        _verdict(speedup, 20.0, at_least=True),
+    )
+    versus = batched_vs_pgqueuer(results)
+    add(
+        "batched sweep, 1 worker, against pgqueuer's drain (1 worker)",
+        "> 1.00x",
+        versus,
+        fmt_ratio(versus),
+        None if versus is None else versus > 1.0,
+    )
+    runs = [
+        *results.get("sweep", {}).get("runs", []),
+        *results.get("batched_sweep", {}).get("runs", []),
+    ]
     if runs:
         twice = max(int(run["processed_twice"]) + int(run["commands_repeated"]) for run in runs)
         add("instances processed twice by the sweep", "= 0", twice, str(twice), twice == 0)
@@ -376,6 +466,27 @@ def describe_run(results: Results) -> str:
     return "\n".join(lines)
 
 
+def batched_section(results: Results) -> list[str]:
+    """The batched sweeps and pgqueuer's drain, when the run measured them."""
+    batched = results.get("batched_sweep")
+    if not batched:
+        return []
+    queue = batched.get("pgqueuer") or {}
+    return [
+        f"### Batched timeout sweep ({int(batched.get('instances', 0)):,} due instances, batch "
+        f"size {batched.get('batch_size', '?')}, one transaction per batch)",
+        "",
+        batched_table(results),
+        "",
+        f"pgqueuer {queue.get('version', '?')} drain (its own benchmark's steps), "
+        f"{int(queue.get('jobs', 0)):,} jobs, {queue.get('dequeue', '?')} queue manager, batch "
+        f"{queue.get('batch_size', '?')}: {fmt_rate(pgqueuer_rate(results))} jobs/s. Batched "
+        f"1 worker: {fmt_ratio(batched_speedup(results))} the per-instance sweep, "
+        f"{fmt_ratio(batched_vs_pgqueuer(results))} pgqueuer.",
+        "",
+    ]
+
+
 def render_markdown(results: Results) -> str:
     sweep = results.get("sweep", {})
     scaling = sweep_scaling(results)
@@ -399,6 +510,7 @@ def render_markdown(results: Results) -> str:
         "",
         f"Scaling from 1 to 4 workers: {fmt_ratio(scaling)}.",
         "",
+        *batched_section(results),
         "### Memory (a fresh process per surface)",
         "",
         memory_table(results),

@@ -34,7 +34,7 @@ from duraflows_pg_async import (
 
 from .workloads import Codec, duraflows_pool
 
-__all__ = ["SWEEP_WORKFLOW", "SweepResult", "run_sweep"]
+__all__ = ["SWEEP_WORKFLOW", "SweepResult", "count_repeats", "run_sweep"]
 
 SWEEP_WORKFLOW = WorkflowDefinition(
     name="bench_timeout",
@@ -89,6 +89,19 @@ async def reset_due_instances(pool: asyncpg.Pool, count: int) -> None:
         await conn.execute("ANALYZE workflow_instances, workflow_history")
 
 
+async def count_repeats(admin: asyncpg.Pool) -> tuple[int, int]:
+    """(instances with more than one history row, instances still waiting)."""
+    async with admin.acquire() as conn:
+        twice = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT workflow_instance_uuid FROM workflow_history "
+            "GROUP BY workflow_instance_uuid HAVING count(*) > 1) AS repeated"
+        )
+        left = await conn.fetchval(
+            "SELECT count(*) FROM workflow_instances WHERE current_state = 'waiting'"
+        )
+    return int(twice), int(left)
+
+
 def _sweep_runtime(
     pool: asyncpg.Pool, recorded: collections.Counter[str], observe: Any
 ) -> WorkflowRuntime:
@@ -119,8 +132,10 @@ async def run_sweep(
     batch_size: int,
     poll_interval: float,
     codec: Codec,
+    batched: bool = False,
 ) -> SweepResult:
-    """Insert ``instances`` due instances and time ``workers`` TimeoutWorkers draining them."""
+    """Insert ``instances`` due instances and time ``workers`` TimeoutWorkers draining them
+    (``batched``: with batched sweeps)."""
     recorded: collections.Counter[str] = collections.Counter()
     done = asyncio.Event()
     entered = 0
@@ -138,7 +153,9 @@ async def run_sweep(
             await runtime.initialize()
         await reset_due_instances(admin, instances)
         timeout_workers = [
-            TimeoutWorker(runtime, batch_size=batch_size, poll_interval=poll_interval)
+            TimeoutWorker(
+                runtime, batch_size=batch_size, poll_interval=poll_interval, batched=batched
+            )
             for runtime in runtimes
         ]
         start = time.perf_counter()
@@ -157,14 +174,7 @@ async def run_sweep(
             seconds = time.perf_counter() - start
             for worker in timeout_workers:
                 worker.stop()
-        async with admin.acquire() as conn:
-            twice = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT workflow_instance_uuid FROM workflow_history "
-                "GROUP BY workflow_instance_uuid HAVING count(*) > 1) AS repeated"
-            )
-            left = await conn.fetchval(
-                "SELECT count(*) FROM workflow_instances WHERE current_state = 'waiting'"
-            )
+        twice, left = await count_repeats(admin)
     finally:
         for pool in pools:
             await pool.close()
@@ -173,9 +183,9 @@ async def run_sweep(
         instances=instances,
         seconds=seconds,
         per_second=entered / seconds if seconds > 0 else 0.0,
-        processed_twice=int(twice),
+        processed_twice=twice,
         commands_repeated=sum(1 for count in recorded.values() if count > 1),
         failed=sum(worker.stats.failed for worker in timeout_workers),
-        left_due=int(left),
+        left_due=left,
         sweeps=sum(worker.stats.sweeps for worker in timeout_workers),
     )

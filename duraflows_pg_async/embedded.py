@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -33,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "TEST_SETTINGS"]
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 # For test suites only: a crash loses data, which a throwaway test server does not mind.
 TEST_SETTINGS: Mapping[str, str] = {
@@ -234,7 +237,9 @@ class EmbeddedPostgres:
     The password is held in memory only and carried by ``dsn()``; ``repr()`` and the errors
     leave it out. The server listens on 127.0.0.1 only; its Unix socket lies in ``socket_dir``,
     a 0700 directory of the server's user. A ``data_dir`` of an earlier object cannot be
-    started again, since its password is gone.
+    started again, since its password is gone, unless that object's ``password`` is given
+    again (keyword-only: URL-safe characters, at least 16; keeping it is the caller's job,
+    as ``duraflows-pg dev-db --data-dir`` does in a 0600 file).
 
     ``bin_dir`` (keyword-only) is the ``bin`` directory of the PostgreSQL installation to run,
     which must hold executable ``initdb``, ``pg_ctl`` and ``postgres``; by default, the binaries
@@ -257,7 +262,13 @@ class EmbeddedPostgres:
         port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         bin_dir: str | os.PathLike[str] | None = None,
+        password: str | None = None,
     ) -> None:
+        # str() first: callers without a type checker may pass anything.
+        if password is not None and not _URL_SAFE.fullmatch(str(password)):
+            raise ValueError(
+                "password must be at least 16 URL-safe characters (letters, digits, - and _)"
+            )
         locked = sorted(_LOCKED_SETTINGS & set(settings or {}))
         if locked:
             raise ValueError(f"EmbeddedPostgres sets {', '.join(locked)} itself")
@@ -275,8 +286,9 @@ class EmbeddedPostgres:
         self._staged = self.base_dir / "pginstall"
         self._programs: Path | None = None  # the bin directory that is run, once known
         # URL-safe characters: the password goes into the DSN as it is.
-        self._password = secrets.token_urlsafe(24)
-        self._initialised = False
+        self._password = password if password is not None else secrets.token_urlsafe(24)
+        # A given password is the one an earlier object initialised the data directory with.
+        self._initialised = password is not None
         self.running = False
 
     def __repr__(self) -> str:

@@ -7,7 +7,12 @@ Import them to annotate: code rarely builds one. The everyday ones
 
 from __future__ import annotations
 
-from ._core.executions import CommandCheckpoint, ExecutionStatus, WorkflowExecution
+from ._core.executions import (
+    CommandCheckpoint,
+    ExecutionStats,
+    ExecutionStatus,
+    WorkflowExecution,
+)
 from ._core.model import InstanceStatus, StateStats
 from ._definitions.registries import RegisteredCommand, RegisteredGuard
 from ._runtime.durable import ProcessPendingResult
@@ -20,6 +25,7 @@ from ._runtime.execution import (
     ProcessExpiredResult,
     TimeoutFailure,
 )
+from ._runtime.execution_queries import ExecutionPage
 from ._runtime.execution_worker import ExecutionWorkerStats
 from ._runtime.migration_model import (
     ContextTransform,
@@ -55,8 +61,10 @@ __all__ = [
     "MigrationFailure",
     "ContextTransform",
     "InstancePage",
+    "ExecutionPage",
     "InstanceStatus",
     "StateStats",
+    "ExecutionStats",
 ]
 
 for _name in __all__:

@@ -49,6 +49,8 @@ NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench": (("embedded", "orjson"), ("bench",)),
     "lint": ((), ("lint",)),
     "docs": ((), ("docs",)),
+    # hatchling (in the test group) builds the wheel; the user project gets a virtualenv of its own.
+    "user-project": ((), ("test",)),
 }
 
 USAGE = """\
@@ -63,6 +65,11 @@ commands:
   lint                 ruff check, ruff format --check, then mypy; stops at the first failure
   bench [args]         run the benchmarks (.venv/bin/python -m bench [args]; --smoke, --help)
   docs [serve]         build the docs site into site/ with warnings as errors; `serve` serves it
+  user-project [--latest] [--all-pythons] [pytest args]
+                       build the wheel, install it with its 'pytest' extra into a new virtualenv
+                       (at the lock's versions; --latest: the newest allowed) and run the tests of
+                       examples/user_project there, as a user of the package runs them;
+                       --all-pythons: on each of Python 3.11, 3.12 and 3.13 found here
   lock                 update uv.lock after a change to pyproject.toml's dependencies, and
                        requirements-dev.txt (the same pins for pip)
 
@@ -461,9 +468,9 @@ def _exec(argv: list[str]) -> int:
     return _call(argv)
 
 
-def _call(argv: list[str]) -> int:
+def _call(argv: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> int:
     try:
-        return subprocess.run(argv, cwd=ROOT, check=False).returncode
+        return subprocess.run(argv, cwd=cwd, env=env, check=False).returncode
     except OSError as exc:
         _say(f"cannot run {argv[0]}: {exc}")
         return 127
@@ -544,6 +551,146 @@ def cmd_docs(args: list[str]) -> int:
     return _exec([mkdocs, "build", "--strict", "--clean", "--site-dir", str(ROOT / "site")])
 
 
+USER_PROJECT = Path("examples") / "user_project"
+# Fails unless the package is imported from the virtualenv's site-packages (not from a checkout).
+_FROM_THE_WHEEL = (
+    "import sys, duraflows_pg_async as p; "
+    "sys.exit(0 if p.__file__.startswith(sys.prefix) else f'imported from {p.__file__}')"
+)
+
+
+# The Pythons the package supports; `user-project --all-pythons` runs the user project on each
+# one it finds (on PATH, or installed by pyenv), and says which it could not find.
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+
+
+def find_pythons() -> tuple[list[Path], list[str]]:
+    """An interpreter of each supported minor version found here, and the versions missing."""
+    found: list[Path] = []
+    missing: list[str] = []
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for version in SUPPORTED_PYTHONS:
+        candidates: list[Path] = []
+        if sys.version_info[:2] == tuple(int(p) for p in version.split(".")):
+            candidates.append(Path(sys.executable))
+        on_path = shutil.which(f"python{version}")
+        if on_path:
+            candidates.append(Path(on_path))
+        candidates += sorted(pyenv_root.glob(f"{version}.*/bin/python{version}"), reverse=True)
+        usable = [c for c in candidates if _python_version(c) == version]
+        if usable:
+            found.append(usable[0])
+        else:
+            missing.append(version)
+    return found, missing
+
+
+def _python_version(python: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            [str(python), "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def cmd_user_project(args: list[str]) -> int:
+    """examples/user_project's tests against the built wheel, in a new virtualenv.
+
+    What a user does: install the package (the wheel, with its ``pytest`` extra) into a clean
+    environment and run their tests with the plugin. Everything happens in a temporary
+    directory, removed afterwards; the project is copied there, so nothing of this checkout is
+    importable. The versions are the lock's (requirements-dev.txt) unless ``--latest``. With
+    ``--all-pythons``, the same wheel is tested on every supported Python found here (this one
+    at least), one virtualenv each.
+    """
+    options = {"--latest", "--all-pythons"}
+    chosen = set()
+    while args and args[0] in options:
+        chosen.add(args[0])
+        args = args[1:]
+    latest = "--latest" in chosen
+    pytest_args = args
+    pythons = [Path(sys.executable)]
+    if "--all-pythons" in chosen:
+        pythons, missing = find_pythons()
+        if missing:
+            _say(f"WARNING: no Python {', '.join(missing)} here: the wheel is not tested on it")
+        if not pythons:
+            pythons = [Path(sys.executable)]
+    with tempfile.TemporaryDirectory(prefix="duraflows-user-project-") as tmp:
+        work = Path(tmp)
+        dist = work / "dist"
+        _say("building the wheel")
+        build = [str(venv_python(ROOT)), "-m", "hatchling", "build", "-t", "wheel", "-d", str(dist)]
+        code = _call(build)
+        if code != 0:
+            return code
+        wheels = sorted(dist.glob("duraflows_pg_async-*.whl"))
+        if len(wheels) != 1:
+            _say(f"expected one wheel in {dist}, found {[w.name for w in wheels]}")
+            return 1
+        for number, interpreter in enumerate(pythons):
+            code = _user_project_on(
+                interpreter, wheels[0], work / f"run-{number}", latest, pytest_args
+            )
+            if code != 0:
+                return code
+        if len(pythons) > 1:
+            versions = ", ".join(str(_python_version(p)) for p in pythons)
+            _say(f"the user project passed from the wheel on Python {versions}")
+        return 0
+
+
+def _user_project_on(
+    interpreter: Path, wheel: Path, work: Path, latest: bool, pytest_args: list[str]
+) -> int:
+    """Install ``wheel[pytest]`` into a new virtualenv of ``interpreter`` and run the tests."""
+    work.mkdir()
+    venv = work / "venv"
+    python = venv / ("Scripts/python.exe" if _WINDOWS else "bin/python")
+    requirement = f"{wheel}[pytest]"
+    pins = [] if latest else ["--constraint", str(ROOT / PINS_NAME)]
+    uv, why_not = find_uv()
+    if uv is not None:
+        env = _uv_env(ROOT)
+        steps = [
+            [str(uv), "venv", "--quiet", "--python", str(interpreter), str(venv)],
+            [str(uv), "pip", "install", "--quiet", "--python", str(python), *pins, requirement],
+        ]
+    else:
+        _say(f"installing with pip, not uv ({why_not})")
+        env = _pip_env()
+        steps = [
+            [str(interpreter), "-m", "venv", str(venv)],
+            [str(python), "-m", "pip", "install", "--quiet", *pins, requirement],
+        ]
+    _say(f"installing {wheel.name}[pytest] into a new virtualenv of {interpreter}")
+    for step in steps:
+        code = _call(step, env=env)
+        if code != 0:
+            return code
+    project = work / "user_project"
+    shutil.copytree(
+        ROOT / USER_PROJECT,
+        project,
+        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"),
+    )
+    # The user's environment: nothing of this checkout's (its PYTHONPATH, its .venv).
+    user_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    code = _call([str(python), "-c", _FROM_THE_WHEEL], cwd=project, env=user_env)
+    if code != 0:
+        return code
+    _say(f"running the tests of {USER_PROJECT.as_posix()} on {_python_version(python)}")
+    pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args]
+    return _call(pytest, cwd=project, env=user_env)
+
+
 def cmd_lint(args: list[str]) -> int:
     steps = [
         ["ruff", "check", "."],
@@ -592,6 +739,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "docs": cmd_docs,
     "lock": cmd_lock,
+    "user-project": cmd_user_project,
 }
 NO_ARGS = {"lint", "lock"}
 

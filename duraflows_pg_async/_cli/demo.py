@@ -1,7 +1,8 @@
 """``duraflows-pg demo``: an order workflow end to end on a real PostgreSQL.
 
 A guard that rejects, commands, an onEnter chain, a declined card routed to an error state, and
-payment timeouts swept by two concurrent workers. Prints every order with its history.
+payment timeouts swept by two concurrent workers. Prints the workflow first, then each order's
+story with its history (orders with the same story once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncpg
 
 from duraflows_pg_async import migrations
 from duraflows_pg_async._core.model import CommandResult, HistoryRecord
+from duraflows_pg_async._definitions.diagram import timeout_text
 from duraflows_pg_async._definitions.model import (
     CommandRef,
     Event,
@@ -80,6 +82,39 @@ ORDER = WorkflowDefinition(
 )
 
 DECLINED_CARD = "4000-0000-0000-0002"
+
+# What each order of the demo shows; orders with the same story are printed together.
+STORIES = {
+    1001: "an empty cart refused by the guard, then filled, paid, packed and shipped in one "
+    "onEnter chain",
+    1002: "a declined card: the failing command routes the event to the error state",
+    1003: "checked out, never paid: cancelled by the payment timeout",
+}
+
+
+def workflow_text(definition: WorkflowDefinition) -> str:
+    """The definition's transitions, one per line, aligned: a diagram a terminal can show."""
+    rows: list[tuple[str, str, str]] = []
+    for name, state in definition.states.items():
+        for event_name, event in state.events.items():
+            how = event_name
+            if event.guard is not None:
+                how += f" [guard {event.guard.name}]"
+            if event.timeout is not None:
+                how += f", after {timeout_text(event.timeout)}"
+            target = event.target_state or name
+            if event.error_state:
+                target += f" (or {event.error_state} if a command fails)"
+            rows.append((name, how, target))
+        if state.on_enter is not None and state.on_enter.target_state:
+            rows.append((name, "onEnter", state.on_enter.target_state))
+    first = max(len(r[0]) for r in rows)
+    middle = max(len(r[1]) for r in rows)
+    return "\n".join(
+        f"    {source.ljust(first)}  --{how}--> {' ' * (middle - len(how))}{target}"
+        for source, how, target in rows
+    )
+
 
 Out = Callable[[str], None]
 
@@ -224,25 +259,29 @@ async def _demo(pool: asyncpg.Pool, schema: str | None, out: Out) -> dict[str, A
         for worker in workers:  # each finishes the order in hand, then returns
             worker.stop()
     by_order = sorted(worker_log, key=lambda entry: entry[1])
-    out(f"\nTimeout sweep: {len(worker_log)} orders cancelled, each exactly once: "
-        + ", ".join(f"#{order} by {worker}" for worker, order in by_order))  # fmt: skip
-    out(f"Observers saw {len(entered)} state entries of the API runtime, after each COMMIT.\n")
+    swept_by = {order: worker for worker, order in by_order}
 
     report_orders: list[dict[str, Any]] = []
+    stories: dict[tuple[object, ...], list[int]] = {}
+    tables: dict[tuple[object, ...], str] = {}
     for order_no, instance_uuid in orders.items():
         stored = await runtime.get_instance(instance_uuid)
         assert stored is not None
-        items = ", ".join(stored.context["items"]) or "-"
-        out(f"Order #{order_no}  {instance_uuid}  state={stored.current_state}  "
-            f"version={stored.version}  items=[{items}]")  # fmt: skip
         history = list(reversed(await runtime.get_history(instance_uuid)))
-        rows = [
-            (h.created_at.strftime("%H:%M:%S.%f")[:-3] if h.created_at else "",
-             h.event_name, f"{h.from_state} -> {h.to_state}", h.outcome, _detail(h))
+        steps = [
+            (h.event_name, f"{h.from_state} -> {h.to_state}", h.outcome, _detail(h))
             for h in history
-        ]  # fmt: skip
-        out(_table(("time", "event", "transition", "outcome", "detail"), rows))
-        out("")
+        ]
+        items = ", ".join(stored.context["items"]) or "-"
+        # Orders whose stories match are told once: the same steps, state, version and items.
+        key = (stored.current_state, stored.version, items, tuple(steps))
+        stories.setdefault(key, []).append(order_no)
+        if key not in tables:
+            rows = [
+                (h.created_at.strftime("%H:%M:%S.%f")[:-3] if h.created_at else "", *step)
+                for h, step in zip(history, steps, strict=True)
+            ]
+            tables[key] = _table(("time", "event", "transition", "outcome", "detail"), rows)
         report_orders.append(
             {
                 "order_no": order_no,
@@ -263,6 +302,24 @@ async def _demo(pool: asyncpg.Pool, schema: str | None, out: Out) -> dict[str, A
                 ],
             }
         )
+
+    out(f"\nThe workflow {ORDER.name!r}, version {ORDER.version}:")
+    out(workflow_text(ORDER))
+    out(f"    (as a Mermaid diagram: duraflows-pg diagram {__name__}:ORDER)")
+    for story, numbers in stories.items():
+        state, instance_version, listed = story[:3]
+        names = ", ".join(f"#{n}" for n in numbers)
+        title = STORIES.get(numbers[0], "")
+        out(f"\n{'Orders' if len(numbers) > 1 else 'Order'} {names}: {title}")
+        out(f"    now: state={state}  version={instance_version}  items=[{listed}]")
+        if len(numbers) > 1:
+            out(f"    history of #{numbers[0]} (the others' is the same):")
+        out(tables[story])
+        sweeps = ", ".join(f"#{n} by {swept_by[n]}" for n in numbers if n in swept_by)
+        if sweeps:
+            out(f"    swept by two concurrent workers, each order exactly once: {sweeps}")
+    out(f"\n{len(worker_log)} orders cancelled by the timeout sweep; observers saw "
+        f"{len(entered)} state entries of the API runtime, each after its COMMIT.")  # fmt: skip
     return {
         "server_version": version,
         "schema": schema,

@@ -3,7 +3,7 @@
 ``diagram APP [NAME]``: APP (``module:attr``) names a WorkflowDefinition, a DefinitionRegistry,
 a WorkflowRuntime, or the worker's runtime factory, which is called with in-memory providers: no
 database is opened. ``graph WORKFLOW``: the definition snapshot stored in the database, as the
-runtimes registered it (no application code needed).
+runtimes registered it (no application code needed), or with ``--app`` the application's.
 """
 
 from __future__ import annotations
@@ -91,9 +91,13 @@ async def _stored(
 
 
 def graph_command(args: argparse.Namespace) -> int:
-    """``graph WORKFLOW``: the stored snapshot (latest, or ``--version``) as a diagram."""
+    """``graph WORKFLOW``: the stored snapshot (latest, or ``--version``) as a diagram; with
+    ``--app MODULE:ATTR``, the application's own definition (as ``diagram`` draws it)."""
     if args.version is not None and args.version < 1:
         raise CliError(f"--version must be at least 1, got {args.version}", EXIT_USAGE)
+    if args.app is not None:
+        use_app_dir(args.app_dir)
+        return _print(_definition(load_app(args.app), args), args)
     db = target_from(args)
     data = run(_stored(db, args.name, args.version, schema_option(args.schema)))
     try:

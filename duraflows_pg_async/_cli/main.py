@@ -1,5 +1,5 @@
 """The ``duraflows-pg`` command line: migrations, the schema generator, inspection, queued
-executions, workers, diagrams.
+executions, workers, diagrams, the dashboard.
 
 Exit codes: 0 success, 1 an operational failure (the database cannot be reached, the tables are
 missing, an unknown instance or execution, the output cannot be written), 2 a usage error (no
@@ -15,7 +15,8 @@ Text read from the database (states, event names, errors, context) is escaped on
 
 This module turns the command line into a command, and the command's outcome into an exit code;
 each command lives in a module of its own (``migrate``, ``inspect``, ``queries`` (``list`` and
-``stats``), ``executions``, ``worker``, ``demo``, ``diagram`` and ``graph``).
+``stats``), ``executions``, ``worker``, ``demo``, ``dev_db``, ``diagram`` and ``graph``,
+``dashboard``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .dashboard import dashboard_command
 from .database import classify, connect_error, connect_timeout
+from .dev_db import dev_db_command
 from .diagram import diagram_command, graph_command
 from .executions import execution_command
 from .exits import EXIT_INTERRUPTED, EXIT_USAGE, CliError
@@ -68,9 +71,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": list_command,
     "stats": stats_command,
     "execution": execution_command,
+    "executions": execution_command,
     "worker": worker_command,
     "diagram": diagram_command,
+    "dev-db": dev_db_command,
     "graph": graph_command,
+    "dashboard": dashboard_command,
 }
 
 

@@ -213,6 +213,8 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
 
     execution = commands.add_parser(
         "execution",
+        # The plural reads as the issue's and peers' CLIs name it (`dbos workflow list`); both work.
+        aliases=["executions"],
         parents=[common],
         help="show, list, retry or cancel queued executions (enqueue_event)",
     )
@@ -297,6 +299,12 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "runtime's sweep lease)",
     )
     worker.add_argument(
+        "--batched",
+        action="store_true",
+        help="sweep each batch of timeouts in one transaction, a savepoint per instance (see "
+        "docs/timeouts-and-workers.md, batched sweeps)",
+    )
+    worker.add_argument(
         "--workflow",
         action="append",
         default=None,
@@ -320,6 +328,29 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
     worker.add_argument("--schema", default=None, help="schema of the tables")
     worker.add_argument(
         "--log-level", default="INFO", help="logging level of the worker (default INFO)"
+    )
+
+    dev_db = commands.add_parser(
+        "dev-db",
+        parents=[common],
+        help="start an embedded PostgreSQL in the foreground, migrate it and print its URL; "
+        "Ctrl-C stops it",
+    )
+    dev_db.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the data (and the server's password) in DIR between runs (default: a "
+        "temporary directory deleted at the stop)",
+    )
+    dev_db.add_argument(
+        "--port", type=int, default=None, help="listen on this port (default: a free one)"
+    )
+    dev_db.add_argument(
+        "--database",
+        default="duraflows",
+        metavar="NAME",
+        help="the database to create and migrate (default: duraflows)",
     )
 
     diagram = commands.add_parser(
@@ -370,6 +401,20 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
     )
     graph.add_argument("name", metavar="WORKFLOW", help="the workflow's name")
     graph.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="draw WORKFLOW from this application's definitions instead of the stored snapshot "
+        "(what `diagram` loads: a definition, a registry, a runtime or a runtime factory; no "
+        "database is opened)",
+    )
+    graph.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="with --app: look for its module in DIR first (default: the current directory)",
+    )
+    graph.add_argument(
         "--version",
         type=int,
         default=None,
@@ -386,6 +431,32 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         help="top to bottom (default), bottom to top, left to right, right to left",
     )
     graph.add_argument("--schema", default=None, help="schema of the tables")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the web dashboard (needs the `dashboard` extra) until SIGINT/SIGTERM; it has "
+        "no authentication: keep it on a private address or behind a proxy that has",
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)"
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="show no action and refuse every POST"
+    )
+    dashboard.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="the path a proxy serves the dashboard under, e.g. /ops (default: none)",
+    )
+    dashboard.add_argument(
+        "--pool-size", type=int, default=4, help="database connections at most (default 4)"
+    )
+    dashboard.add_argument("--schema", default=None, help="schema of the tables")
     return parser
 
 

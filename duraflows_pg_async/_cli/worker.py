@@ -192,7 +192,11 @@ async def _kinds(
 def _warn_ineffective(args: argparse.Namespace, kinds: _Kinds) -> None:
     """Say so when an option of the timeout workers has nothing to act on."""
     if not kinds.timeouts:
-        for given, option in ((args.workflow, "--workflow"), (args.lease, "--lease")):
+        for given, option in (
+            (args.workflow, "--workflow"),
+            (args.lease, "--lease"),
+            (args.batched or None, "--batched"),
+        ):
             if given is not None:
                 notice(
                     f"worker: {option} has no effect with --no-timeouts",
@@ -225,13 +229,15 @@ def _announce_start(args: argparse.Namespace, options: _WorkerOptions, kinds: _K
             "poll_interval": args.poll_interval,
             "lease": options.lease,
             "workflows": options.workflows,
+            "batched": args.batched,
         }
         emit(json_text(started, indent=None), flush=True)
     else:
         scope = f"; workflows {', '.join(options.workflows)}" if options.workflows else ""
         emit(
             f"{PROG} worker: {_kinds_text(args.workers, kinds)} "
-            f"(batch size {args.batch_size}, poll interval {args.poll_interval}s{scope}); "
+            f"(batch size {args.batch_size}{', batched' if args.batched else ''}, "
+            f"poll interval {args.poll_interval}s{scope}); "
             "stop with SIGINT or SIGTERM",
             flush=True,
         )
@@ -363,6 +369,7 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
                 poll_interval=args.poll_interval,
                 workflow_names=options.workflows,
                 lease=options.lease,
+                batched=args.batched,
             )
             for _ in range(args.workers if kinds.timeouts else 0)
         ]

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from typing_extensions import TypeVar
 
-from .executions import WorkflowExecution
+from .executions import ExecutionStats, WorkflowExecution
 from .idempotency import IdempotencyRecord
 from .model import HistoryRecord, StateStats, StoredWorkflowDefinition, WorkflowInstance
 
@@ -184,7 +184,8 @@ class WorkflowExecutionStore(Protocol):
     ``create`` and ``update`` run in the transaction that holds the instance's row lock
     (NoActiveTransactionError otherwise); reads join it when there is one. At most one active
     (pending, running or parked) execution per instance and one per (instance, key); ``update``
-    matches ``revision - 1`` (optimistic lock). Reads return independent copies.
+    matches ``revision - 1`` (optimistic lock). Reads return independent copies. ``stats`` counts
+    the active executions only, one row per active status in the order pending, running, parked.
     """
 
     async def create(self, execution: WorkflowExecution) -> None: ...
@@ -200,6 +201,17 @@ class WorkflowExecutionStore(Protocol):
     async def find_active(self, instance_uuid: UUID | str) -> WorkflowExecution | None: ...
 
     async def find_due(self, limit: int, now: datetime) -> list[WorkflowExecution]: ...
+
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]: ...
+
+    async def stats(self, *, now: datetime) -> list[ExecutionStats]: ...
 
 
 @runtime_checkable

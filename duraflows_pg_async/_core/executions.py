@@ -22,6 +22,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "CommandCheckpoint",
     "DurableExecutionPolicy",
+    "ExecutionStats",
     "ExecutionStatus",
     "WorkflowExecution",
 ]
@@ -31,9 +32,23 @@ ExecutionStatus = Literal["pending", "running", "parked", "completed", "cancelle
 
 EXECUTION_STATUSES: tuple[str, ...] = ("pending", "running", "parked", "completed", "cancelled")
 # An execution in one of these occupies its instance (the unique index of migration 008).
-ACTIVE_STATUSES: tuple[str, ...] = ("pending", "running", "parked")
+ACTIVE_STATUSES: tuple[ExecutionStatus, ...] = ("pending", "running", "parked")
 # Statuses a worker may pick up.
 DUE_STATUSES: tuple[str, ...] = ("pending", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStats:
+    """How many queued executions are in one active status (pending, running or parked)."""
+
+    status: ExecutionStatus
+    executions: int
+    due: int
+    """Executions a worker would take now: pending or running, available, no lease left."""
+    oldest_due_at: datetime | None
+    """When the longest-waiting due execution fell due (available, and its lease over);
+    ``None``: none is due."""
+
 
 _MS = timedelta(milliseconds=1)
 

@@ -13,6 +13,7 @@ from uuid import UUID
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async.errors import InvalidArgumentError
 
+from .executions import EXECUTION_STATUSES
 from .model import (
     HISTORY_OUTCOMES,
     INSTANCE_STATUSES,
@@ -36,6 +37,7 @@ from .validate import (
 __all__ = [
     "check_ensure_arguments",
     "checked_count_arguments",
+    "checked_execution_listing",
     "checked_instance",
     "checked_instance_query",
     "checked_listing_arguments",
@@ -171,6 +173,21 @@ def checked_listing_page(limit: object, now: object, after_uuid: object) -> UUID
     """Validate the page arguments of the store's ``list_instances``; returns ``after_uuid``."""
     require_int(limit, "limit", minimum=1, maximum=INT4_MAX)
     require_aware(now, "now")
+    return None if after_uuid is None else coerce_uuid(after_uuid, "after_uuid")
+
+
+def checked_execution_listing(
+    limit: object, status: object, workflow_name: object, after_uuid: object
+) -> UUID | None:
+    """Validate the arguments of the execution store's ``list_executions``; returns
+    ``after_uuid``."""
+    require_int(limit, "limit", minimum=1, maximum=INT4_MAX)
+    if status is not None and (not isinstance(status, str) or status not in EXECUTION_STATUSES):
+        raise InvalidArgumentError(
+            f"status must be None or one of {list(EXECUTION_STATUSES)}, got {echo(status)}"
+        )
+    if workflow_name is not None:
+        require_str(workflow_name, "workflow_name")
     return None if after_uuid is None else coerce_uuid(after_uuid, "after_uuid")
 
 

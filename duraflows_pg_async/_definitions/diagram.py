@@ -69,8 +69,13 @@ def _amount(value: float) -> str:
 
 
 def timeout_text(timeout: Timeout) -> str:
-    """Upstream's timeout text: ``1d 12h 30m``, zero parts left out."""
-    parts = [(timeout.days, "d"), (timeout.hours, "h"), (timeout.minutes, "m")]
+    """Upstream's timeout text: ``1d 12h 30m``, zero parts left out (seconds, ours, as ``s``)."""
+    parts = [
+        (timeout.days, "d"),
+        (timeout.hours, "h"),
+        (timeout.minutes, "m"),
+        (timeout.seconds, "s"),
+    ]
     return " ".join(f"{_amount(value)}{unit}" for value, unit in parts if value)
 
 

@@ -71,7 +71,7 @@ def _as_tuple(value: object) -> Any:
 def timeout_total(timeout: Timeout, label: str) -> tuple[timedelta | None, list[str]]:
     """The total of a timeout's parts, or None and why not (one problem per bad part)."""
     problems: list[str] = []
-    for part in ("minutes", "hours", "days"):
+    for part in ("seconds", "minutes", "hours", "days"):
         try:
             require_duration(
                 getattr(timeout, part), f"{label} {part}", unit=part, timedelta_ok=False
@@ -81,7 +81,9 @@ def timeout_total(timeout: Timeout, label: str) -> tuple[timedelta | None, list[
     if problems:
         return None, problems
     # No overflow: each part is at most MAX_DURATION.
-    total = timedelta(minutes=timeout.minutes, hours=timeout.hours, days=timeout.days)
+    total = timedelta(
+        seconds=timeout.seconds, minutes=timeout.minutes, hours=timeout.hours, days=timeout.days
+    )
     if total > MAX_DURATION:
         return None, [
             f"{label} must be at most 100 years (36525 days) in all, got {total.days} days"
@@ -102,11 +104,16 @@ class Timeout:
     always a date PostgreSQL and Python can hold; registration checks this and reports every
     problem at once. Zero parts are left out of
     [`WorkflowDefinition.to_dict()`][duraflows_pg_async.WorkflowDefinition.to_dict].
+
+    ``seconds`` is this package's own part (written as ``afterSeconds``): upstream's TypeScript
+    runtime knows minutes, hours and days only, so a workflow both runtimes run uses those
+    (``minutes=0.5`` is 30 seconds there too).
     """
 
     minutes: float = 0
     hours: float = 0
     days: float = 0
+    seconds: float = 0
 
     def to_timedelta(self) -> timedelta:
         """The total duration (the sum of the parts).
@@ -354,6 +361,10 @@ def _commands_to_list(commands: Sequence[CommandRef]) -> list[dict[str, Any]]:
 
 def _timeout_to_dict(timeout: Timeout) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    # Written only when set, so that every definition without it keeps upstream's snapshot
+    # and content hash.
+    if timeout.seconds:
+        out["afterSeconds"] = timeout.seconds
     if timeout.minutes:
         out["afterMinutes"] = timeout.minutes
     if timeout.hours:

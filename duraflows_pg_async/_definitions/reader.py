@@ -29,7 +29,7 @@ _EVENT_KEYS = ("targetState", "errorState", "commands", "guard", "timeout", "met
 _ON_ENTER_KEYS = ("targetState", "errorState", "commands", "metadata")
 _REF_KEYS = ("name", "metadata")
 _COMMAND_KEYS = ("name", "metadata", "transactional")
-_TIMEOUT_KEYS = ("afterMinutes", "afterHours", "afterDays")
+_TIMEOUT_KEYS = ("afterSeconds", "afterMinutes", "afterHours", "afterDays")
 
 
 def _join(path: str, key: str) -> str:
@@ -186,6 +186,7 @@ class _Reader:
                 minutes=self._duration(timeout_data, "afterMinutes", "minutes", timeout_path),
                 hours=self._duration(timeout_data, "afterHours", "hours", timeout_path),
                 days=self._duration(timeout_data, "afterDays", "days", timeout_path),
+                seconds=self._duration(timeout_data, "afterSeconds", "seconds", timeout_path),
             )
         return Event(
             target_state=self._string(data, "targetState", path, required=False),

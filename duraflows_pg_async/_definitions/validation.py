@@ -228,9 +228,12 @@ class _Validator:
         if total is None:
             self.problems.extend(f"{where}: {problem}" for problem in problems)
             return
-        if not (timeout.minutes > 0 or timeout.hours > 0 or timeout.days > 0):
+        if not (
+            timeout.seconds > 0 or timeout.minutes > 0 or timeout.hours > 0 or timeout.days > 0
+        ):
             self.problems.append(
-                f"{where}: timeout must have at least one positive part (minutes, hours, days)"
+                f"{where}: timeout must have at least one positive part "
+                "(seconds, minutes, hours, days)"
             )
         elif total <= timedelta(0):
             # Parts so small that they round to zero microseconds.

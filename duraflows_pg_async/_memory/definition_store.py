@@ -60,6 +60,38 @@ class MemoryWorkflowDefinitionStore(MemoryStore):
 
         return await statement(database, what, op)
 
+    async def replace(
+        self,
+        *,
+        workflow_name: str,
+        version: int,
+        content_hash: str,
+        definition_json: dict[str, Any],
+    ) -> StoredWorkflowDefinition | None:
+        """Overwrite a stored snapshot (None when there is none); development only, as the
+        PostgreSQL store's."""
+        check_ensure_arguments(workflow_name, version, content_hash, definition_json)
+        key = (str.__str__(workflow_name), int.__index__(version))
+        database = self._database
+        what = f'replace workflow definition "{workflow_name}" version {version}'
+
+        async def op(level: Level) -> StoredWorkflowDefinition | None:
+            await database._locks.acquire(level, ("definition", *key), FOR_UPDATE, what)
+            row = database._definition(level, key)
+            if row is None:
+                return None
+            row = StoredWorkflowDefinition(
+                workflow_name=key[0],
+                version=key[1],
+                content_hash=str.__str__(content_hash),
+                definition_json=as_jsonb(definition_json),
+                registered_at=level.root.started_at,
+            )
+            level.definitions[key] = row
+            return export_definition(row)
+
+        return await statement(database, what, op)
+
     async def find_by_name_and_version(
         self, workflow_name: str, version: int
     ) -> StoredWorkflowDefinition | None:

@@ -6,9 +6,15 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from duraflows_pg_async._core.executions import ACTIVE_STATUSES, DUE_STATUSES, WorkflowExecution
+from duraflows_pg_async._core.executions import (
+    ACTIVE_STATUSES,
+    DUE_STATUSES,
+    ExecutionStats,
+    WorkflowExecution,
+)
 from duraflows_pg_async._core.idempotency import require_idempotency_text
 from duraflows_pg_async._core.json_form import parse_utc
+from duraflows_pg_async._core.store_checks import checked_execution_listing
 from duraflows_pg_async._core.validate import coerce_uuid, require_aware, require_int
 from duraflows_pg_async.errors import (
     DatabaseError,
@@ -153,3 +159,54 @@ class MemoryWorkflowExecutionStore(MemoryStore):
                 due.append((available, uuid, row))
         due.sort(key=lambda item: (item[0], item[1]))
         return [_read(row) for _, _, row in due[:limit]]
+
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]:
+        """Up to ``limit`` executions matching every filter given (``workflow_name`` is the
+        record's), in ascending uuid order, each greater than ``after_uuid``."""
+        after = checked_execution_listing(limit, status, workflow_name, after_uuid)
+        level = reading_level(self._database, "list executions")
+        # UUIDs compare as 128-bit integers: PostgreSQL's (byte) order of uuid values.
+        found = sorted(
+            (
+                (uuid, row)
+                for uuid, row in self._database._all_executions(level).items()
+                if (status is None or row["status"] == status)
+                and (workflow_name is None or row["workflowName"] == workflow_name)
+                and (after is None or uuid > after)
+            ),
+            key=lambda item: item[0],
+        )
+        return [_read(row) for _, row in found[:limit]]
+
+    async def stats(self, *, now: datetime) -> list[ExecutionStats]:
+        """The active executions per status, pending, running then parked, with the due ones at
+        ``now`` and when the oldest fell due (see the PostgreSQL store)."""
+        when = require_aware(now, "now")
+        level = reading_level(self._database, "execution stats")
+        counts = {status: [0, 0] for status in ACTIVE_STATUSES}
+        oldest: dict[str, datetime] = {}
+        for row in self._database._all_executions(level).values():
+            status = row["status"]
+            if status not in counts:
+                continue
+            counts[status][0] += 1
+            available = parse_utc(row["availableAt"], "availableAt")
+            lease = (
+                None if row["leaseUntil"] is None else parse_utc(row["leaseUntil"], "leaseUntil")
+            )
+            if status in DUE_STATUSES and available <= when and (lease is None or lease <= when):
+                counts[status][1] += 1
+                due_at = available if lease is None else max(available, lease)
+                if status not in oldest or due_at < oldest[status]:
+                    oldest[status] = due_at
+        return [
+            ExecutionStats(status, counts[status][0], counts[status][1], oldest.get(status))
+            for status in ACTIVE_STATUSES
+        ]

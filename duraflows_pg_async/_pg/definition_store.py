@@ -62,6 +62,27 @@ class PgWorkflowDefinitionStore(PgStore):
             )
         return _definition_from_row(row)
 
+    async def replace(
+        self,
+        *,
+        workflow_name: str,
+        version: int,
+        content_hash: str,
+        definition_json: dict[str, Any],
+    ) -> StoredWorkflowDefinition | None:
+        """Overwrite a stored snapshot (None when there is none). For development only: the
+        runtime calls it under ``allow_unbumped_edits`` when no active instance is pinned to the
+        version; nothing else should, since instances read their rules from this row."""
+        check_ensure_arguments(workflow_name, version, content_hash, definition_json)
+        executor = self._executor()
+        with map_db_errors(
+            f'replace workflow definition "{workflow_name}" version {version}', executor
+        ):
+            row = await executor.fetchrow(
+                self._q.replace_definition, workflow_name, version, content_hash, definition_json
+            )
+        return None if row is None else _definition_from_row(row)
+
     async def find_by_name_and_version(
         self, workflow_name: str, version: int
     ) -> StoredWorkflowDefinition | None:

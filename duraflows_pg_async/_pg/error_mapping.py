@@ -62,11 +62,20 @@ def _is_client_encode_error(exc: BaseException) -> bool:
 
 
 def translate_db_error(
-    exc: BaseException, what: str, connection: Any = None
+    exc: BaseException, what: str, connection: Any = None, *, connecting: bool = False
 ) -> WorkflowError | None:
-    """The package error for a driver error raised by our own statement, or None to re-raise."""
+    """The package error for a driver error raised by our own statement, or None to re-raise.
+
+    ``connecting``: ``exc`` was raised while a connection was being made (``pool.acquire()``),
+    before any statement of ours.
+    """
     if isinstance(exc, WorkflowError):
         return None
+    if connecting and isinstance(exc, TimeoutError):
+        # asyncpg's connect timeout, which covers every host of a multi-host DSN: a server that
+        # never answers (a dead machine, a black-holed network) used it all. No statement ran,
+        # so this is the server being unreachable, not the StatementTimeoutError below.
+        return ConnectionLostError(f"{what}: no connection to PostgreSQL within the timeout")
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return LockTimeoutError(f"{what}: lock not available (lock_timeout)")
     if isinstance(exc, asyncpg.QueryCanceledError):
@@ -98,23 +107,26 @@ def translate_db_error(
     return None
 
 
-def raise_mapped(exc: Exception, what: str, connection: Any = None) -> NoReturn:
+def raise_mapped(
+    exc: Exception, what: str, connection: Any = None, *, connecting: bool = False
+) -> NoReturn:
     """Raise ``exc`` as the package's error with ``exc`` as cause, or unchanged if it is not a
     driver error. For ``except`` blocks on hot paths, where a try costs nothing."""
-    mapped = translate_db_error(exc, what, connection)
+    mapped = translate_db_error(exc, what, connection, connecting=connecting)
     if mapped is None:
         raise exc
     raise mapped from exc
 
 
 @contextmanager
-def map_db_errors(what: str, connection: Any = None) -> Iterator[None]:
+def map_db_errors(what: str, connection: Any = None, *, connecting: bool = False) -> Iterator[None]:
     """Wrap driver errors raised inside the block in the package's tree; ``what`` names the call
-    and ``connection``, when given, is the one the block used."""
+    and ``connection``, when given, is the one the block used; ``connecting``: the block makes
+    connections and runs no statement of ours (see ``translate_db_error``)."""
     try:
         yield
     except Exception as exc:
-        raise_mapped(exc, what, connection)
+        raise_mapped(exc, what, connection, connecting=connecting)
 
 
 @contextmanager

@@ -9,8 +9,9 @@ from uuid import UUID
 
 import asyncpg
 
-from duraflows_pg_async._core.executions import WorkflowExecution
+from duraflows_pg_async._core.executions import ACTIVE_STATUSES, ExecutionStats, WorkflowExecution
 from duraflows_pg_async._core.idempotency import require_idempotency_text
+from duraflows_pg_async._core.store_checks import checked_execution_listing
 from duraflows_pg_async._core.validate import coerce_uuid, require_aware, require_int
 from duraflows_pg_async._pg.error_mapping import map_optional_table_errors
 from duraflows_pg_async.errors import (
@@ -21,6 +22,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .codecs import decoded
+from .queries import execution_stats_sql, list_executions_sql
 from .runner import AnyConnection
 from .store_base import PgStore
 
@@ -147,3 +149,42 @@ class PgWorkflowExecutionStore(PgStore):
                 # One unreadable record must not stop the others: it stays for an operator.
                 _log.warning("duraflows: skipped a due execution: %s", exc)
         return out
+
+    async def list_executions(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        after_uuid: UUID | str | None = None,
+    ) -> list[WorkflowExecution]:
+        """Up to ``limit`` executions matching every filter given (``workflow_name`` is the
+        record's), in ascending uuid order, each greater than ``after_uuid``. No locks."""
+        after = checked_execution_listing(limit, status, workflow_name, after_uuid)
+        sql = list_executions_sql(
+            self._schema, status=status, workflow=workflow_name is not None, after=after is not None
+        )
+        arguments = [value for value in (status, workflow_name, after) if value is not None]
+        executor = self._executor()
+        with _mapped("list executions", executor):
+            rows = await executor.fetch(sql, limit, *arguments)
+        return [_execution_from(row) for row in rows]
+
+    async def stats(self, *, now: datetime) -> list[ExecutionStats]:
+        """The active executions per status, pending, running then parked (a status without
+        executions counts zero), with the due ones at ``now`` and when the oldest fell due.
+        Completed and cancelled executions are not counted: the table keeps them all."""
+        when = require_aware(now, "now")
+        executor = self._executor()
+        with _mapped("execution stats", executor):
+            rows = await executor.fetch(execution_stats_sql(self._schema), when)
+        found = {row["status"]: row for row in rows}
+        return [
+            ExecutionStats(
+                status=status,
+                executions=found[status]["executions"] if status in found else 0,
+                due=found[status]["due"] if status in found else 0,
+                oldest_due_at=found[status]["oldest_due_at"] if status in found else None,
+            )
+            for status in ACTIVE_STATUSES
+        ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -77,6 +79,37 @@ class PgWorkflowHistoryStore(PgStore):
                 "Failed to append workflow history: INSERT ... RETURNING uuid returned no row"
             )
         return row_uuid  # type: ignore[no-any-return]
+
+    def append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]:
+        """What ``append`` writes for ``record``, checked (the same errors), as row ``row_uuid``
+        and the ``rank``-th row of its instance, for ``append_rows``."""
+        instance_uuid, results, trigger_metadata = checked_record(record)
+        return (
+            row_uuid,
+            instance_uuid,
+            record.from_state,
+            record.event_name,
+            record.to_state,
+            record.outcome,
+            record.error_message,
+            record.rejected_by,
+            results,
+            trigger_metadata,
+            record.definition_version,
+            rank,
+        )
+
+    async def append_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows of ``append_row`` in one statement; the rows of one instance read back
+        in their rank order, after the rows it already had."""
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        executor = self._executor()
+        try:
+            await executor.execute(self._q.insert_histories, *columns)
+        except Exception as exc:
+            raise_mapped(exc, f"append {len(rows)} history rows", executor)
 
     async def find_by_instance_uuid(
         self, instance_uuid: UUID | str, limit: int = 50, offset: int = 0

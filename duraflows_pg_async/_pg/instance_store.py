@@ -50,11 +50,26 @@ from duraflows_pg_async.errors import (
 
 from .codecs import decoded
 from .json_numbers import UnreadableJsonError
-from .queries import list_instances_sql, render_queries, stats_sql
+from .queries import (
+    due_probe_sql,
+    estimated_stats_sql,
+    list_instances_sql,
+    render_queries,
+    stats_sql,
+    table_rows_sql,
+)
 from .runner import AnyConnection
 from .store_base import PgStore
 
 __all__ = ["PgWorkflowInstanceStore"]
+
+# estimate_stats: a table of fewer rows is counted exactly; a larger one is sampled to about
+# ESTIMATE_SAMPLE_ROWS rows, a state with fewer than ESTIMATE_EXACT_BELOW of them is counted
+# exactly (at a million rows: under about 6,700), and due is exact up to ESTIMATE_DUE_CAP rows.
+ESTIMATE_FROM_ROWS = 200_000
+ESTIMATE_SAMPLE_ROWS = 15_000
+ESTIMATE_EXACT_BELOW = 100
+ESTIMATE_DUE_CAP = 2_000
 
 logger = logging.getLogger("duraflows_pg_async")
 
@@ -245,18 +260,41 @@ class PgWorkflowInstanceStore(PgStore):
         raises OptimisticLockError. ``metadata``, ``workflow_name`` and ``created_at`` are never
         written.
         """
-        inst, instance_uuid, expected = checked_update(
-            instance, "update", js_safe_integers=self._js_safe_integers
-        )
+        row = self.update_row(instance)
+        instance_uuid, expected = row[0], row[-1]
         executor = self._executor()
         try:
-            status = await executor.execute(
-                self._q.update_instance, *_update_arguments(inst, instance_uuid, expected)
-            )
+            status = await executor.execute(self._q.update_instance, *row)
         except Exception as exc:
             raise_mapped(exc, f"update instance {instance_uuid}", executor)
         if status != "UPDATE 1":
             raise OptimisticLockError(instance_uuid, expected)
+
+    def update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]:
+        """What ``update`` writes for ``instance``, checked (the same errors), for
+        ``update_rows``: a batched sweep checks each instance as it fires and writes them all at
+        the end of the batch. The last element is the version expected in the database."""
+        inst, instance_uuid, expected = checked_update(
+            instance, "update", js_safe_integers=self._js_safe_integers
+        )
+        return _update_arguments(inst, instance_uuid, expected)
+
+    async def update_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write rows of ``update_row`` in one statement (at most one per instance). A row whose
+        stored version is not its expected one raises OptimisticLockError (nothing is written
+        once the transaction rolls back)."""
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        executor = self._executor()
+        try:
+            written = await executor.fetch(self._q.update_instances, *columns)
+        except Exception as exc:
+            raise_mapped(exc, f"update {len(rows)} instances", executor)
+        if len(written) != len(rows):
+            done = {row["uuid"] for row in written}
+            missing = next(row for row in rows if row[0] not in done)
+            raise OptimisticLockError(missing[0], missing[-1])
 
     async def persist_transition(self, instance: WorkflowInstance, record: HistoryRecord) -> UUID:
         """``update(instance)`` and ``append(record)`` (a row of the same instance) in one
@@ -551,3 +589,66 @@ class PgWorkflowInstanceStore(PgStore):
             for row in rows
         ]
         return sorted(found, key=lambda s: (s.workflow_name, s.state))
+
+    async def estimate_stats(
+        self,
+        *,
+        now: datetime,
+        from_rows: int | None = None,
+        sample_rows: int | None = None,
+    ) -> tuple[list[StateStats], frozenset[tuple[str, str, str]]] | None:
+        """``stats(now=now)`` for a large table, with the counts of its large states estimated
+        from a sample of its pages; None when the table is small enough to count (then call
+        ``stats``). Also returns which (workflow, state, "instances" or "due") are estimates.
+        ``from_rows`` (default ESTIMATE_FROM_ROWS): the planner's row count from which the
+        table is sampled; ``sample_rows`` (default ESTIMATE_SAMPLE_ROWS): about how many rows.
+
+        Exact: the instances of a state with few rows in the sample, retrying, parked and
+        claimed, and due when the backlog is under ESTIMATE_DUE_CAP rows. Reads a fixed number
+        of pages and index entries, however large the table (the dashboard's overview).
+        """
+        when = require_aware(now, "now")
+        threshold = ESTIMATE_FROM_ROWS if from_rows is None else from_rows
+        sample = ESTIMATE_SAMPLE_ROWS if sample_rows is None else sample_rows
+        require_int(threshold, "from_rows", minimum=1)
+        require_int(sample, "sample_rows", minimum=1)
+        executor = self._executor()
+        with map_db_errors("estimate_stats", executor):
+            table_rows = await executor.fetchval(table_rows_sql(self._schema))
+            if table_rows is None or table_rows < threshold:
+                return None
+            percent = min(100.0, 100.0 * sample / table_rows)
+            rows = await executor.fetch(
+                estimated_stats_sql(self._schema), when, percent, ESTIMATE_EXACT_BELOW
+            )
+            probed = await executor.fetch(due_probe_sql(self._schema, ESTIMATE_DUE_CAP + 1), when)
+        scale = table_rows / max(1, sum(row["sampled"] for row in rows))
+        due = {(r["workflow_name"], r["current_state"]): r for r in probed}
+        due_exact = sum(r["due"] for r in probed) <= ESTIMATE_DUE_CAP
+        estimated: set[tuple[str, str, str]] = set()
+        found = []
+        for row in rows:
+            key = (row["workflow_name"], row["current_state"])
+            instances = row["instances"]
+            if instances is None:
+                instances = round(row["sampled"] * scale)
+                estimated.add((*key, "instances"))
+            seen = due.get(key)
+            due_count = 0 if seen is None else seen["due"]
+            oldest = row["sampled_oldest"] if seen is None else seen["oldest_due_at"]
+            if not due_exact and row["sampled_due"]:
+                due_count = max(due_count, round(row["sampled_due"] * scale))
+                estimated.add((*key, "due"))
+            found.append(
+                StateStats(
+                    workflow_name=key[0],
+                    state=key[1],
+                    instances=max(instances, due_count, row["retrying"] + row["parked"]),
+                    due=due_count,
+                    retrying=row["retrying"],
+                    parked=row["parked"],
+                    claimed=row["claimed"],
+                    oldest_due_at=oldest if due_count else None,
+                )
+            )
+        return sorted(found, key=lambda s: (s.workflow_name, s.state)), frozenset(estimated)

@@ -86,6 +86,7 @@ class Queries:
     try_lock_instance: str
     update_instance: str
     persist_transition: str
+    update_instances: str
     find_expired: str
     find_expired_of: str
     claim_expired: str
@@ -99,10 +100,12 @@ class Queries:
     find_parked: str
     count_instances: str
     insert_history: str
+    insert_histories: str
     select_history: str
     ensure_definition: str
     select_definition: str
     list_definitions: str
+    replace_definition: str
     select_receipt: str
     insert_receipt: str
     complete_receipt: str
@@ -209,6 +212,25 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "WHERE workflow_instance_uuid = $1) + interval '1 microsecond') FROM moved "
             "RETURNING uuid"
         ),
+        # update_instance for many rows in one statement (a batched sweep's): $1..$13 hold
+        # update_instance's parameters, one element per row, in arrays, except $6, the contexts:
+        # one JSON array of them (the pool's JSON codec encodes it; element n is row n's). Returns
+        # the uuids written; a row whose version is not its expected one is not written.
+        update_instances=(
+            f"UPDATE {instances} AS i SET current_state = u.current_state, version = u.version, "
+            "expires_at = u.expires_at, last_transition_at = u.last_transition_at, "
+            "context_json = $6::jsonb -> (u.n::int - 1), updated_at = u.updated_at, "
+            "definition_version = u.definition_version, timeout_attempts = u.timeout_attempts, "
+            "timeout_retry_at = u.timeout_retry_at, timeout_last_error = u.timeout_last_error, "
+            "timeout_parked_at = u.timeout_parked_at "
+            "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], "
+            "$5::timestamptz[], $7::timestamptz[], $8::int[], $9::int[], $10::timestamptz[], "
+            "$11::text[], $12::timestamptz[], $13::int[]) WITH ORDINALITY AS u(uuid, "
+            "current_state, version, expires_at, last_transition_at, updated_at, "
+            "definition_version, timeout_attempts, timeout_retry_at, timeout_last_error, "
+            "timeout_parked_at, expected, n) "
+            "WHERE i.uuid = u.uuid AND i.version = u.expected RETURNING i.uuid"
+        ),
         # $1=limit $2=now (the application's clock, never the database's). The uuids of due rows,
         # oldest due first; select_instances reads them, so that one row the codec cannot decode
         # does not fail the batch. SKIP LOCKED lets many sweepers share the work; it does not make
@@ -294,6 +316,27 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "WHERE workflow_instance_uuid = $1) + interval '1 microsecond')) "
             "RETURNING uuid"
         ),
+        # insert_history for many rows in one statement (a batched sweep's), their uuids chosen by
+        # the caller: $1=uuids, $2..$11 insert_history's $1..$10 in arrays, except $9 and $10 (the
+        # command results and trigger metadata): one JSON array each, element n being row n's;
+        # $12=each row's rank among the rows of its instance in this statement (0, 1, ...). The
+        # stamps are what appending the rows one by one in that order gives: the first as
+        # insert_history's, each next one 1 µs later (the subquery does not see the rows of its
+        # own statement).
+        insert_histories=(
+            f"INSERT INTO {history} (uuid, workflow_instance_uuid, from_state, event_name, "
+            "to_state, outcome, error_message, rejected_by, command_results_json, "
+            "trigger_metadata_json, definition_version, created_at) "
+            "SELECT r.uuid, r.instance, r.from_state, r.event_name, r.to_state, r.outcome, "
+            "r.error_message, r.rejected_by, $9::jsonb -> (r.n::int - 1), "
+            "$10::jsonb -> (r.n::int - 1), r.definition_version, greatest(now(), (SELECT "
+            f"max(created_at) FROM {history} WHERE workflow_instance_uuid = r.instance) "
+            "+ interval '1 microsecond') + r.rank * interval '1 microsecond' "
+            "FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::text[], $8::text[], $11::int[], $12::int[]) WITH ORDINALITY AS "
+            "r(uuid, instance, from_state, event_name, to_state, outcome, error_message, "
+            "rejected_by, definition_version, rank, n)"
+        ),
         # $1=workflow_instance_uuid $2=limit $3=offset. Newest first; uuid breaks ties as the
         # TypeScript reader does.
         select_history=(
@@ -319,6 +362,13 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         list_definitions=(
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
             "ORDER BY version"
+        ),
+        # $1=workflow_name $2=version $3=content_hash $4=definition_json (development only:
+        # WorkflowRuntime(allow_unbumped_edits=True))
+        replace_definition=(
+            f"UPDATE {definitions} SET content_hash = $3, definition_json = $4, "
+            "registered_at = now() WHERE workflow_name = $1 AND version = $2 "
+            f"RETURNING {DEFINITION_COLUMNS}"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key
         select_receipt=(
@@ -519,4 +569,167 @@ def stats_sql(schema: str | None, *, workflow: bool) -> str:
         f"count(*) FILTER (WHERE {_STATUS_OF['claimed']}), NULL "
         f"FROM {instances} WHERE {_TIMEOUT_STATE}{of} GROUP BY workflow_name, current_state"
         ") AS parts GROUP BY workflow_name, current_state"
+    )
+
+
+# --- execution stats (metrics) -----------------------------------------------------------------
+
+# A worker would take it now: select_due_executions' rule at $1.
+_EXECUTION_DUE = (
+    "status IN ('pending', 'running') AND available_at <= $1 "
+    "AND (lease_until IS NULL OR lease_until <= $1)"
+)
+
+
+@lru_cache(maxsize=32)
+def execution_stats_sql(schema: str | None) -> str:
+    """Per active status (pending, running, parked): the executions, the due ones at $1 (the
+    application's clock) and when the oldest due one fell due (available and its lease over;
+    greatest() skips a NULL lease). Statuses without executions are left out.
+
+    The status list is the predicate of migration 008's unique index of active executions, which
+    holds only active rows: however many completed executions the table keeps, this reads that
+    small index and the active rows, never the whole table (EXPLAIN-tested in
+    tests/integration/test_metrics_pg.py).
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    return (
+        "SELECT status, count(*) AS executions, "
+        f"count(*) FILTER (WHERE {_EXECUTION_DUE}) AS due, "
+        f"min(greatest(available_at, lease_until)) FILTER (WHERE {_EXECUTION_DUE}) "
+        f"AS oldest_due_at FROM {executions} "
+        "WHERE status IN ('pending', 'running', 'parked') GROUP BY status"
+    )
+
+
+# --- list_executions ---------------------------------------------------------------------------
+
+_ACTIVE_EXECUTION = "status IN ('pending', 'running', 'parked')"
+
+
+@lru_cache(maxsize=64)
+def list_executions_sql(
+    schema: str | None, *, status: str | None, workflow: bool, after: bool
+) -> str:
+    """One page of list_executions, in uuid order, for one combination of filters.
+
+    $1=limit, then one parameter per filter given, in this order: status, workflow_name (the
+    record's ``workflowName``), after (the last uuid of the page before). Unfiltered and
+    completed/cancelled pages walk the primary key in uuid order up to the page. An active status
+    repeats the predicate of migration 008's unique index of active executions, which holds only
+    active rows: those are found there (however many finished ones the table keeps) and sorted.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    executions = qualify(schema, "workflow_executions")
+    where: list[str] = []
+    number = 1
+
+    def param() -> str:
+        nonlocal number
+        number += 1
+        return f"${number}"
+
+    if status is not None:
+        if status in ("pending", "running", "parked"):
+            where.append(_ACTIVE_EXECUTION)
+        where.append(f"status = {param()}")
+    if workflow:
+        where.append(f"execution_json->>'workflowName' = {param()}")
+    if after:
+        where.append(f"uuid > {param()}")
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {EXECUTION_COLUMNS} FROM {executions}{condition} ORDER BY uuid LIMIT $1"
+
+
+# --- estimated stats (the dashboard's overview of a large table) -------------------------------
+
+
+@lru_cache(maxsize=32)
+def table_rows_sql(schema: str | None) -> str:
+    """The planner's row count of workflow_instances (``pg_class.reltuples``, kept by ANALYZE
+    and autovacuum; -1 before the first); no parameter."""
+    if schema is not None:
+        require_identifier(schema, "schema")
+    name = qualify(schema, "workflow_instances").replace("'", "''")
+    return f"SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass('{name}')"
+
+
+@lru_cache(maxsize=32)
+def estimated_stats_sql(schema: str | None) -> str:
+    """stats_sql over every workflow, with the counts of large states sampled.
+
+    $1=now $2=the sample's percent of the table's pages (TABLESAMPLE SYSTEM) $3=the sampled rows
+    under which a state's instances are counted exactly. Per (workflow_name, current_state):
+    ``instances`` (exact, or NULL where it was not counted), ``sampled`` and ``sampled_due``
+    (the state's rows, and due rows, in the sample), ``sampled_oldest`` (the sample's oldest due
+    time), and the exact retrying, parked and claimed counts. Counting every index entry grows
+    with the table (about 200 ms a million on a small machine); the sample reads a fixed number
+    of pages, and a state with few rows in it is counted exactly, cheaply (its range of 101's
+    (workflow_name, current_state, uuid) index is short). Retrying, parked and claimed come from
+    101's partial index; due rows from due_probe_sql.
+    """
+    if schema is not None:
+        require_identifier(schema, "schema")
+    instances = qualify(schema, "workflow_instances")
+    return (
+        "WITH RECURSIVE pairs AS ("
+        f"(SELECT workflow_name, current_state FROM {instances} "
+        "ORDER BY workflow_name, current_state LIMIT 1) "
+        "UNION ALL "
+        "SELECT n.workflow_name, n.current_state FROM pairs AS p CROSS JOIN LATERAL ("
+        f"SELECT workflow_name, current_state FROM {instances} "
+        "WHERE (workflow_name, current_state) > (p.workflow_name, p.current_state) "
+        "ORDER BY workflow_name, current_state LIMIT 1) AS n), "
+        "sampled AS (SELECT workflow_name, current_state, count(*) AS rows, "
+        f"count(*) FILTER (WHERE {_due_at('$1')}) AS due, "
+        f"min({_DUE_AT}) FILTER (WHERE {_due_at('$1')}) AS oldest "
+        f"FROM {instances} TABLESAMPLE SYSTEM ($2) GROUP BY workflow_name, current_state) "
+        "SELECT workflow_name, current_state, max(instances) AS instances, "
+        "max(sampled) AS sampled, max(sampled_due) AS sampled_due, "
+        "max(sampled_oldest) AS sampled_oldest, max(retrying) AS retrying, "
+        "max(parked) AS parked, max(claimed) AS claimed "
+        "FROM ("
+        "SELECT p.workflow_name, p.current_state, CASE WHEN coalesce(s.rows, 0) < $3 THEN "
+        f"(SELECT count(*) FROM {instances} AS i WHERE i.workflow_name = p.workflow_name "
+        "AND i.current_state = p.current_state) END AS instances, "
+        "coalesce(s.rows, 0) AS sampled, coalesce(s.due, 0) AS sampled_due, "
+        "s.oldest AS sampled_oldest, 0::bigint AS retrying, 0::bigint AS parked, "
+        "0::bigint AS claimed "
+        "FROM pairs AS p LEFT JOIN sampled AS s "
+        "ON s.workflow_name = p.workflow_name AND s.current_state = p.current_state "
+        "UNION ALL "
+        "SELECT workflow_name, current_state, NULL, 0, 0, NULL, "
+        f"count(*) FILTER (WHERE {_STATUS_OF['retrying']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['parked']}), "
+        f"count(*) FILTER (WHERE {_STATUS_OF['claimed']}) "
+        f"FROM {instances} WHERE {_TIMEOUT_STATE} GROUP BY workflow_name, current_state"
+        ") AS parts GROUP BY workflow_name, current_state"
+    )
+
+
+# The sweep's due rule with "expires_at < $1" written so that no index can serve it: the plain
+# form lets the planner pick 001's deadline index, read every overdue row and sort them (it
+# underestimates how many), where 005's due index gives them in due order up to the cap.
+_PROBE_DUE = _due_at("$1").replace("AND expires_at < $1", "AND (expires_at < $1) IS TRUE")
+
+
+@lru_cache(maxsize=32)
+def due_probe_sql(schema: str | None, cap: int) -> str:
+    """Up to ``cap`` due rows at $1=now, oldest first (005's due index, in due order), counted
+    per (workflow_name, current_state) with their oldest due time: every due row when fewer than
+    ``cap`` come back, else the oldest ``cap`` of the backlog. The cap is written into the
+    statement: as a parameter, a generic plan would not know the LIMIT is small."""
+    if schema is not None:
+        require_identifier(schema, "schema")
+    if type(cap) is not int or cap < 1:
+        raise ValueError("cap must be a positive int")
+    instances = qualify(schema, "workflow_instances")
+    return (
+        "SELECT workflow_name, current_state, count(*) AS due, min(due_at) AS oldest_due_at "
+        f"FROM (SELECT workflow_name, current_state, {_DUE_AT} AS due_at FROM {instances} "
+        f"WHERE {_PROBE_DUE} ORDER BY {_DUE_AT} LIMIT {cap}) AS d "
+        "GROUP BY workflow_name, current_state"
     )

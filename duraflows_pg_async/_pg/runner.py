@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -117,6 +118,19 @@ async def _close_owned(
     await pool.release(conn)
 
 
+async def _rollback_to(conn: AnyConnection, name: str, reason: BaseException) -> None:
+    """ROLLBACK TO and RELEASE the savepoint ``name`` after ``reason``; never raises."""
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+    except (Exception, asyncio.CancelledError) as rollback_error:
+        # The original error propagates; the outer transaction's own cleanup deals with a
+        # connection that cannot even roll back to a savepoint.
+        logger.warning(
+            "duraflows: ROLLBACK TO SAVEPOINT %s failed (%r) after %r", name, rollback_error, reason
+        )
+
+
 class _Transaction:
     """``async with runner.transaction():`` — an owned transaction or a savepoint in one."""
 
@@ -156,7 +170,7 @@ class _Transaction:
                 try:
                     conn = await pool.acquire()
                 except Exception as exc:
-                    raise_mapped(exc, "acquire a connection")
+                    raise_mapped(exc, "acquire a connection", connecting=True)
                 try:
                     await conn.execute(runner._begin_sql)
                 except BaseException as exc:
@@ -238,19 +252,8 @@ class _Transaction:
         await _settle(self._rollback_savepoint(conn, exc))
 
     async def _rollback_savepoint(self, conn: AnyConnection, reason: BaseException) -> None:
-        name = self._savepoint
-        try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
-        except (Exception, asyncio.CancelledError) as rollback_error:
-            # The original error propagates; the outer transaction's own cleanup deals with a
-            # connection that cannot even roll back to a savepoint.
-            logger.warning(
-                "duraflows: ROLLBACK TO SAVEPOINT %s failed (%r) after %r",
-                name,
-                rollback_error,
-                reason,
-            )
+        assert self._savepoint is not None
+        await _rollback_to(conn, self._savepoint, reason)
 
     async def _exit_owned(self, scope: _Scope, exc: BaseException | None) -> None:
         root = scope.root
@@ -283,6 +286,150 @@ class _Transaction:
         await pool.release(conn)
         if status == "ROLLBACK":
             raise CommitRolledBackError()
+
+
+# Connection methods that send nothing to the server: they need no savepoint first.
+_QUIET = frozenset(
+    {
+        "get_reset_query",
+        "get_server_pid",
+        "get_server_version",
+        "get_settings",
+        "is_closed",
+        "is_in_transaction",
+    }
+)
+_SENDS = frozenset(
+    name
+    for name in dir(asyncpg.Connection)
+    if not name.startswith("_") and inspect.iscoroutinefunction(getattr(asyncpg.Connection, name))
+)
+
+
+class _GuardedConnection:
+    """The connection as a lazy savepoint's block sees it: the first statement sent through it
+    is preceded by the block's SAVEPOINT.
+
+    Anything else that could reach the server without a statement of ours first (``cursor()``,
+    a listener) marks the block ``unguarded``: its SQL may have run outside the savepoint.
+    """
+
+    __slots__ = ("before", "materialized", "name", "real", "root", "unguarded")
+
+    def __init__(
+        self, root: _Root, name: str, before: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        self.root = root
+        self.real = root.connection
+        self.name = name
+        self.before = before
+        self.materialized = False
+        self.unguarded = False
+
+    async def materialize(self) -> None:
+        if self.materialized:
+            return
+        before, self.before = self.before, None
+        if before is not None:
+            # Outside the savepoint, on the plain connection: what the caller kept back until
+            # now (a batch's rows) must be in the database before the block's SQL reads it.
+            self.root.connection = self.real
+            try:
+                await before()
+            finally:
+                self.root.connection = cast(AnyConnection, self)
+        with map_db_errors(f"SAVEPOINT {self.name}", self.real):
+            await self.real.execute(f"SAVEPOINT {self.name}")
+        self.materialized = True
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.real, name)
+        if self.materialized or name in _QUIET:
+            return attribute
+        if name in _SENDS:
+
+            async def sent(*args: Any, **kwargs: Any) -> Any:
+                await self.materialize()
+                return await attribute(*args, **kwargs)
+
+            return sent
+        self.unguarded = True
+        return attribute
+
+
+class _LazySavepoint:
+    """``async with runner.lazy_savepoint():`` — a savepoint that costs nothing unless used.
+
+    SAVEPOINT is sent just before the block's first statement; a block that sends none (its
+    writes buffered for later, say) needs no RELEASE nor ROLLBACK TO either. A failure rolls back
+    to the savepoint if there is one; its after-commit callbacks are dropped either way.
+    ``unguarded`` tells that the block reached the connection in a way the savepoint could not
+    cover (see ``_GuardedConnection``): then a failure of it cannot be undone alone.
+    """
+
+    __slots__ = ("_before", "_guard", "_parent", "_runner", "_scope", "_token")
+
+    def __init__(
+        self, runner: PgTransactionRunner, before: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        self._runner = runner
+        self._before = before
+        self._guard: _GuardedConnection | None = None
+        self._parent: _Scope | None = None
+        self._scope: _Scope | None = None
+        self._token: Token[dict[asyncpg.Pool, _Scope] | None] | None = None
+
+    @property
+    def used(self) -> bool:
+        """Whether the block reached the connection (sent SQL, or might have)."""
+        guard = self._guard
+        return guard is not None and (guard.materialized or guard.unguarded)
+
+    @property
+    def unguarded(self) -> bool:
+        guard = self._guard
+        return guard is not None and guard.unguarded and not guard.materialized
+
+    async def __aenter__(self) -> None:
+        if self._scope is not None:
+            raise InvalidArgumentError("a lazy_savepoint() context cannot be entered twice")
+        pool = self._runner._pool
+        parent = _SCOPES.owned(pool)
+        if parent is None:
+            raise NoActiveTransactionError("lazy_savepoint requires an active transaction")
+        root = parent.root
+        root.savepoints += 1
+        guard = _GuardedConnection(root, f"duraflows_sp_{root.savepoints}", self._before)
+        # Every use of the transaction's connection inside the block (stores, connection(),
+        # nested savepoints) goes through the guard until the block ends.
+        root.connection = cast(AnyConnection, guard)
+        self._guard = guard
+        self._parent = parent
+        scope = _Scope(root)
+        self._scope = scope
+        self._token = _SCOPES.push(pool, scope)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, parent, guard, token = self._scope, self._parent, self._guard, self._token
+        assert scope is not None
+        assert parent is not None
+        assert guard is not None
+        assert token is not None
+        _SCOPES.reset(token)
+        scope.root.connection = guard.real
+        if exc is None:
+            if guard.materialized:
+                with map_db_errors(f"RELEASE SAVEPOINT {guard.name}", guard.real):
+                    await guard.real.execute(f"RELEASE SAVEPOINT {guard.name}")
+            parent.callbacks.extend(scope.callbacks)
+            return
+        if guard.materialized:
+            await _settle(_rollback_to(guard.real, guard.name, exc))
 
 
 class _Bound:
@@ -381,6 +528,15 @@ class PgTransactionRunner:
             raise InvalidArgumentError(f"fn must be an async callable, got {fn!r}")
         async with _Transaction(self):
             return await fn()
+
+    def lazy_savepoint(
+        self, before_first_statement: Callable[[], Awaitable[None]] | None = None
+    ) -> _LazySavepoint:
+        """A savepoint in the current transaction whose SAVEPOINT is sent only before the
+        block's first statement: free for a block that sends none. ``before_first_statement``
+        is awaited just before that SAVEPOINT, outside it (the batched sweep writes the rows it
+        kept back). For the batched sweep; outside a transaction: NoActiveTransactionError."""
+        return _LazySavepoint(self, before_first_statement)
 
     def after_commit(self, callback: Callable[[], Any]) -> None:
         """Run ``callback()`` (awaited if it returns an awaitable) after the outermost COMMIT.

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core.contract import WorkflowExecutionStore
 from duraflows_pg_async._core.executions import (
     DurableExecutionPolicy,
@@ -231,6 +232,7 @@ class DurableExecutions:
             history_uuid,
             guard,
         )
+        _metrics.execution_finished(self.runtime, execution)
 
     # -- operators ------------------------------------------------------------------------------
 
@@ -282,7 +284,19 @@ class DurableExecutions:
         self, limit: int, should_stop: Callable[[], bool] | None = None
     ) -> ProcessPendingResult:
         """One worker poll: see ``durable_steps``."""
-        return await ExecutionSteps(self).process(limit, should_stop)
+        polled = ExecutionSteps(self).process(limit, should_stop)
+        return await _metrics.swept(self.runtime, "execution", polled, _poll_counts)
+
+
+def _poll_counts(result: ProcessPendingResult) -> dict[str, int]:
+    return {
+        "progressed": len(result.progressed),
+        "completed": len(result.completed),
+        "retrying": len(result.retrying),
+        "parked": len(result.parked),
+        "skipped": len(result.skipped),
+        "failed": len(result.failed),
+    }
 
 
 def _command_names(definition: WorkflowDefinition) -> set[str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID, uuid4
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core.executions import DUE_STATUSES, CommandCheckpoint, WorkflowExecution
 from duraflows_pg_async._core.model import (
     CommandResult,
@@ -122,6 +123,7 @@ class ExecutionSteps:
                     "parked": result.parked,
                 }.get(status, result.progressed).append(claimed.uuid)
             except ExecutionLeaseLostError:
+                _metrics.lease_lost(self.durable.runtime)
                 result.skipped.append(candidate.uuid)
             except Exception as exc:
                 if claimed is None:
@@ -130,6 +132,8 @@ class ExecutionSteps:
                 try:
                     status = await self._record_failure(claimed, exc)
                 except Exception as failure:
+                    if isinstance(failure, ExecutionLeaseLostError):
+                        _metrics.lease_lost(self.durable.runtime)
                     result.failed.append((candidate.uuid, diagnostic(failure)))
                 else:
                     (result.parked if status == "parked" else result.retrying).append(claimed.uuid)
@@ -383,6 +387,7 @@ class ExecutionSteps:
             history_uuid=history_uuid,
         )
         await self.durable._save(current)
+        _metrics.execution_finished(runtime, current)
 
     async def _record_failure(self, claim: WorkflowExecution, exc: BaseException) -> str:
         """A command (or the step around it) raised: retry later with backoff, or park at the

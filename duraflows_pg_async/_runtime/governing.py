@@ -8,9 +8,10 @@ version stores that version's snapshot in the same transaction.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from duraflows_pg_async._core.model import WorkflowInstance
+from duraflows_pg_async._core.model import StoredWorkflowDefinition, WorkflowInstance
 from duraflows_pg_async._definitions.model import WorkflowDefinition
 from duraflows_pg_async._definitions.validation import validate_definition
 from duraflows_pg_async.errors import (
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["check_executable", "ensure_snapshot", "governing"]
 
+logger = logging.getLogger("duraflows_pg_async")
+
 
 async def ensure_snapshot(runtime: WorkflowRuntime, definition: WorkflowDefinition) -> None:
     """Store ``definition``'s snapshot unless stored; WorkflowDefinitionError when the stored
@@ -35,13 +38,73 @@ async def ensure_snapshot(runtime: WorkflowRuntime, definition: WorkflowDefiniti
         content_hash=content_hash,
         definition_json=definition.to_dict(),
     )
-    if stored.content_hash != content_hash:
+    if stored.content_hash == content_hash:
+        return
+    if runtime.allow_unbumped_edits:
+        await _replace_snapshot(runtime, definition, stored, content_hash)
+        return
+    version = definition.version
+    raise WorkflowDefinitionError(
+        definition.name,
+        f"Definition content changed but version {version} was not bumped "
+        f"(stored {stored.content_hash}, registered {content_hash}). To deploy the change, "
+        f"register it as version={version + 1} and keep version {version} registered while "
+        f"instances use it (instances in flight keep the stored version). While developing, "
+        "WorkflowRuntime(allow_unbumped_edits=True) replaces the stored snapshot instead, when "
+        "no active instance is pinned to it.",
+    )
+
+
+async def _replace_snapshot(
+    runtime: WorkflowRuntime,
+    definition: WorkflowDefinition,
+    stored: StoredWorkflowDefinition,
+    content_hash: str,
+) -> None:
+    """Development only: overwrite the stored snapshot of ``definition``'s version, refused
+    while an instance that the stored rules govern is active (not in one of its terminal
+    states), since rewriting its rules under it would change what it may do next."""
+    store = runtime.persistence.definition_store
+    replace = getattr(store, "replace", None)
+    if replace is None:
         raise WorkflowDefinitionError(
             definition.name,
-            f"Definition content changed but version {definition.version} was not bumped "
-            f"(stored {stored.content_hash}, registered {content_hash}). Bump the version to "
-            "deploy the change; instances in flight keep the stored version.",
+            f"allow_unbumped_edits needs a definition store with replace(); "
+            f"{type(store).__name__} has none",
         )
+    try:
+        old = WorkflowDefinition.from_dict(stored.definition_json)
+        terminal = [name for name, state in old.states.items() if state.is_terminal]
+    except WorkflowError:
+        terminal = []  # unreadable: every instance of the version counts as active
+    active = await runtime.persistence.instance_store.count_instances(
+        workflow_name=definition.name,
+        definition_version=definition.version,
+        exclude_states=terminal,
+    )
+    if active:
+        raise WorkflowDefinitionError(
+            definition.name,
+            f"Definition content changed but version {definition.version} was not bumped, and "
+            f"allow_unbumped_edits cannot replace it: {active} active instance(s) are pinned to "
+            f"version {definition.version}. Register the change as version="
+            f"{definition.version + 1}, or finish or delete those instances first.",
+        )
+    await replace(
+        workflow_name=definition.name,
+        version=definition.version,
+        content_hash=content_hash,
+        definition_json=definition.to_dict(),
+    )
+    logger.warning(
+        "duraflows: DEVELOPMENT ONLY: replaced the stored snapshot of workflow %r version %d "
+        "(%s -> %s) without a version bump (allow_unbumped_edits=True); never use this in "
+        "production",
+        definition.name,
+        definition.version,
+        stored.content_hash,
+        content_hash,
+    )
 
 
 async def check_executable(runtime: WorkflowRuntime) -> None:

@@ -91,7 +91,7 @@ def _cursor(filters: list[Any], last: UUID) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _read_cursor(cursor: object, filters: list[Any]) -> UUID:
+def _read_cursor(cursor: object, filters: list[Any], listing: str = "list_instances") -> UUID:
     """The last uuid of the page before; InvalidArgumentError for anything that is not a cursor
     of this listing (another filter, edited, truncated, not a cursor at all)."""
     if not isinstance(cursor, str):
@@ -99,12 +99,12 @@ def _read_cursor(cursor: object, filters: list[Any]) -> UUID:
             f"after must be a cursor (str) or None, got {type(cursor).__name__}"
         )
     if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
-        raise InvalidArgumentError("after is not a cursor of list_instances")
+        raise InvalidArgumentError(f"after is not a cursor of {listing}")
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         decoded = json.loads(text)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgumentError("after is not a cursor of list_instances") from exc
+        raise InvalidArgumentError(f"after is not a cursor of {listing}") from exc
     if not (
         isinstance(decoded, list)
         and len(decoded) == 4
@@ -113,7 +113,7 @@ def _read_cursor(cursor: object, filters: list[Any]) -> UUID:
         and isinstance(decoded[3], str)
         and decoded[3] == _checksum(decoded[:3])
     ):
-        raise InvalidArgumentError("after is not a cursor of list_instances (or was altered)")
+        raise InvalidArgumentError(f"after is not a cursor of {listing} (or was altered)")
     if decoded[1] != filters:
         raise InvalidArgumentError(
             "after is a cursor of a listing with other filters: pass the filters it was made with"
@@ -121,4 +121,4 @@ def _read_cursor(cursor: object, filters: list[Any]) -> UUID:
     try:
         return UUID(decoded[2])
     except ValueError as exc:
-        raise InvalidArgumentError("after is not a cursor of list_instances") from exc
+        raise InvalidArgumentError(f"after is not a cursor of {listing}") from exc

@@ -9,15 +9,22 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.contract import Clock, SystemClock, WorkflowPersistenceProvider
 from duraflows_pg_async._core.echo import echo
-from duraflows_pg_async._core.executions import DurableExecutionPolicy, WorkflowExecution
+from duraflows_pg_async._core.executions import (
+    DurableExecutionPolicy,
+    ExecutionStats,
+    ExecutionStatus,
+    WorkflowExecution,
+)
 from duraflows_pg_async._core.model import (
     HistoryRecord,
     InstanceStatus,
@@ -27,6 +34,7 @@ from duraflows_pg_async._core.model import (
 from duraflows_pg_async._core.validate import (
     check_json,
     coerce_uuid,
+    require_bool,
     require_int,
     require_str,
 )
@@ -51,6 +59,7 @@ from .execution import (
     freeze,
     json_clone,
 )
+from .execution_queries import ExecutionPage, list_executions
 from .governing import check_executable, ensure_snapshot, governing
 from .handle import WorkflowHandle
 from .idempotency import checked_event_key
@@ -70,6 +79,8 @@ from .transitions import Transition, result_attributes
 __all__ = ["Observer", "WorkflowHandle", "WorkflowRuntime"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("duraflows_pg_async")
 
 
 def _json_object(value: object, name: str) -> dict[str, Any]:
@@ -112,6 +123,7 @@ class WorkflowRuntime:
         max_on_enter_depth: int = 10,
         sweep_lease: timedelta | float = DEFAULT_SWEEP_LEASE,
         durable_execution: DurableExecutionPolicy | None = None,
+        allow_unbumped_edits: bool = False,
     ) -> None:
         if not isinstance(definitions, DefinitionRegistry):
             raise InvalidArgumentError("definitions must be a DefinitionRegistry")
@@ -137,6 +149,12 @@ class WorkflowRuntime:
         self.timeout_retry = timeout_retry if timeout_retry is not None else TimeoutRetryPolicy()
         self.max_on_enter_depth = require_int(max_on_enter_depth, "max_on_enter_depth", minimum=1)
         self.sweep_lease = checked_lease(sweep_lease, "sweep_lease")
+        self.allow_unbumped_edits = require_bool(allow_unbumped_edits, "allow_unbumped_edits")
+        if self.allow_unbumped_edits:
+            logger.warning(
+                "duraflows: DEVELOPMENT ONLY: allow_unbumped_edits=True lets an edited definition "
+                "replace its stored snapshot without a version bump; never use it in production"
+            )
         self._observers: list[Observer] = []
         for observer in observers:
             self.add_observer(observer)
@@ -295,16 +313,21 @@ class WorkflowRuntime:
         trigger = _json_object(trigger_metadata, "trigger_metadata")
         keyed = checked_event_key(self.persistence, idempotency_key, idempotency_fingerprint)
         await self.initialize()
+        probe = _metrics.probe(self, "event")
 
         async def work(span: _tracing.Span | None, entered: EnteredStates) -> ExecutionResult:
             instance = await self.persistence.instance_store.lock_by_uuid(key)
             if instance is None:
                 raise WorkflowInstanceNotFoundError(key)
+            if probe is not None:
+                probe.workflow = instance.workflow_name
             if keyed is not None:
                 replayed = await keyed.replay_or_reserve(key, event_name)
                 if replayed is not None:
                     if span is not None and span.recording:
                         span.update({"duraflows.idempotency.replayed": True})
+                    if probe is not None:
+                        probe.outcome = "replayed"
                     return replayed
             await self._refuse_if_busy(instance)
             definition = await self._governing(instance)
@@ -313,15 +336,20 @@ class WorkflowRuntime:
             return result if keyed is None else await keyed.record(key, result)
 
         # The span starts before the transaction, so that the transaction span is its child.
-        return await _tracing.traced(
+        traced = _tracing.traced(
             _tracing.TRIGGER_EVENT,
             lambda span: self._in_transaction(functools.partial(work, span)),
             lambda: {"duraflows.instance.uuid": str(key), "duraflows.event.name": event_name},
             result_attributes,
         )
+        return await _metrics.observed(probe, traced)
 
     async def process_expired_workflows(
-        self, limit: int = 100, *, workflow_names: Iterable[str] | None = None
+        self,
+        limit: int = 100,
+        *,
+        workflow_names: Iterable[str] | None = None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
         """Run the timeout event of up to ``limit`` due instances, each in its own transaction.
 
@@ -332,8 +360,11 @@ class WorkflowRuntime:
         the batch. Safe to run from many workers at once: each instance is processed under its
         row lock after re-checking that it is still due; a row someone else holds is passed
         over, not waited for, and left to a later sweep.
+
+        ``batched=True`` runs the instances in one transaction per batch instead, each under a
+        savepoint (see docs/timeouts-and-workers.md, "Batched sweeps").
         """
-        return await self.sweep(limit, workflow_names=workflow_names)
+        return await self.sweep(limit, workflow_names=workflow_names, batched=batched)
 
     async def sweep(
         self,
@@ -342,17 +373,21 @@ class WorkflowRuntime:
         should_stop: Callable[[], bool] | None = None,
         workflow_names: Iterable[str] | None = None,
         lease: timedelta | float | None = None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
         """``process_expired_workflows`` that checks ``should_stop()`` before each instance.
 
         ``lease`` (default ``sweep_lease``) is how long the batch stays claimed: the longest
-        the batch of a killed worker waits before other sweeps take it.
+        the batch of a killed worker waits before other sweeps take it. ``batched``: one
+        transaction per batch, each instance under a savepoint (no claims: the batch's rows
+        stay locked until its COMMIT).
         """
         require_int(limit, "limit", minimum=1)
+        require_bool(batched, "batched")
         names = sweep_names(self.definitions, workflow_names)
         claim = self.sweep_lease if lease is None else checked_lease(lease, "lease")
         await self.initialize()
-        return await self._sweeper.sweep(limit, should_stop, names, claim)
+        return await self._sweeper.sweep(limit, should_stop, names, claim, batched)
 
     async def get_instance(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None (no lock, no transaction)."""
@@ -467,6 +502,12 @@ class WorkflowRuntime:
         runtime's clock. See [`StateStats`][duraflows_pg_async.types.StateStats]."""
         return await stats(self, workflow_name=workflow_name)
 
+    async def execution_stats(self) -> list[ExecutionStats]:
+        """The active queued executions per status (pending, running, parked), due at the
+        runtime's clock. See [`ExecutionStats`][duraflows_pg_async.types.ExecutionStats];
+        DurableExecutionNotSupportedError without an execution store."""
+        return await self._durable.store.stats(now=utc_now(self.clock))
+
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None
     ) -> list[WorkflowInstance]:
@@ -553,3 +594,20 @@ class WorkflowRuntime:
     def handle(self, instance_uuid: UUID | str) -> WorkflowHandle:
         """A small object bound to one instance; it caches nothing."""
         return WorkflowHandle(self, coerce_uuid(instance_uuid, "instance_uuid"))
+
+    async def list_executions(
+        self,
+        *,
+        status: ExecutionStatus | None = None,
+        workflow_name: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ExecutionPage:
+        """One page (``limit``: 1 to 1,000) of the queued executions matching every filter, by
+        uuid; ``next_cursor`` is the ``after`` of the next page. An active ``status``
+        (pending, running, parked) is read from the index of active executions. A bad argument
+        or cursor raises InvalidArgumentError; DurableExecutionNotSupportedError without an
+        execution store."""
+        return await list_executions(
+            self, status=status, workflow_name=workflow_name, limit=limit, after=after
+        )

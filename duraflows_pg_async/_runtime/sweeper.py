@@ -1,5 +1,6 @@
 """The sweep of due timeouts: claiming a batch, running each timeout in a transaction of its own,
-recording failures, and handing back the claims a sweep did not use."""
+recording failures, and handing back the claims a sweep did not use. The batched sweep (one
+transaction per batch) is ``sweep_batches.py``; both share the firing of a locked instance."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from duraflows_pg_async._core import metrics as _metrics
 from duraflows_pg_async._core import tracing as _tracing
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import WorkflowInstance
@@ -17,9 +19,12 @@ from duraflows_pg_async._core.validate import require_duration, require_str
 from duraflows_pg_async._definitions.registries import DefinitionRegistry
 from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 
-from .execution import BusinessFailure, ParkedTimeout, ProcessExpiredResult, TimeoutFailure
+from .execution import BusinessFailure, ProcessExpiredResult, TimeoutFailure
 from .instance_updates import next_version, utc_now
 from .observers import EnteredStates
+from .sweep_batches import sweep_in_batches
+from .sweep_outcomes import Outcome, Tally, log_failure, still_due, timeout_outcome
+from .sweep_writes import BatchWrites, BufferedTransition, InstanceWrites
 from .transitions import Transition, error_text, result_attributes
 
 if TYPE_CHECKING:
@@ -35,10 +40,6 @@ logger = logging.getLogger("duraflows_pg_async")
 DEFAULT_SWEEP_LEASE = timedelta(seconds=20)
 
 _TIMEOUT_TRIGGER: Mapping[str, Any] = {"source": "timeout"}
-
-# What one instance of a sweep came to: "processed" or "rejected", a business failure (processed,
-# routed to an error state), a timeout failure (rolled back), or None (passed over).
-_Outcome = str | BusinessFailure | TimeoutFailure | None
 
 
 def checked_lease(value: object, name: str) -> timedelta:
@@ -66,18 +67,6 @@ def sweep_names(definitions: DefinitionRegistry, workflow_names: Iterable[str] |
     return list(dict.fromkeys(names))
 
 
-def _still_due(instance: WorkflowInstance, now: datetime) -> bool:
-    retry = instance.timeout_retry
-    return (
-        instance.expires_at is not None
-        and instance.expires_at <= now
-        and (
-            retry is None
-            or (retry.parked_at is None and (retry.retry_at is None or retry.retry_at <= now))
-        )
-    )
-
-
 def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]:
     return {
         "duraflows.sweep.processed": result.processed,
@@ -88,7 +77,17 @@ def _sweep_attributes(result: ProcessExpiredResult) -> dict[str, _tracing.Value]
     }
 
 
-def _timeout_attributes(outcome: _Outcome) -> dict[str, _tracing.Value]:
+def _sweep_counts(result: ProcessExpiredResult) -> dict[str, int]:
+    return {
+        "processed": result.processed,
+        "rejected": result.rejected,
+        "business_failed": len(result.business_failed),
+        "failed": len(result.failed),
+        "parked": len(result.parked),
+    }
+
+
+def _timeout_attributes(outcome: Outcome) -> dict[str, _tracing.Value]:
     if not isinstance(outcome, TimeoutFailure):
         what = (
             "skipped" if outcome is None else "rejected" if outcome == "rejected" else "processed"
@@ -121,18 +120,28 @@ class Sweeper:
         should_stop: Callable[[], bool] | None,
         names: list[str],
         lease: timedelta,
+        batched: bool = False,
     ) -> Awaitable[ProcessExpiredResult]:
         """One sweep of up to ``limit`` due instances of ``names``, its batch claimed for
-        ``lease``; the arguments are already checked."""
-        return _tracing.traced(
+        ``lease`` (``batched``: locked in one transaction per batch instead, see
+        ``sweep_batches``); the arguments are already checked."""
+        traced = _tracing.traced(
             _tracing.SWEEP,
-            lambda span: self._sweep(limit, should_stop, names, lease, span),
+            lambda span: self._sweep(limit, should_stop, names, lease, span, batched),
             lambda: {"duraflows.sweep.limit": limit},
             _sweep_attributes,
         )
+        return _metrics.swept(self._runtime, "timeout", traced, _sweep_counts)
 
-    def _now(self) -> datetime:
+    @property
+    def runtime(self) -> WorkflowRuntime:
+        return self._runtime
+
+    def now(self) -> datetime:
+        """The runtime clock's time, in UTC."""
         return utc_now(self._runtime.clock)
+
+    _now = now
 
     async def _sweep(
         self,
@@ -141,7 +150,14 @@ class Sweeper:
         names: list[str],
         lease: timedelta,
         span: _tracing.Span | None,
+        batched: bool = False,
     ) -> ProcessExpiredResult:
+        if batched:
+            # Claims queued by earlier per-instance sweeps of this runtime still go back first.
+            await self._release_unreleased_claims(self._now())
+            if not names:
+                return ProcessExpiredResult()
+            return await sweep_in_batches(self, limit, should_stop, names, lease, span)
         now = self._now()
         store = self._runtime.persistence.instance_store
         # The scan claims its batch for the lease, so that concurrent sweeps take disjoint
@@ -159,10 +175,7 @@ class Sweeper:
             )
         if span is not None and span.recording:
             span.update({"duraflows.sweep.found": len(due)})
-        processed = rejected = 0
-        business_failed: list[BusinessFailure] = []
-        failed: list[TimeoutFailure] = []
-        parked: list[ParkedTimeout] = []
+        tally = Tally()
         # Claims to hand back are queued at once, so that a cancellation later in the batch
         # leaves them to the next sweep rather than to the end of the lease.
         hand_back = self._unreleased_claims
@@ -171,35 +184,39 @@ class Sweeper:
                 # Other sweepers take the rest at once instead of waiting out the claims.
                 hand_back.extend((i.uuid, claim_until) for i in due[index:])
                 break
+            probe = _metrics.probe(self._runtime, "timeout", scanned.workflow_name)
             if span is None:
                 outcome = await self._sweep_one(scanned, claim_until, None)
             else:
                 outcome = await self._traced_sweep_one(scanned, claim_until)
-            if isinstance(outcome, TimeoutFailure):
-                failed.append(outcome)
-                if outcome.attempts is not None and outcome.retry_at is None:
-                    parked.append(ParkedTimeout(scanned.uuid, outcome.error))
-            elif outcome == "rejected":
-                rejected += 1
-            elif outcome is None:
+            if probe is not None:
+                probe.done(timeout_outcome(outcome))
+            if outcome is None:
                 # Held by someone else, or no longer due: a later sweep takes it if it still
                 # needs it, without waiting for this claim to run out.
                 hand_back.append((scanned.uuid, claim_until))
-            else:
-                processed += 1
-                if isinstance(outcome, BusinessFailure):
-                    business_failed.append(outcome)
+            tally.add(scanned.uuid, outcome)
         if self._unreleased_claims:
             await self._release_unreleased_claims(self._now())
-        return ProcessExpiredResult(processed, rejected, business_failed, failed, parked)
+        return tally.result()
 
     def _traced_sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime
-    ) -> Awaitable[_Outcome]:
+    ) -> Awaitable[Outcome]:
         """``_sweep_one`` in a "duraflows.timeout" span, a child of the sweep's."""
+        return self.traced_timeout(
+            scanned, lambda span: self._sweep_one(scanned, claim_until, span)
+        )
+
+    def traced_timeout(
+        self,
+        scanned: WorkflowInstance,
+        work: Callable[[_tracing.Span | None], Awaitable[Outcome]],
+    ) -> Awaitable[Outcome]:
+        """``work`` for one instance in a "duraflows.timeout" span, a child of the sweep's."""
         return _tracing.traced(
             _tracing.TIMEOUT,
-            lambda span: self._sweep_one(scanned, claim_until, span),
+            work,
             lambda: {
                 "duraflows.workflow.name": scanned.workflow_name,
                 "duraflows.instance.uuid": str(scanned.uuid),
@@ -210,7 +227,7 @@ class Sweeper:
 
     async def _sweep_one(
         self, scanned: WorkflowInstance, claim_until: datetime, span: _tracing.Span | None
-    ) -> _Outcome:
+    ) -> Outcome:
         """Process one scanned instance in a transaction of its own. A failure is rolled back,
         recorded (retry or parking) and returned, never raised. None: passed over (held by
         another transaction, gone, or no longer due)."""
@@ -229,25 +246,46 @@ class Sweeper:
         self, instance_uuid: UUID, span: _tracing.Span | None, entered: EnteredStates
     ) -> str | BusinessFailure | None:
         """Fire the timeout event of the instance, if it is still due and nobody holds it."""
-        runtime = self._runtime
-        store = runtime.persistence.instance_store
+        store = self._runtime.persistence.instance_store
         instance = await store.lock_by_uuid(instance_uuid, skip_locked=True)
-        if instance is None or not _still_due(instance, self._now()):
-            return None  # gone, taken by another worker, or handled since the scan
-        if await self._occupied(instance):
+        if instance is None:
+            return None  # gone, or held by another transaction
+        return await self.fire_locked(instance, span, entered)
+
+    async def fire_locked(
+        self,
+        instance: WorkflowInstance,
+        span: _tracing.Span | None,
+        entered: EnteredStates,
+        buffered: tuple[BatchWrites, InstanceWrites] | None = None,
+        *,
+        occupied_checked: bool = False,
+    ) -> str | BusinessFailure | None:
+        """Fire the timeout event of ``instance``, which this transaction holds locked, if it is
+        still due; the per-instance and the batched sweeps share this. ``buffered``: the
+        batch's writes and this instance's, to keep the rows in instead of writing them;
+        ``occupied_checked``: the caller has made sure no queued execution holds it."""
+        runtime = self._runtime
+        if not still_due(instance, self._now()):
+            return None  # taken by another worker, or handled since the scan
+        if not occupied_checked and await self.occupied(instance):
             return None  # a queued execution holds it: sweeps leave it alone
         definition = await runtime._governing(instance)
+        transition = (
+            Transition(runtime, instance, definition, entered, span)
+            if buffered is None
+            else BufferedTransition(runtime, instance, definition, entered, span, *buffered)
+        )
         timeout = definition.timeout_event(instance.current_state)
         if timeout is None:
             # The state has no timeout (any more): clear the deadline quietly.
             instance.expires_at = None
             instance.timeout_retry = None
             next_version(instance, self._now(), definition=definition)
-            await store.update(instance)
+            await transition.write_instance()
             return None
         event_name, _event = timeout
         trigger = dict(_TIMEOUT_TRIGGER)
-        transition = Transition(runtime, instance, definition, entered, span)
         result = await transition.fire(event_name, None, trigger)
         if span is not None and span.recording:
             span.update(result_attributes(result))
@@ -256,13 +294,13 @@ class Sweeper:
             instance.expires_at = None
             instance.timeout_retry = None
             next_version(instance, self._now(), definition=definition, transition=True)
-            await store.update(instance)
+            await transition.write_instance()
             return "rejected"
         if result.outcome == "failure":
             return BusinessFailure(instance.uuid, result.to_state)
         return "processed"
 
-    async def _occupied(self, instance: WorkflowInstance) -> bool:
+    async def occupied(self, instance: WorkflowInstance) -> bool:
         """Whether a queued execution occupies the (locked) instance."""
         return await self._runtime._active_execution(instance) is not None
 
@@ -287,8 +325,8 @@ class Sweeper:
                     or instance.version != scanned.version
                     or instance.current_state != scanned.current_state
                     or instance.expires_at != scanned.expires_at
-                    or not _still_due(instance, now)
-                    or await self._occupied(instance)
+                    or not still_due(instance, now)
+                    or await self.occupied(instance)
                 ):
                     self._unreleased_claims.append((scanned.uuid, claim_until))
                     return TimeoutFailure(scanned.uuid, message)
@@ -299,26 +337,9 @@ class Sweeper:
         except Exception as exc:
             await self._postpone_unrecorded(scanned, message, claim_until, exc)
             return TimeoutFailure(scanned.uuid, message)
-        if retry.parked_at is not None:
-            logger.warning(
-                "duraflows: timeout of instance %s (workflow %r) parked after %d failed "
-                "attempts: %s",
-                scanned.uuid,
-                scanned.workflow_name,
-                retry.attempts,
-                retry.last_error,
-            )
-        else:
-            logger.warning(
-                "duraflows: timeout of instance %s (workflow %r) failed, attempt %d; next "
-                "attempt at %s: %s",
-                scanned.uuid,
-                scanned.workflow_name,
-                retry.attempts,
-                retry.retry_at.isoformat() if retry.retry_at is not None else "?",
-                retry.last_error,
-            )
-        return TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+        failure = TimeoutFailure(scanned.uuid, retry.last_error, retry.attempts, retry.retry_at)
+        log_failure(scanned.workflow_name, failure)
+        return failure
 
     async def _postpone_unrecorded(
         self, scanned: WorkflowInstance, message: str, claim_until: datetime, exc: Exception

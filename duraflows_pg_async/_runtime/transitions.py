@@ -274,7 +274,7 @@ class Transition:
                 return steps
             predecessor, state_name, entry_uuid = state_name, hop_to, hop_uuid
 
-    # -- the writes -----------------------------------------------------------------------------
+    # -- the writes (a batched sweep buffers them: see sweep_batches.py) ------------------------
 
     async def write_transition(self, record: HistoryRecord) -> UUID:
         """Write the instance (its version already incremented) and its history row ``record``
@@ -282,6 +282,10 @@ class Transition:
         return await self.runtime.persistence.instance_store.persist_transition(
             self.instance, record
         )
+
+    async def write_instance(self) -> None:
+        """Write the instance alone (its version already incremented)."""
+        await self.runtime.persistence.instance_store.update(self.instance)
 
     async def write_history(self, record: HistoryRecord) -> UUID:
         """Append one history row of this instance (no state change); returns its uuid."""

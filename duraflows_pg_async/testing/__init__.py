@@ -1,4 +1,7 @@
-"""Conformance suites for persistence providers, to run with pytest.
+"""Conformance suites for persistence providers, to run with pytest, and a clock for tests.
+
+To test your own workflows (not a provider), see the pytest plugin,
+[`duraflows_pg_async.pytest_plugin`][duraflows_pg_async.pytest_plugin].
 
 Every [`WorkflowPersistenceProvider`][duraflows_pg_async.WorkflowPersistenceProvider] (the
 PostgreSQL one of this package, an in-memory one, a third-party adapter) must behave the same way
@@ -64,6 +67,7 @@ Hooks a subclass may override:
   the logger name that must record a warning when an after-commit callback raises (``None`` skips
   that check).
 
+[`ManualClock`][duraflows_pg_async.testing.ManualClock] is a clock your tests move by hand, and
 [`make_instance()`][duraflows_pg_async.testing.make_instance] builds a valid new
 [`WorkflowInstance`][duraflows_pg_async.WorkflowInstance] with any field overridden; it is handy in
 your own tests too.
@@ -71,6 +75,7 @@ your own tests too.
 
 from __future__ import annotations
 
+from .clock import ManualClock
 from .data import make_instance
 from .definitions import DefinitionStoreConformance
 from .executions import ExecutionStoreConformance
@@ -80,6 +85,7 @@ from .instances import InstanceStoreConformance
 from .runner import TransactionRunnerConformance
 
 __all__ = [
+    "ManualClock",
     "make_instance",
     "InstanceStoreConformance",
     "HistoryStoreConformance",

@@ -30,6 +30,7 @@ from duraflows_pg_async.errors import (
 
 from ._helpers import MALFORMED_UUIDS, NOW, Rollback, assert_aware, create_committed
 from .data import make_instance
+from .execution_listing import ExecutionListingChecks
 from .idempotency import BAD_TEXTS
 
 __all__ = ["ExecutionStoreConformance"]
@@ -163,11 +164,12 @@ def _uuids(executions: list[WorkflowExecution]) -> list[UUID]:
     return [execution.uuid for execution in executions]
 
 
-class ExecutionStoreConformance:
+class ExecutionStoreConformance(ExecutionListingChecks):
     """The ``WorkflowExecutionStore`` contract: executions stored whole and read back as
     independent copies; writes in a transaction, with an optimistic revision; one execution per
     (instance, key) and one active execution per instance; due executions in due order, leased
-    ones left out before the limit; rolled back (savepoints included) with their transaction.
+    ones left out before the limit; rolled back (savepoints included) with their transaction;
+    listed by status and workflow in uuid pages.
 
     Subclass as ``class TestX(ExecutionStoreConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh provider with an ``execution_store``.
@@ -497,6 +499,56 @@ class ExecutionStoreConformance:
         assert _uuids(await store.find_due(2, NOW + timedelta(seconds=30))) == _uuids(
             executions[:2]
         )
+
+    async def test_stats_count_active_executions_per_status(
+        self, conformance_provider: WorkflowPersistenceProvider
+    ) -> None:
+        store = _store(conformance_provider)
+        empty = await store.stats(now=NOW)
+        assert [(s.status, s.executions, s.due, s.oldest_due_at) for s in empty] == [
+            ("pending", 0, 0, None),
+            ("running", 0, 0, None),
+            ("parked", 0, 0, None),
+        ]
+        instances = await _instances(conformance_provider, 8)
+        minute = timedelta(minutes=1)
+
+        def execution(
+            n: int, status: str, available: datetime, lease: datetime | None = None
+        ) -> WorkflowExecution:
+            token = None if lease is None else f"lease-{n}"
+            return make_execution(
+                instances[n],
+                status=status,
+                available_at=available,
+                lease_until=lease,
+                lease_token=token,
+            )
+
+        await _create(
+            conformance_provider,
+            execution(0, "pending", NOW - 3 * minute),  # due since 3 minutes
+            execution(1, "pending", NOW + minute),  # not yet available
+            execution(2, "running", NOW - 9 * minute, NOW - 2 * minute),  # lease over: due
+            execution(3, "running", NOW - 9 * minute, NOW + minute),  # leased
+            execution(4, "parked", NOW - 9 * minute),
+            execution(5, "completed", NOW - 9 * minute),
+            execution(6, "cancelled", NOW - 9 * minute),
+        )
+        found = await store.stats(now=NOW.astimezone(_PLUS_TWO))
+        assert [(s.status, s.executions, s.due, s.oldest_due_at) for s in found] == [
+            ("pending", 2, 1, NOW - 3 * minute),
+            ("running", 2, 1, NOW - 2 * minute),  # due since its lease ended
+            ("parked", 1, 0, None),
+        ]
+        for stats in found:
+            if stats.oldest_due_at is not None:
+                assert stats.oldest_due_at.utcoffset() == timedelta(0)
+        later = await store.stats(now=NOW + 2 * minute)
+        assert [(s.executions, s.due) for s in later] == [(2, 2), (2, 2), (1, 0)]
+        for bad_now in (NOW.replace(tzinfo=None), "2026-01-01T00:00:00Z", None):
+            with pytest.raises(InvalidArgumentError, match="now"):
+                await store.stats(now=bad_now)  # type: ignore[arg-type]
 
     async def test_a_rolled_back_transaction_leaves_no_execution(
         self, conformance_provider: WorkflowPersistenceProvider

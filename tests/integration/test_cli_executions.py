@@ -534,3 +534,15 @@ async def test_worker_without_the_executions_table_sweeps_timeouts(
     assert code == 0, err
     assert "Traceback" not in err
     assert out.splitlines()[-1].endswith("stopped; 1 timeouts processed, 0 failed, 0 parked")
+
+
+async def test_executions_is_the_same_command_as_execution(
+    database: str, pool: asyncpg.Pool
+) -> None:
+    shop = Shop(pool, max_attempts=1)
+    parked = await parked_execution(shop)
+    plural = await cli("executions", "list", "--json", url=database)
+    singular = await cli("execution", "list", "--json", url=database)
+    assert plural.returncode == 0, plural.stderr
+    assert json.loads(plural.stdout) == json.loads(singular.stdout)
+    assert [e["uuid"] for e in json.loads(plural.stdout)] == [str(parked.uuid)]

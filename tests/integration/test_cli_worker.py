@@ -189,6 +189,42 @@ async def test_worker_timeouts_reach_its_transactions(
     assert stored.context == {"lock_timeout": "3s", "statement_timeout": "7s"}
 
 
+async def test_a_batched_worker_sweeps_in_batches(
+    database: str, providers: WorkflowPersistenceProvider, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_app.py").write_text(APP)
+    instances = [due_reminder() for _ in range(3)]
+    for instance in instances:
+        await providers.instance_store.create(instance)
+    env = clean_env(DATABASE_URL=database)
+    worker = await Worker.start(
+        tmp_path, env, "cli_app:build", "--json", "--batched", "--poll-interval", "0.1"
+    )
+    try:
+        started = json.loads(await worker.first_line())
+        assert (started["event"], started["batched"]) == ("started", True)
+
+        async def all_reminded() -> bool:
+            for instance in instances:
+                stored = await providers.instance_store.find_by_uuid(instance.uuid)
+                assert stored is not None
+                if stored.current_state != "reminded":
+                    worker.check_running()
+                    return False
+            return True
+
+        await wait_until(all_reminded, within=30, what="the batched worker's sweep")
+        code, _, err = await worker.stop()
+    finally:
+        worker.kill()
+    assert code == 0, err
+    # The command's SQL (SHOW) ran inside the batch's transaction, under the worker's settings.
+    for instance in instances:
+        stored = await providers.instance_store.find_by_uuid(instance.uuid)
+        assert stored is not None
+        assert set(stored.context) == {"lock_timeout", "statement_timeout"}
+
+
 async def test_worker_sweeps_only_the_named_workflows_with_its_lease(
     database: str, providers: WorkflowPersistenceProvider, tmp_path: Path
 ) -> None:

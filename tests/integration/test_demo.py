@@ -35,8 +35,16 @@ def run_demo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def assert_demo_output(out: str) -> None:
     assert "migrations applied now: 001, 002, 003, 004, 005, 006, 007, 008, 100, 101\n" in out
-    assert "4 orders cancelled, each exactly once" in out
-    states = dict(re.findall(r"Order #(\d+) .* state=(\S+)", out))
+    # The workflow comes first, then the orders' stories.
+    assert out.index("The workflow 'order', version 1:") < out.index("Order #1001")
+    assert "    cart              --checkout [guard cart_not_empty]--> awaiting_payment\n" in out
+    assert "--payment_timeout, after 30m-->" in out
+    assert "4 orders cancelled by the timeout sweep" in out
+    states = {
+        number: state
+        for numbers, state in re.findall(r"Orders? ([#\d, ]+): .*\n    now: state=(\S+)", out)
+        for number in re.findall(r"\d+", numbers)
+    }
     assert states == {
         "1001": "shipped",
         "1002": "payment_failed",
@@ -48,6 +56,9 @@ def assert_demo_output(out: str) -> None:
     assert "rejected by guard cart_not_empty" in out
     assert "onEnter   packing -> shipped" in out
     assert "CARD_DECLINED: card declined by issuer" in out
+    # The four unpaid orders have one story: told once, with who swept each.
+    assert out.count("payment_timeout  awaiting_payment -> cancelled") == 1
+    assert re.search(r"each order exactly once: #1003 by worker-\d, #1004 by worker-\d", out)
 
 
 GETTING_STARTED = Path(__file__).parents[2] / "docs" / "getting-started.md"

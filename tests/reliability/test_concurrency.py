@@ -147,7 +147,9 @@ WORKER_SCRIPT = textwrap.dedent(
         commands.register("log", log)
         runtime = WorkflowRuntime(definitions=definitions, commands=commands,
                                   persistence=persistence)
-        workers = [TimeoutWorker(runtime, batch_size=50, poll_interval=0.05) for _ in range(2)]
+        batched = sys.argv[2:] == ["batched"]
+        workers = [TimeoutWorker(runtime, batch_size=50, poll_interval=0.05, batched=batched)
+                   for _ in range(2)]
         async with asyncio.TaskGroup() as group:
             for worker in workers:
                 group.create_task(worker.run())
@@ -169,6 +171,19 @@ WORKER_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 async def test_four_workers_in_two_processes_sweep_each_instance_once(database: str) -> None:
+    await _sweep_in_two_processes(database, batched=(False, False))
+
+
+@pytest.mark.slow
+async def test_batched_and_per_instance_workers_in_two_processes_sweep_each_instance_once(
+    database: str,
+) -> None:
+    # One process of batched workers (row locks, no claims), one of per-instance workers
+    # (claims): each instance still fires once.
+    await _sweep_in_two_processes(database, batched=(True, False))
+
+
+async def _sweep_in_two_processes(database: str, *, batched: tuple[bool, bool]) -> None:
     conn = await asyncpg.connect(database)
     try:
         await conn.execute(
@@ -193,16 +208,16 @@ async def test_four_workers_in_two_processes_sweep_each_instance_once(database: 
         # The DSN (and the server's password) in the environment: a command line is public.
         env = {**os.environ, "DATABASE_URL": database}
 
-        def run(name: str) -> subprocess.Popen[str]:
+        def run(name: str, batched: bool) -> subprocess.Popen[str]:
             return subprocess.Popen(
-                [sys.executable, "-c", WORKER_SCRIPT, name],
+                [sys.executable, "-c", WORKER_SCRIPT, name, *(["batched"] if batched else [])],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
 
-        processes = [run("p1"), run("p2")]
+        processes = [run("p1", batched[0]), run("p2", batched[1])]
         outputs = [await asyncio.to_thread(p.communicate, timeout=240) for p in processes]
         for process, (_out, err) in zip(processes, outputs, strict=True):
             assert process.returncode == 0, err

@@ -62,7 +62,8 @@ DOOMED_WORKER = textwrap.dedent(
         commands.register("log", log)
         runtime = WorkflowRuntime(definitions=definitions, commands=commands,
             persistence=providers, sweep_lease=lease)
-        await TimeoutWorker(runtime, batch_size=int(sys.argv[2])).run()
+        batched = len(sys.argv) > 3 and sys.argv[3] == "batched"
+        await TimeoutWorker(runtime, batch_size=int(sys.argv[2]), batched=batched).run()
 
     asyncio.run(main(os.environ["DATABASE_URL"], float(sys.argv[1])))
     """
@@ -182,6 +183,98 @@ async def test_a_killed_worker_s_batch_is_taken_over_after_its_lease(database: s
             )
             == 0
         )
+    finally:
+        if doomed is not None and doomed.returncode is None:
+            doomed.kill()
+            await doomed.wait()
+        await pool.close()
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_a_killed_batched_worker_s_batch_is_due_again_at_once(database: str) -> None:
+    """A batched worker holds its batch with row locks, not claims: killed mid-batch, its
+    transaction is rolled back by the server and the whole batch (the instances it had fired
+    included) is due at once, whatever the lease; each instance then fires once."""
+    conn = await asyncpg.connect(database)
+    pool = await create_pool(database, min_size=1, max_size=4)
+    doomed: asyncio.subprocess.Process | None = None
+    lease = 600.0  # far longer than the test: nothing may wait for it
+    try:
+        await conn.execute(
+            "CREATE TABLE sweep_log (transition_uuid uuid PRIMARY KEY, worker text NOT NULL)"
+        )
+        providers = pg_workflow_providers(pool)
+        all_fired = asyncio.Event()
+        logged = 0
+
+        async def log(subject: Any, ctx: ExecutionContext) -> None:
+            nonlocal logged
+            await log_in_transaction(providers, ctx, "survivor")
+            logged += 1
+            if logged == INSTANCES:
+                all_fired.set()
+
+        definitions = DefinitionRegistry()
+        definitions.register(SWEEP)
+        commands = CommandRegistry()
+        commands.register("log", log)
+        survivor = WorkflowRuntime(
+            definitions=definitions, commands=commands, persistence=providers, sweep_lease=lease
+        )
+        await survivor.initialize()
+        await conn.execute(
+            "INSERT INTO workflow_instances (uuid, workflow_name, current_state, "
+            "definition_version, expires_at) SELECT gen_random_uuid(), 'sweep', 'waiting', 1, "
+            "now() - interval '1 minute' - (g || ' milliseconds')::interval "
+            "FROM generate_series(1, $1::int) g",
+            INSTANCES,
+        )
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DOOMED_WORKER,
+            str(lease),
+            str(INSTANCES),
+            "batched",
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+                "DATABASE_URL": database,
+            },
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert doomed.stdout is not None
+        async with asyncio.timeout(120):
+            line = await doomed.stdout.readline()
+        assert line.strip() == b"stuck", line
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+
+        worker = TimeoutWorker(survivor, batch_size=50, poll_interval=0.2, batched=True)
+        task = asyncio.create_task(worker.run())
+        try:
+            # Well before the lease: the batch was held by locks the kill released.
+            async with asyncio.timeout(120):
+                await all_fired.wait()
+        finally:
+            worker.stop()
+            await task
+
+        per_instance = await conn.fetch(
+            "SELECT workflow_instance_uuid, count(*) AS n FROM workflow_history GROUP BY 1"
+        )
+        assert len(per_instance) == INSTANCES
+        assert {row["n"] for row in per_instance} == {1}
+        workers = await conn.fetch("SELECT worker, count(*) AS n FROM sweep_log GROUP BY 1")
+        # The doomed worker's two fired instances were in its rolled-back transaction.
+        assert {row["worker"]: row["n"] for row in workers} == {"survivor": INSTANCES}
+        claims = await conn.fetchval(
+            "SELECT count(*) FROM workflow_instances "
+            "WHERE timeout_attempts = 0 AND timeout_retry_at IS NOT NULL"
+        )
+        assert claims == 0
     finally:
         if doomed is not None and doomed.returncode is None:
             doomed.kill()

@@ -37,7 +37,14 @@ from duraflows_pg_async import (
     memory_workflow_providers,
     pg_workflow_providers,
 )
-from duraflows_pg_async.types import ProcessExpiredResult
+from duraflows_pg_async.metrics import (
+    ASGIApp,
+    OpenTelemetryMetrics,
+    PrometheusMetrics,
+    metrics_app,
+    render_prometheus,
+)
+from duraflows_pg_async.types import ExecutionStats, ProcessExpiredResult
 
 
 @dataclass
@@ -152,3 +159,16 @@ async def in_memory() -> None:
     handle = runtime.handle(created.uuid)
     result = await handle.trigger_event("approve", subject=Expense(amount=0))
     print(result.outcome, result.history_uuid)
+
+
+async def measured(runtime: WorkflowRuntime) -> ASGIApp:
+    metrics = PrometheusMetrics(runtime)
+    body, content_type = await render_prometheus(metrics, accept="text/plain")
+    print(len(body), content_type)
+    otel = OpenTelemetryMetrics(runtime)
+    otel.start(interval=30)
+    await otel.stop()
+    otel.close()
+    queued: list[ExecutionStats] = await runtime.execution_stats()
+    print([(s.status, s.executions, s.due, s.oldest_due_at) for s in queued])
+    return metrics_app(metrics)

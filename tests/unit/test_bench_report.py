@@ -367,3 +367,57 @@ def test_bad_options_are_refused(argv: list[str]) -> None:
     cli = _bench("__main__")
     with pytest.raises(SystemExit):
         cli.parser().parse_args(argv)
+
+
+def _batched(mode: str, workers: int, per_second: float) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "workers": workers,
+        "instances": 20000,
+        "seconds": 20000 / per_second,
+        "per_second": per_second,
+        "processed_twice": 0,
+        "commands_repeated": 0,
+        "failed": 0,
+        "left_due": 0,
+        "sweeps": 201,
+    }
+
+
+def test_batched_sweeps_are_reported_against_the_per_instance_sweep_and_pgqueuer() -> None:
+    results = _results()
+    results["batched_sweep"] = {
+        "instances": 20000,
+        "batch_size": 100,
+        "runs": [
+            _batched("tasks", 1, 25000.0),
+            _batched("tasks", 4, 40000.0),
+            _batched("processes", 4, 50000.0),
+        ],
+        "pgqueuer": {
+            "version": "1.6.0",
+            "jobs": 20000,
+            "dequeue": 1,
+            "batch_size": 10,
+            "seconds": 8.0,
+            "per_second": 2500.0,
+            "drained": 20000,
+        },
+    }
+    targets = {t["target"]: t for t in report.evaluate_targets(results)}
+    speedup = targets["batched sweep, 1 worker, against the per-instance sweep"]
+    assert (speedup["value"], speedup["met"]) == (pytest.approx(25.0), True)
+    versus = targets["batched sweep, 1 worker, against pgqueuer's drain (1 worker)"]
+    assert (versus["value"], versus["met"]) == (pytest.approx(10.0), True)
+    markdown = report.render_markdown(results)
+    assert "### Batched timeout sweep (20,000 due instances, batch size 100" in markdown
+    # 40,000/s: 40x the per-instance worker (1,000/s), 16x pgqueuer, 1.6x one batched worker.
+    assert "| tasks, one process | 4 | 20,000 | 0.50 | 40,000 | 40.00x | 16.00x | 1.60x |" in (
+        markdown
+    )
+    assert "| one per process | 4 | 20,000 | 0.40 | 50,000 | 50.00x | 20.00x | n/a |" in markdown
+    assert "pgqueuer 1.6.0 drain" in markdown
+
+    unmeasured = {t["target"]: t for t in report.evaluate_targets(_results())}
+    assert unmeasured["batched sweep, 1 worker, against the per-instance sweep"]["met"] is None
+    assert "### Batched timeout sweep" not in report.render_markdown(_results())

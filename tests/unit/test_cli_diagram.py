@@ -130,3 +130,17 @@ def test_bad_app(app: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, f"{app}:calls")
     assert code == 2
     assert "is neither a WorkflowRuntime nor a callable" in err
+
+
+def test_graph_with_app_draws_the_application_definition_without_a_database(
+    app: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No database URL: with --app, graph must not need one.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    code = main(["graph", "order", "--app", f"{app}:TWO", "--version", "1", "--direction", "LR"])
+    out, err = capsys.readouterr()
+    assert (code, out, err) == (0, ORDER.to_mermaid(direction="LR"), "")
+    code = main(["graph", "nope", "--app", f"{app}:TWO"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert 'Workflow "nope": Workflow not found in registry' in err

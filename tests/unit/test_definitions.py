@@ -264,6 +264,30 @@ def test_timeout_parts_add_up() -> None:
     )
     assert Timeout(hours=1.5).to_timedelta() == timedelta(minutes=90)
     assert Timeout().to_timedelta() == timedelta(0)
+    assert Timeout(seconds=90, minutes=1).to_timedelta() == timedelta(seconds=150)
+
+
+def test_seconds_are_written_only_when_set_so_upstream_snapshots_keep_their_hash() -> None:
+    def flow(timeout: Timeout) -> WorkflowDefinition:
+        return WorkflowDefinition(
+            name="t",
+            initial_state="a",
+            states={
+                "a": State(events={"go": Event(target_state="b", timeout=timeout)}),
+                "b": State(),
+            },
+        )
+
+    plain = flow(Timeout(minutes=5))
+    assert plain.to_dict()["states"]["a"]["events"]["go"]["timeout"] == {"afterMinutes": 5}
+    assert plain.content_hash() == flow(Timeout(minutes=5, seconds=0)).content_hash()
+    quick = flow(Timeout(seconds=10))
+    assert quick.to_dict()["states"]["a"]["events"]["go"]["timeout"] == {"afterSeconds": 10}
+    assert WorkflowDefinition.from_dict(quick.to_dict()) == quick
+    assert quick.content_hash() != plain.content_hash()
+    assert "s0 --> s1 : go after 10s\n" in quick.to_mermaid()
+    with pytest.raises(WorkflowDefinitionError, match="timeout seconds"):
+        validate_definition(flow(Timeout(seconds=-1)))
 
 
 def test_timeout_event_is_the_first_event_with_a_timeout() -> None:
@@ -476,7 +500,7 @@ PAY = ["states", "awaiting_payment", "events", "pay"]
         (
             _with(["states", "awaiting_payment", "events", "expire", "timeout"], {"hours": 2}),
             "states.awaiting_payment.events.expire.timeout has an unknown key 'hours' "
-            "(allowed: afterMinutes, afterHours, afterDays)",
+            "(allowed: afterSeconds, afterMinutes, afterHours, afterDays)",
         ),
         (
             _with(
@@ -719,7 +743,7 @@ def _state_with_events(**events: Event) -> dict[str, State]:
             simple(states=_state_with_events(go=Event(target_state="b", timeout=Timeout()))),
             [
                 'state "a" event "go": timeout must have at least one positive part '
-                "(minutes, hours, days)"
+                "(seconds, minutes, hours, days)"
             ],
             id="timeout-zero",
         ),
@@ -908,7 +932,10 @@ def test_every_problem_is_listed_in_one_error() -> None:
         'initial state "start" is not defined in states',
         'state "a": event name "$tick" starts with "$", which is reserved',
         'state "a" event "go": target state "nowhere" is not defined in states',
-        'state "a" event "go": timeout must have at least one positive part (minutes, hours, days)',
+        (
+            'state "a" event "go": timeout must have at least one positive part '
+            "(seconds, minutes, hours, days)"
+        ),
         'state "a" event "wait": command "c" is not registered',
         'state "a": at most one event per state may have a timeout, found 2 ("go", "wait")',
         "Cycle detected in onEnter chain: a -> b -> a",

@@ -177,6 +177,8 @@ def test_each_command_needs_only_its_own_extras_and_groups(dev: ModuleType) -> N
     assert dev.NEEDS["lint"] == ((), ("lint",))
     assert dev.NEEDS["docs"] == ((), ("docs",))
     assert dev.NEEDS["bench"] == (("embedded", "orjson"), ("bench",))
+    # hatchling builds the wheel; the user project installs its own environment.
+    assert dev.NEEDS["user-project"] == ((), ("test",))
     assert set(dev.NEEDS) | {"lock"} == set(dev.COMMANDS)
 
 
@@ -335,7 +337,7 @@ def ran(dev: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Commands dev.main() would run; each "succeeds" unless a test changes the exit codes."""
     calls: list[list[str]] = []
 
-    def record(argv: list[str]) -> int:
+    def record(argv: list[str], **kwargs: object) -> int:
         calls.append(argv)
         return 0
 
@@ -396,6 +398,43 @@ def test_each_command_sets_up_what_it_needs_first(
     assert dev.main([command]) == 0
     assert set_up == [(repo, *dev.NEEDS[command])]
     assert len(ran) >= 1
+
+
+def test_user_project_builds_the_wheel_installs_it_in_a_new_venv_and_runs_its_tests(
+    dev: ModuleType, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (repo / "examples" / "user_project" / "tests").mkdir(parents=True)
+    calls: list[tuple[list[str], dict[str, object]]] = []
+
+    def call(argv: list[str], **kwargs: object) -> int:
+        calls.append((argv, kwargs))
+        if "hatchling" in argv:  # the build makes one wheel
+            dist = Path(argv[argv.index("-d") + 1])
+            dist.mkdir()
+            (dist / "duraflows_pg_async-1.0-py3-none-any.whl").write_bytes(b"")
+        return 0
+
+    monkeypatch.setattr(dev, "ensure_env", lambda *args: None)
+    monkeypatch.setattr(dev, "find_uv", lambda: (None, "test"))
+    monkeypatch.setattr(dev, "_call", call)
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    assert dev.main(["user-project", "-x"]) == 0
+    build, venv, install, check, tests = (argv for argv, _ in calls)
+    assert build[:4] == [str(dev.venv_python(repo)), "-m", "hatchling", "build"]
+    assert venv[:3] == [sys.executable, "-m", "venv"]
+    assert install[-3:-1] == ["--constraint", str(repo / "requirements-dev.txt")]
+    assert install[-1].endswith("duraflows_pg_async-1.0-py3-none-any.whl[pytest]")
+    assert tests[1:] == ["-m", "pytest", "-p", "no:cacheprovider", "-x"]
+    for argv in (check, tests):
+        assert argv[0] == install[0]  # the new virtualenv's python
+    _, run = calls[-1]
+    assert Path(str(run["cwd"])).name == "user_project"
+    assert Path(str(run["cwd"])) != repo / "examples" / "user_project"  # a copy
+    assert "PYTHONPATH" not in run["env"]  # type: ignore[operator]
+
+    calls.clear()
+    assert dev.main(["user-project", "--latest"]) == 0
+    assert "--constraint" not in calls[2][0]
 
 
 def test_lint_runs_ruff_check_ruff_format_and_mypy(

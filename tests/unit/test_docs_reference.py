@@ -25,9 +25,12 @@ PUBLIC_MODULES = [
     "duraflows_pg_async.migrations",
     "duraflows_pg_async.embedded",
     "duraflows_pg_async.testing",
+    "duraflows_pg_async.pytest_plugin",
     "duraflows_pg_async.contrib",
     "duraflows_pg_async.contrib.fastapi",
     "duraflows_pg_async.contrib.aiohttp",
+    "duraflows_pg_async.dashboard",
+    "duraflows_pg_async.metrics",
 ]
 # Names that are data, not API to document on a page of its own.
 NOT_DOCUMENTED = {("duraflows_pg_async", "__version__")}

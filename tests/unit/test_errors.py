@@ -93,6 +93,24 @@ def test_driver_errors_map_by_class_and_keep_the_cause(
     assert "lock_by_uuid" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("driver_error", "expected"),
+    [
+        # asyncpg's connect timeout: no statement ran, the server could not be reached.
+        (TimeoutError(), ConnectionLostError),
+        (ConnectionRefusedError("refused"), ConnectionLostError),
+        (asyncpg.InvalidPasswordError("password"), DatabaseError),
+    ],
+)
+def test_errors_while_connecting_map_a_timeout_to_a_lost_connection(
+    driver_error: BaseException, expected: type[WorkflowError]
+) -> None:
+    with pytest.raises(expected) as caught, map_db_errors("acquire", connecting=True):
+        raise driver_error
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is driver_error
+
+
 def test_other_errors_pass_through_unchanged() -> None:
     original = KeyError("user code")
     with pytest.raises(KeyError) as caught, map_db_errors("x"):

@@ -54,6 +54,15 @@ def test_wheel_ships_migrations_and_py_typed(tmp_path: Path) -> None:
     headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "License-Expression: MIT" in headers
     assert "License-File: LICENSE" in headers
+    # PEP 639: a licence expression and "License ::" classifiers do not go together.
+    classifiers = [h.removeprefix("Classifier: ") for h in headers if h.startswith("Classifier:")]
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    # The Python versions claimed are the ones CI tests the wheel on, and requires-python agrees.
+    versions = [c.rsplit(" ", 1)[1] for c in classifiers if c.startswith("Programming Language ::")]
+    assert {"3.11", "3.12", "3.13"} <= set(versions)
+    assert "Requires-Python: >=3.11" in headers
+    urls = {h.split(", ", 1)[0].removeprefix("Project-URL: ") for h in headers if "URL" in h}
+    assert {"Homepage", "Documentation", "Source", "Issues", "Changelog"} <= urls
 
     # Imported from the unpacked wheel (ahead of the editable install on sys.path), the package
     # reads its migrations from the packaged copy, and that copy is the repository's.
@@ -85,3 +94,27 @@ def test_sdist_ships_the_license(tmp_path: Path) -> None:
         source = archive.extractfile(member)
         assert source is not None
         assert source.read() == (REPO / "LICENSE").read_bytes()
+
+
+def test_wheel_ships_the_dashboards_templates_and_static_files(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "dist")
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    package = REPO / "duraflows_pg_async" / "dashboard"
+    files = sorted(
+        p.relative_to(REPO).as_posix()
+        for folder in ("templates", "static")
+        for p in (package / folder).iterdir()
+    )
+    assert "duraflows_pg_async/dashboard/static/mermaid.min.js" in files
+    assert "duraflows_pg_async/dashboard/static/mermaid.LICENSE.txt" in files
+    assert "duraflows_pg_async/dashboard/templates/workflows.html" in files
+    for name in files:
+        assert name in names, name
+        assert archive.read(name) == (REPO / name).read_bytes(), name
+    # Mermaid is shipped whole, with its licence, and no page loads anything from elsewhere.
+    assert b"mermaid" in archive.read("duraflows_pg_async/dashboard/static/mermaid.min.js")[:200]
+    assert b"MIT License" in archive.read("duraflows_pg_async/dashboard/static/mermaid.LICENSE.txt")
+    for name in files:
+        if name.endswith(".html"):
+            assert b"http" not in archive.read(name), name
