@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,12 @@ def parser() -> argparse.ArgumentParser:
         help="JSON codec: 'default' = stdlib json for A, the package's default for the adapter "
         "and runtime; 'stdlib' or 'orjson' = that codec for all (default: default)",
     )
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop of the Python variants: 'auto' = uvloop when it is installed, else "
+        "asyncio's (default: auto)",
+    )
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument(
         "--report-only",
@@ -115,6 +123,20 @@ def parser() -> argparse.ArgumentParser:
         help="render results.md and throughput.png from a saved results.json into --out; no run",
     )
     return p
+
+
+def loop_factory(loop: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The loop's resolved name and factory (None: asyncio's) for ``--loop``."""
+    if loop == "asyncio":
+        return "asyncio", None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        if loop == "uvloop":
+            raise SystemExit("bench: --loop uvloop, but uvloop is not installed") from None
+        return "asyncio", None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return "uvloop", factory
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -133,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.report_only.read_text(encoding="utf-8"))
         out = args.out or args.report_only.resolve().parent
     else:
-        results = asyncio.run(run(options))
+        name, factory = loop_factory(options.loop)
+        options = dataclasses.replace(options, loop=name)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            results = runner.run(run(options))
         out = options.out
     markdown = write_outputs(results, out)
     print(markdown)

@@ -69,6 +69,9 @@ class Options:
     memory_warmup: int = 5_000
     memory_concurrency: int = 4
     codec: Codec = "default"
+    # The event loop every Python variant runs on: "auto" is uvloop when it is installed (as a
+    # service installed with the [speed] extra would run), else asyncio's.
+    loop: str = "auto"
     out: Path = DEFAULT_OUT
     smoke: bool = False
 

@@ -206,8 +206,8 @@ async def _adapter_transition(
         instance.context["n"] = instance.context.get("n", 0) + 1
         instance.version += 1
         instance.last_transition_at = instance.updated_at = datetime.now(UTC)
-        await persistence.instance_store.update(instance)
-        await persistence.history_store.append(
+        await persistence.instance_store.persist_transition(
+            instance,
             HistoryRecord(
                 workflow_instance_uuid=instance_uuid,
                 from_state=instance.current_state,
@@ -217,7 +217,7 @@ async def _adapter_transition(
                 command_results=[CommandResult(ok=True, code="TOUCHED")],
                 trigger_metadata={"source": "bench"},
                 definition_version=instance.definition_version,
-            )
+            ),
         )
 
 

@@ -32,7 +32,12 @@ T = TypeVar("T")
 
 @runtime_checkable
 class WorkflowInstanceStore(Protocol):
-    """Stores workflow instances. ``lock_by_uuid`` and ``find_expired`` need a transaction."""
+    """Stores workflow instances. ``lock_by_uuid`` and ``find_expired`` need a transaction.
+
+    ``persist_transition`` is ``update`` and the history ``append`` of the same instance as one
+    write (OptimisticLockError, and neither written, when the stored version is not the
+    expected one); it returns the history row's uuid.
+    """
 
     async def create(self, instance: WorkflowInstance) -> None: ...
 
@@ -43,6 +48,10 @@ class WorkflowInstanceStore(Protocol):
     ) -> WorkflowInstance | None: ...
 
     async def update(self, instance: WorkflowInstance) -> None: ...
+
+    async def persist_transition(
+        self, instance: WorkflowInstance, record: HistoryRecord
+    ) -> UUID: ...
 
     async def find_expired(
         self,

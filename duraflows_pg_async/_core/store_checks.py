@@ -44,6 +44,8 @@ __all__ = [
     "checked_listing_page",
     "checked_record",
     "checked_stats_arguments",
+    "checked_transition",
+    "checked_update",
     "checked_workflow_names",
 ]
 
@@ -63,7 +65,20 @@ def checked_instance(
         )
     # The uuid is checked before it is formatted into the label: a hostile value (an int too long
     # to print, an object whose __str__ raises) must raise InvalidArgumentError, not its own error.
-    label = f"{method}: instance {coerce_uuid(instance.uuid, f'{method}: instance.uuid')}"
+    key = coerce_uuid(instance.uuid, f"{method}: instance.uuid")
+    # The fields are checked first under names without the uuid, which costs more to format than
+    # the checks themselves; a failure is checked again under the names its message gives.
+    try:
+        _check_instance_fields(instance, method, create, js_safe_integers)
+    except InvalidArgumentError:
+        _check_instance_fields(instance, f"{method}: instance {key}", create, js_safe_integers)
+        raise
+    return instance
+
+
+def _check_instance_fields(
+    instance: WorkflowInstance, label: str, create: bool, js_safe_integers: bool
+) -> None:
     if create:
         require_str(instance.workflow_name, f"{label}: workflow_name")
     require_str(instance.current_state, f"{label}: current_state")
@@ -91,7 +106,6 @@ def checked_instance(
         require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
         optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
         optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
-    return instance
 
 
 def checked_count_arguments(
@@ -207,15 +221,55 @@ def checked_workflow_names(workflow_names: object) -> list[str]:
     return list(dict.fromkeys(require_str(n, "workflow_names[]") for n in workflow_names))
 
 
-def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
+def checked_update(
+    instance: object, method: str, *, js_safe_integers: bool
+) -> tuple[WorkflowInstance, UUID, int]:
+    """Validate an instance write of ``update``; returns (instance, uuid, the expected stored
+    version: ``instance.version - 1``)."""
+    inst = checked_instance(instance, method, create=False, js_safe_integers=js_safe_integers)
+    require_int(
+        inst.version, f"{method}: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
+    )
+    return inst, coerce_uuid(inst.uuid, "instance.uuid"), inst.version - 1
+
+
+def checked_transition(
+    instance: object, record: object, *, js_safe_integers: bool
+) -> tuple[WorkflowInstance, UUID, int, list[dict[str, Any]], dict[str, Any]]:
+    """Validate ``persist_transition``'s instance write and history record before any write;
+    returns (instance, uuid, expected version, results JSON, trigger metadata)."""
+    method = "persist_transition"
+    inst, key, expected = checked_update(instance, method, js_safe_integers=js_safe_integers)
+    record_uuid, results, trigger_metadata = checked_record(record, method)
+    if record_uuid != key:
+        raise InvalidArgumentError(
+            f"{method}: the record is of instance {record_uuid}, not of instance {key}"
+        )
+    return inst, key, expected, results, trigger_metadata
+
+
+def checked_record(
+    record: object, method: str = "append"
+) -> tuple[UUID, list[dict[str, Any]], dict[str, Any]]:
     """Validate a history record before any write; returns (instance uuid, results JSON,
     trigger metadata)."""
     if not isinstance(record, HistoryRecord):
         raise InvalidArgumentError(
-            f"append: record must be a HistoryRecord, got {type(record).__name__}"
+            f"{method}: record must be a HistoryRecord, got {type(record).__name__}"
         )
     instance_uuid = coerce_uuid(record.workflow_instance_uuid, "record.workflow_instance_uuid")
-    label = f"append: history of instance {instance_uuid}"
+    # As in checked_instance: names without the uuid first, a failure checked again with it.
+    try:
+        results, trigger_metadata = _check_record_fields(record, method)
+    except InvalidArgumentError:
+        _check_record_fields(record, f"{method}: history of instance {instance_uuid}")
+        raise
+    return instance_uuid, results, trigger_metadata
+
+
+def _check_record_fields(
+    record: HistoryRecord, label: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     optional_str(record.from_state, f"{label}: from_state")
     require_str(record.event_name, f"{label}: event_name")
     require_str(record.to_state, f"{label}: to_state")
@@ -238,7 +292,7 @@ def checked_record(record: object) -> tuple[UUID, list[dict[str, Any]], dict[str
     optional_int(
         record.definition_version, f"{label}: definition_version", minimum=1, maximum=INT4_MAX
     )
-    return instance_uuid, results, trigger_metadata
+    return results, trigger_metadata
 
 
 def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, Any]]:

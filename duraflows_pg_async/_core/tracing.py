@@ -1,10 +1,12 @@
 """Optional OpenTelemetry spans for transactions, events and sweeps (docs/tracing.md).
 
 OpenTelemetry is an optional dependency, so it is looked for once, here, at import. Callers test
-``_tracing.ENABLED`` before anything else (``traced`` does it for them): without the API a
-transaction or an event costs a flag test (and a call) more, and no span is made. With the API but
-no SDK, the API's no-op tracer hands back an invalid span; ``start`` then returns None at once,
-so the callers skip attributes and context changes as when the API is absent. Attributes are only
+``_tracing.active()`` before anything else (``traced`` does it for them): without the API, or with
+the API but no tracer provider set (no SDK configured: a dependency pulled the API in), a
+transaction or an event costs that test and no span is made. The API's proxy would hand back
+non-recording spans carrying the current context unchanged, so skipping them changes nothing a
+child span or a propagator sees. ``start`` still returns None for an invalid span (a no-op
+tracer), so the callers skip attributes and context changes then too. Attributes are only
 computed for spans that record (a sampler may drop a span and still want it propagated).
 
 A tracing failure (a faulty span processor, say) is logged and swallowed: it must never break the
@@ -14,6 +16,7 @@ transaction it describes.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -29,6 +32,7 @@ __all__ = [
     "TRANSACTION",
     "TRIGGER_EVENT",
     "Span",
+    "active",
     "connection_attributes",
     "start",
     "traced",
@@ -82,6 +86,13 @@ if ENABLED:
     # Taken once: before an SDK is configured this is the API's proxy tracer, which follows the
     # global TracerProvider as soon as the application sets one.
     _tracer = _trace.get_tracer(TRACER_NAME, _version())
+    # Until a provider is set, get_tracer_provider() looks its variable up in os.environ (a
+    # KeyError raised and caught) on every call. The API module's own record of the global
+    # provider answers the same question for a read; an API without it, or a provider named in
+    # the environment (loaded by that call), takes the public call.
+    _READ_PROVIDER = (
+        hasattr(_trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    )
 
 _warned = False
 
@@ -159,6 +170,22 @@ class Span:
             raise
 
 
+def active() -> bool:
+    """Whether spans may be made: the API is installed and its tracer is more than a no-op.
+
+    The tracer taken at import is the API's proxy, which follows the global provider once the
+    application sets one (an SDK's); until then it can only make non-recording spans.
+    """
+    if not ENABLED:
+        return False
+    tracer = _tracer
+    if isinstance(tracer, _trace.ProxyTracer):
+        if _READ_PROVIDER:
+            return _trace._TRACER_PROVIDER is not None
+        return not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    return not isinstance(tracer, _trace.NoOpTracer)
+
+
 def start(name: str, attributes: Mapping[str, Value] | None = None) -> Span | None:
     """Start span ``name`` as a child of the current one and make it current.
 
@@ -207,9 +234,9 @@ def traced(
 
     ``attributes()`` describes the span at its start and ``outcome(result)`` at its end, both
     only when it records. If ``run`` raises, the span ends failed by the error. Without tracing
-    this is one flag test: ``run(None)`` is handed back as it is.
+    this is one test (``active()``): ``run(None)`` is handed back as it is.
     """
-    if not ENABLED:
+    if not active():
         return run(None)
     return _traced(name, run, attributes, outcome)
 

@@ -52,10 +52,24 @@ _PATH_KEY_LIMIT = 100
 _PATH_LIMIT = 600
 
 
+# The types whose instances coerce_uuid hands back as they are. Another UUID subclass may
+# override int or __str__, so it is copied into a plain UUID; asyncpg's own, which every uuid
+# column of a row comes back as, is added by the adapter (trust_uuid_type).
+_AS_IS_UUID_TYPES: set[type] = {UUID}
+
+
+def trust_uuid_type(kind: object) -> None:
+    """Let ``coerce_uuid`` hand back instances of ``kind`` (a UUID subclass that keeps UUID's
+    value semantics: equality, hash and text) without copying them."""
+    if not (isinstance(kind, type) and issubclass(kind, UUID)):
+        raise InvalidArgumentError(f"{kind!r} is not a UUID subclass")
+    _AS_IS_UUID_TYPES.add(kind)
+
+
 def coerce_uuid(value: object, name: str) -> UUID:
     """A UUID from a UUID or its string form; anything else is InvalidArgumentError."""
-    if type(value) is UUID:
-        return value
+    if type(value) in _AS_IS_UUID_TYPES:
+        return value  # type: ignore[return-value]
     if isinstance(value, UUID):
         return UUID(int=value.int)
     if isinstance(value, str):
@@ -247,6 +261,8 @@ def check_json(value: object, name: str, *, js_safe_integers: bool = False) -> N
     integers beyond JavaScript's safe range (±(2**53 - 1)), which JSON.parse rounds, are refused.
     """
     low, high = (-JS_SAFE_INTEGER - 1, JS_SAFE_INTEGER + 1) if js_safe_integers else _LONG_BOUNDS
+    if type(value) is dict and _flat_and_plain(value, low, high):
+        return
     # An explicit stack instead of recursion: depth is bounded by MAX_JSON_DEPTH, not by Python.
     # Each entry carries its trail, (parent trail, key or index), from which the path is written
     # only when there is an error to report.
@@ -292,6 +308,31 @@ def check_json(value: object, name: str, *, js_safe_integers: bool = False) -> N
                 push((child, (trail, index), depth + 1))
         else:
             _check_json_other(item, name, trail, js_safe_integers)
+
+
+def _flat_and_plain(value: dict[Any, Any], low: int, high: int) -> bool:
+    """Whether ``value`` passes check_json for certain on a shortcut: an object of at most 32
+    keys whose keys and values are of JSON's exact types, with ASCII strings, no nested
+    container, no NUL, integers inside (low, high) and finite floats: the shape of most contexts
+    and metadata. False sends it down check_json's full walk, which names any problem."""
+    if len(value) > 32:
+        return False
+    for key, child in value.items():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
+            return False
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() or "\x00" in child:
+                return False
+        elif kind is int:
+            if not low < child < high:
+                return False
+        elif kind is float:
+            if not math.isfinite(child):
+                return False
+        elif kind is not bool and child is not None:
+            return False
+    return True
 
 
 _LONG_BOUNDS = (-_LONG_INT, _LONG_INT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 from duraflows_pg_async._core.model import HistoryOutcome, HistoryRecord
@@ -10,13 +10,54 @@ from duraflows_pg_async._core.store_checks import checked_record
 from duraflows_pg_async._core.validate import coerce_uuid, require_int
 from duraflows_pg_async.errors import WorkflowInstanceNotFoundError
 
+from .database import MemoryDatabase
 from .locks import KEY_SHARE
 from .round_trip import as_jsonb
 from .rows import HistoryRow
 from .store_base import MemoryStore, reading_level, statement
 from .transaction import Level
 
-__all__ = ["MemoryWorkflowHistoryStore"]
+__all__ = ["MemoryWorkflowHistoryStore", "add_history_row"]
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else str.__str__(value)
+
+
+def add_history_row(
+    database: MemoryDatabase,
+    level: Level,
+    record: HistoryRecord,
+    instance_uuid: UUID,
+    results: list[dict[str, Any]],
+    trigger_metadata: dict[str, Any],
+) -> UUID:
+    """Add the row of a checked ``record`` (see ``checked_record``) at ``level``; its new uuid.
+
+    The caller has checked that the instance exists and holds a lock on it.
+    """
+    row_uuid = uuid4()
+    level.history.append(
+        HistoryRow(
+            uuid=row_uuid,
+            workflow_instance_uuid=instance_uuid,
+            from_state=_text(record.from_state),
+            event_name=str.__str__(record.event_name),
+            to_state=str.__str__(record.to_state),
+            outcome=cast(HistoryOutcome, str.__str__(record.outcome)),
+            command_results=as_jsonb(results),
+            error_message=_text(record.error_message),
+            rejected_by=_text(record.rejected_by),
+            trigger_metadata=as_jsonb(trigger_metadata),
+            definition_version=(
+                None
+                if record.definition_version is None
+                else int.__index__(record.definition_version)
+            ),
+            created_at=database._next_history_at(),
+        )
+    )
+    return row_uuid
 
 
 class MemoryWorkflowHistoryStore(MemoryStore):
@@ -36,9 +77,6 @@ class MemoryWorkflowHistoryStore(MemoryStore):
         instance_uuid, results, trigger_metadata = checked_record(record)
         assert isinstance(record, HistoryRecord)
 
-        def text(value: str | None) -> str | None:
-            return None if value is None else str.__str__(value)
-
         database = self._database
         what = f"append history of instance {instance_uuid}"
 
@@ -46,28 +84,9 @@ class MemoryWorkflowHistoryStore(MemoryStore):
             if database._instance(level, instance_uuid) is None:
                 raise WorkflowInstanceNotFoundError(instance_uuid)
             await database._locks.acquire(level, instance_uuid, KEY_SHARE, what)
-            row_uuid = uuid4()
-            level.history.append(
-                HistoryRow(
-                    uuid=row_uuid,
-                    workflow_instance_uuid=instance_uuid,
-                    from_state=text(record.from_state),
-                    event_name=str.__str__(record.event_name),
-                    to_state=str.__str__(record.to_state),
-                    outcome=cast(HistoryOutcome, str.__str__(record.outcome)),
-                    command_results=as_jsonb(results),
-                    error_message=text(record.error_message),
-                    rejected_by=text(record.rejected_by),
-                    trigger_metadata=as_jsonb(trigger_metadata),
-                    definition_version=(
-                        None
-                        if record.definition_version is None
-                        else int.__index__(record.definition_version)
-                    ),
-                    created_at=database._next_history_at(),
-                )
+            return add_history_row(
+                database, level, record, instance_uuid, results, trigger_metadata
             )
-            return row_uuid
 
         return await statement(database, what, op)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from duraflows_pg_async._core.model import StateStats, WorkflowInstance
+from duraflows_pg_async._core.model import HistoryRecord, StateStats, WorkflowInstance
 from duraflows_pg_async._core.store_checks import (
     checked_count_arguments,
     checked_instance,
@@ -16,10 +17,11 @@ from duraflows_pg_async._core.store_checks import (
     checked_listing_arguments,
     checked_listing_page,
     checked_stats_arguments,
+    checked_transition,
+    checked_update,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
-    INT4_MAX,
     coerce_uuid,
     require_aware,
     require_bool,
@@ -33,6 +35,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .database import MemoryDatabase
+from .history_store import add_history_row
 from .locks import FOR_UPDATE, NO_KEY_UPDATE
 from .round_trip import as_jsonb, as_timestamptz, optional_timestamptz, stored_retry
 from .rows import export_instance
@@ -173,48 +176,73 @@ class MemoryWorkflowInstanceStore(MemoryStore):
         OptimisticLockError. Waits for another transaction's lock on the row, like UPDATE.
         ``metadata``, ``workflow_name`` and ``created_at`` are never written.
         """
-        inst = checked_instance(
-            instance, "update", create=False, js_safe_integers=self._js_safe_integers
+        inst, key, expected = checked_update(
+            instance, "update", js_safe_integers=self._js_safe_integers
         )
-        require_int(
-            inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
-        )
-        key = coerce_uuid(inst.uuid, "instance.uuid")
-        expected = inst.version - 1
         context = as_jsonb(inst.context)
-        database = self._database
         what = f"update instance {key}"
 
         async def op(level: Level) -> None:
-            current = database._instance(level, key)
-            if current is None or current.version != expected:
-                raise OptimisticLockError(key, expected)
-            undo = await database._locks.acquire(level, key, NO_KEY_UPDATE, what)
-            current = database._instance(level, key)
-            if current is None or current.version != expected:
-                database._locks.undo(level, undo)
-                raise OptimisticLockError(key, expected)
-            database._claims.pop(key, None)  # writing the retry columns ends a sweep claim
-            level.instances[key] = WorkflowInstance(
-                uuid=key,
-                workflow_name=current.workflow_name,
-                current_state=str.__str__(inst.current_state),
-                version=int.__index__(inst.version),
-                context=context,
-                metadata=current.metadata,
-                expires_at=optional_timestamptz(inst.expires_at),
-                last_transition_at=as_timestamptz(inst.last_transition_at),
-                created_at=current.created_at,
-                updated_at=as_timestamptz(inst.updated_at),
-                definition_version=(
-                    None
-                    if inst.definition_version is None
-                    else int.__index__(inst.definition_version)
-                ),
-                timeout_retry=stored_retry(inst.timeout_retry),
-            )
+            await self._write(level, inst, key, expected, context, what)
 
-        await statement(database, what, op)
+        await statement(self._database, what, op)
+
+    async def persist_transition(self, instance: WorkflowInstance, record: HistoryRecord) -> UUID:
+        """``update(instance)`` and ``append(record)`` (a row of the same instance) as one
+        statement; returns the history row's uuid.
+
+        Another version (or no visible row) raises OptimisticLockError and writes neither.
+        """
+        inst, key, expected, results, trigger_metadata = checked_transition(
+            instance, record, js_safe_integers=self._js_safe_integers
+        )
+        assert isinstance(record, HistoryRecord)
+        context = as_jsonb(inst.context)
+        database = self._database
+        what = f"persist transition of instance {key}"
+
+        async def op(level: Level) -> UUID:
+            await self._write(level, inst, key, expected, context, what)
+            return add_history_row(database, level, record, key, results, trigger_metadata)
+
+        return await statement(database, what, op)
+
+    async def _write(
+        self,
+        level: Level,
+        inst: WorkflowInstance,
+        key: UUID,
+        expected: int,
+        context: dict[str, Any],
+        what: str,
+    ) -> None:
+        """The row write of ``update``, at ``level``."""
+        database = self._database
+        current = database._instance(level, key)
+        if current is None or current.version != expected:
+            raise OptimisticLockError(key, expected)
+        undo = await database._locks.acquire(level, key, NO_KEY_UPDATE, what)
+        current = database._instance(level, key)
+        if current is None or current.version != expected:
+            database._locks.undo(level, undo)
+            raise OptimisticLockError(key, expected)
+        database._claims.pop(key, None)  # writing the retry columns ends a sweep claim
+        level.instances[key] = WorkflowInstance(
+            uuid=key,
+            workflow_name=current.workflow_name,
+            current_state=str.__str__(inst.current_state),
+            version=int.__index__(inst.version),
+            context=context,
+            metadata=current.metadata,
+            expires_at=optional_timestamptz(inst.expires_at),
+            last_transition_at=as_timestamptz(inst.last_transition_at),
+            created_at=current.created_at,
+            updated_at=as_timestamptz(inst.updated_at),
+            definition_version=(
+                None if inst.definition_version is None else int.__index__(inst.definition_version)
+            ),
+            timeout_retry=stored_retry(inst.timeout_retry),
+        )
 
     async def find_expired(
         self,

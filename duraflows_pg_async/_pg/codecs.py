@@ -11,9 +11,15 @@ from typing import Any
 import asyncpg
 
 from duraflows_pg_async._pg.error_mapping import map_db_errors
-from duraflows_pg_async.errors import ConfigurationError, InvalidArgumentError
+from duraflows_pg_async.errors import ConfigurationError, DatabaseError, InvalidArgumentError
 
-from .json_numbers import exact_loads, exact_orjson_dumps, exact_orjson_loads, stdlib_dumps
+from .json_numbers import (
+    exact_loads,
+    exact_orjson_dumps,
+    exact_orjson_loads,
+    is_exact_loads,
+    stdlib_dumps,
+)
 from .session_reset import PooledConnection, reset_session
 
 __all__ = ["JsonDumps", "JsonLoads", "create_pool", "register_codecs"]
@@ -28,6 +34,10 @@ CODEC_HINT = (
 )
 
 
+# jsonb's binary form is a version byte, then the JSON text (PostgreSQL 9.4 to 18: version 1).
+_JSONB_VERSION = b"\x01"
+
+
 def _text_encoder(dumps: JsonDumps) -> Callable[[Any], str]:
     def encode(value: Any) -> str:
         out = dumps(value)
@@ -37,13 +47,55 @@ def _text_encoder(dumps: JsonDumps) -> Callable[[Any], str]:
     return encode
 
 
+def _binary_codecs(
+    dumps: JsonDumps, loads: JsonLoads
+) -> dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
+    """(encoder, decoder) of the binary format, by type name.
+
+    The same JSON text as the text format, without a str in between: orjson's bytes go to the
+    socket as they are, and the bytes read are parsed without being decoded to str first.
+    """
+
+    def encode_json(value: Any) -> bytes:
+        out = dumps(value)
+        return out if isinstance(out, bytes) else out.encode()
+
+    def encode_jsonb(value: Any) -> bytes:
+        out = dumps(value)
+        return _JSONB_VERSION + (out if isinstance(out, bytes) else out.encode())
+
+    def decode_jsonb(data: bytes) -> Any:
+        if data[:1] != _JSONB_VERSION:
+            raise DatabaseError(f"jsonb read from PostgreSQL: unknown binary version {data[:1]!r}")
+        return loads(data[1:])
+
+    return {"jsonb": (encode_jsonb, decode_jsonb), "json": (encode_json, loads)}
+
+
+def _default_functions() -> tuple[JsonDumps, JsonLoads]:
+    """orjson's functions (wrapped, see json_numbers) when it is installed, else the standard
+    library's."""
+    try:
+        import orjson
+    except ImportError:
+        return stdlib_dumps, exact_loads
+    return exact_orjson_dumps(orjson.dumps), exact_orjson_loads(
+        orjson.loads, orjson.JSONDecodeError
+    )
+
+
 def _check_functions(json_dumps: object, json_loads: object) -> tuple[JsonDumps, JsonLoads]:
     if json_dumps is not None and not callable(json_dumps):
         raise InvalidArgumentError(f"json_dumps must be callable, got {json_dumps!r}")
     if json_loads is not None and not callable(json_loads):
         raise InvalidArgumentError(f"json_loads must be callable, got {json_loads!r}")
-    dumps: JsonDumps = json_dumps or stdlib_dumps
-    loads: JsonLoads = json_loads or exact_loads
+    default_dumps, default_loads = _default_functions()
+    dumps: JsonDumps = default_dumps if json_dumps is None else json_dumps
+    loads: JsonLoads = default_loads if json_loads is None else json_loads
+    # The standard library's functions: the same JSON from the module's one encoder, and numbers
+    # read exactly.
+    if dumps is json.dumps:
+        dumps = stdlib_dumps
     if loads is json.loads:
         loads = exact_loads
     # orjson rounds integers beyond 64 bits to floats on read and refuses them on write: its
@@ -71,17 +123,30 @@ async def register_codecs(
 ) -> None:
     """Register the json and jsonb codecs on one connection (for a pool you build yourself).
 
-    Call it from your pool's ``init=``. The default codec is the standard library's ``json``; pass
-    ``json_dumps=orjson.dumps, json_loads=orjson.loads`` to use orjson. Either way numbers come
-    back as jsonb holds them: orjson's functions are wrapped so that integers beyond 64 bits stay
-    exact, and a number no Python type holds raises DatabaseError naming its key path.
+    Call it from your pool's ``init=``. The default codec is orjson when it is installed (the
+    ``[orjson]`` extra), else the standard library's ``json``; ``json_dumps=json.dumps,
+    json_loads=json.loads`` asks for the standard library. Either way numbers come back as jsonb
+    holds them: orjson's functions are wrapped so that integers beyond 64 bits stay exact, and a
+    number no Python type holds raises DatabaseError naming its key path. With these functions
+    the values travel in PostgreSQL's binary format (no str in between); a ``json_loads`` of
+    your own gets str, in the text format.
     """
     dumps, loads = _check_functions(json_dumps, json_loads)
-    encoder = _text_encoder(dumps)
     with map_db_errors("register_codecs"):
+        if is_exact_loads(loads):
+            for type_name, (encoder, decoder) in _binary_codecs(dumps, loads).items():
+                await conn.set_type_codec(
+                    type_name,
+                    encoder=encoder,
+                    decoder=decoder,
+                    schema="pg_catalog",
+                    format="binary",
+                )
+            return
+        text_encoder = _text_encoder(dumps)
         for type_name in ("jsonb", "json"):
             await conn.set_type_codec(
-                type_name, encoder=encoder, decoder=loads, schema="pg_catalog", format="text"
+                type_name, encoder=text_encoder, decoder=loads, schema="pg_catalog", format="text"
             )
 
 

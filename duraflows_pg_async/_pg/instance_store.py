@@ -12,6 +12,7 @@ import asyncpg
 
 from duraflows_pg_async._core.model import (
     INSTANCE_STATUSES,
+    HistoryRecord,
     StateStats,
     TimeoutRetry,
     WorkflowInstance,
@@ -23,10 +24,11 @@ from duraflows_pg_async._core.store_checks import (
     checked_listing_arguments,
     checked_listing_page,
     checked_stats_arguments,
+    checked_transition,
+    checked_update,
     checked_workflow_names,
 )
 from duraflows_pg_async._core.validate import (
-    INT4_MAX,
     coerce_uuid,
     require_aware,
     require_bool,
@@ -138,6 +140,24 @@ def _is_decode_error(exc: BaseException) -> bool:
     if isinstance(exc, UnreadableJsonError):
         return True
     return not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | WorkflowError)
+
+
+def _update_arguments(
+    inst: WorkflowInstance, instance_uuid: UUID, expected: int
+) -> tuple[Any, ...]:
+    """update_instance's parameters, $1 to $13."""
+    return (
+        instance_uuid,
+        inst.current_state,
+        inst.version,
+        inst.expires_at,
+        inst.last_transition_at,
+        inst.context,
+        inst.updated_at,
+        inst.definition_version,
+        *_retry_columns(inst.timeout_retry),
+        expected,
+    )
 
 
 def _retry_columns(
@@ -254,24 +274,10 @@ class PgWorkflowInstanceStore(PgStore):
         """What ``update`` writes for ``instance``, checked (the same errors), for
         ``update_rows``: a batched sweep checks each instance as it fires and writes them all at
         the end of the batch. The last element is the version expected in the database."""
-        inst = checked_instance(
-            instance, "update", create=False, js_safe_integers=self._js_safe_integers
+        inst, instance_uuid, expected = checked_update(
+            instance, "update", js_safe_integers=self._js_safe_integers
         )
-        require_int(
-            inst.version, f"update: instance {inst.uuid}: version", minimum=1, maximum=INT4_MAX
-        )
-        return (
-            coerce_uuid(inst.uuid, "instance.uuid"),
-            inst.current_state,
-            inst.version,
-            inst.expires_at,
-            inst.last_transition_at,
-            inst.context,
-            inst.updated_at,
-            inst.definition_version,
-            *_retry_columns(inst.timeout_retry),
-            inst.version - 1,
-        )
+        return _update_arguments(inst, instance_uuid, expected)
 
     async def update_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write rows of ``update_row`` in one statement (at most one per instance). A row whose
@@ -289,6 +295,38 @@ class PgWorkflowInstanceStore(PgStore):
             done = {row["uuid"] for row in written}
             missing = next(row for row in rows if row[0] not in done)
             raise OptimisticLockError(missing[0], missing[-1])
+
+    async def persist_transition(self, instance: WorkflowInstance, record: HistoryRecord) -> UUID:
+        """``update(instance)`` and ``append(record)`` (a row of the same instance) in one
+        statement, one round trip; returns the history row's uuid.
+
+        Another version in the database (or no row) raises OptimisticLockError and writes
+        neither.
+        """
+        inst, instance_uuid, expected, results, trigger_metadata = checked_transition(
+            instance, record, js_safe_integers=self._js_safe_integers
+        )
+        assert isinstance(record, HistoryRecord)
+        executor = self._executor()
+        try:
+            row_uuid = await executor.fetchval(
+                self._q.persist_transition,
+                *_update_arguments(inst, instance_uuid, expected),
+                record.from_state,
+                record.event_name,
+                record.to_state,
+                record.outcome,
+                record.error_message,
+                record.rejected_by,
+                results,
+                trigger_metadata,
+                record.definition_version,
+            )
+        except Exception as exc:
+            raise_mapped(exc, f"persist transition of instance {instance_uuid}", executor)
+        if row_uuid is None:
+            raise OptimisticLockError(instance_uuid, expected)
+        return row_uuid  # type: ignore[no-any-return]
 
     async def find_expired(
         self,

@@ -13,7 +13,6 @@ naming its key path instead of coming back as ``inf`` or a bare ValueError.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -26,15 +25,18 @@ __all__ = [
     "exact_loads",
     "exact_orjson_dumps",
     "exact_orjson_loads",
+    "is_exact_loads",
     "stdlib_dumps",
 ]
 
 JsonDumps = Callable[[Any], str | bytes]
 JsonLoads = Callable[[str | bytes], Any]
 
-stdlib_dumps: Callable[[Any], str] = functools.partial(
-    json.dumps, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+# One encoder for the module: json.dumps with non-default options builds a JSONEncoder on every
+# call. Its encode() is what json.dumps(value, <these options>) returns.
+stdlib_dumps: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 _INF = float("inf")
 _INT64_MIN = -(2**63)
@@ -65,6 +67,11 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_float=_finite_float)
+
+
+def is_exact_loads(loads: object) -> bool:
+    """Whether ``loads`` is one of this module's (which read bytes as well as str)."""
+    return loads is exact_loads or getattr(loads, "duraflows_exact", False) is True
 
 
 def exact_loads(data: str | bytes) -> Any:
@@ -163,6 +170,7 @@ def exact_orjson_loads(orjson_loads: JsonLoads, decode_error: type[Exception]) -
             return exact_loads(data)
 
     loads.__wrapped__ = orjson_loads  # type: ignore[attr-defined]
+    loads.duraflows_exact = True  # type: ignore[attr-defined]
     return loads
 
 

@@ -85,6 +85,7 @@ class Queries:
     lock_instance: str
     try_lock_instance: str
     update_instance: str
+    persist_transition: str
     update_instances: str
     find_expired: str
     find_expired_of: str
@@ -190,6 +191,26 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "definition_version = $8, timeout_attempts = $9, timeout_retry_at = $10, "
             "timeout_last_error = $11, timeout_parked_at = $12 "
             "WHERE uuid = $1 AND version = $13"
+        ),
+        # update_instance's $1-$13, then the history row: $14=from_state $15=event_name
+        # $16=to_state $17=outcome $18=error_message $19=rejected_by $20=command_results
+        # $21=trigger_metadata $22=definition_version. One statement, one round trip: the row is
+        # inserted only if the UPDATE matched (no row back = another version, an optimistic
+        # conflict), stamped as insert_history stamps it. The max(created_at) subquery sees this
+        # transaction's earlier rows (the statement's snapshot), as insert_history's does.
+        persist_transition=(
+            f"WITH moved AS (UPDATE {instances} SET current_state = $2, version = $3, "
+            "expires_at = $4, last_transition_at = $5, context_json = $6, updated_at = $7, "
+            "definition_version = $8, timeout_attempts = $9, timeout_retry_at = $10, "
+            "timeout_last_error = $11, timeout_parked_at = $12 "
+            "WHERE uuid = $1 AND version = $13 RETURNING uuid) "
+            f"INSERT INTO {history} (workflow_instance_uuid, from_state, event_name, to_state, "
+            "outcome, error_message, rejected_by, command_results_json, trigger_metadata_json, "
+            "definition_version, created_at) "
+            "SELECT uuid, $14, $15, $16, $17, $18, $19, $20::jsonb, $21::jsonb, $22::int, "
+            f"greatest(now(), (SELECT max(created_at) FROM {history} "
+            "WHERE workflow_instance_uuid = $1) + interval '1 microsecond') FROM moved "
+            "RETURNING uuid"
         ),
         # update_instance for many rows in one statement (a batched sweep's): $1..$13 hold
         # update_instance's parameters, one element per row, in arrays, except $6, the contexts:

@@ -46,14 +46,19 @@ CLEANUP_TIMEOUT = 10.0
 
 
 class _Root(TaskOwned):
-    """One database transaction: owned (BEGIN/COMMIT here) or bound (the caller's)."""
+    """One database transaction: owned (BEGIN/COMMIT here) or bound (the caller's).
 
-    __slots__ = ("connection", "savepoints")
+    ``handed_out``: ``connection()`` gave the connection to code other than the package's, whose
+    SQL may leave session state, so the COMMIT carries the session reset (see session_reset).
+    """
+
+    __slots__ = ("connection", "handed_out", "savepoints")
 
     def __init__(self, connection: AnyConnection) -> None:
         super().__init__()
         self.connection = connection
         self.savepoints = 0
+        self.handed_out = False
 
 
 class _Scope:
@@ -145,7 +150,7 @@ class _Transaction:
         runner = self._runner
         pool = runner._pool
         parent = _SCOPES.owned(pool)
-        if _tracing.ENABLED:
+        if _tracing.active():
             # Started before acquire(): time spent waiting for a pooled connection shows here.
             self._span = (
                 _tracing.start(_tracing.TRANSACTION, _tracing.DB_ATTRIBUTES)
@@ -260,7 +265,7 @@ class _Transaction:
             await _settle(_close_owned(pool, conn, exc))
             return
         try:
-            status = await session_reset.commit(conn)
+            status = await session_reset.commit(conn, reset=root.handed_out)
         except asyncpg.InFailedSQLTransactionError as aborted:
             # The session reset statements ahead of COMMIT meet the aborted transaction first.
             await _settle(_close_owned(pool, conn, aborted))
@@ -558,7 +563,11 @@ class PgTransactionRunner:
         scope = _SCOPES.current(self._pool)
         if scope is None:
             raise NoActiveTransactionError("connection() requires an active transaction")
-        return scope.root.connection
+        root = scope.root
+        # Your SQL may leave session state (SET, cursors, LISTEN, advisory locks): the COMMIT
+        # then carries the session reset.
+        root.handed_out = True
+        return root.connection
 
     def bind(self, conn: AnyConnection) -> _Bound:
         """Make workflow calls inside the block join ``conn``'s open transaction.

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.pgproto import pgproto
 
-from duraflows_pg_async._core.validate import require_identifier
+from duraflows_pg_async._core.validate import require_identifier, trust_uuid_type
 from duraflows_pg_async.errors import InvalidArgumentError, NoActiveTransactionError
 
 from .queries import Queries, render_queries
 from .runner import AnyConnection, ambient_connection
+
+# The uuid columns of rows come back as asyncpg's UUID (a C subclass of uuid.UUID with its value
+# semantics): the stores take them back as they are, instead of copying each into a uuid.UUID.
+trust_uuid_type(pgproto.UUID)
 
 
 class PgStore:

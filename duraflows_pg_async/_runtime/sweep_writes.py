@@ -126,6 +126,11 @@ class BufferedTransition(Transition):
         first = self.writes.instance
         self.writes.instance = row if first is None else (*row[:-1], first[-1])
 
+    async def write_transition(self, record: HistoryRecord) -> UUID:
+        # Buffered as its two rows: the batch writes them in its two statements.
+        await self.write_instance()
+        return await self.write_history(record)
+
     async def write_history(self, record: HistoryRecord) -> UUID:
         row_uuid = uuid4()
         history = self.writes.history

@@ -6,6 +6,7 @@ transaction.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,6 @@ from .execution import (
     ExecutionResult,
     freeze,
     json_clone,
-    maybe_await,
 )
 from .instance_updates import deadline, next_version, utc_now
 from .observers import EnteredStates
@@ -176,9 +176,8 @@ class Transition:
         else:
             assert event.error_state is not None
             to_state = event.error_state
-        now = await self._persist_transition(to_state, ctx.context)
-        history_uuid = await self._append_history(
-            from_state, event_name, to_state, succeeded, results, trigger_metadata
+        now, history_uuid = await self._persist_transition(
+            to_state, ctx.context, from_state, event_name, succeeded, results, trigger_metadata
         )
         self.entered.record(
             instance, from_state, ctx.transition_uuid, event_name, trigger_metadata, now
@@ -254,11 +253,15 @@ class Transition:
             else:
                 return steps
             # A stay-in-place hop keeps the state's own onEnter writes over its declared context.
-            now = await self._persist_transition(
-                hop_to, hop_ctx.context, apply_declared_context=not stay
-            )
-            history_uuid = await self._append_history(
-                state_name, "onEnter", hop_to, succeeded, results, dict(_ON_ENTER_TRIGGER)
+            now, history_uuid = await self._persist_transition(
+                hop_to,
+                hop_ctx.context,
+                state_name,
+                "onEnter",
+                succeeded,
+                results,
+                dict(_ON_ENTER_TRIGGER),
+                apply_declared_context=not stay,
             )
             self.entered.record(instance, state_name, hop_uuid, "onEnter", _ON_ENTER_TRIGGER, now)
             if steps is None:
@@ -273,12 +276,19 @@ class Transition:
 
     # -- the writes (a batched sweep buffers them: see sweep_batches.py) ------------------------
 
+    async def write_transition(self, record: HistoryRecord) -> UUID:
+        """Write the instance (its version already incremented) and its history row ``record``
+        in one store call, one statement on PostgreSQL; returns the row's uuid."""
+        return await self.runtime.persistence.instance_store.persist_transition(
+            self.instance, record
+        )
+
     async def write_instance(self) -> None:
-        """Write the instance (its version already incremented)."""
+        """Write the instance alone (its version already incremented)."""
         await self.runtime.persistence.instance_store.update(self.instance)
 
     async def write_history(self, record: HistoryRecord) -> UUID:
-        """Append one history row of this instance; returns its uuid."""
+        """Append one history row of this instance (no state change); returns its uuid."""
         return await self.runtime.persistence.history_store.append(record)
 
     # -- the steps ------------------------------------------------------------------------------
@@ -300,7 +310,10 @@ class Transition:
             context=json_clone(ctx.context),
             command_metadata=freeze(guard_ref.metadata) if guard_ref.metadata else None,
         )
-        verdict = await maybe_await(registered.fn(subject, guard_ctx))
+        verdict = registered.fn(subject, guard_ctx)
+        # Sync or async: awaited here rather than through maybe_await, one coroutine less.
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
         if not isinstance(verdict, bool):
             raise WorkflowError(
                 f'Guard "{guard_ref.name}" returned {type(verdict).__name__}; expected a bool'
@@ -327,7 +340,9 @@ class Transition:
             registered = self.runtime.commands.get(ref.name)
             call_ctx = ctx.derive(command_metadata=freeze(ref.metadata) if ref.metadata else None)
             try:
-                returned = await maybe_await(registered.fn(subject, call_ctx))
+                returned = registered.fn(subject, call_ctx)
+                if inspect.isawaitable(returned):
+                    returned = await returned
             except Exception as exc:
                 if not registered.best_effort:
                     raise
@@ -357,9 +372,19 @@ class Transition:
         return True, results
 
     async def _persist_transition(
-        self, to_state: str, context: dict[str, Any], *, apply_declared_context: bool = True
-    ) -> datetime:
-        """Move the instance to ``to_state`` and write it; returns the time used."""
+        self,
+        to_state: str,
+        context: dict[str, Any],
+        from_state: str,
+        event_name: str,
+        succeeded: bool,
+        results: list[CommandResult],
+        trigger_metadata: dict[str, Any],
+        *,
+        apply_declared_context: bool = True,
+    ) -> tuple[datetime, UUID]:
+        """Move the instance to ``to_state`` and write it with its history row, in one store
+        call (one statement on PostgreSQL); returns the time used and the row's uuid."""
         instance, definition = self.instance, self.definition
         now = utc_now(self.runtime.clock)
         state = definition.states[to_state]
@@ -370,22 +395,9 @@ class Transition:
         instance.context = context
         instance.expires_at = deadline(state, now)
         instance.timeout_retry = None
-        await self.write_instance()
-        return now
-
-    async def _append_history(
-        self,
-        from_state: str,
-        event_name: str,
-        to_state: str,
-        succeeded: bool,
-        results: list[CommandResult],
-        trigger_metadata: dict[str, Any],
-    ) -> UUID:
-        """Append the history row of a transition just written."""
-        return await self.write_history(
+        history_uuid = await self.write_transition(
             HistoryRecord(
-                workflow_instance_uuid=self.instance.uuid,
+                workflow_instance_uuid=instance.uuid,
                 from_state=from_state,
                 event_name=event_name,
                 to_state=to_state,
@@ -393,6 +405,7 @@ class Transition:
                 command_results=results,
                 error_message=failure_message(succeeded, results),
                 trigger_metadata=trigger_metadata,
-                definition_version=self.definition.version,
-            )
+                definition_version=definition.version,
+            ),
         )
+        return now, history_uuid

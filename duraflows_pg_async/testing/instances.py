@@ -31,13 +31,17 @@ from .data import make_instance
 from .instance_listing import InstanceListingChecks
 from .instance_queries import InstanceQueryChecks
 from .instance_timeouts import InstanceTimeoutChecks
+from .instance_transitions import InstanceTransitionChecks
 
 __all__ = ["InstanceStoreConformance"]
 
 
-class InstanceStoreConformance(InstanceTimeoutChecks, InstanceListingChecks, InstanceQueryChecks):
-    """The ``WorkflowInstanceStore`` contract (create, find, lock, update, due timeouts, parked
-    timeouts, counting, listing by version, listing and counting by filter and status).
+class InstanceStoreConformance(
+    InstanceTimeoutChecks, InstanceListingChecks, InstanceQueryChecks, InstanceTransitionChecks
+):
+    """The ``WorkflowInstanceStore`` contract (create, find, lock, update, persist_transition,
+    due timeouts, parked timeouts, counting, listing by version, listing and counting by filter
+    and status).
 
     Subclass in a test module as ``class TestX(InstanceStoreConformance)`` and provide a
     ``conformance_provider`` fixture returning a fresh, empty ``WorkflowPersistenceProvider``.

@@ -9,6 +9,7 @@ rounded floats and refuses to write them).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import struct
@@ -171,7 +172,7 @@ async def test_an_orjson_pool_gives_numbers_back_as_jsonb_does(orjson_pool: asyn
 async def any_codec_pool(
     request: pytest.FixtureRequest, database: str
 ) -> AsyncIterator[asyncpg.Pool]:
-    functions: dict[str, Any] = {}
+    functions: dict[str, Any] = {"json_dumps": json.dumps, "json_loads": json.loads}
     if request.param == "orjson":
         functions = {"json_dumps": orjson.dumps, "json_loads": orjson.loads}
     pool = await create_pool(database, min_size=1, max_size=2, **functions)

@@ -111,6 +111,22 @@ async def test_a_committed_transaction(
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
+async def test_without_a_tracer_provider_a_transaction_does_no_tracing_work(
+    monkeypatch: pytest.MonkeyPatch, providers: WorkflowPersistenceProvider
+) -> None:
+    # The API's proxy tracer before any provider is set, as the package takes it at import.
+    monkeypatch.setattr(_tracing, "_tracer", trace.ProxyTracer(_tracing.TRACER_NAME))
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a span was started without a tracer provider")
+
+    monkeypatch.setattr(_tracing, "start", refuse)
+    async with providers.transaction_runner.transaction():
+        await providers.instance_store.create(make_instance())
+        async with providers.transaction_runner.transaction():
+            pass
+
+
 async def test_a_rolled_back_transaction(
     spans: Spans, providers: WorkflowPersistenceProvider
 ) -> None:

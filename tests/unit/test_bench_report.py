@@ -287,12 +287,24 @@ def test_latency_table_shows_concurrency_1_and_8_with_ratios() -> None:
 def test_targets_report_met_missed_and_unmeasured() -> None:
     targets = {t["target"]: t for t in report.evaluate_targets(_results())}
     assert targets["adapter throughput at c=8"]["value"] == pytest.approx(1.1)
-    assert targets["adapter throughput at c=8"]["met"] is True
+    assert targets["adapter throughput at c=8"]["threshold"] == "≥ 1.4x A"
+    assert targets["adapter throughput at c=8"]["met"] is False
     assert targets["runtime throughput at c=8"]["value"] == pytest.approx(0.75)
     assert targets["runtime throughput at c=8"]["met"] is False
+    assert targets["runtime throughput at c=8 against B"]["value"] == pytest.approx(0.375)
+    assert targets["runtime throughput at c=8 against B"]["threshold"] == "≥ 0.65x B"
     assert targets["sweep scaling, 1 → 4 workers"]["value"] == pytest.approx(2.0)
-    assert targets["adapter p99 latency at c=1"]["met"] is True  # 1.4 / 1.0
+    assert targets["adapter p99 latency at c=1"]["met"] is False  # 1.4 / 1.0
     assert targets["runtime p99 latency at c=1"]["met"] is False  # 1.6 / 1.0
+    faster = _results()
+    faster["throughput"]["variants"]["adapter"][1] = _entry(8, [5600, 5600, 5600], 2.0, 3.0)
+    faster["throughput"]["variants"]["runtime"][1] = _entry(8, [5200, 5200, 5200], 2.0, 3.0)
+    faster["throughput"]["variants"]["adapter"][0] = _entry(1, [900, 900, 900], 1.1, 1.3)
+    met = {t["target"]: t["met"] for t in report.evaluate_targets(faster)}
+    assert met["adapter throughput at c=8"] is True  # 1.4
+    assert met["runtime throughput at c=8"] is True  # 1.3
+    assert met["runtime throughput at c=8 against B"] is True  # 0.65
+    assert met["adapter p99 latency at c=1"] is True  # 1.3 / 1.0
     assert targets["runtime RSS growth over 100,000 transitions"]["met"] is False
     assert targets["instances processed twice by the sweep"]["met"] is True
 
@@ -343,6 +355,11 @@ def test_smoke_options_and_explicit_overrides() -> None:
     full = cli.options_from(cli.parser().parse_args([]))
     assert (full.duration, full.rounds, full.concurrency) == (5.0, 3, (1, 4, 8, 16))
     assert (full.sweep_instances, full.memory_transitions) == (20_000, 100_000)
+    assert full.loop == "auto"
+    assert cli.options_from(cli.parser().parse_args(["--loop", "asyncio"])).loop == "asyncio"
+    assert cli.loop_factory("asyncio") == ("asyncio", None)
+    name, factory = cli.loop_factory("auto")
+    assert (name == "uvloop") is (factory is not None)
 
 
 @pytest.mark.parametrize("argv", [["--concurrency", "0"], ["--duration", "-1"], ["--rounds", "x"]])

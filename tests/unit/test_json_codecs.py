@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 
 import orjson
 import pytest
 
-from duraflows_pg_async._pg.codecs import _check_functions
+from duraflows_pg_async._pg.codecs import _binary_codecs, _check_functions
+from duraflows_pg_async._pg.json_numbers import is_exact_loads
 from duraflows_pg_async.errors import DatabaseError, InvalidArgumentError
 
 ORJSON_DUMPS, ORJSON_LOADS = _check_functions(orjson.dumps, orjson.loads)
-STDLIB_DUMPS, STDLIB_LOADS = _check_functions(None, None)
+STDLIB_DUMPS, STDLIB_LOADS = _check_functions(json.dumps, json.loads)
 
 
 def _exact(text: str) -> Any:
@@ -104,3 +106,31 @@ def test_other_functions_are_used_as_given() -> None:
         return "mine"
 
     assert _check_functions(dumps, loads) == (dumps, loads)
+
+
+def test_the_default_is_orjson_when_it_is_installed_and_reads_bytes() -> None:
+    dumps, loads = _check_functions(None, None)
+    assert dumps({"n": 2**64, "s": "é"}) == '{"n":18446744073709551616,"s":"é"}'
+    assert dumps({"n": 1}) == b'{"n":1}'
+    assert is_exact_loads(loads)
+    assert loads(b'{"n": 18446744073709551616}') == {"n": 2**64}
+
+
+def test_the_standard_library_dumps_is_the_module_encoder_with_the_same_output() -> None:
+    dumps, _ = _check_functions(json.dumps, json.loads)
+    value = {"a": [1, 2.5, None, True], "é": "\u2028"}
+    assert dumps(value) == json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    with pytest.raises(ValueError, match="Out of range float values"):
+        dumps([math.nan])
+
+
+def test_the_binary_jsonb_codec_adds_and_checks_the_version_byte() -> None:
+    encode, decode = _binary_codecs(*_check_functions(None, None))["jsonb"]
+    assert encode({"a": 1}) == b'\x01{"a":1}'
+    assert decode(b'\x01{"a": [18446744073709551616]}') == {"a": [2**64]}
+    with pytest.raises(DatabaseError, match="unknown binary version"):
+        decode(b'\x02{"a": 1}')
+    encode_text, _ = _binary_codecs(*_check_functions(json.dumps, json.loads))["jsonb"]
+    assert encode_text({"s": "é"}) == b'\x01{"s":"\xc3\xa9"}'

@@ -175,6 +175,35 @@ async def test_api_without_sdk_starts_nothing(monkeypatch: pytest.MonkeyPatch) -
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
+def test_without_a_tracer_provider_no_span_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API's proxy tracer, as the package takes it at import, before any provider is set:
+    # it could only make non-recording spans that carry the current context unchanged.
+    monkeypatch.setattr(_tracing, "_tracer", trace.ProxyTracer(_tracing.TRACER_NAME))
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert _tracing._READ_PROVIDER  # the API's record agrees with its public answer
+    assert trace._TRACER_PROVIDER is None
+    assert not _tracing.active()
+    monkeypatch.setattr(_tracing, "_tracer", trace.NoOpTracer())
+    assert not _tracing.active()
+    monkeypatch.setattr(_tracing, "_tracer", TracerProvider().get_tracer(_tracing.TRACER_NAME))
+    assert _tracing.active()
+
+
+async def test_without_a_tracer_provider_an_event_does_no_tracing_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_tracing, "_tracer", trace.ProxyTracer(_tracing.TRACER_NAME))
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a span was started without a tracer provider")
+
+    monkeypatch.setattr(_tracing, "start", refuse)
+    runtime = make_runtime()
+    created = await runtime.create_instance("order")
+    result = await runtime.trigger_event(created.uuid, "pay", subject=True)
+    assert result.to_state == "paid"
+
+
 # --- events --------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from duraflows_pg_async._core.validate import (
     require_int,
     require_str,
     timeout_ms,
+    trust_uuid_type,
 )
 from duraflows_pg_async.errors import InvalidArgumentError
 
@@ -91,6 +92,25 @@ def test_coerce_uuid() -> None:
     for bad in ["nope", "", "123e4567-e89b-12d3-a456-42661417400", 5, None, b"x"]:
         with pytest.raises(InvalidArgumentError, match="instance_uuid must be a UUID"):
             coerce_uuid(bad, "instance_uuid")
+
+
+def test_coerce_uuid_copies_subclasses_but_asyncpgs_own() -> None:
+    from asyncpg.pgproto import pgproto
+
+    import duraflows_pg_async.stores  # noqa: F401  (the adapter trusts asyncpg's UUID)
+
+    class Hostile(UUID):
+        def __str__(self) -> str:
+            return "not what it seems"
+
+    hostile = Hostile(int=5)
+    copied = coerce_uuid(hostile, "u")
+    assert type(copied) is UUID
+    assert copied == hostile
+    from_row = pgproto.UUID(str(uuid4()))
+    assert coerce_uuid(from_row, "u") is from_row
+    with pytest.raises(InvalidArgumentError, match="not a UUID subclass"):
+        trust_uuid_type(str)
 
 
 def test_require_aware() -> None:
