@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -312,6 +313,11 @@ def test_the_dashboard_names_its_extra_when_starlette_is_missing() -> None:
     assert "pip install 'duraflows-pg-async[dashboard]'" in result.stdout
 
 
+def own_collector(app: Any) -> Any:
+    """The dashboard's own metrics collector, once a scrape made it."""
+    return app.state.duraflows_metrics
+
+
 async def test_metrics_of_its_own_or_the_applications(shop: Shop) -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.parser import text_string_to_metric_families
@@ -328,7 +334,7 @@ async def test_metrics_of_its_own_or_the_applications(shop: Shop) -> None:
     # Its own collector, on a private registry, made at the first scrape (until then the
     # runtime's hooks cost nothing): the database figures of the seeded shop.
     dashboard = dashboard_app(shop.runtime, read_only=True)
-    assert dashboard.state.duraflows_metrics is None
+    assert own_collector(dashboard) is None
     assert not _metrics.ACTIVE
     try:
         async for client in _client(dashboard):
@@ -341,7 +347,9 @@ async def test_metrics_of_its_own_or_the_applications(shop: Shop) -> None:
             assert sum(parked) == 1  # the seeded shop parks one timeout
             assert (await client.get("/metrics")).status_code == 200  # the same collector
     finally:
-        dashboard.state.duraflows_metrics.close()
+        made = own_collector(dashboard)
+        assert made is not None
+        made.close()
     assert not _metrics.ACTIVE
 
     # The application's collector: what the runtime did since it was made is counted there.
