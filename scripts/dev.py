@@ -686,6 +686,10 @@ def _user_project_on(
     code = _call([str(python), "-c", _FROM_THE_WHEEL], cwd=project, env=user_env)
     if code != 0:
         return code
+    # The version a user reports with: the wheel's metadata, read by the installed package.
+    code = _call([str(python), "-m", "duraflows_pg_async", "--version"], cwd=project, env=user_env)
+    if code != 0:
+        return code
     _say(f"running the tests of {USER_PROJECT.as_posix()} on {_python_version(python)}")
     pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args]
     return _call(pytest, cwd=project, env=user_env)
