@@ -52,10 +52,10 @@ def pg_workflow_providers(
     ``wakeups=True`` (the default) lets workers sleep until the nearest due time and be woken
     by LISTEN/NOTIFY: a write whose timeout or queued execution falls due within
     ``notify_within`` (a ``timedelta`` or seconds, at least the workers' ``poll_interval``)
-    notifies on commit. The listener holds one connection of the pool while workers run, or
-    its own connection to ``listen_dsn`` (a direct connection: LISTEN cannot pass a pgbouncer
-    in transaction mode). ``wakeups=False``: workers poll every ``poll_interval``, writes never
-    notify. See docs/timeouts-and-workers.md, "Wake-ups".
+    notifies on commit. While workers run, the listener holds one connection more, made as the
+    pool makes its own (outside the pool's size), or to ``listen_dsn`` (a direct connection:
+    LISTEN cannot pass a pgbouncer in transaction mode). ``wakeups=False``: workers poll every
+    ``poll_interval``, writes never notify. See docs/timeouts-and-workers.md, "Wake-ups".
     """
     require_bool(idempotency, "idempotency")
     require_bool(durable_execution, "durable_execution")

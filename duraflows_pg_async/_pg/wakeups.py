@@ -59,9 +59,9 @@ def _parse(payload: str) -> tuple[str, str | None, datetime | None]:
 
 class PgWakeups:
     """Wake-ups and nearest-due queries over ``pool`` for one schema (not public: built by
-    ``pg_workflow_providers``). ``listen_dsn``: the listener's own connection (a direct one,
-    past a pgbouncer in transaction mode); otherwise it takes one connection of the pool for as
-    long as workers are subscribed."""
+    ``pg_workflow_providers``). The listener's connection is made as the pool makes its own,
+    outside the pool (not counted in its size), or to ``listen_dsn`` (a direct connection, past a
+    pgbouncer in transaction mode); it is open while workers are subscribed."""
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class PgWakeups:
         self._subscribers: list[WakeupCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._connection: Any = None
+        self._from_pool = False
         # Times the listener has (re)connected: for tests and logs.
         self.connects = 0
 
@@ -186,17 +187,25 @@ class PgWakeups:
     async def _connect(self) -> Any:
         if self.listen_dsn is not None:
             return await asyncpg.connect(self.listen_dsn)
-        return await self._pool.acquire()
+        # A connection made as the pool makes its own (its DSN, options and init), outside it: a
+        # listener held from the pool for good would take a pool of one connection whole.
+        connect = getattr(self._pool, "_get_new_connection", None)
+        if connect is None:  # an asyncpg without it: one of the pool's, held while listening
+            self._from_pool = True
+            return await self._pool.acquire()
+        return await connect()
 
     async def _disconnect(self) -> None:
         conn, self._connection = self._connection, None
         if conn is None:
             return
         try:
-            if self.listen_dsn is not None:
-                await asyncio.wait_for(conn.close(), 5)
-            else:
+            if self._from_pool:
                 # Released, the pool's reset (UNLISTEN *) cleans it; a closed one is replaced.
                 await asyncio.wait_for(self._pool.release(conn), 5)
+            else:
+                await asyncio.wait_for(conn.close(), 5)
         except (Exception, asyncio.CancelledError):
             conn.terminate()
+        finally:
+            self._from_pool = False
