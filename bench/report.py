@@ -487,6 +487,35 @@ def batched_section(results: Results) -> list[str]:
     ]
 
 
+def wakeups_section(results: Results) -> list[str]:
+    """Timeout lateness and enqueue latency with wake-ups and with polling, when measured."""
+    wake = results.get("wakeups")
+    if not wake:
+        return []
+    rows = [
+        [
+            run["what"],
+            run["mode"],
+            f"{int(run['count']):,} over {run['spread_seconds']:g} s",
+            fmt_ms(run["p50_ms"]),
+            fmt_ms(run["p99_ms"]),
+            fmt_ms(run["max_ms"]),
+        ]
+        for run in wake.get("runs", [])
+    ]
+    return [
+        f"### Wake-ups (poll interval {wake.get('poll_interval', '?')} s; each timeout "
+        f"{wake.get('timeout_seconds', '?')} s after its instance is created)",
+        "",
+        markdown_table(["latency", "workers", "count", "p50 ms", "p99 ms", "max ms"], rows),
+        "",
+        "Transitions that re-arm a deadline and notify: "
+        f"{fmt_ratio(wake.get('notify_throughput_ratio'))} the rate of the same transitions "
+        "without wake-ups (4 tasks).",
+        "",
+    ]
+
+
 def render_markdown(results: Results) -> str:
     sweep = results.get("sweep", {})
     scaling = sweep_scaling(results)
@@ -511,6 +540,7 @@ def render_markdown(results: Results) -> str:
         f"Scaling from 1 to 4 workers: {fmt_ratio(scaling)}.",
         "",
         *batched_section(results),
+        *wakeups_section(results),
         "### Memory (a fresh process per surface)",
         "",
         memory_table(results),

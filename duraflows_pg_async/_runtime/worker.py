@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 import anyio
@@ -69,9 +69,13 @@ class PollingWorker(Generic[StatsT]):
         self._wake: anyio.Event | None = None
         self._running = False
         self._wakeups: WorkflowWakeups | None = runtime.persistence.wakeups
-        # Wake-ups due before this wake the worker (None: any wake-up); during an error's
-        # back-off, none does (_deaf).
+        # While the worker sleeps, a wake-up due before _wake_before wakes it. While it polls
+        # (_wake_before None), wake-ups only lower _noticed, the earliest due they announced:
+        # the sleep that follows ends by then. Waking at once instead would make a busy
+        # database's stream of notifications a loop of polls. During an error's back-off, no
+        # wake-up counts (_deaf).
         self._wake_before: datetime | None = None
+        self._noticed: datetime | None = None
         self._deaf = False
 
     @property
@@ -105,6 +109,7 @@ class PollingWorker(Generic[StatsT]):
                 if self._wake.is_set():
                     self._wake = anyio.Event()
                 self._wake_before = None
+                self._noticed = None
                 self._deaf = False
                 try:
                     more_due_now = await self._poll()
@@ -141,11 +146,14 @@ class PollingWorker(Generic[StatsT]):
         except Exception:
             # Polling is the rule: a failed query only costs the early wake.
             logger.debug("duraflows: nearest due time unknown", exc_info=True)
-            return self.poll_interval
+            due = None
         delay = self.poll_interval
-        if due is not None:
-            delay = min(delay, max(0.0, (due - now).total_seconds()) + _DUE_MARGIN)
+        # No await from here on: a wake-up lands either in _noticed or against _wake_before.
+        for when in (due, self._noticed):
+            if when is not None:
+                delay = min(delay, max(0.0, (when - now).total_seconds()) + _DUE_MARGIN)
         self._wake_before = now + timedelta(seconds=delay)
+        self._noticed = None
         return delay
 
     def _on_wakeup(self, kind: str, workflow_name: str | None, due: datetime | None) -> None:
@@ -153,7 +161,12 @@ class PollingWorker(Generic[StatsT]):
         sleep ends."""
         if self._deaf or self._wake is None or not self._wanted(kind, workflow_name):
             return
-        if due is None or self._wake_before is None or due < self._wake_before:
+        if self._wake_before is None:
+            if due is None:
+                due = datetime.min.replace(tzinfo=UTC)
+            if self._noticed is None or due < self._noticed:
+                self._noticed = due
+        elif due is None or due < self._wake_before:
             self._wake.set()
 
     async def _next_due(self, wakeups: WorkflowWakeups, now: datetime) -> datetime | None:

@@ -138,6 +138,31 @@ async def test_a_sleeping_worker_fires_a_timeout_created_after_it_fell_asleep(
     assert not waker_of(fired.runtime.persistence).listening
 
 
+async def test_wakeups_due_after_the_sleep_ends_do_not_wake_the_worker(
+    pool: asyncpg.Pool,
+) -> None:
+    fired = Fired(pg_workflow_providers(pool))
+    await fired.runtime.initialize()
+    worker = TimeoutWorker(fired.runtime, poll_interval=ASLEEP)
+    task = await running(worker)
+    try:
+        await asleep(worker, waker_of(fired.runtime.persistence), polls=2)
+        polls = worker.stats.sweeps
+        # A busy database's stream: deadlines an hour away, after this sleep ends.
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        for _ in range(50):
+            await pool.execute(
+                "SELECT pg_notify($1, $2)", wakeup_channel(None), f"timeout {later} soon"
+            )
+        _, done = await fired.create("soon")
+        await asyncio.wait_for(done.wait(), BOUND)
+        # Woken for "soon" (then slept until its deadline): a few polls, not one per wake-up.
+        assert worker.stats.sweeps - polls <= 4, worker.stats
+    finally:
+        worker.stop()
+        await task
+
+
 async def test_a_worker_sleeps_until_a_deadline_no_write_announced(pool: asyncpg.Pool) -> None:
     # Written without wake-ups (as the TypeScript runtime writes): no NOTIFY, so the worker
     # must find the deadline by itself, with the nearest-due query after its poll.
