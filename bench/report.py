@@ -414,6 +414,21 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         fmt_ratio(versus),
         None if versus is None else versus > 1.0,
     )
+    # Issue 14, item 3: wake-ups in milliseconds.
+    woken = {
+        run["what"]: float(run["p99_ms"])
+        for run in results.get("wakeups", {}).get("runs", [])
+        if run["mode"] == "wakeups"
+    }
+    for what in ("timeout lateness", "enqueue to first command"):
+        p99 = woken.get(what)
+        add(
+            f"{what} p99 with wake-ups",
+            "≤ 50 ms",
+            p99,
+            "not measured" if p99 is None else f"{fmt_ms(p99)} ms",
+            _verdict(p99, 50.0, at_least=False),
+        )
     runs = [
         *results.get("sweep", {}).get("runs", []),
         *results.get("batched_sweep", {}).get("runs", []),
