@@ -20,6 +20,7 @@ from duraflows_pg_async import (
     CommandRef,
     CommandRegistry,
     DefinitionRegistry,
+    DurableExecutionPolicy,
     Event,
     ExecutionContext,
     ExecutionWorker,
@@ -56,8 +57,15 @@ class Fired:
     """A runtime whose commands set an event per instance (per its context's ``tag``) when they
     run; ``create`` makes an instance with a fresh tag."""
 
-    def __init__(self, persistence: WorkflowPersistenceProvider) -> None:
+    def __init__(
+        self,
+        persistence: WorkflowPersistenceProvider,
+        *,
+        policy: DurableExecutionPolicy | None = None,
+    ) -> None:
         self.done: dict[str, asyncio.Event] = {}
+        # Attempts of "pay" to fail before one succeeds.
+        self.failures = 0
         definitions = DefinitionRegistry()
         for definition in (SOON, LATER, CHARGE):
             definitions.register(definition)
@@ -66,10 +74,19 @@ class Fired:
         async def ran(subject: Any, ctx: ExecutionContext) -> None:
             self.event(ctx.context["tag"]).set()
 
+        async def pay(subject: Any, ctx: ExecutionContext) -> None:
+            if self.failures > 0:
+                self.failures -= 1
+                raise RuntimeError("card declined")
+            await ran(subject, ctx)
+
         commands.register("send", ran)
-        commands.register("pay", ran)
+        commands.register("pay", pay)
         self.runtime = WorkflowRuntime(
-            definitions=definitions, commands=commands, persistence=persistence
+            definitions=definitions,
+            commands=commands,
+            persistence=persistence,
+            durable_execution=policy,
         )
 
     def event(self, tag: str) -> asyncio.Event:
@@ -194,6 +211,48 @@ async def test_a_sleeping_execution_worker_runs_an_enqueued_execution(pool: asyn
     finally:
         worker.stop()
         await task
+
+
+async def test_a_sleeping_execution_worker_runs_a_retry_when_its_backoff_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    fired = Fired(
+        pg_workflow_providers(pool, durable_execution=True),
+        policy=DurableExecutionPolicy(initial_delay=timedelta(milliseconds=300)),
+    )
+    fired.failures = 1
+    await fired.runtime.initialize()
+    instance_uuid, done = await fired.create("charge")
+    worker = ExecutionWorker(fired.runtime, poll_interval=ASLEEP)
+    task = await running(worker)
+    try:
+        await asleep(worker, waker_of(fired.runtime.persistence), polls=2)
+        await fired.runtime.enqueue_event(instance_uuid, "charge", idempotency_key="one")
+        # The first attempt fails; the retry, 0.3 s later, is slept to, not polled for.
+        await asyncio.wait_for(done.wait(), BOUND)
+        assert worker.stats.retrying == 1
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_a_worker_whose_listener_cannot_connect_keeps_polling(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on port 1: the listener fails and retries; the worker never waits for it.
+    persistence = pg_workflow_providers(pool, listen_dsn="postgresql://127.0.0.1:1/nothing")
+    fired = Fired(persistence)
+    await fired.runtime.initialize()
+    worker = TimeoutWorker(fired.runtime, poll_interval=0.05)
+    task = await running(worker)
+    try:
+        _, done = await fired.create("soon")
+        await asyncio.wait_for(done.wait(), BOUND)
+        assert not waker_of(persistence).listening
+    finally:
+        worker.stop()
+        await task
+    assert "wake-up listener" in caplog.text
 
 
 async def test_a_rolled_back_write_notifies_nobody(
