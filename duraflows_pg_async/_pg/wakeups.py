@@ -115,10 +115,10 @@ class PgWakeups:
 
     def subscribe(self, callback: WakeupCallback) -> None:
         self._subscribers.append(callback)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._listen(), name=f"duraflows listener {self.channel}"
-            )
+        loop = asyncio.get_running_loop()
+        # A listener of an event loop since closed (a test's, say) never ends: start anew.
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._listen(), name=f"duraflows listener {self.channel}")
 
     async def unsubscribe(self, callback: WakeupCallback) -> None:
         """Remove ``callback``; the last subscriber leaving closes the listener."""
