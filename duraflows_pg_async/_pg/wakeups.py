@@ -127,6 +127,8 @@ class PgWakeups:
         if self._subscribers or self._task is None:
             return
         task, self._task = self._task, None
+        if task.get_loop() is not asyncio.get_running_loop():
+            return  # a listener of another event loop: not ours to await
         task.cancel()
         try:
             await task
