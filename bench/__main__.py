@@ -94,6 +94,21 @@ def parser() -> argparse.ArgumentParser:
         + ")",
     )
     p.add_argument(
+        "--wakeup-timeouts",
+        type=_positive_int,
+        help=f"timeouts written for the lateness run (default {defaults.wakeup_timeouts})",
+    )
+    p.add_argument(
+        "--wakeup-spread",
+        type=_positive_float,
+        help=f"seconds they are written over (default {defaults.wakeup_spread})",
+    )
+    p.add_argument(
+        "--wakeup-executions",
+        type=_positive_int,
+        help=f"executions enqueued for the latency run (default {defaults.wakeup_executions})",
+    )
+    p.add_argument(
         "--memory-transitions",
         type=_positive_int,
         help=f"measured transitions per surface (default {defaults.memory_transitions})",

@@ -28,6 +28,7 @@ from .pgqueuer_drain import run_pgqueuer_drain
 from .stats import median, summarize_ns
 from .sweep import run_sweep
 from .sweep_processes import run_sweep_processes
+from .wakeups import run_wakeups
 from .workloads import (
     Codec,
     RoundResult,
@@ -65,6 +66,12 @@ class Options:
     batched_workers: tuple[int, ...] = (1, 2, 4)
     batched_processes: tuple[int, ...] = (1, 2, 4)
     pgqueuer_batch_size: int = 10
+    # Wake-ups: timeouts written over wakeup_spread seconds, executions enqueued over
+    # wakeup_execution_spread seconds; with wake-ups and with polling every second.
+    wakeup_timeouts: int = 1_000
+    wakeup_spread: float = 10.0
+    wakeup_executions: int = 200
+    wakeup_execution_spread: float = 5.0
     memory_transitions: int = 100_000
     memory_warmup: int = 5_000
     memory_concurrency: int = 4
@@ -87,6 +94,10 @@ SMOKE = {
     "concurrency": (1, 4),
     "warmup": 0.1,
     "sweep_instances": 500,
+    "wakeup_timeouts": 100,
+    "wakeup_spread": 1.0,
+    "wakeup_executions": 20,
+    "wakeup_execution_spread": 1.0,
     "memory_transitions": 2_000,
     "memory_warmup": 200,
 }
@@ -306,6 +317,30 @@ async def _batched_sweep(
     }
 
 
+async def _wakeups(
+    options: Options, dsn: str, admin: asyncpg.Pool, say: Progress
+) -> dict[str, Any]:
+    result = await run_wakeups(
+        dsn=dsn,
+        admin=admin,
+        timeouts=options.wakeup_timeouts,
+        spread=options.wakeup_spread,
+        executions=options.wakeup_executions,
+        execution_spread=options.wakeup_execution_spread,
+        throughput_seconds=options.duration,
+        rounds=options.rounds,
+        codec=options.codec,
+    )
+    for run in result["runs"]:
+        say(
+            f"wake-ups, {run['what']} ({run['mode']}): p50 {run['p50_ms']:.1f} ms, "
+            f"p99 {run['p99_ms']:.1f} ms over {run['count']:,}"
+        )
+    notify = result["notify_throughput_ratio"]
+    say(f"wake-ups, transitions that notify: {notify:.2f}x the rate of the same without")
+    return result
+
+
 async def _memory(options: Options, dsn: str, say: Progress) -> list[dict[str, Any]]:
     results = []
     for surface in SURFACES:
@@ -345,6 +380,7 @@ async def run(options: Options) -> dict[str, Any]:
             throughput = await _throughput(options, server, dsn, admin, say)
             sweep = await _sweep(options, dsn, admin, say)
             batched = await _batched_sweep(options, dsn, admin, say)
+            wakeups = await _wakeups(options, dsn, admin, say)
             memory = await _memory(options, dsn, say)
         finally:
             await admin.close()
@@ -364,6 +400,7 @@ async def run(options: Options) -> dict[str, Any]:
         "throughput": throughput,
         "sweep": sweep,
         "batched_sweep": batched,
+        "wakeups": wakeups,
         "memory": memory,
     }
     results["targets"] = report.evaluate_targets(results)

@@ -278,6 +278,20 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         help="seconds between sweeps or polls when idle (default 1)",
     )
     worker.add_argument(
+        "--wakeups",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sleep until the nearest due time and wake on LISTEN/NOTIFY, --poll-interval being "
+        "the fallback (default: yes; a factory APP's provider only)",
+    )
+    worker.add_argument(
+        "--listen-dsn",
+        default=None,
+        metavar="DSN",
+        help="a direct connection for the wake-up listener (LISTEN cannot pass a pgbouncer in "
+        "transaction mode; default: made as the pool's connections are)",
+    )
+    worker.add_argument(
         "--timeouts",
         action=argparse.BooleanOptionalAction,
         default=True,

@@ -356,6 +356,8 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
             lock_timeout=options.lock_timeout,
             statement_timeout=options.statement_timeout,
             durable_execution=has_table,
+            wakeups=bool(args.wakeups),
+            listen_dsn=args.listen_dsn,
         )
         runtime = await _runtime_of(app, args, options, providers)
         await runtime.initialize()

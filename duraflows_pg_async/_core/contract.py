@@ -25,6 +25,7 @@ __all__ = [
     "WorkflowInstanceStore",
     "WorkflowPersistenceProvider",
     "WorkflowTransactionRunner",
+    "WorkflowWakeups",
 ]
 
 T = TypeVar("T")
@@ -214,6 +215,33 @@ class WorkflowExecutionStore(Protocol):
     async def stats(self, *, now: datetime) -> list[ExecutionStats]: ...
 
 
+# A subscriber of wake-ups: called with the kind ("timeout" or "execution"), the workflow name
+# (None when not known) and the due time (None when not known) of a write that committed.
+WakeupCallback = Callable[[str, str | None, datetime | None], None]
+
+
+@runtime_checkable
+class WorkflowWakeups(Protocol):
+    """What lets workers sleep until the nearest due time and be woken by writes that commit
+    (not public; PostgreSQL's LISTEN/NOTIFY in ``_pg/wakeups.py``).
+
+    ``next_timeout_due`` and ``next_execution_due`` give the earliest due time strictly after
+    ``now`` (None: nothing is due later). ``subscribe`` calls ``callback`` for each wake-up until
+    ``unsubscribe``; a callback must only set flags (it runs on the event loop). A subscriber
+    must never depend on a wake-up: they are hints, and polling stays the rule.
+    """
+
+    async def next_timeout_due(
+        self, workflow_names: Sequence[str], now: datetime
+    ) -> datetime | None: ...
+
+    async def next_execution_due(self, now: datetime) -> datetime | None: ...
+
+    def subscribe(self, callback: WakeupCallback) -> None: ...
+
+    async def unsubscribe(self, callback: WakeupCallback) -> None: ...
+
+
 @runtime_checkable
 class Clock(Protocol):
     """A source of the current time; ``now()`` returns a timezone-aware datetime."""
@@ -242,7 +270,8 @@ class WorkflowPersistenceProvider(Generic[RunnerT]):
     """The persistence parts a runtime needs, built together over one database.
 
     ``idempotency_store`` is None unless the provider was built with ``idempotency=True``, and
-    ``execution_store`` unless it was built with ``durable_execution=True``.
+    ``execution_store`` unless it was built with ``durable_execution=True``. ``wakeups`` is
+    None where workers only poll (the in-memory provider, or ``wakeups=False``).
 
     Generic in its runner, so that ``pg_workflow_providers(pool).transaction_runner`` is typed
     as a ``PgTransactionRunner`` (``connection()`` and ``bind()`` need no cast); a bare
@@ -255,3 +284,4 @@ class WorkflowPersistenceProvider(Generic[RunnerT]):
     definition_store: WorkflowDefinitionStore
     idempotency_store: WorkflowIdempotencyStore | None = None
     execution_store: WorkflowExecutionStore | None = None
+    wakeups: WorkflowWakeups | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -25,6 +25,7 @@ from .codecs import decoded
 from .queries import execution_stats_sql, list_executions_sql
 from .runner import AnyConnection
 from .store_base import PgStore
+from .wakeups import execution_payload
 
 __all__ = ["PgWorkflowExecutionStore"]
 
@@ -69,10 +70,11 @@ class PgWorkflowExecutionStore(PgStore):
         conn = self._transaction_connection("WorkflowExecutionStore.create")
         data = e.to_json()
         what = f"create execution {e.uuid} of instance {e.workflow_instance_uuid}"
+        query, wake = self._wake(e)
         with _mapped(what, conn):
             try:
                 await conn.execute(
-                    self._q.insert_execution,
+                    query,
                     e.uuid,
                     e.workflow_instance_uuid,
                     e.idempotency_key,
@@ -81,6 +83,7 @@ class PgWorkflowExecutionStore(PgStore):
                     e.lease_until,
                     e.revision,
                     data,
+                    *wake,
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise WorkflowInstanceNotFoundError(e.workflow_instance_uuid) from exc
@@ -92,21 +95,32 @@ class PgWorkflowExecutionStore(PgStore):
         require_int(e.revision, "execution.revision", minimum=1)
         conn = self._transaction_connection("WorkflowExecutionStore.update")
         data = e.to_json()
+        query, wake = self._wake(e, update=True)
         with _mapped(f"update execution {e.uuid}", conn):
             status = await conn.execute(
-                self._q.update_execution,
+                query,
                 e.uuid,
                 e.status,
                 e.available_at,
                 e.lease_until,
                 e.revision,
                 data,
+                *wake,
             )
         if status != "UPDATE 1":
             raise WorkflowError(
                 f"Durable execution revision conflict: execution {e.uuid} is not at revision "
                 f"{e.revision - 1}"
             )
+
+    def _wake(self, e: WorkflowExecution, *, update: bool = False) -> tuple[str, tuple[str, ...]]:
+        """The statement writing ``e``, and its NOTIFY payload if it notifies: a pending
+        execution available soon (enqueued, retried, or its next command) wakes the workers."""
+        plain = self._q.update_execution if update else self._q.insert_execution
+        if e.status != "pending" or not self._notifies(e.available_at, datetime.now(UTC)):
+            return plain, ()
+        notify = self._q.update_execution_notify if update else self._q.insert_execution_notify
+        return notify, (execution_payload(e.available_at),)
 
     async def find_by_uuid(self, execution_uuid: UUID | str) -> WorkflowExecution | None:
         """The execution, or None."""

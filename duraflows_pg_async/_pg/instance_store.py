@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +60,7 @@ from .queries import (
 )
 from .runner import AnyConnection
 from .store_base import PgStore
+from .wakeups import timeout_payload
 
 __all__ = ["PgWorkflowInstanceStore"]
 
@@ -160,6 +161,17 @@ def _update_arguments(
     )
 
 
+def _due_of(inst: WorkflowInstance) -> datetime | None:
+    """When the instance's timeout falls due (the sweep's rule): its retry time, else its
+    deadline; None without a deadline or when parked."""
+    retry = inst.timeout_retry
+    if inst.expires_at is None or (retry is not None and retry.parked_at is not None):
+        return None
+    if retry is not None and retry.retry_at is not None:
+        return retry.retry_at
+    return inst.expires_at
+
+
 def _retry_columns(
     retry: TimeoutRetry | None,
 ) -> tuple[int, datetime | None, str | None, datetime | None]:
@@ -188,8 +200,9 @@ class PgWorkflowInstanceStore(PgStore):
         schema: str | None = None,
         js_safe_integers: bool = False,
         skip_busy: bool = False,
+        notify_within: timedelta | None = None,
     ) -> None:
-        super().__init__(pool, schema=schema)
+        super().__init__(pool, schema=schema, notify_within=notify_within)
         self._js_safe_integers = require_bool(js_safe_integers, "js_safe_integers")
         require_bool(skip_busy, "skip_busy")
         self._skip_busy = skip_busy
@@ -214,10 +227,16 @@ class PgWorkflowInstanceStore(PgStore):
             inst.definition_version,
             *_retry_columns(inst.timeout_retry),
         )
+        query = self._q.insert_instance
+        due = _due_of(inst)
+        if self._notifies(due, inst.updated_at):
+            assert due is not None
+            query = self._q.insert_instance_notify
+            args += (timeout_payload(inst.workflow_name, due),)
         executor = self._executor()
         with map_db_errors(f"create instance {instance_uuid}", executor):
             try:
-                await executor.execute(self._q.insert_instance, *args)
+                await executor.execute(query, *args)
             except asyncpg.UniqueViolationError as exc:
                 raise InstanceAlreadyExistsError(instance_uuid) from exc
 
@@ -262,9 +281,15 @@ class PgWorkflowInstanceStore(PgStore):
         """
         row = self.update_row(instance)
         instance_uuid, expected = row[0], row[-1]
+        query = self._q.update_instance
+        due = _due_of(instance)
+        if self._notifies(due, instance.updated_at):
+            assert due is not None
+            query = self._q.update_instance_notify
+            row += (timeout_payload(instance.workflow_name, due),)
         executor = self._executor()
         try:
-            status = await executor.execute(self._q.update_instance, *row)
+            status = await executor.execute(query, *row)
         except Exception as exc:
             raise_mapped(exc, f"update instance {instance_uuid}", executor)
         if status != "UPDATE 1":
@@ -307,10 +332,17 @@ class PgWorkflowInstanceStore(PgStore):
             instance, record, js_safe_integers=self._js_safe_integers
         )
         assert isinstance(record, HistoryRecord)
+        query = self._q.persist_transition
+        wake: tuple[str, ...] = ()
+        due = _due_of(inst)
+        if self._notifies(due, inst.updated_at):
+            assert due is not None
+            query = self._q.persist_transition_notify
+            wake = (timeout_payload(inst.workflow_name, due),)
         executor = self._executor()
         try:
             row_uuid = await executor.fetchval(
-                self._q.persist_transition,
+                query,
                 *_update_arguments(inst, instance_uuid, expected),
                 record.from_state,
                 record.event_name,
@@ -321,6 +353,7 @@ class PgWorkflowInstanceStore(PgStore):
                 results,
                 trigger_metadata,
                 record.definition_version,
+                *wake,
             )
         except Exception as exc:
             raise_mapped(exc, f"persist transition of instance {instance_uuid}", executor)

@@ -6,6 +6,7 @@ name may qualify them. Each statement lists its parameters as ``$n=...`` in the 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,6 +79,25 @@ def _claim(instances: str, due: str) -> str:
     )
 
 
+def wakeup_channel(schema: str | None) -> str:
+    """The LISTEN/NOTIFY channel of one schema's writes, so that two schemas never wake each
+    other's workers. A channel name is an identifier (at most 63 bytes): a long schema name is
+    replaced by a digest of it."""
+    if schema is None:
+        return "duraflows_wakeup"
+    channel = f"duraflows_wakeup.{schema}"
+    if len(channel.encode()) <= 63:
+        return channel
+    return "duraflows_wakeup." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+def _notify(channel: str, payload: str) -> str:
+    """pg_notify of ``payload`` (a parameter) on ``channel``: sent with the transaction's commit
+    only, never for a rollback. Folded into the write's own statement (no extra round trip)."""
+    quoted = channel.replace("'", "''")
+    return f"pg_notify('{quoted}', {payload})"
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
     insert_instance: str
@@ -117,6 +137,13 @@ class Queries:
     select_due_executions: str
     find_instance_uuids: str
     find_instance_uuids_after: str
+    insert_instance_notify: str
+    update_instance_notify: str
+    persist_transition_notify: str
+    insert_execution_notify: str
+    update_execution_notify: str
+    next_timeout_due: str
+    next_execution_due: str
 
 
 def _instance_uuids(instances: str, after: str) -> str:
@@ -163,29 +190,30 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             f"WHERE busy.workflow_instance_uuid = {instances}.uuid "
             "AND busy.status IN ('pending', 'running', 'parked'))"
         )
-    return Queries(
+    channel = wakeup_channel(schema)
+    statements = {
         # $1=uuid $2=workflow_name $3=current_state $4=version $5=expires_at
         # $6=last_transition_at $7=context $8=metadata $9=created_at $10=updated_at
         # $11=definition_version $12=timeout_attempts $13=timeout_retry_at
         # $14=timeout_last_error $15=timeout_parked_at
-        insert_instance=(
+        "insert_instance": (
             f"INSERT INTO {instances} ({INSTANCE_COLUMNS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ),
         # $1=uuid
-        select_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1",
+        "select_instance": f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1",
         # $1=uuid. Blocks while another transaction holds the row; lock_timeout bounds the wait.
-        lock_instance=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE",
+        "lock_instance": f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE",
         # $1=uuid. No row when another transaction holds it: sweepers pass over an instance a
         # peer is processing instead of queueing behind it and re-checking it afterwards.
-        try_lock_instance=(
+        "try_lock_instance": (
             f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = $1 FOR UPDATE SKIP LOCKED"
         ),
         # $1=uuid $2=current_state $3=version $4=expires_at $5=last_transition_at $6=context
         # $7=updated_at $8=definition_version $9=timeout_attempts $10=timeout_retry_at
         # $11=timeout_last_error $12=timeout_parked_at $13=expected (previous) version.
         # metadata_json, workflow_name and created_at are written once, at create.
-        update_instance=(
+        "update_instance": (
             f"UPDATE {instances} SET current_state = $2, version = $3, expires_at = $4, "
             "last_transition_at = $5, context_json = $6, updated_at = $7, "
             "definition_version = $8, timeout_attempts = $9, timeout_retry_at = $10, "
@@ -198,7 +226,7 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # inserted only if the UPDATE matched (no row back = another version, an optimistic
         # conflict), stamped as insert_history stamps it. The max(created_at) subquery sees this
         # transaction's earlier rows (the statement's snapshot), as insert_history's does.
-        persist_transition=(
+        "persist_transition": (
             f"WITH moved AS (UPDATE {instances} SET current_state = $2, version = $3, "
             "expires_at = $4, last_transition_at = $5, context_json = $6, updated_at = $7, "
             "definition_version = $8, timeout_attempts = $9, timeout_retry_at = $10, "
@@ -216,7 +244,7 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # update_instance's parameters, one element per row, in arrays, except $6, the contexts:
         # one JSON array of them (the pool's JSON codec encodes it; element n is row n's). Returns
         # the uuids written; a row whose version is not its expected one is not written.
-        update_instances=(
+        "update_instances": (
             f"UPDATE {instances} AS i SET current_state = u.current_state, version = u.version, "
             "expires_at = u.expires_at, last_transition_at = u.last_transition_at, "
             "context_json = $6::jsonb -> (u.n::int - 1), updated_at = u.updated_at, "
@@ -236,12 +264,12 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # does not fail the batch. SKIP LOCKED lets many sweepers share the work; it does not make
         # them exclusive (the locks end with the scan), which is why the runtime re-checks each
         # row under lock_by_uuid.
-        find_expired=(
+        "find_expired": (
             f"SELECT uuid FROM {instances} WHERE {due} "
             f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED"
         ),
         # $1=limit $2=now $3=workflow names: find_expired for these workflows only.
-        find_expired_of=f"SELECT uuid FROM ({_due_of(instances, '$3', due)}) AS due",
+        "find_expired_of": f"SELECT uuid FROM ({_due_of(instances, '$3', due)}) AS due",
         # $1=limit $2=now $3=claim_until. Claims the due rows and returns their uuids, oldest due
         # first (select_instances reads them, so that one row the codec cannot decode does not
         # fail the batch). The claim sets timeout_retry_at to $3 so that concurrent sweeps (ours
@@ -250,21 +278,21 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # timeout_retry_at as the claim; processing writes the retry columns back (ending the
         # claim), a recorded failure overwrites it, and a crashed sweeper's claims fall due again
         # at $3.
-        claim_expired=_claim(
+        "claim_expired": _claim(
             instances,
             f"SELECT uuid, {_DUE_AT} AS due_at FROM {instances} WHERE {due} "
             f"ORDER BY {_DUE_AT} LIMIT $1 FOR UPDATE SKIP LOCKED",
         ),
         # $1=limit $2=now $3=claim_until $4=workflow names: claim_expired for these workflows.
-        claim_expired_of=_claim(instances, _due_of(instances, "$4", due)),
+        "claim_expired_of": _claim(instances, _due_of(instances, "$4", due)),
         # $1=uuids
-        select_instances=f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = ANY ($1)",
+        "select_instances": f"SELECT {INSTANCE_COLUMNS} FROM {instances} WHERE uuid = ANY ($1)",
         # $1=uuid: one JSON column, to tell which one the codec cannot decode.
-        select_context=f"SELECT context_json FROM {instances} WHERE uuid = $1",
-        select_metadata=f"SELECT metadata_json FROM {instances} WHERE uuid = $1",
+        "select_context": f"SELECT context_json FROM {instances} WHERE uuid = $1",
+        "select_metadata": f"SELECT metadata_json FROM {instances} WHERE uuid = $1",
         # $1=uuids $2=claim_until: hand back claims a sweep did not use. Rows another transaction
         # holds are not waited for: their uuids are returned, for a later try.
-        release_claims=(
+        "release_claims": (
             f"WITH mine AS (SELECT uuid FROM {instances} WHERE uuid = ANY ($1::uuid[]) "
             "AND timeout_attempts = 0 AND timeout_retry_at = $2), "
             f"free AS (SELECT uuid FROM {instances} WHERE uuid IN (SELECT uuid FROM mine) "
@@ -275,26 +303,26 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         ),
         # $1=uuid $2=until. The next attempt no earlier than $2 (a claim for a row without retry
         # state, the retry time otherwise), without recording a failure; never waits for a lock.
-        postpone_timeout=(
+        "postpone_timeout": (
             f"UPDATE {instances} SET timeout_retry_at = $2 WHERE uuid IN (SELECT uuid FROM "
             f"{instances} WHERE uuid = $1 AND timeout_parked_at IS NULL "
             "AND (timeout_retry_at IS NULL OR timeout_retry_at < $2) FOR UPDATE SKIP LOCKED)"
         ),
         # $1=uuid $2=error $3=now. Parks a row whose JSON cannot be decoded, touching no JSON.
-        park_unreadable=(
+        "park_unreadable": (
             f"UPDATE {instances} SET timeout_attempts = timeout_attempts + 1, "
             "timeout_retry_at = NULL, timeout_last_error = $2, timeout_parked_at = $3, "
             "version = version + 1, updated_at = $3 WHERE uuid = $1"
         ),
         # $1=limit $2=workflow_name or NULL for all
-        find_parked=(
+        "find_parked": (
             f"SELECT {INSTANCE_COLUMNS} FROM {instances} "
             "WHERE timeout_parked_at IS NOT NULL AND ($2::text IS NULL OR workflow_name = $2) "
             "ORDER BY timeout_parked_at, uuid LIMIT $1"
         ),
         # $1=workflow_name $2=definition_version $3=states to exclude (an empty array excludes
         # nothing; NOT IN () is not valid SQL, hence ANY).
-        count_instances=(
+        "count_instances": (
             f"SELECT count(*)::int FROM {instances} "
             "WHERE workflow_name = $1 AND definition_version = $2 "
             "AND NOT (current_state = ANY($3::text[]))"
@@ -307,7 +335,7 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # lock, so a transaction that waited for this one's lock (and stamps its own start) is
         # never stamped before it; "newest + 1 µs" orders an event and its onEnter hops, which
         # share one now(), in the order they were written.
-        insert_history=(
+        "insert_history": (
             f"INSERT INTO {history} (workflow_instance_uuid, from_state, event_name, to_state, "
             "outcome, error_message, rejected_by, command_results_json, trigger_metadata_json, "
             "definition_version, created_at) "
@@ -323,7 +351,7 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # stamps are what appending the rows one by one in that order gives: the first as
         # insert_history's, each next one 1 µs later (the subquery does not see the rows of its
         # own statement).
-        insert_histories=(
+        "insert_histories": (
             f"INSERT INTO {history} (uuid, workflow_instance_uuid, from_state, event_name, "
             "to_state, outcome, error_message, rejected_by, command_results_json, "
             "trigger_metadata_json, definition_version, created_at) "
@@ -339,13 +367,13 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         ),
         # $1=workflow_instance_uuid $2=limit $3=offset. Newest first; uuid breaks ties as the
         # TypeScript reader does.
-        select_history=(
+        "select_history": (
             f"SELECT {HISTORY_COLUMNS} FROM {history} WHERE workflow_instance_uuid = $1 "
             "ORDER BY created_at DESC, uuid DESC LIMIT $2 OFFSET $3"
         ),
         # $1=workflow_name $2=version $3=content_hash $4=definition_json.
         # An existing row wins: a stored snapshot is never overwritten.
-        ensure_definition=(
+        "ensure_definition": (
             f"WITH inserted AS (INSERT INTO {definitions} "
             "(workflow_name, version, content_hash, definition_json) VALUES ($1, $2, $3, $4) "
             f"ON CONFLICT (workflow_name, version) DO NOTHING RETURNING {DEFINITION_COLUMNS}) "
@@ -354,68 +382,68 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
             "WHERE workflow_name = $1 AND version = $2 LIMIT 1"
         ),
         # $1=workflow_name $2=version
-        select_definition=(
+        "select_definition": (
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} "
             "WHERE workflow_name = $1 AND version = $2"
         ),
         # $1=workflow_name
-        list_definitions=(
+        "list_definitions": (
             f"SELECT {DEFINITION_COLUMNS} FROM {definitions} WHERE workflow_name = $1 "
             "ORDER BY version"
         ),
         # $1=workflow_name $2=version $3=content_hash $4=definition_json (development only:
         # WorkflowRuntime(allow_unbumped_edits=True))
-        replace_definition=(
+        "replace_definition": (
             f"UPDATE {definitions} SET content_hash = $3, definition_json = $4, "
             "registered_at = now() WHERE workflow_name = $1 AND version = $2 "
             f"RETURNING {DEFINITION_COLUMNS}"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key
-        select_receipt=(
+        "select_receipt": (
             f"SELECT {RECEIPT_COLUMNS} FROM {receipts} "
             "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key $3=event_name $4=fingerprint.
         # A plain INSERT: a receipt is never overwritten (the primary key refuses a second one).
-        insert_receipt=(
+        "insert_receipt": (
             f"INSERT INTO {receipts} (workflow_instance_uuid, idempotency_key, event_name, "
             "fingerprint) VALUES ($1, $2, $3, $4)"
         ),
         # $1=workflow_instance_uuid $2=idempotency_key $3=result_json. Only a reservation (no
         # result yet) is completed, once.
-        complete_receipt=(
+        "complete_receipt": (
             f"UPDATE {receipts} SET result_json = $3 "
             "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2 AND result_json IS NULL"
         ),
         # $1=uuid $2=workflow_instance_uuid $3=idempotency_key $4=status $5=available_at
         # $6=lease_until $7=revision $8=execution_json. The unique key (instance, key) and the
         # unique index of active executions refuse a duplicate: nothing is overwritten.
-        insert_execution=(
+        "insert_execution": (
             f"INSERT INTO {executions} (uuid, workflow_instance_uuid, idempotency_key, status, "
             "available_at, lease_until, revision, execution_json) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ),
         # $1=uuid $2=status $3=available_at $4=lease_until $5=revision $6=execution_json.
         # Optimistic: the stored revision must be the previous one.
-        update_execution=(
+        "update_execution": (
             f"UPDATE {executions} SET status = $2, available_at = $3, lease_until = $4, "
             "revision = $5, execution_json = $6 WHERE uuid = $1 AND revision = $5 - 1"
         ),
         # $1=uuid
-        select_execution=(f"SELECT {EXECUTION_COLUMNS} FROM {executions} WHERE uuid = $1"),
+        "select_execution": (f"SELECT {EXECUTION_COLUMNS} FROM {executions} WHERE uuid = $1"),
         # $1=workflow_instance_uuid $2=idempotency_key
-        select_execution_by_key=(
+        "select_execution_by_key": (
             f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
             "WHERE workflow_instance_uuid = $1 AND idempotency_key = $2"
         ),
         # $1=workflow_instance_uuid. The predicate of the unique index of active executions.
-        select_active_execution=(
+        "select_active_execution": (
             f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
             "WHERE workflow_instance_uuid = $1 AND status IN ('pending', 'running', 'parked')"
         ),
         # $1=limit $2=now (the application's clock). Served by workflow_executions_due_idx; no row
         # locks: a hint that the worker re-checks under the instance's lock.
-        select_due_executions=(
+        "select_due_executions": (
             f"SELECT {EXECUTION_COLUMNS} FROM {executions} "
             "WHERE status IN ('pending', 'running') AND available_at <= $2 "
             "AND (lease_until IS NULL OR lease_until <= $2) "
@@ -424,8 +452,53 @@ def render_queries(schema: str | None, *, skip_busy: bool = False) -> Queries:
         # See _instance_uuids for $1-$5. The first page has no lower bound; the next ones start
         # strictly after $6, the last uuid of the page before (a bound of its own rather than
         # "$6 IS NULL OR uuid > $6", which a generic plan could not use as an index condition).
-        find_instance_uuids=_instance_uuids(instances, ""),
-        find_instance_uuids_after=_instance_uuids(instances, " AND uuid > $6"),
+        "find_instance_uuids": _instance_uuids(instances, ""),
+        "find_instance_uuids_after": _instance_uuids(instances, " AND uuid > $6"),
+    }
+    return Queries(
+        **statements,
+        # The writes above that wake workers: the same statement, plus a pg_notify of one more
+        # parameter (the payload) in its RETURNING, evaluated once if the row was written. The
+        # stores pick these only for a due time near enough to matter (pg_notify takes a global
+        # lock at commit: every write notifying would serialise commits).
+        # insert_instance's $1-$15, $16=payload
+        insert_instance_notify=(
+            statements["insert_instance"] + f" RETURNING {_notify(channel, '$16')}"
+        ),
+        # update_instance's $1-$13, $14=payload
+        update_instance_notify=(
+            statements["update_instance"] + f" RETURNING {_notify(channel, '$14')}"
+        ),
+        # persist_transition's $1-$22, $23=payload (the history row's uuid stays first)
+        persist_transition_notify=(
+            statements["persist_transition"] + f", {_notify(channel, '$23')}"
+        ),
+        # insert_execution's $1-$8, $9=payload
+        insert_execution_notify=(
+            statements["insert_execution"] + f" RETURNING {_notify(channel, '$9')}"
+        ),
+        # update_execution's $1-$6, $7=payload
+        update_execution_notify=(
+            statements["update_execution"] + f" RETURNING {_notify(channel, '$7')}"
+        ),
+        # $1=workflow names $2=now (the application's clock). The earliest due time after $2 of
+        # these workflows (a worker sleeps until then): one probe per workflow down migration
+        # 100's index, the first entry after $2 (EXPLAIN-tested). Due rows at or before $2 are
+        # left out: a due row the sweep passed over (locked, busy) is polled for, not slept to.
+        next_timeout_due=(
+            f"SELECT min(d.due_at) FROM unnest($1::text[]) AS w(name) CROSS JOIN LATERAL "
+            f"(SELECT {_WORKFLOW_DUE_AT} AS due_at FROM {instances} "
+            "WHERE workflow_name = w.name AND expires_at IS NOT NULL "
+            f"AND timeout_parked_at IS NULL AND {_WORKFLOW_DUE_AT} > $2 "
+            f"ORDER BY {_WORKFLOW_DUE_AT} LIMIT 1) AS d"
+        ),
+        # $1=now (the application's clock). The earliest available_at after $1 of a pending or
+        # running execution: the first entry after $1 of workflow_executions_due_idx. A lease
+        # that ends (a worker died) is found by polling.
+        next_execution_due=(
+            f"SELECT available_at FROM {executions} WHERE status IN ('pending', 'running') "
+            "AND available_at > $1 ORDER BY available_at, uuid LIMIT 1"
+        ),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import asyncpg
 from asyncpg.pgproto import pgproto
 
@@ -20,9 +22,15 @@ class PgStore:
     """Base of the stores: runs a statement on the current transaction's connection, else on the
     pool as one autocommit statement. The pool is never closed by a store."""
 
-    __slots__ = ("_pool", "_q", "_schema")
+    __slots__ = ("_notify_within", "_pool", "_q", "_schema")
 
-    def __init__(self, pool: asyncpg.Pool, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        schema: str | None = None,
+        notify_within: timedelta | None = None,
+    ) -> None:
         if not isinstance(pool, asyncpg.Pool):
             raise InvalidArgumentError(f"pool must be an asyncpg.Pool, got {type(pool).__name__}")
         self._pool = pool
@@ -32,6 +40,14 @@ class PgStore:
             require_identifier(schema, "schema")
         self._schema = schema
         self._q: Queries = render_queries(schema)
+        # A write whose due time is within this of its own time wakes the workers (NOTIFY);
+        # None: no write notifies (wake-ups off).
+        self._notify_within = notify_within
+
+    def _notifies(self, due: datetime | None, now: datetime) -> bool:
+        """Whether a write giving ``due`` at ``now`` (the application's clock) notifies."""
+        within = self._notify_within
+        return within is not None and due is not None and due - now <= within
 
     def _executor(self) -> AnyConnection | asyncpg.Pool:
         conn = ambient_connection(self._pool)

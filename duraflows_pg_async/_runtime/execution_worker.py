@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
+from duraflows_pg_async._core.contract import WorkflowWakeups
 from duraflows_pg_async._core.executions import WorkflowExecution
 from duraflows_pg_async.errors import DurableExecutionNotSupportedError, WorkflowError
 
@@ -89,6 +91,12 @@ class ExecutionWorker(PollingWorker[ExecutionWorkerStats]):
                 "an ExecutionWorker must run outside a transaction: each checkpoint commits on "
                 "its own"
             )
+
+    async def _next_due(self, wakeups: WorkflowWakeups, now: datetime) -> datetime | None:
+        return await wakeups.next_execution_due(now)
+
+    def _wanted(self, kind: str, workflow_name: str | None) -> bool:
+        return kind in ("execution", "any")
 
     async def _poll(self) -> bool:
         result = await self.runtime.process_pending_executions(

@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 import anyio
 
+from duraflows_pg_async._core.contract import WorkflowWakeups
 from duraflows_pg_async._core.validate import require_bool, require_duration, require_int
 from duraflows_pg_async.errors import InvalidArgumentError
 
 from .execution import ProcessExpiredResult
+from .instance_updates import utc_now
 from .runtime import WorkflowRuntime
 from .sweeper import checked_lease, sweep_names
 
@@ -25,6 +27,10 @@ logger = logging.getLogger("duraflows_pg_async")
 # After a poll that could not even reach the database, wait this long (doubling up to the cap)
 # instead of the poll interval, so a database outage does not turn into a hot loop of errors.
 _ERROR_BACKOFF_CAP = 30.0
+
+# A sleep until a due time ends this much after it: the sweep's rule is "due before now", and a
+# timer firing a hair early would find nothing and sleep again for nothing.
+_DUE_MARGIN = 0.001
 
 
 class _Stats(Protocol):
@@ -39,7 +45,13 @@ class PollingWorker(Generic[StatsT]):
     on errors; ``stop()`` and cancellation.
 
     A subclass sets ``stats`` and ``_what`` (what a poll is, for the log) and implements
-    ``_poll()``, which returns whether more work is known to be due now.
+    ``_poll()``, which returns whether more work is known to be due now, and for wake-ups
+    ``_next_due()`` and ``_wanted()``.
+
+    With the provider's wake-ups (``persistence.wakeups``), a poll that leaves nothing due now
+    is followed by a sleep until the nearest due time, at most ``poll_interval``, cut short by
+    a wake-up (a NOTIFY of a write that committed) due before the sleep would end. Without
+    them, or while the nearest-due query fails, the sleep is ``poll_interval``.
     """
 
     _what: ClassVar[str]
@@ -56,6 +68,15 @@ class PollingWorker(Generic[StatsT]):
         self._stopping = False
         self._wake: anyio.Event | None = None
         self._running = False
+        self._wakeups: WorkflowWakeups | None = runtime.persistence.wakeups
+        # While the worker sleeps, a wake-up due before _wake_before wakes it. While it polls
+        # (_wake_before None), wake-ups only lower _noticed, the earliest due they announced:
+        # the sleep that follows ends by then. Waking at once instead would make a busy
+        # database's stream of notifications a loop of polls. During an error's back-off, no
+        # wake-up counts (_deaf).
+        self._wake_before: datetime | None = None
+        self._noticed: datetime | None = None
+        self._deaf = False
 
     @property
     def running(self) -> bool:
@@ -79,8 +100,17 @@ class PollingWorker(Generic[StatsT]):
         self._running = True
         self._wake = anyio.Event()
         backoff = self.poll_interval
+        if self._wakeups is not None:
+            self._wakeups.subscribe(self._on_wakeup)
         try:
             while not self._stopping:
+                # A fresh event before the poll: a wake-up for a write that commits after the
+                # poll's snapshot, even before the sleep begins, is not lost.
+                if self._wake.is_set():
+                    self._wake = anyio.Event()
+                self._wake_before = None
+                self._noticed = None
+                self._deaf = False
                 try:
                     more_due_now = await self._poll()
                 except Exception:
@@ -91,14 +121,61 @@ class PollingWorker(Generic[StatsT]):
                         backoff,
                         exc_info=True,
                     )
+                    self._deaf = True
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, max(_ERROR_BACKOFF_CAP, self.poll_interval))
                     continue
                 backoff = self.poll_interval
                 if not more_due_now:
-                    await self._sleep(self.poll_interval)
+                    await self._sleep(await self._delay())
         finally:
             self._running = False
+            if self._wakeups is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._wakeups.unsubscribe(self._on_wakeup)
+
+    async def _delay(self) -> float:
+        """Seconds until the nearest due time, at most ``poll_interval``; sets the bound of the
+        wake-ups that cut the sleep short."""
+        waker = self._wakeups
+        if waker is None:
+            return self.poll_interval
+        now = utc_now(self.runtime.clock)
+        try:
+            due = await self._next_due(waker, now)
+        except Exception:
+            # Polling is the rule: a failed query only costs the early wake.
+            logger.debug("duraflows: nearest due time unknown", exc_info=True)
+            due = None
+        delay = self.poll_interval
+        # No await from here on: a wake-up lands either in _noticed or against _wake_before.
+        for when in (due, self._noticed):
+            if when is not None:
+                delay = min(delay, max(0.0, (when - now).total_seconds()) + _DUE_MARGIN)
+        self._wake_before = now + timedelta(seconds=delay)
+        self._noticed = None
+        return delay
+
+    def _on_wakeup(self, kind: str, workflow_name: str | None, due: datetime | None) -> None:
+        """A wake-up (on the event loop): wakes the sleep if it is ours and due before the
+        sleep ends."""
+        if self._deaf or self._wake is None or not self._wanted(kind, workflow_name):
+            return
+        if self._wake_before is None:
+            if due is None:
+                due = datetime.min.replace(tzinfo=UTC)
+            if self._noticed is None or due < self._noticed:
+                self._noticed = due
+        elif due is None or due < self._wake_before:
+            self._wake.set()
+
+    async def _next_due(self, wakeups: WorkflowWakeups, now: datetime) -> datetime | None:
+        """The nearest due time after ``now`` of this worker's work (None: none)."""
+        raise NotImplementedError
+
+    def _wanted(self, kind: str, workflow_name: str | None) -> bool:
+        """Whether a wake-up of ``kind`` (and workflow) is for this worker."""
+        raise NotImplementedError
 
     def _check_can_run(self) -> None:
         """Raise if ``run()`` cannot work where it is called (nothing to check by default)."""
@@ -171,6 +248,19 @@ class TimeoutWorker(PollingWorker[WorkerStats]):
         )
         self.lease = None if lease is None else checked_lease(lease, "lease")
         self.stats = WorkerStats()
+
+    def _names(self) -> list[str]:
+        if self.workflow_names is not None:
+            return self.workflow_names
+        return sweep_names(self.runtime.definitions, None)
+
+    async def _next_due(self, wakeups: WorkflowWakeups, now: datetime) -> datetime | None:
+        return await wakeups.next_timeout_due(self._names(), now)
+
+    def _wanted(self, kind: str, workflow_name: str | None) -> bool:
+        if kind not in ("timeout", "any"):
+            return False
+        return workflow_name is None or workflow_name in self._names()
 
     async def _poll(self) -> bool:
         result = await self.runtime.sweep(

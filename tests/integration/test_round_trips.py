@@ -28,6 +28,7 @@ from duraflows_pg_async import (
     GuardRegistry,
     HistoryRecord,
     State,
+    Timeout,
     WorkflowDefinition,
     WorkflowRuntime,
     create_pool,
@@ -149,6 +150,39 @@ async def test_a_runtime_transition_is_four_round_trips_and_four_statements(wire
     assert stored is not None
     assert (stored.version, stored.context) == (6, {"n": 6})
     assert len(await runtime.get_history(instance.uuid, limit=100)) == 6
+
+
+# "counted" with a deadline: each transition re-enters "open" and sets one, 30 s away, near
+# enough to wake the workers (the provider's notify_within, 60 s by default).
+DEADLINED = WorkflowDefinition(
+    name="deadlined",
+    initial_state="open",
+    states={
+        "open": State(
+            events={
+                "touch": Event(target_state="open", commands=(CommandRef("increment"),)),
+                "expire": Event(target_state="open", timeout=Timeout(seconds=30)),
+            }
+        )
+    },
+)
+
+
+async def test_a_transition_that_sets_a_near_deadline_notifies_in_its_own_statement(
+    wired: Any,
+) -> None:
+    pool, wire = wired
+    runtime = _runtime(pool)
+    runtime.definitions.register(DEADLINED)
+    instance = await runtime.create_instance("deadlined", context={"n": 0})
+    await runtime.trigger_event(instance.uuid, "touch")
+    wire.clear()
+    for _ in range(5):
+        assert (await runtime.trigger_event(instance.uuid, "touch")).outcome == "success"
+    # The NOTIFY rides on the transition's statement: no round trip, no statement more.
+    assert wire.kinds() == TRANSITION * 5
+    assert wire.writes == 4 * 5
+    assert all("pg_notify(" in s for s in wire.statements if s.startswith("WITH"))
 
 
 async def test_an_adapter_transition_is_four_round_trips_and_four_statements(wired: Any) -> None:

@@ -421,3 +421,37 @@ def test_batched_sweeps_are_reported_against_the_per_instance_sweep_and_pgqueuer
     unmeasured = {t["target"]: t for t in report.evaluate_targets(_results())}
     assert unmeasured["batched sweep, 1 worker, against the per-instance sweep"]["met"] is None
     assert "### Batched timeout sweep" not in report.render_markdown(_results())
+
+
+def _wakeup(mode: str, what: str, p99: float) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "what": what,
+        "count": 1000,
+        "spread_seconds": 10.0,
+        "p50_ms": p99 / 4,
+        "p99_ms": p99,
+        "max_ms": p99 * 2,
+    }
+
+
+def test_wakeups_are_reported_against_polling_and_the_50_ms_goal() -> None:
+    results = _results()
+    assert report.wakeups_section(results) == []
+    results["wakeups"] = {
+        "poll_interval": 1.0,
+        "timeout_seconds": 0.25,
+        "runs": [
+            _wakeup("wakeups", "timeout lateness", 20.0),
+            _wakeup("wakeups", "enqueue to first command", 60.0),
+            _wakeup("polling", "timeout lateness", 1000.0),
+        ],
+        "notify_throughput_ratio": 0.9,
+    }
+    targets = {t["target"]: t for t in report.evaluate_targets(results)}
+    assert targets["timeout lateness p99 with wake-ups"]["met"] is True
+    assert targets["enqueue to first command p99 with wake-ups"]["met"] is False
+    markdown = report.render_markdown(results)
+    assert "### Wake-ups (poll interval 1.0 s" in markdown
+    assert "| timeout lateness | polling | 1,000 over 10 s |" in markdown
+    assert "0.90x the rate of the same transitions without wake-ups" in markdown

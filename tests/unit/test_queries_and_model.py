@@ -40,7 +40,9 @@ def test_parameters_are_numbered_without_gaps() -> None:
 
 
 def test_every_query_is_used_by_a_store() -> None:
-    sources = "".join(p.read_text() for p in (PACKAGE / "_pg").glob("*store*.py"))
+    # The stores, and the wake-ups' nearest-due queries.
+    paths = [*(PACKAGE / "_pg").glob("*store*.py"), PACKAGE / "_pg" / "wakeups.py"]
+    sources = "".join(p.read_text() for p in paths)
     for field in fields(Queries):
         assert f"self._q.{field.name}" in sources, f"query {field.name} is never used"
 
