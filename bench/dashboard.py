@@ -41,7 +41,7 @@ from duraflows_pg_async import (
     migrations,
     pg_workflow_providers,
 )
-from duraflows_pg_async._pg.instance_store import (
+from duraflows_pg_async._pg.instance_estimates import (
     ESTIMATE_DUE_CAP,
     ESTIMATE_EXACT_BELOW,
     ESTIMATE_SAMPLE_ROWS,

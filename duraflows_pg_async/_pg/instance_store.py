@@ -45,18 +45,16 @@ from duraflows_pg_async.errors import (
     InvalidArgumentError,
     OptimisticLockError,
     UnreadableRowError,
-    WorkflowError,
 )
 
-from .codecs import decoded
-from .json_numbers import UnreadableJsonError
+from .instance_estimates import estimate_stats
+from .instance_rows import CONTEXT_COLUMN, METADATA_COLUMN
+from .instance_rows import instance_from_row as _instance_from_row
+from .instance_rows import is_decode_error as _is_decode_error
 from .queries import (
-    due_probe_sql,
-    estimated_stats_sql,
     list_instances_sql,
     render_queries,
     stats_sql,
-    table_rows_sql,
 )
 from .runner import AnyConnection
 from .store_base import PgStore
@@ -64,83 +62,8 @@ from .wakeups import timeout_payload
 
 __all__ = ["PgWorkflowInstanceStore"]
 
-# estimate_stats: a table of fewer rows is counted exactly; a larger one is sampled to about
-# ESTIMATE_SAMPLE_ROWS rows, a state with fewer than ESTIMATE_EXACT_BELOW of them is counted
-# exactly (at a million rows: under about 6,700), and due is exact up to ESTIMATE_DUE_CAP rows.
-ESTIMATE_FROM_ROWS = 200_000
-ESTIMATE_SAMPLE_ROWS = 15_000
-ESTIMATE_EXACT_BELOW = 100
-ESTIMATE_DUE_CAP = 2_000
 
 logger = logging.getLogger("duraflows_pg_async")
-
-
-def _instance_from_row(row: asyncpg.Record) -> WorkflowInstance:
-    # By column name: the SELECT list (queries.INSTANCE_COLUMNS) may change order freely.
-    key = row["uuid"]
-    attempts = row["timeout_attempts"]
-    retry_at = row["timeout_retry_at"]
-    return WorkflowInstance(
-        uuid=key,
-        workflow_name=row["workflow_name"],
-        current_state=row["current_state"],
-        version=row["version"],
-        expires_at=row["expires_at"],
-        last_transition_at=row["last_transition_at"],
-        context=_json_object(row["context_json"], key, CONTEXT_COLUMN),
-        metadata=_json_object(row["metadata_json"], key, METADATA_COLUMN),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        definition_version=row["definition_version"],
-        timeout_retry=(
-            TimeoutRetry(
-                attempts=attempts,
-                last_error=row["timeout_last_error"] or "",
-                retry_at=retry_at,
-                parked_at=row["timeout_parked_at"],
-            )
-            if attempts
-            else None
-        ),
-        # Without retry state, timeout_retry_at is a sweep's claim (see claim_expired).
-        claimed_until=None if attempts else retry_at,
-    )
-
-
-CONTEXT_COLUMN = "workflow_instances.context_json"
-METADATA_COLUMN = "workflow_instances.metadata_json"
-
-
-def _json_object(value: object, instance_uuid: UUID, column: str) -> dict[str, Any]:
-    if type(value) is dict:
-        return value
-    if isinstance(value, str) and value.startswith("{"):
-        decoded(value, column)  # an object's text: the connection has no JSON codecs
-    kind = "a JSON string" if isinstance(value, str) else f"JSON {_json_kind(value)}"
-    raise UnreadableRowError(instance_uuid, column, f"holds {kind}, not a JSON object")
-
-
-def _json_kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    return f"of Python type {type(value).__name__}"
-
-
-def _is_decode_error(exc: BaseException) -> bool:
-    """Whether ``exc``, raised while asyncpg read rows, came from the JSON decoder.
-
-    The server sent the rows, so such an error leaves the connection and transaction usable.
-    A decoder of the user's own may raise anything; ours raises UnreadableJsonError.
-    """
-    if isinstance(exc, UnreadableJsonError):
-        return True
-    return not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | WorkflowError)
 
 
 def _update_arguments(
@@ -631,57 +554,11 @@ class PgWorkflowInstanceStore(PgStore):
         sample_rows: int | None = None,
     ) -> tuple[list[StateStats], frozenset[tuple[str, str, str]]] | None:
         """``stats(now=now)`` for a large table, with the counts of its large states estimated
-        from a sample of its pages; None when the table is small enough to count (then call
-        ``stats``). Also returns which (workflow, state, "instances" or "due") are estimates.
-        ``from_rows`` (default ESTIMATE_FROM_ROWS): the planner's row count from which the
-        table is sampled; ``sample_rows`` (default ESTIMATE_SAMPLE_ROWS): about how many rows.
-
-        Exact: the instances of a state with few rows in the sample, retrying, parked and
-        claimed, and due when the backlog is under ESTIMATE_DUE_CAP rows. Reads a fixed number
-        of pages and index entries, however large the table (the dashboard's overview).
+        from a sample; None when the table is small enough to count (then call ``stats``). Also
+        returns which (workflow, state, "instances" or "due") are estimates. See
+        ``instance_estimates`` for what stays exact and the defaults of ``from_rows`` and
+        ``sample_rows``.
         """
-        when = require_aware(now, "now")
-        threshold = ESTIMATE_FROM_ROWS if from_rows is None else from_rows
-        sample = ESTIMATE_SAMPLE_ROWS if sample_rows is None else sample_rows
-        require_int(threshold, "from_rows", minimum=1)
-        require_int(sample, "sample_rows", minimum=1)
-        executor = self._executor()
-        with map_db_errors("estimate_stats", executor):
-            table_rows = await executor.fetchval(table_rows_sql(self._schema))
-            if table_rows is None or table_rows < threshold:
-                return None
-            percent = min(100.0, 100.0 * sample / table_rows)
-            rows = await executor.fetch(
-                estimated_stats_sql(self._schema), when, percent, ESTIMATE_EXACT_BELOW
-            )
-            probed = await executor.fetch(due_probe_sql(self._schema, ESTIMATE_DUE_CAP + 1), when)
-        scale = table_rows / max(1, sum(row["sampled"] for row in rows))
-        due = {(r["workflow_name"], r["current_state"]): r for r in probed}
-        due_exact = sum(r["due"] for r in probed) <= ESTIMATE_DUE_CAP
-        estimated: set[tuple[str, str, str]] = set()
-        found = []
-        for row in rows:
-            key = (row["workflow_name"], row["current_state"])
-            instances = row["instances"]
-            if instances is None:
-                instances = round(row["sampled"] * scale)
-                estimated.add((*key, "instances"))
-            seen = due.get(key)
-            due_count = 0 if seen is None else seen["due"]
-            oldest = row["sampled_oldest"] if seen is None else seen["oldest_due_at"]
-            if not due_exact and row["sampled_due"]:
-                due_count = max(due_count, round(row["sampled_due"] * scale))
-                estimated.add((*key, "due"))
-            found.append(
-                StateStats(
-                    workflow_name=key[0],
-                    state=key[1],
-                    instances=max(instances, due_count, row["retrying"] + row["parked"]),
-                    due=due_count,
-                    retrying=row["retrying"],
-                    parked=row["parked"],
-                    claimed=row["claimed"],
-                    oldest_due_at=oldest if due_count else None,
-                )
-            )
-        return sorted(found, key=lambda s: (s.workflow_name, s.state)), frozenset(estimated)
+        return await estimate_stats(
+            self._executor(), self._schema, now=now, from_rows=from_rows, sample_rows=sample_rows
+        )

@@ -16,7 +16,7 @@ from duraflows_pg_async import (
     WorkflowRuntime,
     pg_workflow_providers,
 )
-from duraflows_pg_async._pg import instance_store
+from duraflows_pg_async._pg import instance_estimates
 from duraflows_pg_async._pg.instance_store import PgWorkflowInstanceStore
 from duraflows_pg_async.dashboard import dashboard_app
 
@@ -80,7 +80,7 @@ async def test_a_large_due_backlog_is_estimated(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await populate(pool)
-    monkeypatch.setattr(instance_store, "ESTIMATE_DUE_CAP", 100)  # 400 due rows
+    monkeypatch.setattr(instance_estimates, "ESTIMATE_DUE_CAP", 100)  # 400 due rows
     store = pg_workflow_providers(pool).instance_store
     assert isinstance(store, PgWorkflowInstanceStore)
     found = await store.estimate_stats(now=NOW, from_rows=1000, sample_rows=3000)
@@ -97,7 +97,7 @@ async def test_the_workflows_page_marks_estimates(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await populate(pool)
-    monkeypatch.setattr(instance_store, "ESTIMATE_FROM_ROWS", 1000)
+    monkeypatch.setattr(instance_estimates, "ESTIMATE_FROM_ROWS", 1000)
     runtime = WorkflowRuntime(
         definitions=DefinitionRegistry(),
         commands=CommandRegistry(),

@@ -419,13 +419,14 @@ def test_user_project_builds_the_wheel_installs_it_in_a_new_venv_and_runs_its_te
     monkeypatch.setattr(dev, "_call", call)
     monkeypatch.setenv("PYTHONPATH", str(repo))
     assert dev.main(["user-project", "-x"]) == 0
-    build, venv, install, check, tests = (argv for argv, _ in calls)
+    build, venv, install, check, version, tests = (argv for argv, _ in calls)
     assert build[:4] == [str(dev.venv_python(repo)), "-m", "hatchling", "build"]
     assert venv[:3] == [sys.executable, "-m", "venv"]
     assert install[-3:-1] == ["--constraint", str(repo / "requirements-dev.txt")]
     assert install[-1].endswith("duraflows_pg_async-1.0-py3-none-any.whl[pytest]")
     assert tests[1:] == ["-m", "pytest", "-p", "no:cacheprovider", "-x"]
-    for argv in (check, tests):
+    assert version[1:] == ["-m", "duraflows_pg_async", "--version"]
+    for argv in (check, version, tests):
         assert argv[0] == install[0]  # the new virtualenv's python
     _, run = calls[-1]
     assert Path(str(run["cwd"])).name == "user_project"
@@ -435,6 +436,17 @@ def test_user_project_builds_the_wheel_installs_it_in_a_new_venv_and_runs_its_te
     calls.clear()
     assert dev.main(["user-project", "--latest"]) == 0
     assert "--constraint" not in calls[2][0]
+
+    # --all-pythons: one wheel, a virtualenv and a test run on each interpreter found.
+    calls.clear()
+    found = [Path("/opt/py311/bin/python3.11"), Path("/opt/py313/bin/python3.13")]
+    monkeypatch.setattr(dev, "find_pythons", lambda: (found, ["3.12"]))
+    monkeypatch.setattr(dev, "_python_version", lambda python: "3.x")
+    assert dev.main(["user-project", "--all-pythons", "-x"]) == 0
+    argvs = [argv for argv, _ in calls]
+    assert sum("hatchling" in argv for argv in argvs) == 1
+    assert [argv[0] for argv in argvs if argv[1:3] == ["-m", "venv"]] == [str(p) for p in found]
+    assert sum(argv[-1] == "-x" for argv in argvs) == 2
 
 
 def test_lint_runs_ruff_check_ruff_format_and_mypy(
