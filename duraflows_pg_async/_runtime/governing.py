@@ -23,7 +23,7 @@ from duraflows_pg_async.errors import (
 if TYPE_CHECKING:
     from .runtime import WorkflowRuntime
 
-__all__ = ["check_executable", "ensure_snapshot", "governing"]
+__all__ = ["active_instances", "check_executable", "ensure_snapshot", "governing"]
 
 logger = logging.getLogger("duraflows_pg_async")
 
@@ -73,15 +73,10 @@ async def _replace_snapshot(
             f"{type(store).__name__} has none",
         )
     try:
-        old = WorkflowDefinition.from_dict(stored.definition_json)
-        terminal = [name for name, state in old.states.items() if state.is_terminal]
+        old: WorkflowDefinition | None = WorkflowDefinition.from_dict(stored.definition_json)
     except WorkflowError:
-        terminal = []  # unreadable: every instance of the version counts as active
-    active = await runtime.persistence.instance_store.count_instances(
-        workflow_name=definition.name,
-        definition_version=definition.version,
-        exclude_states=terminal,
-    )
+        old = None
+    active = await active_instances(runtime, definition.name, definition.version, old)
     if active:
         raise WorkflowDefinitionError(
             definition.name,
@@ -107,6 +102,22 @@ async def _replace_snapshot(
     )
 
 
+async def active_instances(
+    runtime: WorkflowRuntime, name: str, version: int, definition: WorkflowDefinition | None
+) -> int:
+    """The instances pinned to ``version`` of workflow ``name`` that are not in a terminal
+    state of ``definition`` (the rules they run under); with None (rules that cannot be read),
+    every instance of the version counts."""
+    terminal = (
+        []
+        if definition is None
+        else [state_name for state_name, state in definition.states.items() if state.is_terminal]
+    )
+    return await runtime.persistence.instance_store.count_instances(
+        workflow_name=name, definition_version=version, exclude_states=terminal
+    )
+
+
 async def check_executable(runtime: WorkflowRuntime) -> None:
     """WorkflowDefinitionError naming every stored version whose active instances could not
     run: a snapshot that cannot be read, or commands and guards no longer registered."""
@@ -124,12 +135,7 @@ async def check_executable(runtime: WorkflowRuntime) -> None:
                     problems.append(f"{latest.name} v{stored.version}: {exc}")
                     first = first or latest.name
                     continue
-            terminal = [name for name, state in definition.states.items() if state.is_terminal]
-            active = await runtime.persistence.instance_store.count_instances(
-                workflow_name=latest.name,
-                definition_version=stored.version,
-                exclude_states=terminal,
-            )
+            active = await active_instances(runtime, latest.name, stored.version, definition)
             if not active:
                 continue
             try:

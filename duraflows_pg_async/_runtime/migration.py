@@ -30,6 +30,7 @@ from duraflows_pg_async.errors import (
 )
 
 from .execution import json_clone, maybe_await
+from .governing import active_instances
 from .instance_updates import deadline, next_version, utc_now
 from .migration_model import (
     DefinitionVersionInfo,
@@ -111,14 +112,7 @@ async def list_definition_versions(
                 definition = WorkflowDefinition.from_dict(stored.definition_json)
             except WorkflowError:
                 definition = None  # unreadable: every instance of it counts as running
-        terminal = (
-            [state_name for state_name, state in definition.states.items() if state.is_terminal]
-            if definition is not None
-            else []
-        )
-        active = await runtime.persistence.instance_store.count_instances(
-            workflow_name=name, definition_version=stored.version, exclude_states=terminal
-        )
+        active = await active_instances(runtime, name, stored.version, definition)
         infos.append(
             DefinitionVersionInfo(stored.version, stored.content_hash, stored.registered_at, active)
         )
