@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from duraflows_pg_async import migrations
+from duraflows_pg_async.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 from .exits import EXIT_USAGE, CliError
 from .output import emit, json_text
@@ -48,16 +49,16 @@ def _password_for(base_dir: Path) -> str:
     return password
 
 
-async def _prepare(dsn: str, database: str) -> str:
+async def _prepare(server: EmbeddedPostgres, database: str) -> str:
     """Create ``database`` unless it exists and migrate it; its URL."""
-    admin = await asyncpg.connect(dsn)
+    admin = await asyncpg.connect(server.dsn())
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
             await admin.execute(f'CREATE DATABASE "{database}"')
     finally:
         await admin.close()
-    url = dsn.rsplit("/", 1)[0] + "/" + database
+    url = server.dsn(database)
     conn = await asyncpg.connect(url)
     try:
         await migrations.apply(conn)
@@ -66,9 +67,9 @@ async def _prepare(dsn: str, database: str) -> str:
     return url
 
 
-async def _serve(server: Any, database: str, as_json: bool) -> None:
+async def _serve(server: EmbeddedPostgres, database: str, as_json: bool) -> None:
     await asyncio.to_thread(server.start)
-    url = await _prepare(server.dsn(), database)
+    url = await _prepare(server, database)
     if as_json:
         data = {"databaseUrl": url, "dataDir": str(server.base_dir), "port": server.port}
         emit(json_text(data, indent=None), flush=True)
@@ -82,8 +83,6 @@ async def _serve(server: Any, database: str, as_json: bool) -> None:
 
 def dev_db_command(args: argparse.Namespace) -> int:
     """``dev-db``: serve until SIGINT or SIGTERM, then stop the server (exit 0)."""
-    from duraflows_pg_async.embedded import EmbeddedPostgres, EmbeddedPostgresError
-
     database: str = args.database
     if not database or len(database) > 63 or '"' in database or "\x00" in database:
         raise CliError(
