@@ -36,6 +36,8 @@ from .validate import (
 
 __all__ = [
     "check_ensure_arguments",
+    "checked_built_instance",
+    "checked_built_record",
     "checked_count_arguments",
     "checked_execution_listing",
     "checked_instance",
@@ -84,9 +86,7 @@ def _check_instance_fields(
     require_str(instance.current_state, f"{label}: current_state")
     # Integer columns: a larger value cannot be bound (see INT4_MAX).
     require_int(instance.version, f"{label}: version", minimum=0, maximum=INT4_MAX)
-    if not isinstance(instance.context, dict):
-        raise InvalidArgumentError(f"{label}: context must be a dict (a JSON object)")
-    check_json(instance.context, f"{label}: context", js_safe_integers=js_safe_integers)
+    _check_context(instance.context, f"{label}: context", js_safe_integers)
     if create:
         if not isinstance(instance.metadata, dict):
             raise InvalidArgumentError(f"{label}: metadata must be a dict (a JSON object)")
@@ -106,6 +106,59 @@ def _check_instance_fields(
         require_str(retry.last_error, f"{label}: timeout_retry.last_error", non_empty=False)
         optional_aware(retry.retry_at, f"{label}: timeout_retry.retry_at")
         optional_aware(retry.parked_at, f"{label}: timeout_retry.parked_at")
+
+
+def checked_built_instance(
+    instance: WorkflowInstance, method: str, *, js_safe_integers: bool
+) -> tuple[UUID, int]:
+    """The checks of an instance write the runtime built itself; returns (uuid, the expected
+    stored version).
+
+    The runtime sets the state (one of its checked definition's), the times (from its checked
+    clock) and the version; what commands hand it is the context, so that is what is checked
+    here, with the same errors as ``update``. Stores offer the lighter path to the runtime only
+    (``persist_built_transition``, ``built_update_row``): a caller's own instance takes the
+    full checks.
+    """
+    version = require_int(
+        instance.version,
+        f"{method}: instance {instance.uuid}: version",
+        minimum=1,
+        maximum=INT4_MAX,
+    )
+    context = instance.context
+    try:
+        _check_context(context, f"{method}: context", js_safe_integers)
+    except InvalidArgumentError:
+        _check_context(context, f"{method}: instance {instance.uuid}: context", js_safe_integers)
+        raise
+    return instance.uuid, version - 1
+
+
+def _check_context(context: object, label: str, js_safe_integers: bool) -> None:
+    if not isinstance(context, dict):
+        raise InvalidArgumentError(f"{label} must be a dict (a JSON object)")
+    check_json(context, label, js_safe_integers=js_safe_integers)
+
+
+def checked_built_record(
+    record: HistoryRecord, method: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The checks of a history record the runtime built itself; returns (results JSON, trigger
+    metadata).
+
+    Its names come from a checked definition and its trigger metadata was checked (and copied)
+    when the call came in; the command results are what commands returned, so they are checked
+    here, with the same errors as ``append``.
+    """
+    try:
+        results = _command_results_json(record, method)
+    except InvalidArgumentError:
+        _command_results_json(
+            record, f"{method}: history of instance {record.workflow_instance_uuid}"
+        )
+        raise
+    return results, record.trigger_metadata
 
 
 def checked_count_arguments(

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from duraflows_pg_async._core.model import CommandResult, HistoryRecord
-from duraflows_pg_async._core.store_checks import checked_record
+from duraflows_pg_async._core.store_checks import checked_built_record, checked_record
 from duraflows_pg_async._core.validate import coerce_uuid, require_int
 from duraflows_pg_async._pg.error_mapping import map_db_errors, raise_mapped
 from duraflows_pg_async.errors import WorkflowError, WorkflowInstanceNotFoundError
@@ -80,13 +80,14 @@ class PgWorkflowHistoryStore(PgStore):
             )
         return row_uuid  # type: ignore[no-any-return]
 
-    def append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]:
-        """What ``append`` writes for ``record``, checked (the same errors), as row ``row_uuid``
-        and the ``rank``-th row of its instance, for ``append_rows``."""
-        instance_uuid, results, trigger_metadata = checked_record(record)
+    def built_append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]:
+        """What ``append`` writes for ``record``, a record the runtime built itself (only its
+        command results are checked again, with ``append``'s errors), as row ``row_uuid`` and
+        the ``rank``-th row of its instance, for ``append_rows``."""
+        results, trigger_metadata = checked_built_record(record, "append")
         return (
             row_uuid,
-            instance_uuid,
+            record.workflow_instance_uuid,
             record.from_state,
             record.event_name,
             record.to_state,

@@ -18,6 +18,8 @@ from duraflows_pg_async._core.model import (
     WorkflowInstance,
 )
 from duraflows_pg_async._core.store_checks import (
+    checked_built_instance,
+    checked_built_record,
     checked_count_arguments,
     checked_instance,
     checked_instance_query,
@@ -219,13 +221,21 @@ class PgWorkflowInstanceStore(PgStore):
             raise OptimisticLockError(instance_uuid, expected)
 
     def update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]:
-        """What ``update`` writes for ``instance``, checked (the same errors), for
-        ``update_rows``: a batched sweep checks each instance as it fires and writes them all at
-        the end of the batch. The last element is the version expected in the database."""
+        """What ``update`` writes for ``instance``, checked (the same errors). The last element
+        is the version expected in the database."""
         inst, instance_uuid, expected = checked_update(
             instance, "update", js_safe_integers=self._js_safe_integers
         )
         return _update_arguments(inst, instance_uuid, expected)
+
+    def built_update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]:
+        """``update_row`` of an instance the runtime built itself (only its context is checked
+        again), for ``update_rows``: a batched sweep checks each instance as it fires and
+        writes them all at the end of the batch."""
+        key, expected = checked_built_instance(
+            instance, "update", js_safe_integers=self._js_safe_integers
+        )
+        return _update_arguments(instance, key, expected)
 
     async def update_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write rows of ``update_row`` in one statement (at most one per instance). A row whose
@@ -255,6 +265,28 @@ class PgWorkflowInstanceStore(PgStore):
             instance, record, js_safe_integers=self._js_safe_integers
         )
         assert isinstance(record, HistoryRecord)
+        return await self._persist(inst, instance_uuid, expected, record, results, trigger_metadata)
+
+    async def persist_built_transition(
+        self, instance: WorkflowInstance, record: HistoryRecord
+    ) -> UUID:
+        """``persist_transition`` for the runtime, of an instance and a record it built itself:
+        only what commands put in them (the context, the command results) is checked again."""
+        key, expected = checked_built_instance(
+            instance, "persist_transition", js_safe_integers=self._js_safe_integers
+        )
+        results, trigger_metadata = checked_built_record(record, "persist_transition")
+        return await self._persist(instance, key, expected, record, results, trigger_metadata)
+
+    async def _persist(
+        self,
+        inst: WorkflowInstance,
+        instance_uuid: UUID,
+        expected: int,
+        record: HistoryRecord,
+        results: list[dict[str, Any]],
+        trigger_metadata: dict[str, Any],
+    ) -> UUID:
         query = self._q.persist_transition
         wake: tuple[str, ...] = ()
         due = _due_of(inst)

@@ -30,14 +30,16 @@ __all__ = ["BatchWrites", "BufferedTransition", "InstanceWrites", "batch_writes"
 
 @runtime_checkable
 class _InstanceRows(Protocol):
-    def update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]: ...
+    def built_update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]: ...
 
     async def update_rows(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
 
 @runtime_checkable
 class _HistoryRows(Protocol):
-    def append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]: ...
+    def built_append_row(
+        self, record: HistoryRecord, row_uuid: UUID, rank: int
+    ) -> tuple[Any, ...]: ...
 
     async def append_rows(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
@@ -73,10 +75,10 @@ class BatchWrites:
         self._history.extend(writes.history)
 
     def update_row(self, instance: WorkflowInstance) -> tuple[Any, ...]:
-        return self._instance_store.update_row(instance)
+        return self._instance_store.built_update_row(instance)
 
     def append_row(self, record: HistoryRecord, row_uuid: UUID, rank: int) -> tuple[Any, ...]:
-        return self._history_store.append_row(record, row_uuid, rank)
+        return self._history_store.built_append_row(record, row_uuid, rank)
 
     async def write(self, writes: InstanceWrites) -> None:
         """Write one instance's rows now (inside its savepoint)."""

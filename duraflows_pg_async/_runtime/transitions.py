@@ -6,7 +6,6 @@ transaction.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from .execution import (
     ExecutionOutcome,
     ExecutionResult,
     freeze,
+    is_awaitable,
     json_clone,
 )
 from .instance_updates import deadline, next_version, utc_now
@@ -279,9 +279,11 @@ class Transition:
     async def write_transition(self, record: HistoryRecord) -> UUID:
         """Write the instance (its version already incremented) and its history row ``record``
         in one store call, one statement on PostgreSQL; returns the row's uuid."""
-        return await self.runtime.persistence.instance_store.persist_transition(
-            self.instance, record
-        )
+        store = self.runtime.persistence.instance_store
+        # A store may check less of what the runtime built itself (see checked_built_instance).
+        persist = getattr(store, "persist_built_transition", store.persist_transition)
+        uuid: UUID = await persist(self.instance, record)
+        return uuid
 
     async def write_instance(self) -> None:
         """Write the instance alone (its version already incremented)."""
@@ -312,7 +314,7 @@ class Transition:
         )
         verdict = registered.fn(subject, guard_ctx)
         # Sync or async: awaited here rather than through maybe_await, one coroutine less.
-        if inspect.isawaitable(verdict):
+        if is_awaitable(verdict):
             verdict = await verdict
         if not isinstance(verdict, bool):
             raise WorkflowError(
@@ -341,7 +343,7 @@ class Transition:
             call_ctx = ctx.derive(command_metadata=freeze(ref.metadata) if ref.metadata else None)
             try:
                 returned = registered.fn(subject, call_ctx)
-                if inspect.isawaitable(returned):
+                if is_awaitable(returned):
                     returned = await returned
             except Exception as exc:
                 if not registered.best_effort:

@@ -360,6 +360,7 @@ async def test_hops_rejections_and_bad_writes_in_one_batch(
     assert (result.processed, result.rejected) == (3, 1)
     (failure,) = result.failed
     assert (failure.uuid, failure.attempts) == (bad, 1)
+    assert "context['bad']" in failure.error  # the command's write is checked, naming its path
     for key in hopping:
         instance = await runtime.get_instance(key)
         assert instance is not None
