@@ -7,12 +7,13 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from types import CoroutineType, MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeGuard
 from uuid import UUID
 
 from duraflows_pg_async._core.echo import echo
 from duraflows_pg_async._core.model import (
+    CommandResult,
     ExecutionOutcome,
     ExecutionResult,
     TimeoutRetry,
@@ -70,9 +71,25 @@ def json_clone(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+# What sync commands, guards and observers return: never awaitable, and told by their type
+# alone, before inspect.isawaitable's costlier check of the Awaitable ABC.
+_NOT_AWAITABLE: frozenset[type] = frozenset({type(None), bool, CommandResult})
+
+
+def is_awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
+    """``inspect.isawaitable``, with the common answers first: a coroutine (async def) is,
+    None, a bool or a CommandResult is not."""
+    kind = type(value)
+    if kind is CoroutineType:
+        return True
+    if kind in _NOT_AWAITABLE:
+        return False
+    return inspect.isawaitable(value)
+
+
 async def maybe_await(value: Any) -> Any:
     """``value``, awaited if awaitable: commands, guards and observers may be sync or async."""
-    return await value if inspect.isawaitable(value) else value
+    return await value if is_awaitable(value) else value
 
 
 class DurableContext:
