@@ -94,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         + ")",
     )
     p.add_argument(
+        "--baseline-ref",
+        metavar="REV",
+        help="the commit whose per-instance TimeoutWorker the batched sweep is compared with, "
+        "run in the same run from its git archive (default "
+        f"{defaults.baseline_ref[:7]}, the issue's baseline)",
+    )
+    p.add_argument(
         "--wakeup-timeouts",
         type=_positive_int,
         help=f"timeouts written for the lateness run (default {defaults.wakeup_timeouts})",

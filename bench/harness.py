@@ -27,6 +27,7 @@ from .pgbench import run_pgbench
 from .pgqueuer_drain import run_pgqueuer_drain
 from .stats import median, summarize_ns
 from .sweep import run_sweep
+from .sweep_baseline import FILED_BASELINE, run_filed_baseline
 from .sweep_processes import run_sweep_processes
 from .wakeups import run_wakeups
 from .workloads import (
@@ -66,6 +67,8 @@ class Options:
     batched_workers: tuple[int, ...] = (1, 2, 4)
     batched_processes: tuple[int, ...] = (1, 2, 4)
     pgqueuer_batch_size: int = 10
+    # The issue's baseline: the per-instance TimeoutWorker of this commit, run in the same run.
+    baseline_ref: str = FILED_BASELINE
     # Wake-ups: timeouts written over wakeup_spread seconds, executions enqueued over
     # wakeup_execution_spread seconds; with wake-ups and with polling every second.
     wakeup_timeouts: int = 1_000
@@ -273,7 +276,25 @@ async def _sweep(options: Options, dsn: str, admin: asyncpg.Pool, say: Progress)
 async def _batched_sweep(
     options: Options, dsn: str, admin: asyncpg.Pool, say: Progress
 ) -> dict[str, Any]:
-    """Batched sweeps in tasks and in processes, and pgqueuer's drain, on the same rows count."""
+    """The filed baseline (the per-instance sweep of ``baseline_ref``), batched sweeps in tasks
+    and in processes, and pgqueuer's drain, on the same rows count."""
+    filed = await run_filed_baseline(
+        dsn=dsn,
+        admin=admin,
+        ref=options.baseline_ref,
+        instances=options.sweep_instances,
+        batch_size=options.sweep_batch_size,
+        poll_interval=options.sweep_poll_interval,
+        codec=options.codec,
+    )
+    if filed["available"]:
+        say(
+            f"per-instance sweep of {filed['short']} (the issue's baseline), 1 worker: "
+            f"{filed['per_second']:,.0f} instances/s, {filed['processed_twice']} processed "
+            f"twice, {filed['left_due']} left due"
+        )
+    else:
+        say(f"per-instance sweep of {options.baseline_ref}: not measured, {filed['reason']}")
     runs = []
     for workers in options.batched_workers:
         result = await run_sweep(
@@ -312,6 +333,7 @@ async def _batched_sweep(
     return {
         "instances": options.sweep_instances,
         "batch_size": options.sweep_batch_size,
+        "filed_baseline": filed,
         "runs": runs,
         "pgqueuer": dataclasses.asdict(queue),
     }

@@ -412,10 +412,14 @@ def test_batched_sweeps_are_reported_against_the_per_instance_sweep_and_pgqueuer
     markdown = report.render_markdown(results)
     assert "### Batched timeout sweep (20,000 due instances, batch size 100" in markdown
     # 40,000/s: 40x the per-instance worker (1,000/s), 16x pgqueuer, 1.6x one batched worker.
-    assert "| tasks, one process | 4 | 20,000 | 0.50 | 40,000 | 40.00x | 16.00x | 1.60x |" in (
-        markdown
+    # (No filed baseline in these results: its column says n/a.)
+    assert (
+        "| tasks, one process | 4 | 20,000 | 0.50 | 40,000 | 40.00x | n/a | 16.00x | 1.60x |"
+        in (markdown)
     )
-    assert "| one per process | 4 | 20,000 | 0.40 | 50,000 | 50.00x | 20.00x | n/a |" in markdown
+    assert (
+        "| one per process | 4 | 20,000 | 0.40 | 50,000 | 50.00x | n/a | 20.00x | n/a |" in markdown
+    )
     assert "pgqueuer 1.6.0 drain" in markdown
 
     unmeasured = {t["target"]: t for t in report.evaluate_targets(_results())}
@@ -455,3 +459,128 @@ def test_wakeups_are_reported_against_polling_and_the_50_ms_goal() -> None:
     assert "### Wake-ups (poll interval 1.0 s" in markdown
     assert "| timeout lateness | polling | 1,000 over 10 s |" in markdown
     assert "0.90x the rate of the same transitions without wake-ups" in markdown
+
+
+FILED_TARGET = (
+    "batched sweep, 1 worker, against the per-instance TimeoutWorker of 8eb6902 "
+    "(the issue's baseline), same run"
+)
+
+
+def _with_batched(filed: dict[str, Any] | None) -> dict[str, Any]:
+    results = _results()
+    results["batched_sweep"] = {
+        "instances": 20000,
+        "batch_size": 100,
+        "runs": [_batched("tasks", 1, 25000.0), _batched("tasks", 4, 40000.0)],
+        "pgqueuer": {
+            "version": "1.6.0",
+            "jobs": 20000,
+            "dequeue": 1,
+            "batch_size": 10,
+            "seconds": 8.0,
+            "per_second": 2500.0,
+            "drained": 20000,
+        },
+    }
+    if filed is not None:
+        results["batched_sweep"]["filed_baseline"] = filed
+    return results
+
+
+def test_batched_sweep_is_reported_against_the_filed_baseline_of_the_same_run() -> None:
+    commit = "8eb6902088509599d9181da1c8265a6643750320"
+    results = _with_batched(
+        {
+            "ref": commit,
+            "available": True,
+            "commit": commit,
+            "short": "8eb6902",
+            "loop": "uvloop",
+            **_batched("filed", 1, 625.0),
+        }
+    )
+    targets = {t["target"]: t for t in report.evaluate_targets(results)}
+    filed = targets[FILED_TARGET]
+    # 25,000/s against 625/s: 40x, where the current per-instance sweep (1,000/s) gives 25x.
+    assert (filed["value"], filed["met"], filed["measured"]) == (
+        pytest.approx(40.0),
+        True,
+        "40.00x",
+    )
+    assert filed["threshold"] == "≥ 20.0x"
+    assert targets["batched sweep, 1 worker, against the per-instance sweep"]["value"] == (
+        pytest.approx(25.0)
+    )
+    slower = _with_batched({**results["batched_sweep"]["filed_baseline"], "per_second": 1500.0})
+    missed = {t["target"]: t for t in report.evaluate_targets(slower)}[FILED_TARGET]
+    assert (missed["value"], missed["met"]) == (pytest.approx(25000 / 1500), False)
+
+    markdown = report.render_markdown(results)
+    assert "| x per-instance 1 worker | x per-instance at 8eb6902 | x pgqueuer |" in markdown
+    # The baseline's own row first, then each batched run against it.
+    assert (
+        "| per-instance at 8eb6902 (issue's baseline) | 1 | 20,000 | 32.00 | 625 | 0.62x | "
+        "1.00x | 0.25x | n/a |" in markdown
+    )
+    assert "| tasks, one process | 4 | 20,000 | 0.50 | 40,000 | 40.00x | 64.00x | 16.00x |" in (
+        markdown
+    )
+    assert "the per-instance TimeoutWorker of 8eb6902, the commit before its changes" in markdown
+    assert "625 instances/s (loop `uvloop`), 0.62x the per-instance sweep" in markdown
+    assert "25.00x the per-instance sweep, 40.00x the per-instance sweep of 8eb6902" in markdown
+    assert f"| {FILED_TARGET} | ≥ 20.0x | 40.00x | yes |" in markdown
+
+
+def test_an_unavailable_filed_baseline_is_reported_with_its_reason_and_no_verdict() -> None:
+    reason = "no commit 8eb6902 (git rev-parse in /src: fatal: not a git repository)"
+    results = _with_batched({"ref": "8eb6902", "available": False, "reason": reason})
+    targets = {t["target"]: t for t in report.evaluate_targets(results)}
+    filed = targets[FILED_TARGET]
+    assert (filed["value"], filed["met"], filed["measured"]) == (None, None, "not measured")
+    # The comparison with the current per-instance sweep is still made.
+    assert targets["batched sweep, 1 worker, against the per-instance sweep"]["met"] is True
+    markdown = report.render_markdown(results)
+    assert f"8eb6902, was not measured: {reason}." in markdown
+    assert "per-instance at 8eb6902 (issue's baseline)" not in markdown
+    assert "| tasks, one process | 1 | 20,000 | 0.80 | 25,000 | 25.00x | n/a | 10.00x |" in markdown
+    assert f"| {FILED_TARGET} | ≥ 20.0x | not measured | n/a |" in markdown
+
+    # Results saved before the filed baseline was measured: no verdict, and no error.
+    older = {t["target"]: t for t in report.evaluate_targets(_with_batched(None))}
+    unnamed = older[FILED_TARGET.replace("8eb6902", "the filed commit")]
+    assert unnamed["met"] is None
+    assert "was not measured" not in report.render_markdown(_with_batched(None))
+
+
+def test_the_baseline_child_sweeps_the_same_workflow_with_the_same_codecs() -> None:
+    # The child runs the pinned commit's package, so it writes the sweep's workflow and picks the
+    # codec itself; here, on the current package, both must match what bench.sweep uses.
+    child = _bench("sweep_baseline_child")
+    sweep = _bench("sweep")
+    workloads = _bench("workloads")
+    assert child.sweep_workflow().to_dict() == sweep.SWEEP_WORKFLOW.to_dict()
+    for codec in ("default", "stdlib", "orjson"):
+        assert child.json_functions(codec) == workloads._json_functions(codec, baseline=False)
+
+
+def test_the_filed_baseline_is_unavailable_outside_a_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    baseline = _bench("sweep_baseline")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(baseline.BaselineUnavailable, match="8eb6902"):
+        baseline.extract_package("8eb6902", into, root=tmp_path)
+    assert not any(into.iterdir())
+
+
+def test_baseline_ref_option_defaults_to_the_filed_commit() -> None:
+    cli = _bench("__main__")
+    baseline = _bench("sweep_baseline")
+    assert baseline.FILED_BASELINE.startswith("8eb6902")
+    assert len(baseline.FILED_BASELINE) == 40
+    assert cli.options_from(cli.parser().parse_args([])).baseline_ref == baseline.FILED_BASELINE
+    given = cli.options_from(cli.parser().parse_args(["--smoke", "--baseline-ref", "v0.1.0"]))
+    assert given.baseline_ref == "v0.1.0"
