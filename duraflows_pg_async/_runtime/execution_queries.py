@@ -1,21 +1,23 @@
-"""What is queued: ``WorkflowRuntime.list_executions`` (keyset pages, opaque cursors)."""
+"""What is queued: ``WorkflowRuntime.list_executions`` (keyset pages, opaque cursors) and
+``execution_stats``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from duraflows_pg_async._core.executions import WorkflowExecution
+from duraflows_pg_async._core.executions import ExecutionStats, WorkflowExecution
 from duraflows_pg_async._core.store_checks import checked_execution_listing
 from duraflows_pg_async._core.validate import require_int
 from duraflows_pg_async.errors import DurableExecutionNotSupportedError
 
+from .instance_updates import utc_now
 from .queries import MAX_PAGE_SIZE, _cursor, _read_cursor
 
 if TYPE_CHECKING:
     from .runtime import WorkflowRuntime
 
-__all__ = ["ExecutionPage", "list_executions"]
+__all__ = ["ExecutionPage", "list_executions", "execution_stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +55,7 @@ async def list_executions(
     return ExecutionPage(
         items=items, next_cursor=_cursor(filters, items[-1].uuid) if more else None
     )
+
+
+async def execution_stats(runtime: WorkflowRuntime) -> list[ExecutionStats]:
+    return await runtime._durable.store.stats(now=utc_now(runtime.clock))

@@ -1,4 +1,6 @@
-"""What runs: ``WorkflowRuntime.list_instances`` (keyset pages, opaque cursors) and ``stats``."""
+"""What runs, read with no lock and no transaction: ``WorkflowRuntime.get_instance``,
+``get_history``, ``get_available_events``, ``list_instances`` (keyset pages, opaque cursors),
+``stats`` and ``find_parked_timeouts``."""
 
 from __future__ import annotations
 
@@ -10,17 +12,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from duraflows_pg_async._core.model import StateStats, WorkflowInstance
+from duraflows_pg_async._core.model import HistoryRecord, StateStats, WorkflowInstance
 from duraflows_pg_async._core.store_checks import checked_instance_query
-from duraflows_pg_async._core.validate import require_int, require_str
-from duraflows_pg_async.errors import InvalidArgumentError
+from duraflows_pg_async._core.validate import coerce_uuid, require_int, require_str
+from duraflows_pg_async.errors import InvalidArgumentError, WorkflowInstanceNotFoundError
 
+from .execution import AvailableEvent, freeze
 from .instance_updates import utc_now
 
 if TYPE_CHECKING:
     from .runtime import WorkflowRuntime
 
-__all__ = ["MAX_PAGE_SIZE", "InstancePage", "list_instances", "stats"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "InstancePage",
+    "get_instance",
+    "get_history",
+    "get_available_events",
+    "list_instances",
+    "stats",
+    "find_parked_timeouts",
+]
 
 MAX_PAGE_SIZE = 1000
 """The largest ``limit`` of ``list_instances``."""
@@ -39,6 +51,44 @@ class InstancePage:
     next_cursor: str | None
     """Pass it as ``after`` (with the same filters) for the next page; ``None``: this page is
     the last."""
+
+
+async def get_instance(
+    runtime: WorkflowRuntime, instance_uuid: UUID | str
+) -> WorkflowInstance | None:
+    return await runtime.persistence.instance_store.find_by_uuid(
+        coerce_uuid(instance_uuid, "instance_uuid")
+    )
+
+
+async def get_history(
+    runtime: WorkflowRuntime, instance_uuid: UUID | str, *, limit: int, offset: int
+) -> list[HistoryRecord]:
+    key = coerce_uuid(instance_uuid, "instance_uuid")
+    require_int(limit, "limit", minimum=1)
+    require_int(offset, "offset", minimum=0)
+    return await runtime.persistence.history_store.find_by_instance_uuid(key, limit, offset)
+
+
+async def get_available_events(
+    runtime: WorkflowRuntime, instance_uuid: UUID | str
+) -> list[AvailableEvent]:
+    key = coerce_uuid(instance_uuid, "instance_uuid")
+    instance = await runtime.persistence.instance_store.find_by_uuid(key)
+    if instance is None:
+        raise WorkflowInstanceNotFoundError(key)
+    definition = await runtime._governing(instance, stamp=False)
+    return [
+        AvailableEvent(
+            event_name=name,
+            target_state=event.target_state,
+            error_state=event.error_state,
+            has_commands=bool(event.commands),
+            has_timeout=event.timeout is not None,
+            metadata=freeze(event.metadata),
+        )
+        for name, event in definition.states[instance.current_state].events.items()
+    ]
 
 
 async def list_instances(
@@ -75,6 +125,15 @@ async def stats(runtime: WorkflowRuntime, *, workflow_name: str | None) -> list[
         require_str(workflow_name, "workflow_name")
     return await runtime.persistence.instance_store.stats(
         now=utc_now(runtime.clock), workflow_name=workflow_name
+    )
+
+
+async def find_parked_timeouts(
+    runtime: WorkflowRuntime, *, limit: int, workflow_name: str | None
+) -> list[WorkflowInstance]:
+    require_int(limit, "limit", minimum=1)
+    return await runtime.persistence.instance_store.find_parked_timeouts(
+        limit=limit, workflow_name=workflow_name
     )
 
 

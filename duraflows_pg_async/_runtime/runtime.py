@@ -1,7 +1,8 @@
 """WorkflowRuntime: drives instances through their definitions on any persistence provider.
 
 Its public operations live here; executing an event is ``transitions.py``, the sweep of due
-timeouts ``sweeper.py``, the observers' side ``observers.py``.
+timeouts ``sweeper.py``, the observers' side ``observers.py``, the reads of instances
+``queries.py`` and of queued executions ``execution_queries.py``.
 """
 
 from __future__ import annotations
@@ -56,10 +57,9 @@ from .execution import (
     ExecutionResult,
     ProcessExpiredResult,
     TimeoutRetryPolicy,
-    freeze,
     json_clone,
 )
-from .execution_queries import ExecutionPage, list_executions
+from .execution_queries import ExecutionPage, execution_stats, list_executions
 from .governing import check_executable, ensure_snapshot, governing
 from .handle import WorkflowHandle
 from .idempotency import checked_event_key
@@ -72,7 +72,15 @@ from .migration_model import (
     checked_migration,
 )
 from .observers import EnteredStates, Observer
-from .queries import InstancePage, list_instances, stats
+from .queries import (
+    InstancePage,
+    find_parked_timeouts,
+    get_available_events,
+    get_history,
+    get_instance,
+    list_instances,
+    stats,
+)
 from .sweeper import DEFAULT_SWEEP_LEASE, Sweeper, checked_lease, sweep_names
 from .transitions import Transition, result_attributes
 
@@ -391,38 +399,18 @@ class WorkflowRuntime:
 
     async def get_instance(self, instance_uuid: UUID | str) -> WorkflowInstance | None:
         """The instance, or None (no lock, no transaction)."""
-        return await self.persistence.instance_store.find_by_uuid(
-            coerce_uuid(instance_uuid, "instance_uuid")
-        )
+        return await get_instance(self, instance_uuid)
 
     async def get_history(
         self, instance_uuid: UUID | str, *, limit: int = 50, offset: int = 0
     ) -> list[HistoryRecord]:
         """The instance's history, newest first."""
-        key = coerce_uuid(instance_uuid, "instance_uuid")
-        require_int(limit, "limit", minimum=1)
-        require_int(offset, "offset", minimum=0)
-        return await self.persistence.history_store.find_by_instance_uuid(key, limit, offset)
+        return await get_history(self, instance_uuid, limit=limit, offset=offset)
 
     async def get_available_events(self, instance_uuid: UUID | str) -> list[AvailableEvent]:
         """The events of the instance's current state, in definition order (guards are not
         evaluated). Unknown instance: WorkflowInstanceNotFoundError."""
-        key = coerce_uuid(instance_uuid, "instance_uuid")
-        instance = await self.persistence.instance_store.find_by_uuid(key)
-        if instance is None:
-            raise WorkflowInstanceNotFoundError(key)
-        definition = await self._governing(instance, stamp=False)
-        return [
-            AvailableEvent(
-                event_name=name,
-                target_state=event.target_state,
-                error_state=event.error_state,
-                has_commands=bool(event.commands),
-                has_timeout=event.timeout is not None,
-                metadata=freeze(event.metadata),
-            )
-            for name, event in definition.states[instance.current_state].events.items()
-        ]
+        return await get_available_events(self, instance_uuid)
 
     async def list_definition_versions(self, workflow_name: str) -> list[DefinitionVersionInfo]:
         """Every version of ``workflow_name`` in the definition store, ascending, each with its
@@ -506,16 +494,13 @@ class WorkflowRuntime:
         """The active queued executions per status (pending, running, parked), due at the
         runtime's clock. See [`ExecutionStats`][duraflows_pg_async.types.ExecutionStats];
         DurableExecutionNotSupportedError without an execution store."""
-        return await self._durable.store.stats(now=utc_now(self.clock))
+        return await execution_stats(self)
 
     async def find_parked_timeouts(
         self, *, limit: int = 100, workflow_name: str | None = None
     ) -> list[WorkflowInstance]:
         """Instances whose timeout exhausted its retries, oldest parked first."""
-        require_int(limit, "limit", minimum=1)
-        return await self.persistence.instance_store.find_parked_timeouts(
-            limit=limit, workflow_name=workflow_name
-        )
+        return await find_parked_timeouts(self, limit=limit, workflow_name=workflow_name)
 
     async def rearm_timeout(self, instance_uuid: UUID | str) -> WorkflowInstance:
         """Clear the instance's retry or parked state, or a sweep's claim on it, so that its

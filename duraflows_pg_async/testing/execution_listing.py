@@ -13,6 +13,7 @@ from duraflows_pg_async.errors import InvalidArgumentError
 
 from ._helpers import MALFORMED_UUIDS, create_committed
 from .data import make_instance
+from .execution_data import make_execution
 
 __all__ = ["ExecutionListingChecks"]
 
@@ -20,9 +21,6 @@ __all__ = ["ExecutionListingChecks"]
 async def _population(provider: WorkflowPersistenceProvider) -> dict[str, WorkflowExecution]:
     """Executions by letter. a, b: orders, pending and parked (one instance each); c, d: orders,
     completed and cancelled (on a's instance); e: invoices, running."""
-    # Imported here: executions.py builds its suite from this module's checks.
-    from .executions import make_execution
-
     orders = [make_instance(workflow_name="orders") for _ in range(2)]
     invoices = make_instance(workflow_name="invoices")
     await create_committed(provider, *orders, invoices)
