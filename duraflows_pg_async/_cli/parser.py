@@ -319,6 +319,14 @@ def build_parser(json_mode: bool = False) -> argparse.ArgumentParser:
         "docs/timeouts-and-workers.md, batched sweeps)",
     )
     worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sweeps each timeout worker runs at once, each in a transaction of its own "
+        "(default 2 with --batched, else 1)",
+    )
+    worker.add_argument(
         "--workflow",
         action="append",
         default=None,

@@ -23,7 +23,7 @@ from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.execution_worker import ExecutionWorker
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
-from duraflows_pg_async._runtime.worker import PollingWorker, TimeoutWorker
+from duraflows_pg_async._runtime.worker import BATCHED_CONCURRENCY, PollingWorker, TimeoutWorker
 
 from .app import build_runtime, load_app, use_app_dir
 from .database import (
@@ -77,6 +77,10 @@ def _worker_options(args: argparse.Namespace) -> _WorkerOptions:
     """The worker's options, or a usage error."""
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
+    if args.concurrency is not None and not 1 <= args.concurrency <= 64:
+        raise CliError(
+            f"--concurrency must be between 1 and 64, got {args.concurrency}", EXIT_USAGE
+        )
     if not args.timeouts and args.executions is False:
         raise CliError("--no-timeouts and --no-executions: nothing to run", EXIT_USAGE)
     workflows = None
@@ -189,6 +193,11 @@ async def _kinds(
     return kinds
 
 
+def _sweeps(args: argparse.Namespace) -> int:
+    """How many sweeps each timeout worker runs at once (TimeoutWorker's default when unset)."""
+    return int(args.concurrency or (BATCHED_CONCURRENCY if args.batched else 1))
+
+
 def _warn_ineffective(args: argparse.Namespace, kinds: _Kinds) -> None:
     """Say so when an option of the timeout workers has nothing to act on."""
     if not kinds.timeouts:
@@ -196,6 +205,7 @@ def _warn_ineffective(args: argparse.Namespace, kinds: _Kinds) -> None:
             (args.workflow, "--workflow"),
             (args.lease, "--lease"),
             (args.batched or None, "--batched"),
+            (args.concurrency, "--concurrency"),
         ):
             if given is not None:
                 notice(
@@ -230,6 +240,7 @@ def _announce_start(args: argparse.Namespace, options: _WorkerOptions, kinds: _K
             "lease": options.lease,
             "workflows": options.workflows,
             "batched": args.batched,
+            "concurrency": _sweeps(args),
         }
         emit(json_text(started, indent=None), flush=True)
     else:
@@ -343,7 +354,9 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
     _setup_logging(str(args.log_level), args.json)
     use_app_dir(args.app_dir)
     app = load_app(args.app)
-    async with pool(db, max_size=2 * args.workers + 2) as opened:
+    # A connection for each sweep a timeout worker runs at once and for each execution worker,
+    # and two for commands and observers that use their own.
+    async with pool(db, max_size=(_sweeps(args) + 1) * args.workers + 2) as opened:
         # A factory's provider has an execution store when the database has the table: then
         # the timeout sweeps leave the instances of queued executions alone, as the
         # application's own runtimes (built with durable_execution=True) do.
@@ -372,6 +385,7 @@ async def _worker(db: Target, args: argparse.Namespace) -> int:
                 workflow_names=options.workflows,
                 lease=options.lease,
                 batched=args.batched,
+                concurrency=args.concurrency,
             )
             for _ in range(args.workers if kinds.timeouts else 0)
         ]

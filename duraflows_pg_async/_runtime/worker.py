@@ -20,9 +20,14 @@ from .instance_updates import utc_now
 from .runtime import WorkflowRuntime
 from .sweeper import checked_lease, sweep_names
 
-__all__ = ["PollingWorker", "TimeoutWorker", "WorkerStats"]
+__all__ = ["BATCHED_CONCURRENCY", "PollingWorker", "TimeoutWorker", "WorkerStats"]
 
 logger = logging.getLogger("duraflows_pg_async")
+
+# Sweeps a batched TimeoutWorker runs at once by default: two keep Python and the server busy
+# together (one batch fires while the other's writes and COMMIT are at the server); more add
+# little in one process, whose Python is the limit.
+BATCHED_CONCURRENCY = 2
 
 # After a poll that could not even reach the database, wait this long (doubling up to the cap)
 # instead of the poll interval, so a database outage does not turn into a hot loop of errors.
@@ -227,6 +232,11 @@ class TimeoutWorker(PollingWorker[WorkerStats]):
     ``batched=True`` sweeps each batch in one transaction, every instance under a savepoint:
     many times the throughput, with the batch's rows locked until its COMMIT (see
     docs/timeouts-and-workers.md, "Batched sweeps").
+
+    ``concurrency`` is how many sweeps the worker runs at once, each in a transaction (and a
+    pool connection) of its own; default 2 when batched, so that one batch fires in Python
+    while the other's writes and COMMIT are at the server, else 1. A poll is over when all of
+    them are; an error in one cancels the others (their batches roll back, as on cancellation).
     """
 
     _what = "timeout sweep"
@@ -240,9 +250,13 @@ class TimeoutWorker(PollingWorker[WorkerStats]):
         workflow_names: Iterable[str] | None = None,
         lease: timedelta | float | None = None,
         batched: bool = False,
+        concurrency: int | None = None,
     ) -> None:
         super().__init__(runtime, batch_size, poll_interval)
         self.batched = require_bool(batched, "batched")
+        if concurrency is None:
+            concurrency = BATCHED_CONCURRENCY if self.batched else 1
+        self.concurrency = require_int(concurrency, "concurrency", minimum=1, maximum=64)
         self.workflow_names = (
             None if workflow_names is None else sweep_names(runtime.definitions, workflow_names)
         )
@@ -263,6 +277,20 @@ class TimeoutWorker(PollingWorker[WorkerStats]):
         return workflow_name is None or workflow_name in self._names()
 
     async def _poll(self) -> bool:
+        if self.concurrency == 1:
+            return await self._sweep()
+        full: list[bool] = []
+
+        async def sweep() -> None:
+            full.append(await self._sweep())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(self.concurrency):
+                group.start_soon(sweep)
+        return any(full)
+
+    async def _sweep(self) -> bool:
+        """One sweep; returns whether its batch was full."""
         result = await self.runtime.sweep(
             self.batch_size,
             should_stop=lambda: self._stopping,

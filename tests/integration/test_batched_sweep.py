@@ -279,6 +279,63 @@ async def test_batched_workers_in_parallel_fire_each_instance_once(
             await p.close()
 
 
+async def test_a_batched_worker_keeps_two_batches_in_flight(
+    database: str, clock: ManualClock
+) -> None:
+    # Each command waits until commands of two different sweeps (tasks, transactions) are
+    # running at once: with one sweep at a time this never happens and the test fails.
+    pool = await create_pool(database, min_size=2, max_size=2)
+    try:
+        commands = Commands()
+        sweeps: set[asyncio.Task[Any] | None] = set()
+        both = asyncio.Event()
+        send_one = commands.send
+
+        async def send(subject: Any, ctx: ExecutionContext) -> None:
+            sweeps.add(asyncio.current_task())
+            if len(sweeps) >= 2:
+                both.set()
+            await asyncio.wait_for(both.wait(), 60)  # a last-resort bound, not a pace
+            await send_one(subject, ctx)
+
+        commands.send = send  # type: ignore[method-assign]
+        runtime = make_runtime(pg_workflow_providers(pool), clock, commands)
+        keys = await create(runtime, 8)
+        clock.advance(minutes=6)
+        worker = TimeoutWorker(runtime, batch_size=2, poll_interval=0.05, batched=True)
+        assert worker.concurrency == 2
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def all_fired() -> bool:
+                return worker.stats.processed >= len(keys)
+
+            await wait_until(all_fired, within=120, what="every instance fired")
+        finally:
+            worker.stop()
+            await task
+        assert both.is_set()  # two sweeps ran commands at the same time
+        assert (worker.stats.processed, worker.stats.errors) == (len(keys), 0)
+        assert set(commands.ran.values()) == {1}
+        assert len(commands.ran) == len(keys)
+        assert await states(runtime, keys) == ["reminded"] * len(keys)
+    finally:
+        await pool.close()
+
+
+async def test_concurrency_is_how_many_sweeps_a_worker_runs_at_once(
+    any_persistence: WorkflowPersistenceProvider, clock: ManualClock
+) -> None:
+    runtime = make_runtime(any_persistence, clock, Commands())
+    assert TimeoutWorker(runtime).concurrency == 1
+    assert TimeoutWorker(runtime, batched=True).concurrency == 2
+    assert TimeoutWorker(runtime, batched=True, concurrency=1).concurrency == 1
+    assert TimeoutWorker(runtime, concurrency=3).concurrency == 3
+    for bad in (0, -1, 65, True, 1.5, "2"):
+        with pytest.raises(InvalidArgumentError, match="concurrency"):
+            TimeoutWorker(runtime, concurrency=bad)  # type: ignore[arg-type]
+
+
 async def test_batched_must_be_a_bool(
     any_persistence: WorkflowPersistenceProvider, clock: ManualClock
 ) -> None:

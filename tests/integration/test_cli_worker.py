@@ -202,7 +202,11 @@ async def test_a_batched_worker_sweeps_in_batches(
     )
     try:
         started = json.loads(await worker.first_line())
-        assert (started["event"], started["batched"]) == ("started", True)
+        assert (started["event"], started["batched"], started["concurrency"]) == (
+            "started",
+            True,
+            2,
+        )
 
         async def all_reminded() -> bool:
             for instance in instances:
@@ -314,6 +318,8 @@ async def test_a_ready_runtime_keeps_its_own_timeouts(database: str, tmp_path: P
         ([], {"DURAFLOWS_LOCK_TIMEOUT": "abc"}, "DURAFLOWS_LOCK_TIMEOUT must be"),
         (["--lease", "0"], {}, "--lease must be a positive number of seconds"),
         ([], {"DURAFLOWS_WORKER_LEASE": "nan"}, "DURAFLOWS_WORKER_LEASE must be"),
+        (["--concurrency", "0"], {}, "--concurrency must be between 1 and 64, got 0"),
+        (["--concurrency", "65"], {}, "--concurrency must be between 1 and 64, got 65"),
     ],
 )
 async def test_worker_options_are_checked(
