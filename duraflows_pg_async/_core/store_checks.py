@@ -359,8 +359,10 @@ def _command_results_json(record: HistoryRecord, label: str) -> list[dict[str, A
                 f"{label}: command_results[{index}] must be a CommandResult, "
                 f"got {type(result).__name__}"
             )
-        out.append(result.to_json())
-    check_json(out, f"{label}: command_results")
+        as_json = result.to_json()
+        # Each result on its own: a flat one (the usual shape) takes check_json's shortcut.
+        check_json(as_json, f"{label}: command_results[{index}]")
+        out.append(as_json)
     return out
 
 
