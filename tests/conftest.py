@@ -12,7 +12,8 @@ Server, in order of preference:
 
 The migrations are applied once into a template database; each test that asks for ``database``
 (or anything built on it) gets a fresh copy, dropped afterwards. The copies are made a little ahead
-of the tests that take them, and dropped after them, by a thread of their own (``_TemplateCopies``),
+of the tests that take them, and dropped after them, by a thread of their own (the pytest plugin's
+``TemplateDatabases``, in ``duraflows_pg_async/testing/_databases.py``),
 so that a test waits for neither. Tests under tests/integration get the ``pg`` marker; the summary
 line names the server's version and counts how many ran against it. Tests that need a newer server
 than the session's (``uuidv7()`` is PostgreSQL 18's) check ``pg_server.version_num`` and say so
@@ -28,10 +29,7 @@ that starts something of its own for the whole module (pgbouncer, a server to re
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
-import queue
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -43,9 +41,9 @@ import pytest
 from duraflows_pg_async import (
     WorkflowPersistenceProvider,
     create_pool,
-    migrations,
     pg_workflow_providers,
 )
+from duraflows_pg_async.testing._databases import DatabaseServer, TemplateDatabases
 
 # tests/helpers.py: the shared clock, definitions, span readers and waits, and their fixtures.
 pytest_plugins = ["helpers"]
@@ -139,37 +137,12 @@ def pg_server() -> Iterator[PgServer]:
             cleanup()
 
 
-async def _create_template(server: PgServer) -> str:
-    name = f"duraflows_tpl_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(server.dsn(name))
-    try:
-        await migrations.apply(conn)
-    finally:
-        await conn.close()
-    return name
-
-
 async def _drop_database(server: PgServer, name: str) -> None:
     admin = await asyncpg.connect(server.admin_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
-
-
-@pytest.fixture(scope="session")
-def pg_template(pg_server: PgServer) -> Iterator[str]:
-    """Name of a database with every packaged migration applied; tests copy it."""
-    name = asyncio.run(_create_template(pg_server))
-    try:
-        yield name
-    finally:
-        asyncio.run(_drop_database(pg_server, name))
 
 
 class MakeDatabase(Protocol):
@@ -207,109 +180,26 @@ async def empty_database(make_database: MakeDatabase) -> str:
     return await make_database()
 
 
-class _TemplateCopies:
-    """Copies of the template made ahead of time, and dropped after use, by a thread of its own.
-
-    ``take()`` returns the name of a fresh copy, made before the test asked for it (``AHEAD`` are
-    kept ready); ``drop_later(name)`` drops it once nothing more urgent is to be done. A test thus
-    waits for neither ``CREATE DATABASE`` nor ``DROP DATABASE``, which take 0.1 s on an idle
-    machine and several times that on a busy one. Every copy is still made from the template and
-    used by one test only; ``close()`` drops whatever is left.
-    """
-
-    AHEAD = 2
-    _CREATE, _DROP, _STOP = 0, 1, 2  # the thread's priorities: a test may wait for a copy
-
-    def __init__(self, server: PgServer, template: str) -> None:
-        self._server = server
-        self._template = template
-        self._todo: queue.PriorityQueue[tuple[int, int, str]] = queue.PriorityQueue()
-        self._ready: queue.Queue[str | BaseException] = queue.Queue()
-        self._order = itertools.count()
-        self._closing = False
-        self._errors: list[BaseException] = []
-        for _ in range(self.AHEAD):
-            self._put(self._CREATE, "")
-        self._thread = threading.Thread(target=self._run, name="template-copies", daemon=True)
-        self._thread.start()
-
-    def _put(self, priority: int, name: str) -> None:
-        self._todo.put((priority, next(self._order), name))
-
-    def take(self) -> str:
-        """The name of a fresh copy of the template (waiting for one only if none is ready)."""
-        self._put(self._CREATE, "")  # to replace this one
-        try:
-            item = self._ready.get(timeout=300)
-        except queue.Empty:
-            raise RuntimeError("no copy of the template database within 300 s") from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def drop_later(self, name: str) -> None:
-        self._put(self._DROP, name)
-
-    def close(self) -> None:
-        """Drop what is still to be dropped and the copies nobody took; stop the thread."""
-        self._closing = True
-        self._put(self._STOP, "")
-        self._thread.join(timeout=300)
-        if self._thread.is_alive():
-            raise RuntimeError("the thread of the template's copies did not stop within 300 s")
-        if self._errors:
-            raise self._errors[0]
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        admin: asyncpg.Connection | None = None
-        try:
-            while True:
-                # Blocking: this event loop is the thread's own and has nothing else to do.
-                priority, _, name = self._todo.get()
-                if priority == self._STOP:
-                    break
-                if priority == self._CREATE and self._closing:
-                    continue
-                try:
-                    if admin is None or admin.is_closed():
-                        admin = await asyncpg.connect(self._server.admin_dsn)
-                    if priority == self._CREATE:
-                        name = f"duraflows_t_{uuid.uuid4().hex[:12]}"
-                        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
-                        self._ready.put(name)
-                    else:
-                        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                except Exception as exc:
-                    if priority == self._CREATE:
-                        self._ready.put(exc)  # the test that waits for it fails with it
-                    else:
-                        self._errors.append(exc)  # close() raises it
-            while True:  # the copies nobody took
-                try:
-                    item = self._ready.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, str) and admin is not None and not admin.is_closed():
-                    await admin.execute(f'DROP DATABASE IF EXISTS "{item}" WITH (FORCE)')
-        finally:
-            if admin is not None:
-                await admin.close()
-
-
 @pytest.fixture(scope="session")
-def _template_copies(pg_server: PgServer, pg_template: str) -> Iterator[_TemplateCopies]:
-    copies = _TemplateCopies(pg_server, pg_template)
+def _template_copies(pg_server: PgServer) -> Iterator[TemplateDatabases]:
+    """The migrated template and its copies made ahead of time by a thread (the pytest plugin's
+    own machinery): a test waits for neither CREATE DATABASE nor DROP DATABASE."""
+    copies = TemplateDatabases(DatabaseServer(pg_server.admin_dsn, pg_server.source))
     try:
         yield copies
     finally:
         copies.close()
 
 
+@pytest.fixture(scope="session")
+def pg_template(_template_copies: TemplateDatabases) -> str:
+    """Name of a database with every packaged migration applied; tests copy it (it takes no
+    connection: a connection would make every copy fail)."""
+    return _template_copies.template
+
+
 @pytest.fixture
-async def database(pg_server: PgServer, _template_copies: _TemplateCopies) -> AsyncIterator[str]:
+async def database(pg_server: PgServer, _template_copies: TemplateDatabases) -> AsyncIterator[str]:
     """DSN of a fresh database copied from the migrated template, dropped after the test."""
     name = await asyncio.to_thread(_template_copies.take)
     try:
