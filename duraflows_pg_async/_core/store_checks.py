@@ -120,12 +120,12 @@ def checked_built_instance(
     (``persist_built_transition``, ``built_update_row``): a caller's own instance takes the
     full checks.
     """
-    version = require_int(
-        instance.version,
-        f"{method}: instance {instance.uuid}: version",
-        minimum=1,
-        maximum=INT4_MAX,
-    )
+    version = instance.version
+    if type(version) is not int or not 1 <= version <= INT4_MAX:
+        # The label, with the uuid formatted, only for the error.
+        require_int(
+            version, f"{method}: instance {instance.uuid}: version", minimum=1, maximum=INT4_MAX
+        )
     context = instance.context
     try:
         _check_context(context, f"{method}: context", js_safe_integers)
