@@ -30,16 +30,33 @@ def _limit(args: argparse.Namespace) -> int:
 
 async def _inspect(db: Target, key: UUID, limit: int, schema: str | None, as_json: bool) -> int:
     async with pool(db) as opened:
-        providers = pg_workflow_providers(opened, schema=schema)
+        # With migration 008 applied, the instance's queued execution (if any) is shown too.
+        providers = await workflow_providers(opened, schema)
         instance = await providers.instance_store.find_by_uuid(key)
         if instance is None:
             raise CliError(f"no workflow instance {key}")
         history = await providers.history_store.find_by_instance_uuid(key, limit, 0)
+        store = providers.execution_store
+        active = None if store is None else await store.find_active(key)
     history.reverse()  # the store gives newest first; a table reads best oldest first
     if as_json:
-        emit_json({"instance": instance.to_json(), "history": [r.to_json() for r in history]})
+        emit_json(
+            {
+                "instance": instance.to_json(),
+                "history": [r.to_json() for r in history],
+                "activeExecution": None if active is None else active.to_json(),
+            }
+        )
         return 0
-    emit(instance_text(instance))
+    queued = None
+    if store is not None:
+        queued = (
+            "none"
+            if active is None
+            else f"{active.uuid} ({active.status}, event {active.event_name}; "
+            f"{PROG} execution show {active.uuid})"
+        )
+    emit(instance_text(instance, queued))
     emit()
     emit(f"history ({len(history)} rows, oldest first):")
     rows = []

@@ -37,8 +37,9 @@ def retry_text(instance: WorkflowInstance) -> str:
     return f"attempt {retry.attempts}, next at {when(retry.retry_at)}"
 
 
-def instance_text(instance: WorkflowInstance) -> str:
-    """An instance as aligned ``name  value`` lines, every value escaped."""
+def instance_text(instance: WorkflowInstance, queued: str | None = None) -> str:
+    """An instance as aligned ``name  value`` lines, every value escaped; ``queued``: what the
+    line of its queued execution says (no such line when None)."""
     retry = instance.timeout_retry
     fields = [
         ("uuid", str(instance.uuid)),
@@ -49,6 +50,7 @@ def instance_text(instance: WorkflowInstance) -> str:
         ("expires at", when(instance.expires_at)),
         ("timeout retry", retry_text(instance) if instance.timeout_retry else "none"),
         ("sweep claim", _claim_text(instance)),
+        *([("queued execution", queued)] if queued is not None else []),
         ("last error", one_line(retry.last_error if retry else None, 200) or "-"),
         ("last transition", when(instance.last_transition_at)),
         ("created at", when(instance.created_at)),

@@ -199,6 +199,44 @@ async def test_a_parked_execution_is_shown_listed_and_retried(
     )
 
 
+async def test_inspect_names_the_instance_s_queued_execution(
+    database: str, pool: asyncpg.Pool
+) -> None:
+    shop = Shop(pool)
+    queued = await shop.enqueue()
+    instance = queued.workflow_instance_uuid
+    text = await cli("inspect", str(instance), url=database)
+    assert text.returncode == 0, text.stderr
+    assert field_value(text.stdout, "queued execution") == (
+        f"{queued.uuid} (pending, event ship; duraflows-pg execution show {queued.uuid})"
+    )
+    as_json = json.loads((await cli("inspect", str(instance), "--json", url=database)).stdout)
+    assert as_json["activeExecution"]["uuid"] == str(queued.uuid)
+    assert as_json["activeExecution"]["status"] == "pending"
+
+    # Once it has finished, the instance has none.
+    while (await shop.runtime.process_pending_executions()).progressed:
+        pass
+    assert (await shop.stored(queued.uuid)).status == "completed"
+    text = await cli("inspect", str(instance), url=database)
+    assert field_value(text.stdout, "queued execution") == "none"
+    as_json = json.loads((await cli("inspect", str(instance), "--json", url=database)).stdout)
+    assert as_json["activeExecution"] is None
+
+
+async def test_inspect_without_the_executions_table_has_no_queued_execution_line(
+    database: str, pool: asyncpg.Pool, raw_connection: asyncpg.Connection
+) -> None:
+    await raw_connection.execute("DROP TABLE workflow_executions")  # no migration 008
+    instance = due_reminder()
+    await pg_workflow_providers(pool).instance_store.create(instance)
+    text = await cli("inspect", str(instance.uuid), url=database)
+    assert text.returncode == 0, text.stderr
+    assert "queued execution" not in text.stdout
+    as_json = await cli("inspect", str(instance.uuid), "--json", url=database)
+    assert json.loads(as_json.stdout)["activeExecution"] is None
+
+
 async def test_cancel_frees_the_instance_but_not_a_leased_execution(
     database: str, pool: asyncpg.Pool
 ) -> None:
