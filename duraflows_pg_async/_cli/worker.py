@@ -23,7 +23,12 @@ from duraflows_pg_async._core.contract import WorkflowPersistenceProvider
 from duraflows_pg_async._pg.providers import pg_workflow_providers
 from duraflows_pg_async._runtime.execution_worker import ExecutionWorker
 from duraflows_pg_async._runtime.runtime import WorkflowRuntime
-from duraflows_pg_async._runtime.worker import BATCHED_CONCURRENCY, PollingWorker, TimeoutWorker
+from duraflows_pg_async._runtime.worker import (
+    MAX_CONCURRENCY,
+    PollingWorker,
+    TimeoutWorker,
+    default_concurrency,
+)
 
 from .app import build_runtime, load_app, use_app_dir
 from .database import (
@@ -77,9 +82,10 @@ def _worker_options(args: argparse.Namespace) -> _WorkerOptions:
     """The worker's options, or a usage error."""
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
-    if args.concurrency is not None and not 1 <= args.concurrency <= 64:
+    if args.concurrency is not None and not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise CliError(
-            f"--concurrency must be between 1 and 64, got {args.concurrency}", EXIT_USAGE
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {args.concurrency}",
+            EXIT_USAGE,
         )
     if not args.timeouts and args.executions is False:
         raise CliError("--no-timeouts and --no-executions: nothing to run", EXIT_USAGE)
@@ -195,7 +201,7 @@ async def _kinds(
 
 def _sweeps(args: argparse.Namespace) -> int:
     """How many sweeps each timeout worker runs at once (TimeoutWorker's default when unset)."""
-    return int(args.concurrency or (BATCHED_CONCURRENCY if args.batched else 1))
+    return int(args.concurrency or default_concurrency(args.batched))
 
 
 def _warn_ineffective(args: argparse.Namespace, kinds: _Kinds) -> None:

@@ -20,7 +20,14 @@ from .instance_updates import utc_now
 from .runtime import WorkflowRuntime
 from .sweeper import checked_lease, sweep_names
 
-__all__ = ["BATCHED_CONCURRENCY", "PollingWorker", "TimeoutWorker", "WorkerStats"]
+__all__ = [
+    "BATCHED_CONCURRENCY",
+    "MAX_CONCURRENCY",
+    "PollingWorker",
+    "TimeoutWorker",
+    "WorkerStats",
+    "default_concurrency",
+]
 
 logger = logging.getLogger("duraflows_pg_async")
 
@@ -28,6 +35,14 @@ logger = logging.getLogger("duraflows_pg_async")
 # together (one batch fires while the other's writes and COMMIT are at the server); more add
 # little in one process, whose Python is the limit.
 BATCHED_CONCURRENCY = 2
+# The most sweeps one worker runs at once (each holds a pool connection).
+MAX_CONCURRENCY = 64
+
+
+def default_concurrency(batched: bool) -> int:
+    """How many sweeps a TimeoutWorker runs at once when ``concurrency`` is not given."""
+    return BATCHED_CONCURRENCY if batched else 1
+
 
 # After a poll that could not even reach the database, wait this long (doubling up to the cap)
 # instead of the poll interval, so a database outage does not turn into a hot loop of errors.
@@ -255,8 +270,10 @@ class TimeoutWorker(PollingWorker[WorkerStats]):
         super().__init__(runtime, batch_size, poll_interval)
         self.batched = require_bool(batched, "batched")
         if concurrency is None:
-            concurrency = BATCHED_CONCURRENCY if self.batched else 1
-        self.concurrency = require_int(concurrency, "concurrency", minimum=1, maximum=64)
+            concurrency = default_concurrency(self.batched)
+        self.concurrency = require_int(
+            concurrency, "concurrency", minimum=1, maximum=MAX_CONCURRENCY
+        )
         self.workflow_names = (
             None if workflow_names is None else sweep_names(runtime.definitions, workflow_names)
         )
